@@ -1,0 +1,537 @@
+"""From a dataset spec to encoded columns: joins, derived columns, splits, fitting, validation, rank shards.
+
+Two passes over the files:
+
+1. :meth:`Dataset.fit` (rank 0 only in distributed runs; the state is broadcast) reads every row once, checks it
+   (labels, dense values, ids under the ``identity`` policy, scenario values) and fits the vocabularies and
+   dense statistics on the training split. Nothing is written before the whole pass succeeded.
+2. :meth:`Dataset.read` (in memory) or :meth:`Dataset.stream` (chunk by chunk) encodes the rows of a rank's
+   contiguous share of the files and routes them to train/valid/test.
+
+The split of a row depends only on its id (random splits hash it with the seed) or its timestamp (time
+splits), never on chunking, rank or world size.
+"""
+
+import logging
+import os
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from recsys.config import Config, SplitConfig
+from recsys.data.columns import Columns, Ragged
+from recsys.data.encoding import (
+    CategoryEncoder,
+    DenseEncoder,
+    SparseEncoder,
+    Where,
+    _to_numpy,
+    load_encoders,
+    save_encoders,
+    to_float,
+    to_int,
+)
+from recsys.data.reader import RawChunk, SourceReader, list_files
+from recsys.data.spec import DatasetSpec, DerivedSpec, FileSpec, load_spec
+from recsys.errors import ConfigError, DataError
+from recsys.schema import DenseFeature, Schema, SparseFeature, Task
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+TEST_ROW_OFFSET = 1 << 40  # row ids of a separate test source start here
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """A well-mixed 64-bit hash of each element (SplitMix64 finaliser)."""
+    with np.errstate(over="ignore"):
+        z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def hash_uniform(x: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform [0, 1) numbers determined by ``(x, seed)``."""
+    with np.errstate(over="ignore"):
+        h = splitmix64(x.astype(np.uint64) ^ splitmix64(np.array([seed], dtype=np.uint64)))
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def rank_range(total: int, rank: int, world_size: int) -> Tuple[int, int]:
+    """The contiguous share ``[start, stop)`` of ``total`` rows read by ``rank``."""
+    return total * rank // world_size, total * (rank + 1) // world_size
+
+
+class Dataset:
+    """A dataset spec bound to its files, with fitted encoders.
+
+    Args:
+        spec: the dataset spec.
+        root: data root overriding the spec's.
+        split: train/valid/test split policy.
+        chunk_rows: rows per read chunk.
+        max_rows: read only the first ``max_rows`` rows of the source.
+        progress: show tqdm bars for passes over the files.
+
+    Example::
+
+        ds = Dataset(load_spec("configs/datasets/movielens-100k.yaml"), root="../shared/data/ml-100k")
+        ds.fit()
+        schema = ds.schema(default_dim=16)
+        parts = ds.read()        # {"train": Columns, "valid": Columns, "test": Columns}
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        root: Optional[str] = None,
+        split: Optional[SplitConfig] = None,
+        chunk_rows: int = 262144,
+        max_rows: Optional[int] = None,
+        progress: bool = False,
+    ) -> None:
+        self.spec = spec
+        self.root = spec.data_root(root)
+        self.split = split or SplitConfig()
+        self.chunk_rows = chunk_rows
+        self.max_rows = max_rows
+        self.progress = progress
+        self.sparse = [SparseEncoder(s) for s in spec.sparse]
+        self.dense = [DenseEncoder(d) for d in spec.dense]
+        self.scenario = CategoryEncoder(spec.scenario, "scenario") if spec.scenario else None
+        self.groups = {k: CategoryEncoder(v, k) for k, v in spec.eval_groups.items()}
+        self.fitted = False
+        self.valid_from: Optional[float] = self.split.valid_from
+        self.test_from: Optional[float] = self.split.test_from
+        self.source_rows: Optional[int] = None
+        self.test_rows: Optional[int] = None
+        self.split_counts: Dict[str, int] = {}
+        self._joins: Optional[List[Tuple[str, pd.Index, pa.Table]]] = None
+        self._check_no_label_leak()
+
+    @classmethod
+    def from_config(cls, cfg: Config, progress: bool = False) -> "Dataset":
+        if not cfg.data.spec:
+            raise ConfigError("config: 'data.spec' (path of a dataset spec YAML) is required")
+        spec = load_spec(cfg.resolve(cfg.data.spec))
+        root = cfg.resolve(cfg.data.path) if cfg.data.path else None
+        return cls(spec, root, cfg.data.split, cfg.data.chunk_rows, cfg.data.max_rows, progress)
+
+    # --- columns -----------------------------------------------------------------------------------------
+    def _label_columns(self) -> Set[str]:
+        return {t.source_column for t in self.spec.tasks} | set(self.spec.oracle.values())
+
+    def _check_no_label_leak(self) -> None:
+        """Refuse specs where a feature is, or is derived from, a label or oracle column."""
+        tainted = set(self._label_columns())
+        for d in self.spec.derived:
+            if ({d.column} | set(d.columns)) & tainted:
+                tainted.add(d.name)
+        for s in self.spec.sparse:
+            if s.source_column in tainted:
+                raise ConfigError(f"spec '{self.spec.name}': sparse feature '{s.name}' reads label column "
+                                  f"'{s.source_column}' (a label must not leak into features)")
+        for d in self.spec.dense:
+            if d.source_column in tainted:
+                raise ConfigError(f"spec '{self.spec.name}': dense feature '{d.name}' reads label column "
+                                  f"'{d.source_column}' (a label must not leak into features)")
+
+    def _used_columns(self) -> Set[str]:
+        s = self.spec
+        cols = {x.source_column for x in s.sparse} | {x.source_column for x in s.dense}
+        cols |= {t.source_column for t in s.tasks} | set(s.oracle.values())
+        cols |= {c for c in (s.time, s.weight, s.row_id) if c}
+        if s.scenario:
+            cols.add(s.scenario.column)
+        cols |= {g.column for g in s.eval_groups.values()}
+        return cols
+
+    def _source_columns(self) -> Set[str]:
+        """Columns the source files must provide (derived and joined ones are computed or looked up)."""
+        need = self._used_columns()
+        for d in reversed(self.spec.derived):
+            if d.name in need:
+                need.discard(d.name)
+                need |= {d.column} if d.column else set()
+                need |= set(d.columns)
+        for j in self.spec.joins:
+            cols = self._join_columns(j)
+            need -= set(cols) - {j.on}
+            need.add(j.on)
+        return need
+
+    def _join_columns(self, join) -> List[str]:
+        if join.columns:
+            return list(join.columns)
+        reader = SourceReader(join.file_spec(), self.root, columns=None, chunk_rows=self.chunk_rows)
+        return next(reader.chunks()).table.column_names
+
+    def _reader(self, fs: FileSpec, columns: Optional[Set[str]] = None) -> SourceReader:
+        cols = self._source_columns() if columns is None else columns
+        return SourceReader(fs, self.root, columns=cols, chunk_rows=self.chunk_rows, string_columns=sorted(cols))
+
+    def _side_tables(self) -> List[Tuple[str, pd.Index, pa.Table]]:
+        if self._joins is None:
+            self._joins = []
+            for j in self.spec.joins:
+                fs = j.file_spec()
+                reader = SourceReader(fs, self.root, columns=None, chunk_rows=self.chunk_rows,
+                                      string_columns=j.columns or ())
+                table = reader.read_all()
+                if j.on not in table.column_names:
+                    raise DataError("missing join key column", file=reader.files[0], column=j.on)
+                keys = pd.Index(_to_numpy(table.column(j.on)).astype(str))
+                if not keys.is_unique:
+                    dup = keys[keys.duplicated()][0]
+                    raise DataError(f"join key {dup!r} repeats", file=reader.files[0], column=j.on)
+                self._joins.append((j.on, keys, table.drop_columns([j.on])))
+        return self._joins
+
+    # --- per chunk ---------------------------------------------------------------------------------------
+    def _prepare(self, chunk: RawChunk) -> Tuple[pa.Table, Where]:
+        """Joins and derived columns, vectorised."""
+        table = chunk.table
+        where = Where(chunk.file, chunk.file_row)
+        for (key, index, side), join in zip(self._side_tables(), self.spec.joins):
+            if key not in table.column_names:
+                raise where.error("join key column is missing", key)
+            pos = index.get_indexer(_to_numpy(table.column(key)).astype(str))
+            if (pos < 0).any():
+                i = int(np.flatnonzero(pos < 0)[0])
+                raise where.error(f"value {table.column(key)[i].as_py()!r} has no match in {join.path}", key, i)
+            taken = side.take(pa.array(pos))
+            for name in taken.column_names:
+                if name not in table.column_names:
+                    table = table.append_column(name, taken.column(name))
+        for d in self.spec.derived:
+            table = table.append_column(d.name, pa.array(self._derive(d, table, where)))
+        return table, where
+
+    def _derive(self, d: DerivedSpec, table: pa.Table, where: Where) -> np.ndarray:
+        def col(name: str) -> pa.Array:
+            if name not in table.column_names:
+                raise where.error(f"derived column '{d.name}' needs a missing column", name)
+            return table.column(name)
+
+        if d.op == "greater":
+            x = to_float(col(d.column), where, d.column)
+            if np.isnan(x).any():
+                raise where.error("missing value", d.column, int(np.flatnonzero(np.isnan(x))[0]))
+            return (x > d.value).astype(np.int64)
+        if d.op == "bucketize":
+            x = to_float(col(d.column), where, d.column)
+            if np.isnan(x).any():
+                raise where.error("missing value", d.column, int(np.flatnonzero(np.isnan(x))[0]))
+            return np.searchsorted(np.asarray(d.boundaries, dtype=np.float64), x, side="right").astype(np.int64)
+        if d.op == "first_nonzero":
+            m = np.stack([np.nan_to_num(to_float(col(c), where, c)) != 0 for c in d.columns], axis=1)
+            return np.where(m.any(axis=1), m.argmax(axis=1), len(d.columns)).astype(np.int64)
+        # cross: combine the per-column hashes so the pair (a, b) differs from (b, a)
+        h = np.zeros(table.num_rows, dtype=np.uint64)
+        for c in d.columns:
+            values = _to_numpy(pc.cast(col(c), pa.string())).astype(object)
+            with np.errstate(over="ignore"):
+                h = splitmix64(h ^ pd.util.hash_array(values, hash_key="recsys-cross-v1\0"))
+        return (h >> np.uint64(1)).astype(np.int64)
+
+    def _row_ids(self, chunk: RawChunk, table: pa.Table, where: Where, is_test_source: bool) -> np.ndarray:
+        if self.spec.row_id:
+            return to_int(table.column(self.spec.row_id), where, self.spec.row_id)
+        base = TEST_ROW_OFFSET if is_test_source else 0
+        return np.arange(chunk.global_row, chunk.global_row + table.num_rows, dtype=np.int64) + base
+
+    def _time(self, table: pa.Table, where: Where) -> Optional[np.ndarray]:
+        if not self.spec.time:
+            return None
+        t = to_float(table.column(self.spec.time), where, self.spec.time)
+        if np.isnan(t).any():
+            raise where.error("missing timestamp", self.spec.time, int(np.flatnonzero(np.isnan(t))[0]))
+        return t
+
+    def _split_of(self, row_ids: np.ndarray, time: Optional[np.ndarray], is_test_source: bool) -> np.ndarray:
+        """0 = train, 1 = valid, 2 = test."""
+        test = 0.0 if self.spec.test_source is not None else self.split.test
+        if is_test_source:
+            return np.full(len(row_ids), 2, dtype=np.int8)
+        if self.split.kind == "time":
+            assert time is not None and self.valid_from is not None and self.test_from is not None
+            out = np.zeros(len(row_ids), dtype=np.int8)
+            out[time >= self.valid_from] = 1
+            if self.spec.test_source is None:
+                out[time >= self.test_from] = 2
+            return out
+        u = hash_uniform(row_ids, self.split.seed)
+        return np.where(u < test, 2, np.where(u < test + self.split.valid, 1, 0)).astype(np.int8)
+
+    def _labels(self, table: pa.Table, where: Where) -> Dict[str, np.ndarray]:
+        labels: Dict[str, np.ndarray] = {}
+        for t in self.spec.tasks:
+            y = to_float(table.column(t.source_column), where, t.source_column)
+            bad = ~np.isfinite(y)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise where.error(f"label of task '{t.name}' is {'missing' if np.isnan(y[i]) else y[i]}",
+                                  t.source_column, i)
+            if t.kind == "binary":
+                bad = (y != 0) & (y != 1)
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    raise where.error(f"binary label of task '{t.name}' must be 0 or 1, got {y[i]:g}",
+                                      t.source_column, i)
+            elif t.loss == "log_mse" and (y < 0).any():
+                i = int(np.flatnonzero(y < 0)[0])
+                raise where.error(f"label of task '{t.name}' must be >= 0 for the log_mse loss, got {y[i]:g}",
+                                  t.source_column, i)
+            labels[t.name] = y.astype(np.float32)
+        for t in self.spec.tasks:
+            if t.depends_on and t.kind == "binary":
+                orphan = (labels[t.name] > 0) & (labels[t.depends_on] <= 0)
+                if orphan.any():
+                    i = int(np.flatnonzero(orphan)[0])
+                    raise where.error(f"task '{t.name}' is positive where its parent '{t.depends_on}' is not",
+                                      t.source_column, i)
+        return labels
+
+    def _weights(self, table: pa.Table, where: Where) -> np.ndarray:
+        if not self.spec.weight:
+            return np.ones(table.num_rows, dtype=np.float32)
+        w = to_float(table.column(self.spec.weight), where, self.spec.weight)
+        bad = ~np.isfinite(w) | (w < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise where.error(f"sample weight must be finite and >= 0, got {w[i]}", self.spec.weight, i)
+        return w.astype(np.float32)
+
+    def _oracle(self, table: pa.Table, where: Where) -> Dict[str, np.ndarray]:
+        out = {}
+        for task, column in self.spec.oracle.items():
+            p = to_float(table.column(column), where, column)
+            bad = ~((p >= 0) & (p <= 1)) if self.spec.tasks and self._task_kind(task) == "binary" else ~np.isfinite(p)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise where.error(f"oracle value {p[i]} is not a probability", column, i)
+            out[task] = p.astype(np.float32)
+        return out
+
+    def _task_kind(self, name: str) -> str:
+        return next(t.kind for t in self.spec.tasks if t.name == name)
+
+    def _check_rows(self, table: pa.Table, where: Where) -> None:
+        """Validation of everything that does not need fitted state (used by the fit pass)."""
+        self._labels(table, where)
+        self._weights(table, where)
+        self._oracle(table, where)
+        self._time(table, where)
+        if self.scenario:
+            self.scenario.transform(table.column(self.scenario.spec.column), where)
+        for enc in self.groups.values():
+            enc.transform(table.column(enc.spec.column), where)
+
+    def _encode(self, table: pa.Table, where: Where, row_ids: np.ndarray) -> Columns:
+        n = table.num_rows
+        sparse = {e.name: e.transform(table.column(e.column), where) for e in self.sparse}
+        dense = (
+            np.stack([e.transform(table.column(e.column), where) for e in self.dense], axis=1)
+            if self.dense else np.zeros((n, 0), dtype=np.float32)
+        )
+        if self.spec.user:
+            user_col = sparse[self.spec.user]
+            user = user_col if not isinstance(user_col, Ragged) else user_col.values[user_col.offsets[:-1]]
+        else:
+            user = np.full(n, -1, dtype=np.int64)
+        return Columns(
+            dense=dense,
+            sparse=sparse,
+            labels=self._labels(table, where),
+            scenario=(self.scenario.transform(table.column(self.scenario.spec.column), where)
+                      if self.scenario else np.zeros(n, dtype=np.int64)),
+            user=np.asarray(user, dtype=np.int64),
+            weights=self._weights(table, where),
+            row_id=row_ids,
+            groups={k: e.transform(table.column(e.spec.column), where) for k, e in self.groups.items()},
+            oracle=self._oracle(table, where),
+            time=self._time(table, where),
+        )
+
+    # --- passes ------------------------------------------------------------------------------------------
+    def _sources(self) -> List[Tuple[FileSpec, bool]]:
+        out = [(self.spec.source, False)]
+        if self.spec.test_source is not None:
+            out.append((self.spec.test_source, True))
+        return out
+
+    def _bar(self, desc: str, total: Optional[int]):
+        return tqdm(total=total, desc=desc, unit="row", unit_scale=True, disable=not self.progress, leave=False)
+
+    def _fit_time_cuts(self) -> None:
+        if self.split.kind != "time" or (self.valid_from is not None and self.test_from is not None):
+            return
+        if not self.spec.time:
+            raise ConfigError(f"spec '{self.spec.name}': a time split needs 'time' (a timestamp column)")
+        reader = self._reader(self.spec.source, {self.spec.time})
+        times = [to_float(c.table.column(self.spec.time), Where(c.file, c.file_row), self.spec.time)
+                 for c in reader.chunks(0, self.max_rows)]
+        t = np.concatenate(times)
+        test = 0.0 if self.spec.test_source is not None else self.split.test
+        self.test_from = float(np.quantile(t, 1 - test)) if test > 0 else float("inf")
+        self.valid_from = float(np.quantile(t, 1 - test - self.split.valid)) if self.split.valid > 0 else self.test_from
+
+    def fit(self) -> None:
+        """One pass: validate every row and fit encoders on the training split."""
+        self._fit_time_cuts()
+        if self.spec.user is not None:
+            user_spec = next(s for s in self.spec.sparse if s.name == self.spec.user)
+            if user_spec.multi_hot:
+                raise ConfigError(f"spec '{self.spec.name}': the user feature '{self.spec.user}' must be single-hot")
+        counts = {s: 0 for s in SPLITS}
+        rows = {}
+        for fs, is_test in self._sources():
+            reader = self._reader(fs)
+            stop = self.max_rows if not is_test else None
+            seen = 0
+            with self._bar(f"fit {os.path.basename(fs.path)}", stop) as bar:
+                for chunk in reader.chunks(0, stop):
+                    table, where = self._prepare(chunk)
+                    self._check_rows(table, where)
+                    row_ids = self._row_ids(chunk, table, where, is_test)
+                    split = self._split_of(row_ids, self._time(table, where), is_test)
+                    for i, name in enumerate(SPLITS):
+                        counts[name] += int((split == i).sum())
+                    train = split == 0
+                    for enc in self.sparse:
+                        enc.fit(table.column(enc.column), where, train)
+                    for enc in self.dense:
+                        enc.fit(table.column(enc.column), where, train)
+                    seen += table.num_rows
+                    bar.update(table.num_rows)
+            rows[is_test] = seen
+        if counts["train"] == 0:
+            raise DataError(f"dataset '{self.spec.name}': the training split is empty")
+        for enc in self.sparse + self.dense:
+            enc.finalize()
+        self.source_rows = rows[False]
+        self.test_rows = rows.get(True)
+        self.split_counts = counts
+        self.fitted = True
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError("Dataset.fit() or Dataset.load() first")
+
+    def _rank_chunks(self, rank: int, world_size: int) -> Iterator[Tuple[RawChunk, bool]]:
+        self._require_fitted()
+        for fs, is_test in self._sources():
+            total = self.test_rows if is_test else self.source_rows
+            assert total is not None
+            start, stop = rank_range(total, rank, world_size)
+            for chunk in self._reader(fs).chunks(start, stop):
+                yield chunk, is_test
+
+    def _encoded_chunks(self, rank: int, world_size: int, desc: str) -> Iterator[Tuple[Columns, np.ndarray]]:
+        total = ((self.source_rows or 0) + (self.test_rows or 0)) // world_size
+        with self._bar(desc, total) as bar:
+            for chunk, is_test in self._rank_chunks(rank, world_size):
+                table, where = self._prepare(chunk)
+                row_ids = self._row_ids(chunk, table, where, is_test)
+                cols = self._encode(table, where, row_ids)
+                yield cols, self._split_of(row_ids, cols.time, is_test)
+                bar.update(table.num_rows)
+
+    def read(self, rank: int = 0, world_size: int = 1, splits: Sequence[str] = SPLITS) -> Dict[str, Columns]:
+        """All of this rank's rows, encoded, per split (one pass over the files)."""
+        parts: Dict[str, List[Columns]] = {s: [] for s in splits}
+        for cols, split in self._encoded_chunks(rank, world_size, "read"):
+            for name in splits:
+                keep = split == SPLITS.index(name)
+                if keep.any():
+                    parts[name].append(cols if keep.all() else cols.mask(keep))
+        return {s: Columns.concat(p) if p else self.empty() for s, p in parts.items()}
+
+    def stream(self, split: str, rank: int = 0, world_size: int = 1) -> Iterator[Columns]:
+        """This rank's rows of one split, chunk by chunk (for data larger than memory)."""
+        index = SPLITS.index(split)
+        for cols, s in self._encoded_chunks(rank, world_size, f"stream {split}"):
+            keep = s == index
+            if keep.any():
+                yield cols if keep.all() else cols.mask(keep)
+
+    def empty(self) -> Columns:
+        """A zero-row Columns with the right fields."""
+        z = np.zeros(0, dtype=np.int64)
+        return Columns(
+            dense=np.zeros((0, len(self.dense)), np.float32),
+            sparse={e.name: (Ragged(z, np.zeros(1, np.int64)) if e.spec.multi_hot else z) for e in self.sparse},
+            labels={t.name: np.zeros(0, np.float32) for t in self.spec.tasks},
+            scenario=z, user=z, weights=np.zeros(0, np.float32), row_id=z,
+            groups={k: z for k in self.groups}, oracle={k: np.zeros(0, np.float32) for k in self.spec.oracle},
+            time=np.zeros(0) if self.spec.time else None,
+        )
+
+    # --- schema and state --------------------------------------------------------------------------------
+    def schema(self, default_dim: int = 16) -> Schema:
+        self._require_fitted()
+        spec = self.spec
+        scenario_features = [s.name for s in spec.sparse if s.group == "scenario"]
+        return Schema(
+            sparse=tuple(
+                SparseFeature(
+                    name=s.name, num_embeddings=e.num_embeddings, embedding_dim=s.embedding_dim or default_dim,
+                    group=s.group, multi_hot=s.multi_hot, pooling=s.pooling, table=s.table,
+                )
+                for s, e in zip(spec.sparse, self.sparse)
+            ),
+            dense=tuple(DenseFeature(d.name) for d in spec.dense),
+            tasks=tuple(
+                Task(t.name, t.kind, t.depends_on, t.loss, t.weight, t.eval_threshold) for t in spec.tasks
+            ),
+            num_scenarios=self.scenario.size if self.scenario else 1,
+            scenario_names=tuple(spec.scenario.display_names()) if spec.scenario else (),
+            user_feature=spec.user,
+            scenario_feature=scenario_features[0] if len(scenario_features) == 1 else None,
+            eval_groups=tuple((k, tuple(v.display_names())) for k, v in spec.eval_groups.items()),
+        )
+
+    def save(self, path: str) -> None:
+        self._require_fitted()
+        save_encoders(path, self.sparse, self.dense, self._extra_state())
+
+    def _extra_state(self) -> Dict[str, Any]:
+        return {
+            "dataset": self.spec.name, "valid_from": self.valid_from, "test_from": self.test_from,
+            "source_rows": self.source_rows, "test_rows": self.test_rows, "split_counts": self.split_counts,
+        }
+
+    def load(self, path: str) -> None:
+        extra = load_encoders(path, self.sparse, self.dense)
+        self._load_extra(extra)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Fitted state as plain objects (for broadcasting from rank 0)."""
+        self._require_fitted()
+        return {
+            "sparse": {e.name: (e.state(), e.vocab) for e in self.sparse},
+            "dense": {e.spec.name: e.state() for e in self.dense},
+            "extra": self._extra_state(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for e in self.sparse:
+            enc_state, vocab = state["sparse"][e.name]
+            e.load_state(enc_state, vocab)
+        for e in self.dense:
+            e.load_state(state["dense"][e.spec.name])
+        self._load_extra(state["extra"])
+
+    def _load_extra(self, extra: Dict[str, Any]) -> None:
+        self.valid_from, self.test_from = extra["valid_from"], extra["test_from"]
+        self.source_rows, self.test_rows = extra["source_rows"], extra["test_rows"]
+        self.split_counts = extra.get("split_counts", {})
+        self.fitted = True
+
+    def files(self) -> List[str]:
+        return [f for fs, _ in self._sources() for f in list_files(fs, self.root)]

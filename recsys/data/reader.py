@@ -1,0 +1,273 @@
+"""Streaming CSV/Parquet reading with pyarrow: chunks of rows with their file and row positions.
+
+Only the columns the spec needs are read. Parquet row groups outside a rank's row range are skipped without
+being decoded. Every failure (missing file or column, empty file, corrupt Parquet, malformed CSV, wrong text
+encoding) becomes a one-line :class:`DataError` naming the file.
+"""
+
+import glob
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Set
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from recsys.data.spec import FileSpec
+from recsys.errors import DataError
+
+DATA_EXTENSIONS = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+
+
+@dataclass
+class RawChunk:
+    """Rows of one file: ``table`` holds rows ``file_row .. file_row + len - 1`` of ``file`` (0-based), which are
+    rows ``global_row ..`` of the whole source."""
+
+    table: pa.Table
+    file: str
+    file_row: int
+    global_row: int
+
+
+def list_files(spec: FileSpec, root: str) -> List[str]:
+    """The files of a table spec: one file, every data file in a folder, or a glob; sorted."""
+    path = spec.path if os.path.isabs(spec.path) else os.path.join(root, spec.path)
+    if any(ch in path for ch in "*?["):
+        files = sorted(f for f in glob.glob(path) if os.path.isfile(f))
+    elif os.path.isdir(path):
+        files = sorted(
+            os.path.join(path, f) for f in os.listdir(path)
+            if f.endswith(DATA_EXTENSIONS) and not f.startswith((".", "_"))
+        )
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise DataError("no such file or folder", file=path)
+    if not files:
+        raise DataError("no data files found", file=path)
+    return files
+
+
+def file_format(spec: FileSpec, path: str) -> str:
+    if spec.format != "auto":
+        return spec.format
+    return "parquet" if path.endswith((".parquet", ".pq")) else "csv"
+
+
+class SourceReader:
+    """Reads one :class:`FileSpec` as a stream of :class:`RawChunk`.
+
+    Args:
+        spec: the table's spec.
+        root: folder relative paths resolve against.
+        columns: columns to read (``None``: all); each file must have them.
+        chunk_rows: rows per chunk.
+        string_columns: CSV columns to read as text (the encoders parse them and report bad rows).
+    """
+
+    def __init__(
+        self,
+        spec: FileSpec,
+        root: str,
+        columns: Optional[Set[str]] = None,
+        chunk_rows: int = 262144,
+        string_columns: Sequence[str] = (),
+    ) -> None:
+        self.spec = spec
+        self.files = list_files(spec, root)
+        self.columns = columns
+        self.chunk_rows = chunk_rows
+        self.string_columns = set(string_columns)
+        self._counts: Dict[str, int] = {}
+        self._label_re = re.compile(spec.file_label.pattern) if spec.file_label else None
+
+    # --- helpers -----------------------------------------------------------------------------------------
+    def _label_value(self, path: str) -> str:
+        assert self._label_re is not None and self.spec.file_label is not None
+        m = self._label_re.search(os.path.basename(path))
+        if not m:
+            raise DataError(
+                f"file name does not match file_label pattern {self._label_re.pattern!r}",
+                file=path, column=self.spec.file_label.column,
+            )
+        return m.group(1) if m.groups() else m.group(0)
+
+    def _file_columns(self) -> Optional[Set[str]]:
+        if self.columns is None:
+            return None
+        cols = set(self.columns)
+        if self.spec.file_label:
+            cols.discard(self.spec.file_label.column)
+        return cols
+
+    def _check_columns(self, path: str, names: Sequence[str]) -> None:
+        wanted = self._file_columns()
+        if wanted is None:
+            return
+        missing = sorted(wanted - set(names))
+        if missing:
+            hint = ""
+            if len(names) == 1:
+                for d in (";", "\t", "|", ","):
+                    if d in names[0] and d != self.spec.delimiter:
+                        hint = f"; the header is one column {names[0]!r}: is the delimiter {d!r}?"
+                        break
+            shown = ", ".join(list(names)[:20])
+            raise DataError(f"missing column (file has: {shown}){hint}", file=path, column=missing[0])
+
+    def _csv(self, path: str):
+        spec = self.spec
+        bad_row: Dict[str, object] = {}
+
+        def on_invalid(row) -> str:
+            bad_row.setdefault("row", row)
+            return "error"
+
+        block_size = max(1 << 20, min(self.chunk_rows * 64, 1 << 26))
+        if spec.columns:
+            read_opts = pa_csv.ReadOptions(
+                column_names=spec.columns, skip_rows=1 if spec.header else 0,
+                encoding=spec.encoding, block_size=block_size,
+            )
+        elif spec.header:
+            read_opts = pa_csv.ReadOptions(encoding=spec.encoding, block_size=block_size)
+        else:
+            raise DataError("'header: false' needs the column names in 'columns' in the spec", file=path)
+        parse_opts = pa_csv.ParseOptions(delimiter=spec.delimiter, invalid_row_handler=on_invalid)
+        # header check before the convert options pin column types to names that might not exist
+        try:
+            probe = pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts)
+            names = probe.schema.names
+        except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+            raise self._csv_error(path, e, bad_row) from None
+        except StopIteration:
+            names = []
+        self._check_columns(path, names)
+        wanted = self._file_columns()
+        include = [c for c in names if wanted is None or c in wanted]
+        convert = pa_csv.ConvertOptions(
+            include_columns=include,
+            column_types={c: pa.string() for c in include if c in self.string_columns},
+            strings_can_be_null=True,
+        )
+        try:
+            reader = pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
+        except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+            raise self._csv_error(path, e, bad_row) from None
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+                raise self._csv_error(path, e, bad_row) from None
+            yield pa.Table.from_batches([batch])
+
+    def _csv_error(self, path: str, e: Exception, bad_row: Dict[str, object]) -> DataError:
+        row = bad_row.get("row")
+        msg = str(e).splitlines()[0]
+        if row is not None:
+            number = getattr(row, "number", None)
+            text = getattr(row, "text", "")
+            return DataError(
+                f"malformed CSV line: expected {row.expected_columns} fields with delimiter "
+                f"{self.spec.delimiter!r}, got {row.actual_columns}: {text[:80]!r}",
+                file=path, row=number,
+            )
+        if isinstance(e, UnicodeDecodeError) or "UTF8" in msg or "utf8" in msg.lower():
+            return DataError(f"text is not valid {self.spec.encoding} (set 'encoding' in the spec)", file=path)
+        if "Empty CSV file" in msg:
+            return DataError("empty file (no header, no rows)", file=path)
+        return DataError(f"cannot read CSV: {msg}", file=path)
+
+    def _parquet_file(self, path: str) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"not a readable Parquet file ({str(e).splitlines()[0]})", file=path) from None
+
+    # --- public ------------------------------------------------------------------------------------------
+    def count_rows(self, path: str) -> int:
+        """Rows in one file (Parquet: from metadata; CSV: one streaming pass over the needed columns)."""
+        if path not in self._counts:
+            if file_format(self.spec, path) == "parquet":
+                self._counts[path] = self._parquet_file(path).metadata.num_rows
+            else:
+                self._counts[path] = sum(t.num_rows for t in self._csv(path))
+        return self._counts[path]
+
+    def total_rows(self) -> int:
+        return sum(self.count_rows(f) for f in self.files)
+
+    def chunks(self, start: int = 0, stop: Optional[int] = None) -> Iterator[RawChunk]:
+        """Chunks covering global rows ``[start, stop)``; files or row groups outside are skipped."""
+        offset = 0
+        for path in self.files:
+            if stop is not None and offset >= stop:
+                return
+            fmt = file_format(self.spec, path)
+            n = self.count_rows(path) if fmt == "parquet" else self._counts.get(path)
+            if n == 0:
+                raise DataError("empty file (no rows)", file=path)
+            if n is not None and offset + n <= start:
+                offset += n
+                continue
+            seen = 0
+            for table, file_row in self._file_tables(path, fmt, max(start - offset, 0)):
+                seen = file_row + table.num_rows
+                first = offset + file_row
+                lo = max(start - first, 0)
+                hi = table.num_rows if stop is None else min(stop - first, table.num_rows)
+                if hi <= 0:
+                    return  # past ``stop``: later files are too
+                if lo < hi:
+                    yield RawChunk(self._labelled(table.slice(lo, hi - lo), path), path, file_row + lo, first + lo)
+            if n is None:  # a CSV file read to its end: now its size is known
+                n = self._counts[path] = seen
+                if n == 0:
+                    raise DataError("empty file (no rows)", file=path)
+            offset += n
+
+    def _labelled(self, table: pa.Table, path: str) -> pa.Table:
+        if self.spec.file_label is None:
+            return table
+        value = self._label_value(path)
+        return table.append_column(self.spec.file_label.column, pa.array([value] * table.num_rows, pa.string()))
+
+    def _file_tables(self, path: str, fmt: str, skip: int) -> Iterator:
+        """(table, first file row) pairs of one file; Parquet row groups before ``skip`` are not decoded."""
+        if fmt == "parquet":
+            pf = self._parquet_file(path)
+            self._check_columns(path, pf.schema_arrow.names)
+            wanted = self._file_columns()
+            cols = None if wanted is None else [c for c in pf.schema_arrow.names if c in wanted]
+            first, groups = 0, []
+            for g in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                if first + n > skip:
+                    groups.append((g, first))
+                first += n
+            if not groups:
+                return
+            row = groups[0][1]
+            try:
+                for batch in pf.iter_batches(
+                    batch_size=self.chunk_rows, row_groups=[g for g, _ in groups], columns=cols
+                ):
+                    yield pa.Table.from_batches([batch]), row
+                    row += batch.num_rows
+            except (pa.ArrowInvalid, OSError) as e:
+                raise DataError(f"corrupt or truncated Parquet ({str(e).splitlines()[0]})", file=path) from None
+        else:
+            row = 0
+            for table in self._csv(path):
+                yield table, row
+                row += table.num_rows
+
+    def read_all(self) -> pa.Table:
+        """The whole table in memory (side tables for joins)."""
+        tables = [c.table for c in self.chunks()]
+        return pa.concat_tables(tables) if tables else pa.table({})

@@ -1,0 +1,276 @@
+"""Dataset specs: a YAML file mapping the columns of CSV/Parquet files to the schema.
+
+A spec says where the rows are (``source``, optional side tables to ``joins`` and separate ``test_source``),
+which columns to compute (``derived``), and how each column becomes a sparse feature (with its id-encoding
+policy), a dense feature, a task label, the scenario, the user, time, weight or an evaluation group.
+
+Example (MovieLens-100K, original files)::
+
+    name: movielens-100k
+    source: {path: u.data, format: csv, delimiter: "\\t", header: false,
+             columns: [user_id, item_id, rating, timestamp]}
+    joins:
+      - {path: u.user, delimiter: "|", header: false, on: user_id,
+         columns: [user_id, age, gender, occupation, zip]}
+    derived:
+      - {name: like, op: greater, column: rating, value: 3}
+    sparse:
+      - {name: user_id, group: user}
+    tasks:
+      - {name: like, kind: binary}
+
+Encoding policies:
+    ``vocab``: a vocabulary fitted on the training split; index 0 is the out-of-vocabulary bucket (``oov:
+    bucket``) or unseen values are an error (``oov: error``). ``num_embeddings`` caps the table (the most
+    frequent values are kept) or is fitted when omitted.
+    ``hash``: values hashed into ``num_embeddings`` buckets (no fitting; collisions possible).
+    ``identity``: the column already holds integer ids; any id outside ``[0, num_embeddings)`` is an error.
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional
+
+from recsys.config import from_dict, read_yaml
+from recsys.errors import ConfigError
+
+
+@dataclass
+class FileLabel:
+    """Adds a column whose value comes from each file's name (e.g. per-country files as scenarios)."""
+
+    column: str
+    pattern: str  # a regular expression with one group, searched in the file name
+
+
+@dataclass
+class FileSpec:
+    """One logical table: a file, a folder of files, or a glob, read in chunks.
+
+    Args:
+        path: file, folder (all ``*.csv``/``*.parquet`` inside, sorted) or glob, relative to the data root.
+        format: ``csv``, ``parquet`` or ``auto`` (from the extension).
+        delimiter: CSV field separator.
+        header: whether CSV files start with a header row.
+        columns: column names for header-less CSV files.
+        encoding: CSV text encoding.
+        file_label: derive a column from each file's name.
+    """
+
+    path: str
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    delimiter: str = ","
+    header: bool = True
+    columns: Optional[List[str]] = None
+    encoding: str = "utf-8"
+    file_label: Optional[FileLabel] = None
+
+
+@dataclass
+class JoinSpec:
+    """A side table loaded in memory and joined to each chunk by key (a left join that must match)."""
+
+    path: str
+    on: str
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    delimiter: str = ","
+    header: bool = True
+    columns: Optional[List[str]] = None
+    encoding: str = "utf-8"
+
+    def file_spec(self) -> FileSpec:
+        return FileSpec(self.path, self.format, self.delimiter, self.header, self.columns, self.encoding)
+
+
+@dataclass
+class DerivedSpec:
+    """A column computed from others, vectorised, in spec order.
+
+    ops:
+        ``greater``: ``column > value`` as 0/1.
+        ``bucketize``: index of the bucket of ``column`` between ``boundaries`` (``x < b0`` is 0).
+        ``first_nonzero``: index of the first non-zero among ``columns`` (``len(columns)`` when none).
+        ``cross``: a 64-bit hash of the values of ``columns`` together (a crossed feature for wide models).
+    """
+
+    name: str
+    op: Literal["greater", "bucketize", "first_nonzero", "cross"]
+    column: Optional[str] = None
+    columns: List[str] = field(default_factory=list)
+    value: Optional[float] = None
+    boundaries: List[float] = field(default_factory=list)
+
+
+@dataclass
+class SparseSpec:
+    """A sparse feature and its id-encoding policy (see the module docstring)."""
+
+    name: str
+    column: Optional[str] = None
+    group: Literal["user", "host", "item", "context", "scenario"] = "context"
+    encoding: Literal["vocab", "hash", "identity"] = "vocab"
+    num_embeddings: Optional[int] = None
+    oov: Literal["bucket", "error"] = "bucket"
+    min_count: int = 1
+    multi_hot: bool = False
+    separator: str = "|"
+    pooling: Literal["sum", "mean"] = "sum"
+    embedding_dim: Optional[int] = None
+    table: Optional[str] = None
+    dtype: Literal["auto", "int", "string"] = "auto"
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+
+@dataclass
+class DenseSpec:
+    """A numeric feature: ``transform`` is fitted on the training split; ``fill`` replaces NaN/missing values
+    (when ``fill`` is not given, a NaN or infinite value is an error)."""
+
+    name: str
+    column: Optional[str] = None
+    transform: Literal["none", "log1p", "standardize", "log1p_standardize"] = "none"
+    fill: Optional[float] = None
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+
+@dataclass
+class TaskSpec:
+    """A label column and its task (see :class:`recsys.schema.Task`)."""
+
+    name: str
+    column: Optional[str] = None
+    kind: Literal["binary", "regression"] = "binary"
+    depends_on: Optional[str] = None
+    loss: Literal["mse", "log_mse", "huber"] = "mse"
+    weight: float = 1.0
+    eval_threshold: Optional[float] = None
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+
+@dataclass
+class CategorySpec:
+    """A categorical column with a closed set of values (scenario, evaluation groups).
+
+    Either ``values`` lists the raw values in index order (an undeclared value is an error), or ``num`` says
+    the column already holds indices ``0..num-1``. ``names`` are display names.
+    """
+
+    column: str
+    values: Optional[List[Any]] = None
+    num: Optional[int] = None
+    names: Optional[List[str]] = None
+
+    def size(self) -> int:
+        return len(self.values) if self.values is not None else int(self.num or 0)
+
+    def display_names(self) -> List[str]:
+        if self.names:
+            return list(self.names)
+        if self.values is not None:
+            return [str(v) for v in self.values]
+        return [str(i) for i in range(self.size())]
+
+
+@dataclass
+class DatasetSpec:
+    """The whole mapping from files to the schema.
+
+    Args:
+        name: dataset name (shown in reports).
+        root: data root, relative to the spec file, that file paths are relative to.
+        source: the rows.
+        test_source: separate test rows (the split then only carves validation out of ``source``).
+        joins: side tables joined by key.
+        derived: computed columns.
+        sparse, dense, tasks: features and labels.
+        scenario: the scenario column (absent: one scenario).
+        user: name of the sparse feature holding the user id (GAUC, per-user state).
+        time: column with a timestamp (time splits, per-user order).
+        weight: column with sample weights.
+        row_id: column with a stable instance id (default: the global row number).
+        oracle: task name -> column with the true probability (synthetic data).
+        eval_groups: extra columns evaluation reports metrics by (e.g. a lifecycle stage).
+    """
+
+    name: str
+    source: FileSpec
+    root: str = "."
+    test_source: Optional[FileSpec] = None
+    joins: List[JoinSpec] = field(default_factory=list)
+    derived: List[DerivedSpec] = field(default_factory=list)
+    sparse: List[SparseSpec] = field(default_factory=list)
+    dense: List[DenseSpec] = field(default_factory=list)
+    tasks: List[TaskSpec] = field(default_factory=list)
+    scenario: Optional[CategorySpec] = None
+    user: Optional[str] = None
+    time: Optional[str] = None
+    weight: Optional[str] = None
+    row_id: Optional[str] = None
+    oracle: Dict[str, str] = field(default_factory=dict)
+    eval_groups: Dict[str, CategorySpec] = field(default_factory=dict)
+    # where the spec file lives (relative roots resolve against it)
+    spec_dir: str = field(default=".", metadata={"internal": True})
+
+    def data_root(self, override: Optional[str] = None) -> str:
+        if override:
+            return override
+        return self.root if os.path.isabs(self.root) else os.path.normpath(os.path.join(self.spec_dir, self.root))
+
+    def validate(self, source: str) -> None:
+        sparse_names = [s.name for s in self.sparse]
+        if len(set(sparse_names)) != len(sparse_names):
+            raise ConfigError(f"{source}: sparse feature names repeat")
+        if not self.sparse:
+            raise ConfigError(f"{source}: at least one sparse feature is needed")
+        if not self.tasks:
+            raise ConfigError(f"{source}: at least one task is needed")
+        task_names = [t.name for t in self.tasks]
+        for s in self.sparse:
+            if s.encoding in ("hash", "identity") and not s.num_embeddings:
+                raise ConfigError(f"{source}: sparse '{s.name}': encoding '{s.encoding}' needs num_embeddings")
+            if s.multi_hot and s.encoding == "identity" and s.dtype == "string":
+                raise ConfigError(f"{source}: sparse '{s.name}': identity ids must be integers")
+        for t in self.tasks:
+            if t.depends_on is not None and t.depends_on not in task_names:
+                raise ConfigError(f"{source}: task '{t.name}': depends_on '{t.depends_on}' is not a task")
+        if self.user is not None and self.user not in sparse_names:
+            raise ConfigError(f"{source}: 'user' must name a sparse feature, got '{self.user}'")
+        for name in self.oracle:
+            if name not in task_names:
+                raise ConfigError(f"{source}: oracle '{name}' is not a task")
+        for where, cat in ([("scenario", self.scenario)] if self.scenario else []) + [
+            (f"eval_groups.{k}", v) for k, v in self.eval_groups.items()
+        ]:
+            if (cat.values is None) == (cat.num is None):
+                raise ConfigError(f"{source}: '{where}' needs exactly one of 'values' or 'num'")
+            if cat.names is not None and len(cat.names) != cat.size():
+                raise ConfigError(f"{source}: '{where}.names' must have one name per value")
+        for d in self.derived:
+            if d.op in ("greater", "bucketize") and not d.column:
+                raise ConfigError(f"{source}: derived '{d.name}': op '{d.op}' needs 'column'")
+            if d.op == "greater" and d.value is None:
+                raise ConfigError(f"{source}: derived '{d.name}': op 'greater' needs 'value'")
+            if d.op == "bucketize" and not d.boundaries:
+                raise ConfigError(f"{source}: derived '{d.name}': op 'bucketize' needs 'boundaries'")
+            if d.op in ("first_nonzero", "cross") and len(d.columns) < (1 if d.op == "first_nonzero" else 2):
+                raise ConfigError(f"{source}: derived '{d.name}': op '{d.op}' needs 'columns'")
+
+
+def load_spec(path: str) -> DatasetSpec:
+    """Read and check a dataset spec YAML."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    spec = from_dict(DatasetSpec, data, source=path)
+    spec.spec_dir = os.path.dirname(os.path.abspath(path))
+    spec.validate(path)
+    return spec

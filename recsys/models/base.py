@@ -1,0 +1,118 @@
+"""The contract every model follows, and the model registry.
+
+A model is an ``nn.Module`` built from a :class:`~recsys.schema.Schema` and its own config dataclass; its
+``forward(batch)`` returns ``{task: [B]}``: a logit for binary tasks, a raw prediction for regression tasks.
+Losses live in :mod:`recsys.train.losses`; a model influences them only through the hooks below, so the
+trainer never needs to know which model it runs.
+
+Models are resolved only through :func:`register_model` names: a config can never import arbitrary code.
+"""
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Type, TypeVar
+
+import torch
+from torch import nn
+
+from recsys.config import ModelConfig, from_dict
+from recsys.data.batch import Batch
+from recsys.errors import ConfigError
+from recsys.schema import Schema
+
+
+@dataclass
+class NoOptions:
+    """A model without options."""
+
+
+class RankingModel(nn.Module):
+    """Base class of every ranking model.
+
+    Subclasses set ``Config`` (the dataclass of their ``model.params``) and implement ``forward``.
+
+    Attributes:
+        dependent_loss: how losses treat a task with ``depends_on``: ``conditional`` trains it only on rows
+            where the parent's label is positive (CVR on clicks); ``joint`` trains the product of parent and
+            child probabilities on all rows against the child's label (ESMM's CTCVR loss).
+    """
+
+    Config: Type = NoOptions
+    dependent_loss: str = "conditional"
+
+    def __init__(self, schema: Schema, config: object) -> None:
+        super().__init__()
+        self.schema = schema
+        self.config = config
+        self.tasks: List[str] = schema.task_names
+
+    def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss_weights(self, batch: Batch, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Per-sample weights ``{task: [B]}`` multiplying each task's loss (no gradient flows through them)."""
+        return {}
+
+    def extra_losses(self, batch: Batch, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Model-specific loss terms ``{name: scalar}`` added to the total (auxiliary heads, regularisers)."""
+        return {}
+
+    # helpers for subclasses
+    def check_features(self, names: Optional[Sequence[str]], what: str) -> List[str]:
+        """``names`` (all sparse features when None), each checked against the schema."""
+        if names is None:
+            return self.schema.feature_names
+        known = self.schema.feature_names
+        for n in names:
+            if n not in known:
+                close = difflib.get_close_matches(n, known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"model.params.{what}: '{n}' is not a sparse feature{hint}")
+        return list(names)
+
+
+M = TypeVar("M", bound=Type[RankingModel])
+_REGISTRY: Dict[str, Type[RankingModel]] = {}
+
+
+def register_model(name: str) -> Callable[[M], M]:
+    """Class decorator adding a model to the registry under ``name``."""
+
+    def wrap(cls: M) -> M:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"model name '{name}' registered twice")
+        if not dataclasses.is_dataclass(cls.Config):
+            raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+        _REGISTRY[name] = cls
+        cls.registry_name = name  # type: ignore[attr-defined]
+        return cls
+
+    return wrap
+
+
+def model_names() -> List[str]:
+    import recsys.models  # noqa: F401 - registers every model module
+
+    return sorted(_REGISTRY)
+
+
+def model_class(name: str) -> Type[RankingModel]:
+    names = model_names()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known models: {', '.join(names)}"
+        raise ConfigError(f"model.name: unknown model '{name}'{hint}")
+    return _REGISTRY[name]
+
+
+def build_model(model: ModelConfig, schema: Schema, source: str = "config") -> RankingModel:
+    """The registered model ``model.name`` with ``model.params`` checked against its config dataclass.
+
+    Example::
+
+        model = build_model(ModelConfig(name="wide_deep", params={"hidden": [128, 64]}), schema)
+    """
+    cls = model_class(model.name)
+    params = from_dict(cls.Config, model.params, where="model.params", source=source)
+    return cls(schema, params)

@@ -1,0 +1,88 @@
+"""Wide & Deep.
+
+Cheng et al., "Wide & Deep Learning for Recommender Systems", DLRS 2016 (arXiv:1606.07792).
+
+The wide part is a linear model over the sparse features (a first-order weight per id and task, looked up in
+the same EmbeddingBagCollection as the deep embeddings) and the dense features; the deep part is an MLP over
+the concatenated embeddings and dense features. Their logits add. With several tasks the deep MLP is shared
+and each task has its own output layer and its own wide weights (the CBMR paper's baseline).
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from recsys.data.batch import Batch
+from recsys.models.base import RankingModel, register_model
+from recsys.modules.mlp import MLP, TaskHeads
+from recsys.modules.sparse import SparseArch
+from recsys.schema import Schema
+
+
+@dataclass
+class WideDeepConfig:
+    """Options of :class:`WideDeep`.
+
+    Args:
+        hidden: widths of the deep MLP.
+        dropout, activation, norm: deep MLP options (see :class:`~recsys.modules.mlp.MLP`).
+        deep_features: sparse features of the deep part (default: all).
+        wide_features: sparse features of the wide part (default: all).
+        use_dense: feed dense features to both parts.
+    """
+
+    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
+    dropout: float = 0.0
+    activation: str = "relu"
+    norm: str = "none"
+    deep_features: Optional[List[str]] = None
+    wide_features: Optional[List[str]] = None
+    use_dense: bool = True
+
+
+def wide_width(num_tasks: int) -> int:
+    """Width of the wide tables: one column per task, rounded up to FBGEMM's multiple of 4."""
+    return max(4, -(-num_tasks // 4) * 4)
+
+
+@register_model("wide_deep")
+class WideDeep(RankingModel):
+    """Wide & Deep over a schema.
+
+    Shapes: B = batch, F = deep features, D = embedding dim, Dd = dense features, T = tasks.
+    deep input [B, F * D + Dd] -> MLP -> [B, H] -> T heads; wide: [B, T] from the wide tables + dense linear.
+
+    Example::
+
+        model = WideDeep(schema, WideDeepConfig(hidden=[128, 64]))
+        logits = model(batch)         # {"ctr": [B], ...}
+    """
+
+    Config = WideDeepConfig
+
+    def __init__(self, schema: Schema, config: WideDeepConfig) -> None:
+        super().__init__(schema, config)
+        self.deep_features = self.check_features(config.deep_features, "deep_features")
+        self.wide_features = self.check_features(config.wide_features, "wide_features")
+        self.sparse_arch = SparseArch(schema, wide_dim=wide_width(len(self.tasks)))
+        dense_dim = schema.dense_dim if config.use_dense else 0
+        self.use_dense = config.use_dense and dense_dim > 0
+        self.deep = MLP(
+            self.sparse_arch.output_dim(self.deep_features) + dense_dim, config.hidden,
+            activation=config.activation, dropout=config.dropout, norm=config.norm,
+        )
+        self.heads = TaskHeads(self.deep.output_dim, self.tasks)
+        self.wide_dense = nn.Linear(dense_dim, len(self.tasks)) if self.use_dense else None
+
+    def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
+        emb = self.sparse_arch(batch.sparse)
+        deep_in = emb.concat(self.deep_features)
+        if self.use_dense:
+            deep_in = torch.cat([deep_in, batch.dense], dim=1)
+        deep = self.heads(self.deep(deep_in))
+        wide = emb.wide_sum(self.wide_features)
+        if self.wide_dense is not None:
+            wide = wide[:, : len(self.tasks)] + self.wide_dense(batch.dense)
+        return {t: deep[t] + wide[:, i] for i, t in enumerate(self.tasks)}

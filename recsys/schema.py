@@ -1,0 +1,214 @@
+"""The model-facing schema: which sparse and dense features exist, which tasks are predicted, and the
+scenario and user columns.
+
+The schema is what models read. It is built from a dataset spec after the id encoders are fitted (so table
+sizes are known), or directly in Python. Nothing downstream hard-codes a column name.
+
+Example::
+
+    schema = Schema(
+        sparse=(SparseFeature("user_id", 1000, 16, group="user"),
+                SparseFeature("item_id", 500, 16, group="item")),
+        dense=(DenseFeature("price"),),
+        tasks=(Task("ctr"), Task("cvr", depends_on="ctr")),
+        num_scenarios=3,
+        user_feature="user_id",
+    )
+"""
+
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from recsys.errors import ConfigError
+
+GROUPS = ("user", "host", "item", "context", "scenario")
+POOLINGS = ("sum", "mean")
+TASK_KINDS = ("binary", "regression")
+REGRESSION_LOSSES = ("mse", "log_mse", "huber")
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """A categorical feature looked up in an embedding table.
+
+    Args:
+        name: feature name; also the KJT key.
+        num_embeddings: rows of its table (ids are guaranteed in ``[0, num_embeddings)``).
+        embedding_dim: width of its embedding; FBGEMM needs a multiple of 4.
+        group: semantic group (user, host, item, context, scenario) models select features by.
+        multi_hot: whether a sample may carry several ids (pooled with ``pooling``).
+        pooling: ``sum`` or ``mean`` over a sample's ids.
+        table: name of the embedding table; features naming the same table share it.
+    """
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int = 16
+    group: str = "context"
+    multi_hot: bool = False
+    pooling: str = "sum"
+    table: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS:
+            raise ConfigError(f"feature '{self.name}': group '{self.group}' is not one of {GROUPS}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"feature '{self.name}': pooling '{self.pooling}' is not one of {POOLINGS}")
+        if self.num_embeddings < 1:
+            raise ConfigError(f"feature '{self.name}': num_embeddings must be >= 1, got {self.num_embeddings}")
+        if self.embedding_dim < 4 or self.embedding_dim % 4:
+            raise ConfigError(
+                f"feature '{self.name}': embedding_dim must be a positive multiple of 4 (FBGEMM), "
+                f"got {self.embedding_dim}"
+            )
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
+
+
+@dataclass(frozen=True)
+class DenseFeature:
+    """A numeric feature; the reader has already transformed and validated it."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """A prediction target.
+
+    Args:
+        name: task name; models return one output per task under this key.
+        kind: ``binary`` (logit, BCE with logits) or ``regression`` (raw prediction).
+        depends_on: parent task of a funnel (CVR depends on CTR): the label is only defined where the parent's
+            label is positive, so losses and metrics restrict to those rows unless a model asks otherwise.
+        loss: for regression, ``mse`` on the label, ``log_mse`` on ``log1p(label)`` or ``huber``.
+        weight: the task's weight in the total loss.
+        eval_threshold: for regression, the label threshold that defines positives for AUC (e.g. a long view).
+    """
+
+    name: str
+    kind: str = "binary"
+    depends_on: Optional[str] = None
+    loss: str = "mse"
+    weight: float = 1.0
+    eval_threshold: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ConfigError(f"task '{self.name}': kind '{self.kind}' is not one of {TASK_KINDS}")
+        if self.kind == "regression" and self.loss not in REGRESSION_LOSSES:
+            raise ConfigError(f"task '{self.name}': loss '{self.loss}' is not one of {REGRESSION_LOSSES}")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Features, tasks and the scenario/user columns of one dataset.
+
+    Args:
+        sparse: sparse features, in KJT key order.
+        dense: dense features, in column order of ``Batch.dense``.
+        tasks: prediction targets, in output order.
+        num_scenarios: number of scenarios (1 when the data has none).
+        scenario_names: display names of the scenarios.
+        user_feature: the sparse feature holding the user id (GAUC grouping, per-user state), if any.
+        scenario_feature: the sparse feature holding the scenario id, if the scenario is also a feature.
+        eval_groups: extra columns evaluation breaks metrics down by (e.g. a lifecycle stage), with their value
+            names.
+    """
+
+    sparse: Tuple[SparseFeature, ...]
+    dense: Tuple[DenseFeature, ...] = ()
+    tasks: Tuple[Task, ...] = (Task("ctr"),)
+    num_scenarios: int = 1
+    scenario_names: Tuple[str, ...] = ()
+    user_feature: Optional[str] = None
+    scenario_feature: Optional[str] = None
+    eval_groups: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.sparse]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(f"schema: sparse feature names repeat: {sorted(dup)}")
+        task_names = [t.name for t in self.tasks]
+        if len(set(task_names)) != len(task_names):
+            raise ConfigError(f"schema: task names repeat: {task_names}")
+        if not self.tasks:
+            raise ConfigError("schema: at least one task is needed")
+        for t in self.tasks:
+            if t.depends_on is not None:
+                if t.depends_on not in task_names:
+                    raise ConfigError(f"task '{t.name}': depends_on '{t.depends_on}' is not a task")
+                if self.task(t.depends_on).kind != "binary":
+                    raise ConfigError(f"task '{t.name}': depends_on '{t.depends_on}' must be a binary task")
+        for ref in (self.user_feature, self.scenario_feature):
+            if ref is not None and ref not in names:
+                raise ConfigError(f"schema: '{ref}' is not a sparse feature")
+        tables: Dict[str, SparseFeature] = {}
+        for f in self.sparse:
+            other = tables.setdefault(f.table_name, f)
+            if (other.num_embeddings, other.embedding_dim) != (f.num_embeddings, f.embedding_dim):
+                raise ConfigError(
+                    f"features '{other.name}' and '{f.name}' share table '{f.table_name}' but differ in size"
+                )
+        if self.num_scenarios < 1:
+            raise ConfigError("schema: num_scenarios must be >= 1")
+        if self.scenario_names and len(self.scenario_names) != self.num_scenarios:
+            raise ConfigError("schema: scenario_names must have num_scenarios entries")
+
+    # --- look-ups -------------------------------------------------------------------------------------------
+    @property
+    def feature_names(self) -> List[str]:
+        return [f.name for f in self.sparse]
+
+    @property
+    def dense_dim(self) -> int:
+        return len(self.dense)
+
+    @property
+    def task_names(self) -> List[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> Task:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise ConfigError(f"schema: no task '{name}' (tasks: {self.task_names})")
+
+    def feature(self, name: str) -> SparseFeature:
+        for f in self.sparse:
+            if f.name == name:
+                return f
+        raise ConfigError(f"schema: no sparse feature '{name}' (features: {self.feature_names})")
+
+    def features_in(self, groups: Sequence[str]) -> List[SparseFeature]:
+        """Sparse features whose group is in ``groups``, in schema order."""
+        unknown = set(groups) - set(GROUPS)
+        if unknown:
+            raise ConfigError(f"schema: unknown feature groups {sorted(unknown)}; groups are {GROUPS}")
+        return [f for f in self.sparse if f.group in groups]
+
+    def scenario_name(self, index: int) -> str:
+        return self.scenario_names[index] if self.scenario_names else str(index)
+
+    def with_embedding_dim(self, dim: int) -> "Schema":
+        """The same schema with every feature at ``dim`` (for models that need equal widths)."""
+        return replace(self, sparse=tuple(replace(f, embedding_dim=dim) for f in self.sparse))
+
+    def summary(self) -> str:
+        rows = [
+            f"  {f.name:<20} {f.group:<9} rows={f.num_embeddings:<10} dim={f.embedding_dim}"
+            + (" multi-hot" if f.multi_hot else "")
+            for f in self.sparse
+        ]
+        tasks = ", ".join(
+            t.name + (f"|{t.depends_on}" if t.depends_on else "") + ("" if t.kind == "binary" else " (reg)")
+            for t in self.tasks
+        )
+        return "\n".join(
+            [f"sparse features ({len(self.sparse)}):", *rows, f"dense features: {self.dense_dim}",
+             f"tasks: {tasks}", f"scenarios: {self.num_scenarios}"]
+        )
+

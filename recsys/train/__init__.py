@@ -1,0 +1,1 @@
+"""Training: losses, metrics, sharding, optimizers, checkpoints and the trainer."""

@@ -1,0 +1,150 @@
+"""Per-task losses driven by the schema, and the train wrapper torchrec's pipelines call.
+
+* binary tasks: binary cross-entropy on logits (never sigmoid followed by BCE on probabilities);
+* regression tasks: ``mse`` on the label, ``log_mse`` on ``log1p(label)`` (heavy-tailed stay times), ``huber``;
+* a task with ``depends_on`` (CVR given click) is trained where its parent's label is positive
+  (``conditional``), or, for models that ask for it (ESMM), as the product of parent and child probabilities on
+  every row against the child's label (``joint``: the CTCVR loss).
+
+Each task's loss is the weighted mean over the rows it applies to; weights are the batch's sample weights
+(0 for padding rows) times any per-sample weights the model supplies.
+"""
+
+import math
+from typing import Dict, Mapping, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.data.batch import Batch
+from recsys.errors import ConfigError
+from recsys.schema import Schema, Task
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x < 0``, stable at both ends (Maechler 2012)."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def joint_bce(parent_logit: torch.Tensor, child_logit: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Per-row BCE of ``p = sigmoid(parent) * sigmoid(child)`` against ``label``, computed in log space."""
+    log_p = F.logsigmoid(parent_logit) + F.logsigmoid(child_logit)
+    return -(label * log_p + (1.0 - label) * log1mexp(log_p.clamp_max(-1e-7)))
+
+
+def regression_loss(task: Task, prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    if task.loss == "log_mse":
+        return (prediction - torch.log1p(label)) ** 2
+    if task.loss == "huber":
+        return F.huber_loss(prediction, label, reduction="none", delta=1.0)
+    return (prediction - label) ** 2
+
+
+def prediction_of(task: Task, output: torch.Tensor) -> torch.Tensor:
+    """A model output in the label's space: probability for binary tasks, the value for regression."""
+    if task.kind == "binary":
+        return torch.sigmoid(output)
+    if task.loss == "log_mse":
+        return torch.expm1(output).clamp_min(0.0)
+    return output
+
+
+class MultiTaskLoss(nn.Module):
+    """Weighted sum of per-task losses.
+
+    Args:
+        schema: tasks, their kinds, dependencies and default weights.
+        task_weights: overrides of the tasks' weights in the total.
+        dependent_loss: ``conditional`` or ``joint`` (see the module docstring).
+
+    Example::
+
+        loss_fn = MultiTaskLoss(schema)
+        losses = loss_fn(batch, model(batch))   # {"ctr": scalar, "cvr": scalar}
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        task_weights: Optional[Mapping[str, float]] = None,
+        dependent_loss: str = "conditional",
+    ) -> None:
+        super().__init__()
+        if dependent_loss not in ("conditional", "joint"):
+            raise ValueError(f"dependent_loss must be conditional or joint, got {dependent_loss!r}")
+        for name in task_weights or {}:
+            schema.task(name)  # raises for unknown tasks
+        self.schema = schema
+        self.weights = {t.name: float((task_weights or {}).get(t.name, t.weight)) for t in schema.tasks}
+        self.dependent_loss = dependent_loss
+
+    def per_sample(self, task: Task, outputs: Dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """Unreduced loss of ``task`` for every row: [B]."""
+        label = batch.labels[task.name]
+        out = outputs[task.name]
+        if task.kind == "binary":
+            if task.depends_on is not None and self.dependent_loss == "joint":
+                return joint_bce(outputs[task.depends_on], out, label)
+            return F.binary_cross_entropy_with_logits(out, label, reduction="none")
+        return regression_loss(task, out, label)
+
+    def row_weights(self, task: Task, batch: Batch) -> torch.Tensor:
+        """Which rows (and how much) ``task``'s loss covers: [B]."""
+        w = batch.weights
+        if task.depends_on is not None and not (task.kind == "binary" and self.dependent_loss == "joint"):
+            w = w * (batch.labels[task.depends_on] > 0).to(w.dtype)
+        return w
+
+    def forward(
+        self,
+        batch: Batch,
+        outputs: Dict[str, torch.Tensor],
+        sample_weights: Optional[Dict[str, torch.Tensor]] = None,
+    ) -> Dict[str, torch.Tensor]:
+        losses: Dict[str, torch.Tensor] = {}
+        for task in self.schema.tasks:
+            w = self.row_weights(task, batch)
+            norm = w.sum().clamp_min(1e-12)
+            if sample_weights is not None and task.name in sample_weights:
+                w = w * sample_weights[task.name].detach()
+            losses[task.name] = self.weights[task.name] * (self.per_sample(task, outputs, batch) * w).sum() / norm
+        return losses
+
+
+class StepOutput(NamedTuple):
+    """What the train wrapper hands back beside the loss: detached per-term losses, model outputs, the batch."""
+
+    losses: Dict[str, torch.Tensor]
+    outputs: Dict[str, torch.Tensor]
+    batch: Batch
+
+
+class TrainModule(nn.Module):
+    """Model plus loss, shaped for torchrec's train pipelines: ``forward(batch) -> (loss, StepOutput)``.
+
+    DistributedModelParallel wraps this module, so the pipeline's forward and backward cover the loss.
+
+    Example::
+
+        module = TrainModule(model, MultiTaskLoss(schema))
+        loss, out = module(batch)
+        loss.backward()
+    """
+
+    def __init__(self, model: nn.Module, loss: MultiTaskLoss) -> None:
+        super().__init__()
+        if getattr(model, "dependent_loss", "conditional") != loss.dependent_loss:
+            raise ConfigError(
+                f"model wants dependent_loss={model.dependent_loss!r} but the loss uses {loss.dependent_loss!r}"
+            )
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch: Batch):
+        outputs = self.model(batch)
+        losses = self.loss(batch, outputs, self.model.loss_weights(batch, outputs))
+        losses.update(self.model.extra_losses(batch, outputs))
+        total = torch.stack(list(losses.values())).sum()
+        detached = {k: v.detach() for k, v in losses.items()}
+        return total, StepOutput(detached, {k: v.detach() for k, v in outputs.items()}, batch)

@@ -1,0 +1,73 @@
+"""Optimizers: the embedding optimizer is fused into FBGEMM's backward (applied in backward, no gradient
+materialises); dense parameters get a regular torch optimizer; torchrec's CombinedOptimizer joins them."""
+
+from typing import Dict, Iterable, Optional, Tuple, Type
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from recsys.config import EmbeddingOptimizerConfig, OptimizerConfig
+from recsys.errors import ConfigError
+from recsys.train.sharding import embedding_tables
+
+
+def embedding_optimizer_class(cfg: EmbeddingOptimizerConfig, device_type: str) -> Tuple[Type, Dict[str, float]]:
+    if cfg.name == "adam" and device_type != "cuda":
+        raise ConfigError("train.embedding_optimizer.name: fused 'adam' needs CUDA; on CPU use rowwise_adagrad, "
+                          "adagrad or sgd")
+    if cfg.name == "rowwise_adagrad":
+        return RowWiseAdagrad, {"lr": cfg.lr, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad, {"lr": cfg.lr, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+    if cfg.name == "adam":
+        return torch.optim.Adam, {"lr": cfg.lr, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+    return torch.optim.SGD, {"lr": cfg.lr}
+
+
+def fuse_embedding_optimizer(module: nn.Module, cfg: EmbeddingOptimizerConfig, device_type: str) -> None:
+    """Attach the embedding optimizer to every EmbeddingBagCollection's parameters (before sharding)."""
+    cls, kwargs = embedding_optimizer_class(cfg, device_type)
+    for m in module.modules():
+        if isinstance(m, EmbeddingBagCollection):
+            apply_optimizer_in_backward(cls, m.parameters(), kwargs)
+    assert embedding_tables(module), "the model has no embedding tables"
+
+
+def dense_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    plist = list(params)
+    if cfg.name == "adam":
+        return torch.optim.Adam(plist, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(plist, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(plist, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(plist, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class ClippedOptimizer(CombinedOptimizer):
+    """CombinedOptimizer that clips the dense gradients' global norm before stepping (the fused embedding
+    update already happened in backward, so there is nothing to clip there)."""
+
+    def __init__(self, optimizers, clip_params, max_norm: Optional[float]) -> None:
+        super().__init__(optimizers)
+        self._clip_params = list(clip_params)
+        self._max_norm = max_norm
+
+    def step(self, closure=None) -> None:
+        if self._max_norm is not None and self._clip_params:
+            torch.nn.utils.clip_grad_norm_(self._clip_params, self._max_norm)
+        super().step(closure)
+
+
+def build_optimizer(dmp: nn.Module, cfg: OptimizerConfig, grad_clip_norm: Optional[float]) -> CombinedOptimizer:
+    """Fused embedding optimizer (from DMP) + dense optimizer over every other trainable parameter."""
+    dense = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if v.requires_grad}
+    parts = [("embedding", dmp.fused_optimizer)]
+    if dense:
+        parts.append(("dense", KeyedOptimizerWrapper(dense, lambda ps: dense_optimizer(ps, cfg))))
+    return ClippedOptimizer(parts, dense.values(), grad_clip_norm)

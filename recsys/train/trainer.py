@@ -1,0 +1,451 @@
+"""The trainer: data, model, DistributedModelParallel, fused optimizer, loop, evaluation, checkpoints, TensorBoard.
+
+It never looks inside a model: model-specific loss terms and per-sample weights come through the model's
+hooks (:class:`~recsys.models.base.RankingModel`), and anything a module wants plotted comes through its
+optional ``tensorboard_stats()`` method (scalars and histograms).
+
+Run folder::
+
+    run_dir/
+        config.yaml        the resolved config
+        encoders/          fitted vocabularies and dense statistics
+        plan.txt           the sharding plan
+        tb/                TensorBoard events
+        checkpoints/       step-XXXXXXXX/ (DCP, see recsys.train.checkpoint)
+        metrics.json       final validation and test reports
+        metrics.md         the same as markdown tables
+"""
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import yaml
+from tqdm import tqdm
+
+from recsys.config import Config, to_dict
+from recsys.data.batch import Batch
+from recsys.data.dataset import SPLITS, Dataset
+from recsys.data.loader import BatchLoader
+from recsys.errors import ConfigError, RecsysError
+from recsys.models.base import RankingModel, build_model
+from recsys.train import checkpoint as ckpt
+from recsys.train.dist import all_reduce_int, barrier, broadcast_object, init_distributed
+from recsys.train.losses import MultiTaskLoss, TrainModule
+from recsys.train.metrics import PredictionCollector, default_metric, evaluate, format_table, metric_mode
+from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
+from recsys.train.sharding import shard
+
+log = logging.getLogger("recsys.train")
+
+
+@dataclass
+class TrainState:
+    """Loop state saved with every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    best_checkpoint: Optional[str] = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    samples: int = 0
+    train_seconds: float = 0.0
+    history: List[Dict[str, float]] = field(default_factory=list)
+
+
+class NonFiniteLoss(RecsysError):
+    """Training produced a NaN or infinite loss."""
+
+
+class Trainer:
+    """Trains and evaluates one config.
+
+    Args:
+        config: the run config.
+        dataset: a prepared :class:`Dataset` (default: built from ``config.data``).
+        model: a model built for this dataset's schema (default: ``config.model`` from the registry).
+        resume: continue from the newest checkpoint in ``run_dir/checkpoints``.
+        fit_data: fit encoders when ``run_dir/encoders`` does not exist (False: they must exist, as for eval).
+
+    Example::
+
+        cfg = load_config("configs/wide_deep_movielens.yaml", ["train.epochs=3"])
+        trainer = Trainer(cfg)
+        result = trainer.fit()          # trains with early stopping, restores the best, evaluates
+        print(result["test"]["like/auc"])
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        dataset: Optional[Dataset] = None,
+        model: Optional[RankingModel] = None,
+        resume: bool = False,
+        fit_data: bool = True,
+    ) -> None:
+        self.cfg = config
+        self.dist = init_distributed(config.device)
+        self.device = self.dist.device
+        self.is_main = self.dist.is_main
+        self.run_dir = config.run_dir
+        self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
+        show = config.train.progress and self.is_main
+        self.dataset = dataset or Dataset.from_config(config, progress=show)
+        self._prepare_encoders(fit_data)
+        self.schema = self.dataset.schema(config.model.embedding_dim)
+
+        torch.manual_seed(config.train.seed)
+        self.model = model if model is not None else build_model(config.model, self.schema, source="config")
+        self.loss = MultiTaskLoss(self.schema, config.train.task_weights, self.model.dependent_loss)
+        module = TrainModule(self.model, self.loss)
+        fuse_embedding_optimizer(module, config.train.embedding_optimizer, self.device.type)
+        self.dmp = shard(module, config.sharding, self.device, config.data.batch_size)
+        self.optimizer = build_optimizer(self.dmp, config.train.dense_optimizer, config.train.grad_clip_norm)
+        self.state = TrainState()
+        self._parts: Optional[Dict[str, Any]] = None
+        self._pipeline = None
+        self._eval_seconds = 0.0
+        self.writer = None
+        if self.is_main:
+            os.makedirs(self.run_dir, exist_ok=True)
+            with open(os.path.join(self.run_dir, "plan.txt"), "w") as f:
+                f.write(str(self.dmp.plan) + "\n")
+            with open(os.path.join(self.run_dir, "config.yaml"), "w") as f:
+                yaml.safe_dump(to_dict(config), f, sort_keys=False)
+            if config.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"))
+        if resume:
+            latest = ckpt.latest_checkpoint(self.ckpt_dir)
+            if latest is None:
+                raise RecsysError(f"{self.ckpt_dir}: nothing to resume from (no completed checkpoint)")
+            self.load(latest)
+            log.info("resumed from %s at step %d", latest, self.state.step)
+
+    # --- data --------------------------------------------------------------------------------------------
+    def _prepare_encoders(self, fit_data: bool) -> None:
+        """Rank 0 fits (or loads) the encoders and broadcasts them, so no shared file system is needed."""
+        path = os.path.join(self.run_dir, "encoders")
+        state = None
+        if self.is_main:
+            if os.path.isdir(path):
+                self.dataset.load(path)
+            elif fit_data:
+                self.dataset.fit()
+                self.dataset.save(path)
+            else:
+                raise RecsysError(f"{path}: no fitted encoders (train this run first)")
+            state = self.dataset.state_dict()
+        state = broadcast_object(state)
+        if not self.is_main:
+            self.dataset.load_state_dict(state)
+
+    def _data(self) -> Dict[str, Any]:
+        if self._parts is None:
+            if self.cfg.data.in_memory:
+                self._parts = self.dataset.read(self.dist.rank, self.dist.world_size)
+            else:
+                self._parts = {s: None for s in SPLITS}
+        return self._parts
+
+    def _rows(self, split: str) -> int:
+        part = self._data()[split]
+        if part is not None:
+            return len(part)
+        return self.dataset.split_counts.get(split, 0) // self.dist.world_size
+
+    def _source(self, split: str):
+        part = self._data()[split]
+        if part is not None:
+            return part
+        return lambda: self.dataset.stream(split, self.dist.rank, self.dist.world_size)
+
+    def train_loader(self) -> BatchLoader:
+        """Shuffled training batches; every rank runs the same number of steps."""
+        b = self.cfg.data.batch_size
+        n = self._rows("train")
+        drop_last = n >= b
+        steps = all_reduce_int(n // b if drop_last else (1 if n else 0), "min")
+        return BatchLoader(
+            self._source("train"), self.schema.feature_names, b, shuffle=True, seed=self.cfg.train.seed,
+            drop_last=drop_last, num_batches=steps, shuffle_buffer_chunks=self.cfg.data.shuffle_buffer_chunks,
+            length=n, padding_like=self.dataset.empty(),
+        )
+
+    def eval_loader(self, split: str) -> BatchLoader:
+        """All rows of ``split`` in order; ranks with fewer rows pad so forward passes stay collective."""
+        b = self.cfg.data.eval_batch_size or self.cfg.data.batch_size
+        n = self._rows(split)
+        steps = all_reduce_int(math.ceil(n / b), "max")
+        return BatchLoader(self._source(split), self.schema.feature_names, b, shuffle=False, num_batches=steps,
+                           length=n, padding_like=self.dataset.empty())
+
+    # --- training ----------------------------------------------------------------------------------------
+    def _use_pipeline(self) -> bool:
+        choice = self.cfg.train.pipeline
+        return choice == "sparse_dist" or (choice == "auto" and self.device.type == "cuda")
+
+    def _steps(self, loader: BatchLoader) -> Iterator[Any]:
+        """Run the optimizer over ``loader``; yields each step's StepOutput."""
+        if self._use_pipeline():
+            from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+            if self._pipeline is None:
+                self._pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, self.device)
+            else:
+                self._pipeline.attach(self.dmp)
+            it = iter(loader)
+            while True:
+                try:
+                    yield self._pipeline.progress(it)
+                except StopIteration:
+                    return
+        else:
+            for batch in loader:
+                batch = batch.to(self.device, non_blocking=True)
+                self.optimizer.zero_grad()
+                loss, out = self.dmp(batch)
+                loss.backward()
+                self.optimizer.step()
+                yield out
+
+    def _detach_pipeline(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.detach()
+
+    def fit(self) -> Dict[str, Any]:
+        """Train with periodic validation and early stopping, restore the best checkpoint, evaluate valid and
+        test, and write ``metrics.json``. Returns ``{"valid": report, "test": report, ...}``."""
+        cfg = self.cfg.train
+        metric, mode = self._early_stopping_metric()
+        loader = self.train_loader()
+        if len(loader) == 0 and self.state.epoch < cfg.epochs:
+            raise RecsysError("the training split has no rows on this rank")
+        eval_every = cfg.eval_every_steps or len(loader)
+        start = time.perf_counter()
+        self._eval_seconds = 0.0
+        window_start, window_samples = time.perf_counter(), 0
+        stop = False
+        while self.state.epoch < cfg.epochs and not stop:
+            loader.set_epoch(self.state.epoch, self.state.batch_in_epoch)
+            with tqdm(total=len(loader) + self.state.batch_in_epoch, initial=self.state.batch_in_epoch,
+                      desc=f"epoch {self.state.epoch + 1}/{cfg.epochs}", unit="step", leave=False,
+                      disable=not (cfg.progress and self.is_main)) as bar:
+                for out in self._steps(loader):
+                    self.state.step += 1
+                    self.state.batch_in_epoch += 1
+                    n = int((out.batch.row_id >= 0).sum())
+                    self.state.samples += n
+                    window_samples += n
+                    self._check_finite(out)
+                    bar.update(1)
+                    if self.state.step % cfg.log_every_steps == 0:
+                        now = time.perf_counter()
+                        self._log_train(out, window_samples / max(now - window_start, 1e-9))
+                        window_start, window_samples = now, 0
+                    epoch_end = self.state.batch_in_epoch >= loader.num_batches
+                    if self.state.step % eval_every == 0 or epoch_end:
+                        if epoch_end:
+                            self.state.epoch += 1
+                            self.state.batch_in_epoch = 0
+                        self._detach_pipeline()
+                        stop = self._validate(metric, mode)
+                        if stop:
+                            break
+                    elif cfg.checkpoint_every_steps and self.state.step % cfg.checkpoint_every_steps == 0:
+                        self._detach_pipeline()
+                        self.save()
+                    if cfg.max_steps is not None and self.state.step >= cfg.max_steps:
+                        if not epoch_end:
+                            self._detach_pipeline()
+                            stop = self._validate(metric, mode)
+                        stop = True
+                        break
+        self.state.train_seconds += time.perf_counter() - start - self._eval_seconds
+        return self._finish()
+
+    def _early_stopping_metric(self):
+        es = self.cfg.train.early_stopping
+        if es.metric == "auto":
+            return default_metric(self.schema)
+        task = es.metric.split("/")[0]
+        if task not in self.schema.task_names:
+            raise ConfigError(f"train.early_stopping.metric: '{es.metric}' does not start with a task name "
+                              f"({', '.join(self.schema.task_names)})")
+        return es.metric, (metric_mode(es.metric) if es.mode == "auto" else es.mode)
+
+    def _check_finite(self, out) -> None:
+        total = torch.stack([v.float() for v in out.losses.values()]).sum()
+        if not bool(torch.isfinite(total)):
+            last = self.state.best_checkpoint or ckpt.latest_checkpoint(self.ckpt_dir)
+            raise NonFiniteLoss(
+                f"loss became {float(total)} at step {self.state.step} (epoch {self.state.epoch + 1}); "
+                f"last good checkpoint: {last or 'none'}; lower the learning rates or set train.grad_clip_norm"
+            )
+
+    def _validate(self, metric: str, mode: str) -> bool:
+        """Evaluate on the validation split, checkpoint, update early stopping; True when training should stop."""
+        t0 = time.perf_counter()
+        report = self.evaluate("valid")
+        value = report.get(metric)
+        if value is None:
+            raise ConfigError(f"train.early_stopping.metric: '{metric}' is not in the validation report "
+                              f"(e.g. {', '.join(k for k in report if k.count('/') == 1)[:200]})")
+        record = {"step": self.state.step, "epoch": self.state.epoch, metric: value}
+        self.state.history.append(record)
+        improved = self.state.best_metric is None or (
+            value > self.state.best_metric if mode == "max" else value < self.state.best_metric
+        )
+        path = os.path.join(self.ckpt_dir, f"step-{self.state.step:08d}")
+        if improved:
+            self.state.best_metric, self.state.best_step = float(value), self.state.step
+            self.state.best_checkpoint = path
+            self.state.bad_evals = 0
+        else:
+            self.state.bad_evals += 1
+        stop = self.state.bad_evals >= self.cfg.train.early_stopping.patience
+        self.state.stopped_early = stop
+        self.save(path)
+        self._eval_seconds += time.perf_counter() - t0
+        if self.writer is not None:
+            for key, v in report.items():
+                if key.count("/") == 1 and v == v:
+                    self.writer.add_scalar(f"valid/{key}", v, self.state.step)
+        if self.is_main:
+            log.info("step %d: valid %s = %.5f%s", self.state.step, metric, value,
+                     " (best)" if improved else f" (best {self.state.best_metric:.5f})")
+        return stop
+
+    def _log_train(self, out, samples_per_sec: float) -> None:
+        if self.writer is None:
+            return
+        step = self.state.step
+        for name, v in out.losses.items():
+            self.writer.add_scalar(f"train/loss/{name}", float(v), step)
+        self.writer.add_scalar("train/loss", float(sum(float(v) for v in out.losses.values())), step)
+        self.writer.add_scalar("train/samples_per_sec", samples_per_sec, step)
+        for i, group in enumerate(self.optimizer.param_groups):
+            if "lr" in group:
+                self.writer.add_scalar(f"train/lr/{i}", float(group["lr"]), step)
+        for name, module in self.dmp.named_modules():
+            stats = getattr(module, "tensorboard_stats", None)
+            if callable(stats):
+                for key, value in stats().items():
+                    tag = f"{name.replace('module.model.', '')}/{key}"
+                    value = value.detach().float().cpu()
+                    if value.numel() == 1:
+                        self.writer.add_scalar(tag, float(value), step)
+                    elif value.numel() > 1:
+                        self.writer.add_histogram(tag, value, step)
+
+    def _finish(self) -> Dict[str, Any]:
+        if self.state.best_checkpoint and os.path.isdir(self.state.best_checkpoint):
+            self.load(self.state.best_checkpoint, restore_loop=False)
+        result: Dict[str, Any] = {
+            "model": self.cfg.model.name,
+            "dataset": self.dataset.spec.name,
+            "best_step": self.state.best_step,
+            "steps": self.state.step,
+            "stopped_early": self.state.stopped_early,
+            "train_seconds": round(self.state.train_seconds, 2),
+            "train_samples_per_sec": round(self.state.samples / max(self.state.train_seconds, 1e-9), 1),
+            "valid": self.evaluate("valid"),
+            "test": self.evaluate("test") if self._rows("test") or self.dist.world_size > 1 else {},
+            "history": self.state.history,
+        }
+        if self.is_main:
+            with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
+                json.dump(result, f, indent=1, default=float)
+            with open(os.path.join(self.run_dir, "metrics.md"), "w") as f:
+                for split in ("valid", "test"):
+                    if result[split]:
+                        f.write(format_table(self.schema, result[split], title=f"{self.cfg.model.name}: {split}"))
+                        f.write("\n\n")
+            if self.writer is not None:
+                for key, v in result["test"].items():
+                    if key.count("/") == 1 and v == v:
+                        self.writer.add_scalar(f"test/{key}", v, self.state.step)
+                self.writer.flush()
+        barrier()
+        return result
+
+    # --- evaluation and prediction -----------------------------------------------------------------------
+    def _forward_all(self, split: str) -> PredictionCollector:
+        self.dmp.eval()
+        collector = PredictionCollector(self.schema)
+        loader = self.eval_loader(split)
+        try:
+            with torch.no_grad():
+                for batch in tqdm(loader, desc=f"eval {split}", unit="batch", leave=False,
+                                  disable=not (self.cfg.train.progress and self.is_main)):
+                    batch = batch.to(self.device, non_blocking=True)
+                    _, out = self.dmp(batch)
+                    collector.add(out.outputs, batch)
+        finally:
+            self.dmp.train()
+        return collector
+
+    def evaluate(self, split: str = "test") -> Dict[str, float]:
+        """The metric report of ``split`` (see :mod:`recsys.train.metrics`), identical on every rank."""
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
+        self._detach_pipeline()
+        preds = self._forward_all(split).gather()
+        return evaluate(self.schema, preds)
+
+    def predict(self, split: str, out_path: str) -> int:
+        """Write per-row scores (probability or value per task) of ``split`` to Parquet; returns rows written.
+
+        The file is written under a temporary name and renamed, so a failure leaves no partial output."""
+        self._detach_pipeline()
+        preds = self._forward_all(split).gather()
+        if self.is_main:
+            columns: Dict[str, Any] = {"row_id": preds.row_id, "scenario": preds.scenario}
+            if self.schema.user_feature:
+                columns["user"] = preds.user
+            for t in self.schema.task_names:
+                columns[f"score_{t}"] = preds.scores[t].astype(np.float32)
+            table = pa.table(columns)
+            os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+            tmp = out_path + ".tmp"
+            pq.write_table(table, tmp)
+            os.replace(tmp, out_path)
+        barrier()
+        return len(preds)
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+    def _app_state(self) -> Dict[str, Any]:
+        return {"model": self.dmp.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def save(self, path: Optional[str] = None) -> str:
+        path = path or os.path.join(self.ckpt_dir, f"step-{self.state.step:08d}")
+        state = asdict(self.state)
+        state["world_size"] = self.dist.world_size
+        ckpt.save_checkpoint(path, self._app_state(), state)
+        ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints, self.state.best_checkpoint)
+        return path
+
+    def load(self, path: str, restore_loop: bool = True, model_only: bool = False) -> None:
+        """Load a checkpoint (any world size); ``restore_loop`` also restores the loop state and RNG."""
+        self._detach_pipeline()
+        live = {"model": self.dmp.state_dict()} if model_only else self._app_state()
+        merged, trainer_state = ckpt.load_checkpoint(path, live, restore_rng=restore_loop)
+        self.dmp.load_state_dict(merged["model"])
+        if not model_only:
+            self.optimizer.load_state_dict(merged["optimizer"])
+        if restore_loop:
+            trainer_state.pop("world_size", None)
+            self.state = TrainState(**trainer_state)
+
