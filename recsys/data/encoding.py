@@ -245,13 +245,11 @@ class SparseEncoder:
         return found + 1  # row 0 is the OOV bucket
 
     def _hash(self, flat: pa.Array) -> np.ndarray:
+        """Hash each value's text (so an id reads alike from CSV text and Parquet integers); every distinct
+        value is hashed once and gathered. Nulls go to row 0."""
         n = self.num_embeddings
         if isinstance(flat, pa.ChunkedArray):
             flat = flat.combine_chunks()
-        if pa.types.is_integer(flat.type):
-            raw = _to_numpy(pc.fill_null(flat, 0)).astype(np.int64)
-            return (pd.util.hash_array(raw, hash_key=_HASH_KEY) % np.uint64(n)).astype(np.int64)
-        # hash each distinct value once, then gather
         enc = pc.dictionary_encode(pc.cast(flat, pa.string()))
         uniques = _to_numpy(enc.dictionary).astype(object)
         hashed = (pd.util.hash_array(uniques, hash_key=_HASH_KEY) % np.uint64(n)).astype(np.int64)

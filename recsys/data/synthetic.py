@@ -65,10 +65,10 @@ class WorldConfig:
         rows_per_file: impressions per Parquet file.
     """
 
-    rows: int = 400_000
-    users: int = 10_000
-    hosts: int = 1_000
-    items: int = 5_000
+    rows: int = 500_000
+    users: int = 5_000
+    hosts: int = 500
+    items: int = 3_000
     scenes: int = 4
     days: int = 30
     latent_dim: int = 8
@@ -149,6 +149,11 @@ class World:
         self.stay_scene = np.array([0.0, 0.3, -0.2, -0.4] + [0.0] * 12)[:s]
         self.A = rng.normal(0, 1.0 / np.sqrt(k), size=(s, k, k))
         self.category_vecs = rng.normal(0, 0.8, size=(self.N_HOST_CATEGORIES, k))
+        # group-level tastes: users of the same age group, gender, city cluster and device share part of theirs
+        self.g_age = rng.normal(0, 0.35, size=(7, k))
+        self.g_gender = rng.normal(0, 0.25, size=(3, k))
+        self.g_city = rng.normal(0, 0.25, size=(12, k))
+        self.g_device = rng.normal(0, 0.15, size=(4, k))
         hours = np.arange(24)
         self.hour_effect = 0.25 * np.cos((hours - 21) / 24 * 2 * np.pi)
 
@@ -156,15 +161,23 @@ class World:
     def users(self, ids: np.ndarray) -> Dict[str, np.ndarray]:
         seed, k = self.cfg.seed, self.cfg.latent_dim
         u = _uniform
-        vec = _vectors(ids, 1, k, seed, 0.55)
+        age_group = np.floor(u(ids, 3, seed) * 7).astype(np.int64)
+        gender = np.where(u(ids, 4, seed) < 0.04, 2, np.floor(u(ids, 5, seed) * 2)).astype(np.int64)
+        city = np.floor(np.square(u(ids, 6, seed)) * self.N_CITIES).astype(np.int64)
+        device = np.floor(u(ids, 7, seed) * 4).astype(np.int64)
+        # taste = what the user's demographic groups share + an individual part
+        vec = (
+            self.g_age[age_group] + self.g_gender[gender] + self.g_city[city % len(self.g_city)]
+            + self.g_device[device] + _vectors(ids, 1, k, seed, 0.3)
+        )
         interest = np.argmax(vec @ self.category_vecs.T, axis=1)
         return {
             "vec": vec,
             "bias": 0.35 * _normal(ids, 2, seed),
-            "age_group": np.floor(u(ids, 3, seed) * 7).astype(np.int64),
-            "gender": np.where(u(ids, 4, seed) < 0.04, 2, np.floor(u(ids, 5, seed) * 2)).astype(np.int64),
-            "city": np.floor(np.square(u(ids, 6, seed)) * self.N_CITIES).astype(np.int64),
-            "device": np.floor(u(ids, 7, seed) * 4).astype(np.int64),
+            "age_group": age_group,
+            "gender": gender,
+            "city": city,
+            "device": device,
             "register_day": -90.0 + 120.0 * u(ids, 8, seed),
             "destiny": np.digitize(u(ids, 9, seed), [0.3, 0.6]) + 1,  # 1 wandering, 2 sticky, 3 loyal
             "tau_sticky": 4.0 + 16.0 * u(ids, 10, seed),
@@ -179,7 +192,7 @@ class World:
         category = np.floor(_uniform(ids, 21, seed) * self.N_HOST_CATEGORIES).astype(np.int64)
         level = np.minimum(np.floor(-np.log(np.maximum(_uniform(ids, 22, seed), 1e-12)) * 1.2), 4).astype(np.int64)
         return {
-            "vec": 0.6 * self.category_vecs[category] + _vectors(ids, 23, k, seed, 0.45),
+            "vec": 0.7 * self.category_vecs[category] + _vectors(ids, 23, k, seed, 0.35),
             "bias": 0.35 * _normal(ids, 24, seed) + 0.12 * level,
             "category": category,
             "level": level,

@@ -64,6 +64,11 @@ class MultiTaskLoss(nn.Module):
         losses = loss_fn(batch, model(batch))   # {"ctr": scalar, "cvr": scalar}
     """
 
+    # torchrec's pipeline traces the train module with every submodule lacking a sharded child as an opaque
+    # leaf; the loss returns a dict the wrapper iterates, so it is traced through instead (it only indexes
+    # static keys, which FX records).
+    _is_pytorch_fx_traceable = True
+
     def __init__(
         self,
         schema: Schema,
@@ -140,6 +145,7 @@ class TrainModule(nn.Module):
             )
         self.model = model
         self.loss = loss
+        self.tasks = loss.schema.task_names
 
     def forward(self, batch: Batch):
         outputs = self.model(batch)
@@ -147,4 +153,6 @@ class TrainModule(nn.Module):
         losses.update(self.model.extra_losses(batch, outputs))
         total = torch.stack(list(losses.values())).sum()
         detached = {k: v.detach() for k, v in losses.items()}
-        return total, StepOutput(detached, {k: v.detach() for k, v in outputs.items()}, batch)
+        # indexed by task name, never iterated: under the pipeline's FX trace a submodule's returned dict
+        # is an opaque proxy
+        return total, StepOutput(detached, {t: outputs[t].detach() for t in self.tasks}, batch)

@@ -123,11 +123,16 @@ class PredictionCollector:
 
 # --- metric functions ----------------------------------------------------------------------------------------
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC (ties count half); NaN when only one class is present."""
+    """ROC AUC (ties count half); NaN when only one class is present.
+
+    Scores are replaced by their dense ranks scaled into [0, 1] first: torchmetrics squashes scores outside
+    [0, 1] with a float32 sigmoid, which would merge distinct large values (stay times in seconds) into ties.
+    """
     labels = labels > 0.5
     if labels.all() or not labels.any():
         return float("nan")
-    return float(binary_auroc(torch.from_numpy(np.asarray(scores, np.float64)), torch.from_numpy(labels)))
+    ranks = pd.Series(np.asarray(scores, np.float64)).rank(method="dense").to_numpy()
+    return float(binary_auroc(torch.from_numpy(ranks / ranks.max()), torch.from_numpy(labels)))
 
 
 def logloss(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:

@@ -104,6 +104,9 @@ class Trainer:
         self.dataset = dataset or Dataset.from_config(config, progress=show)
         self._prepare_encoders(fit_data)
         self.schema = self.dataset.schema(config.model.embedding_dim)
+        self._parts: Optional[Dict[str, Any]] = None
+        if config.data.in_memory:
+            self._data()  # every row is read and checked before anything is written to the run folder
 
         torch.manual_seed(config.train.seed)
         self.model = model if model is not None else build_model(config.model, self.schema, source="config")
@@ -113,12 +116,13 @@ class Trainer:
         self.dmp = shard(module, config.sharding, self.device, config.data.batch_size)
         self.optimizer = build_optimizer(self.dmp, config.train.dense_optimizer, config.train.grad_clip_norm)
         self.state = TrainState()
-        self._parts: Optional[Dict[str, Any]] = None
         self._pipeline = None
         self._eval_seconds = 0.0
         self.writer = None
         if self.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
+            if self._fitted_now:
+                self.dataset.save(os.path.join(self.run_dir, "encoders"))
             with open(os.path.join(self.run_dir, "plan.txt"), "w") as f:
                 f.write(str(self.dmp.plan) + "\n")
             with open(os.path.join(self.run_dir, "config.yaml"), "w") as f:
@@ -136,15 +140,17 @@ class Trainer:
 
     # --- data --------------------------------------------------------------------------------------------
     def _prepare_encoders(self, fit_data: bool) -> None:
-        """Rank 0 fits (or loads) the encoders and broadcasts them, so no shared file system is needed."""
+        """Rank 0 fits (or loads) the encoders and broadcasts them, so no shared file system is needed.
+        Freshly fitted encoders are saved later, once all data has been read without error."""
         path = os.path.join(self.run_dir, "encoders")
         state = None
+        self._fitted_now = False
         if self.is_main:
             if os.path.isdir(path):
                 self.dataset.load(path)
             elif fit_data:
                 self.dataset.fit()
-                self.dataset.save(path)
+                self._fitted_now = True
             else:
                 raise RecsysError(f"{path}: no fitted encoders (train this run first)")
             state = self.dataset.state_dict()
@@ -165,6 +171,10 @@ class Trainer:
         if part is not None:
             return len(part)
         return self.dataset.split_counts.get(split, 0) // self.dist.world_size
+
+    def _split_rows(self, split: str) -> int:
+        """Rows of ``split`` over all ranks."""
+        return all_reduce_int(self._rows(split), "sum")
 
     def _source(self, split: str):
         part = self._data()[split]
@@ -251,11 +261,11 @@ class Trainer:
                     window_samples += n
                     self._check_finite(out)
                     bar.update(1)
-                    if self.state.step % cfg.log_every_steps == 0:
+                    epoch_end = self.state.batch_in_epoch >= loader.num_batches
+                    if self.state.step % cfg.log_every_steps == 0 or epoch_end:
                         now = time.perf_counter()
                         self._log_train(out, window_samples / max(now - window_start, 1e-9))
                         window_start, window_samples = now, 0
-                    epoch_end = self.state.batch_in_epoch >= loader.num_batches
                     if self.state.step % eval_every == 0 or epoch_end:
                         if epoch_end:
                             self.state.epoch += 1
@@ -298,6 +308,12 @@ class Trainer:
     def _validate(self, metric: str, mode: str) -> bool:
         """Evaluate on the validation split, checkpoint, update early stopping; True when training should stop."""
         t0 = time.perf_counter()
+        if not self._split_rows("valid"):
+            # no validation rows: no early stopping, the newest checkpoint counts as the best
+            path = self.save()
+            self.state.best_checkpoint, self.state.best_step = path, self.state.step
+            self._eval_seconds += time.perf_counter() - t0
+            return False
         report = self.evaluate("valid")
         value = report.get(metric)
         if value is None:
@@ -361,8 +377,8 @@ class Trainer:
             "stopped_early": self.state.stopped_early,
             "train_seconds": round(self.state.train_seconds, 2),
             "train_samples_per_sec": round(self.state.samples / max(self.state.train_seconds, 1e-9), 1),
-            "valid": self.evaluate("valid"),
-            "test": self.evaluate("test") if self._rows("test") or self.dist.world_size > 1 else {},
+            "valid": self.evaluate("valid") if self._split_rows("valid") else {},
+            "test": self.evaluate("test") if self._split_rows("test") else {},
             "history": self.state.history,
         }
         if self.is_main:
@@ -437,9 +453,19 @@ class Trainer:
         ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints, self.state.best_checkpoint)
         return path
 
+    def _init_optimizer_state(self) -> None:
+        """Create the lazily-built optimizer state (Adam moments) so a checkpoint can be loaded into it:
+        torchrec's KeyedOptimizer.load_state_dict skips parameters that have no state yet. The dummy step
+        torchrec runs for this may move parameters (weight decay); the model is loaded after it."""
+        for _, opt in self.optimizer.optimizers:
+            if opt is not self.dmp.fused_optimizer and not opt.state:
+                opt.init_state()
+
     def load(self, path: str, restore_loop: bool = True, model_only: bool = False) -> None:
         """Load a checkpoint (any world size); ``restore_loop`` also restores the loop state and RNG."""
         self._detach_pipeline()
+        if not model_only:
+            self._init_optimizer_state()
         live = {"model": self.dmp.state_dict()} if model_only else self._app_state()
         merged, trainer_state = ckpt.load_checkpoint(path, live, restore_rng=restore_loop)
         self.dmp.load_state_dict(merged["model"])

@@ -1,0 +1,220 @@
+"""The ``recsys`` command line.
+
+    recsys generate [--rows N ...] [--out data/synthetic]     write the synthetic world
+    recsys train -c CONFIG [--set key=value ...] [--resume]    train with early stopping, evaluate
+    recsys eval -c CONFIG [--checkpoint best|latest|PATH] [--split test]
+    recsys predict -c CONFIG --out scores.parquet [--split test] [--checkpoint ...]
+    recsys models                                              list the registered models
+    recsys demo                                                the five-minute demo (synthetic world)
+
+A mistake in the input (file, column, config key) prints one line starting with ``error:`` and exits with
+code 2; nothing is left half-written.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence
+
+from recsys.errors import RecsysError
+
+log = logging.getLogger("recsys")
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def wrap(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def setup_logging(verbose: bool = False) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=logging.DEBUG if verbose else level, format="%(message)s", stream=sys.stderr)
+    if not verbose:
+        for noisy in ("torchrec", "fbgemm_gpu", "torch", "root", "torchx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+
+def _config(args: argparse.Namespace):
+    from recsys.config import load_config
+
+    overrides: List[str] = list(args.set or [])
+    if getattr(args, "data", None):
+        overrides.append(f"data.path={args.data}")
+    if getattr(args, "run_dir", None):
+        overrides.append(f"run_dir={args.run_dir}")
+    return load_config(args.config, overrides)
+
+
+def _checkpoint_path(run_dir: str, which: str) -> str:
+    from recsys.train import checkpoint as ckpt
+
+    folder = os.path.join(run_dir, "checkpoints")
+    if which not in ("best", "latest"):
+        return which
+    latest = ckpt.latest_checkpoint(folder)
+    if latest is None:
+        raise RecsysError(f"{folder}: no completed checkpoint (train first)")
+    if which == "latest":
+        return latest
+    with open(os.path.join(latest, "trainer.json")) as f:
+        best = json.load(f).get("best_checkpoint")
+    return best if best and os.path.isdir(best) else latest
+
+
+@command("generate")
+def cmd_generate(args: argparse.Namespace) -> int:
+    from recsys.data.synthetic import WorldConfig, generate
+
+    cfg = WorldConfig(rows=args.rows, users=args.users, hosts=args.hosts, items=args.items, scenes=args.scenes,
+                      days=args.days, seed=args.seed, rows_per_file=args.rows_per_file)
+    summary = generate(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
+    log.info("wrote %d rows to %s (ctr %.3f, cvr|click %.3f)", cfg.rows, args.out, summary["ctr"],
+             summary["cvr_given_click"])
+    return 0
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from recsys.train.metrics import format_table
+    from recsys.train.trainer import Trainer
+
+    cfg = _config(args)
+    trainer = Trainer(cfg, resume=args.resume)
+    result = trainer.fit()
+    if trainer.is_main:
+        print(format_table(trainer.schema, result["test"] or result["valid"],
+                           title=f"{cfg.model.name} on {trainer.dataset.spec.name}: "
+                                 f"{'test' if result['test'] else 'valid'}"))
+        log.info("run folder: %s", cfg.run_dir)
+    return 0
+
+
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from recsys.train.metrics import format_table
+    from recsys.train.trainer import Trainer
+
+    cfg = _config(args)
+    path = _checkpoint_path(cfg.run_dir, args.checkpoint)
+    trainer = Trainer(cfg, fit_data=False)
+    trainer.load(path, restore_loop=False, model_only=True)
+    report = trainer.evaluate(args.split)
+    if trainer.is_main:
+        print(format_table(trainer.schema, report, title=f"{cfg.model.name}: {args.split} ({path})"))
+        if args.out:
+            tmp = args.out + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(report, f, indent=1)
+            os.replace(tmp, args.out)
+    return 0
+
+
+@command("predict")
+def cmd_predict(args: argparse.Namespace) -> int:
+    from recsys.train.trainer import Trainer
+
+    cfg = _config(args)
+    path = _checkpoint_path(cfg.run_dir, args.checkpoint)
+    trainer = Trainer(cfg, fit_data=False)
+    trainer.load(path, restore_loop=False, model_only=True)
+    rows = trainer.predict(args.split, args.out)
+    log.info("wrote %d rows of scores to %s", rows, args.out)
+    return 0
+
+
+@command("models")
+def cmd_models(args: argparse.Namespace) -> int:
+    from recsys.models.base import model_class, model_names
+
+    for name in model_names():
+        doc = (model_class(name).__module__ and sys.modules[model_class(name).__module__].__doc__ or "").strip()
+        print(f"{name:<22} {doc.splitlines()[0] if doc else ''}")
+    return 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from recsys.demo import run_demo
+
+    run_demo(data_dir=args.out, run_root=args.run_root, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recsys", description="TorchRec-native industrial ranking.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show library logs and warnings")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write the synthetic live-streaming world")
+    g.add_argument("--out", default="data/synthetic")
+    g.add_argument("--rows", type=int, default=500_000)
+    g.add_argument("--users", type=int, default=5_000)
+    g.add_argument("--hosts", type=int, default=500)
+    g.add_argument("--items", type=int, default=3_000)
+    g.add_argument("--scenes", type=int, default=4)
+    g.add_argument("--days", type=int, default=30)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--rows-per-file", type=int, default=1_000_000)
+    g.add_argument("--overwrite", action="store_true")
+    g.add_argument("--quiet", action="store_true")
+
+    def run_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", required=True, help="run config YAML")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        sp.add_argument("--data", help="data root (overrides the dataset spec's root)")
+        sp.add_argument("--run-dir", help="run folder (overrides run_dir)")
+
+    t = sub.add_parser("train", help="train a model")
+    run_args(t)
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint")
+    run_args(e)
+    e.add_argument("--checkpoint", default="best", help="best, latest or a checkpoint folder")
+    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    e.add_argument("--out", help="also write the report as JSON here")
+
+    pr = sub.add_parser("predict", help="write per-row scores to Parquet")
+    run_args(pr)
+    pr.add_argument("--checkpoint", default="best")
+    pr.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    pr.add_argument("--out", required=True, help="output Parquet file")
+
+    sub.add_parser("models", help="list the registered models")
+
+    d = sub.add_parser("demo", help="generate the synthetic world, train the default models, compare")
+    d.add_argument("--out", default="data/synthetic", help="where the synthetic world is (or goes)")
+    d.add_argument("--run-root", default="runs/demo")
+    d.add_argument("--quick", action="store_true", help="a smaller world and fewer epochs (smoke test)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except RecsysError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

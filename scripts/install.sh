@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create (or update) a virtual environment with the pinned TorchRec stack and recsys installed editable.
+#   scripts/install.sh [VENV]        (default .venv)
+# CPU machines get fbgemm-gpu-cpu; machines where nvidia-smi lists a GPU get the CUDA fbgemm-gpu of the same
+# version. Versions come from scripts/requirements.txt only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:-.venv}
+python=${PYTHON:-python3}
+pins=scripts/requirements.txt
+
+pin() { grep -E "^$1==" "$pins" | head -n 1; }
+version() { pin "$1" | cut -d= -f3; }
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  fbgemm="fbgemm-gpu==$(version fbgemm-gpu-cpu)"
+  echo "install: GPU found, using $fbgemm"
+else
+  fbgemm="$(pin fbgemm-gpu-cpu)"
+fi
+"${pip[@]}" install -q "$(pin torch)" "$fbgemm"
+"${pip[@]}" install -q --no-deps "$(pin torchrec)"
+rest=$(mktemp)
+trap 'rm -f "$rest"' EXIT
+grep -vE '^(#|$|torch==|fbgemm-gpu|torchrec==)' "$pins" > "$rest"
+"${pip[@]}" install -q -r "$rest"
+"${pip[@]}" install -q --no-deps --no-build-isolation -e .
+"$venv/bin/python" - <<'PY'
+import torch, fbgemm_gpu, torchrec, recsys
+print(f"install: torch {torch.__version__}, fbgemm_gpu {fbgemm_gpu.__version__}, torchrec ok, recsys {recsys.__version__}")
+PY
