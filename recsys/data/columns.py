@@ -4,8 +4,8 @@ Keeping the data columnar makes a batch a handful of fancy-indexing calls: build
 4096-row batch costs well under a millisecond, where per-row Python would cost tens of milliseconds.
 """
 
-from dataclasses import dataclass, field, fields
-from typing import Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -63,19 +63,36 @@ class Columns:
     groups: Dict[str, np.ndarray] = field(default_factory=dict)
     oracle: Dict[str, np.ndarray] = field(default_factory=dict)
     time: Optional[np.ndarray] = None  # float64 [n]
+    # single-hot ids stored row-major [n, F1] (``sparse`` then holds column views of it): a batch gathers each
+    # row's ids with one contiguous read instead of F1 scattered ones
+    packed: Optional[np.ndarray] = None
+    packed_names: Tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.row_id)
 
+    def pack(self) -> "Columns":
+        """The same rows with single-hot ids packed row-major (see ``packed``)."""
+        names = tuple(k for k, v in self.sparse.items() if not isinstance(v, Ragged))
+        if self.packed is not None and names == self.packed_names:
+            return self
+        matrix = np.stack([self.sparse[k] for k in names], axis=1) if names else None
+        return replace(self, sparse=_with_views(self.sparse, matrix, names), packed=matrix, packed_names=names)
+
     def take(self, idx: np.ndarray) -> "Columns":
         """Rows ``idx`` (any order, repeats allowed)."""
-
-        def t(a):
-            return a.take(idx) if isinstance(a, Ragged) else a[idx]
-
+        if self.packed is not None:
+            matrix = self.packed[idx]
+            sparse = {k: (v.take(idx) if isinstance(v, Ragged) else None) for k, v in self.sparse.items()}
+            sparse = _with_views(sparse, matrix, self.packed_names)
+        else:
+            matrix = None
+            sparse = {k: (v.take(idx) if isinstance(v, Ragged) else v[idx]) for k, v in self.sparse.items()}
         return Columns(
             dense=self.dense[idx],
-            sparse={k: t(v) for k, v in self.sparse.items()},
+            sparse=sparse,
+            packed=matrix,
+            packed_names=self.packed_names if matrix is not None else (),
             labels={k: v[idx] for k, v in self.labels.items()},
             scenario=self.scenario[idx],
             user=self.user[idx],
@@ -103,9 +120,18 @@ class Columns:
                 return Ragged.concat(arrays)
             return np.concatenate(arrays)
 
+        if all(p.packed is not None and p.packed_names == first.packed_names for p in parts):
+            matrix = np.concatenate([p.packed for p in parts])
+            sparse = {k: (Ragged.concat([p.sparse[k] for p in parts]) if isinstance(v, Ragged) else None)
+                      for k, v in first.sparse.items()}
+            sparse = _with_views(sparse, matrix, first.packed_names)
+        else:
+            matrix, sparse = None, {k: cat("sparse", k) for k in first.sparse}
         return Columns(
             dense=cat("dense"),
-            sparse={k: cat("sparse", k) for k in first.sparse},
+            sparse=sparse,
+            packed=matrix,
+            packed_names=first.packed_names if matrix is not None else (),
             labels={k: cat("labels", k) for k in first.labels},
             scenario=cat("scenario"),
             user=cat("user"),
@@ -119,6 +145,8 @@ class Columns:
     def nbytes(self) -> int:
         total = 0
         for f in fields(self):
+            if f.name in ("packed", "packed_names"):
+                continue  # ``sparse`` already counts the packed ids through its views
             v = getattr(self, f.name)
             items = v.values() if isinstance(v, dict) else [v]
             for a in items:
@@ -132,13 +160,15 @@ class Columns:
         """Tensors for all rows; the KJT keys follow ``feature_names``."""
         n = len(self)
         values, lengths = [], []
+        packed_t = self.packed.T if self.packed is not None else None  # feature-major view of the rows
+        position = {k: j for j, k in enumerate(self.packed_names)}
         for name in feature_names:
             col = self.sparse[name]
             if isinstance(col, Ragged):
                 values.append(col.values)
                 lengths.append(col.lengths)
             else:
-                values.append(col)
+                values.append(packed_t[position[name]] if packed_t is not None else col)
                 lengths.append(np.ones(n, dtype=np.int64))
         kjt = KeyedJaggedTensor(
             keys=list(feature_names),
@@ -158,3 +188,10 @@ class Columns:
             oracle={k: torch.from_numpy(v) for k, v in self.oracle.items()},
             time=torch.from_numpy(self.time) if self.time is not None else torch.empty(0, dtype=torch.float64),
         )
+
+
+def _with_views(sparse: Dict[str, Optional[SparseColumn]], matrix: Optional[np.ndarray],
+                names: Sequence[str]) -> Dict[str, SparseColumn]:
+    """``sparse`` with the packed features replaced by column views of ``matrix`` (order kept)."""
+    position = {k: j for j, k in enumerate(names)}
+    return {k: (matrix[:, position[k]] if k in position else v) for k, v in sparse.items()}

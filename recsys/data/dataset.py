@@ -432,15 +432,25 @@ class Dataset:
             for chunk in self._reader(fs).chunks(start, stop):
                 yield chunk, is_test
 
-    def _encoded_chunks(self, rank: int, world_size: int, desc: str) -> Iterator[Tuple[Columns, np.ndarray]]:
+    def _encoded_chunks(self, rank: int, world_size: int, desc: str,
+                        only: Optional[int] = None) -> Iterator[Tuple[Columns, np.ndarray]]:
+        """Encoded chunks of this rank with each row's split; with ``only``, rows of other splits are dropped
+        before encoding (the fit pass has already validated them)."""
         total = ((self.source_rows or 0) + (self.test_rows or 0)) // world_size
         with self._bar(desc, total) as bar:
             for chunk, is_test in self._rank_chunks(rank, world_size):
                 table, where = self._prepare(chunk)
                 row_ids = self._row_ids(chunk, table, where, is_test)
-                cols = self._encode(table, where, row_ids)
-                yield cols, self._split_of(row_ids, cols.time, is_test)
+                split = self._split_of(row_ids, self._time(table, where), is_test)
                 bar.update(table.num_rows)
+                if only is not None:
+                    keep = split == only
+                    if not keep.any():
+                        continue
+                    if not keep.all():
+                        table, row_ids, split = table.filter(pa.array(keep)), row_ids[keep], split[keep]
+                        where = Where(where.file, where.first_row)  # rows now counted among the kept ones
+                yield self._encode(table, where, row_ids).pack(), split
 
     def read(self, rank: int = 0, world_size: int = 1, splits: Sequence[str] = SPLITS) -> Dict[str, Columns]:
         """All of this rank's rows, encoded, per split (one pass over the files)."""
@@ -454,11 +464,8 @@ class Dataset:
 
     def stream(self, split: str, rank: int = 0, world_size: int = 1) -> Iterator[Columns]:
         """This rank's rows of one split, chunk by chunk (for data larger than memory)."""
-        index = SPLITS.index(split)
-        for cols, s in self._encoded_chunks(rank, world_size, f"stream {split}"):
-            keep = s == index
-            if keep.any():
-                yield cols if keep.all() else cols.mask(keep)
+        for cols, _ in self._encoded_chunks(rank, world_size, f"stream {split}", only=SPLITS.index(split)):
+            yield cols
 
     def empty(self) -> Columns:
         """A zero-row Columns with the right fields."""

@@ -1,0 +1,1 @@
+"""Benchmarks: throughput, data loading and model quality; results are committed under benchmarks/results/."""

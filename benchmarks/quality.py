@@ -1,0 +1,246 @@
+"""Model quality: one runner for the models x datasets grid, with seeds, early stopping and paper-shaped tables.
+
+    python -m benchmarks.quality --grid foundation [--datasets synthetic,movielens] [--seeds 3]
+    python -m benchmarks.quality --quick            # every grid on a tiny world, 1 seed (CI smoke test)
+
+A grid is a module ``benchmarks/grids/<name>.py`` defining ``TITLE`` and ``EXPERIMENTS`` (a list of
+:class:`Experiment`), optionally ``METRICS`` (report keys to tabulate) and ``render(results) -> str`` for a
+table shaped like its paper's. Results go to ``benchmarks/results/quality/<grid>.{json,md,png}``: per experiment
+and dataset, the mean and standard deviation over seeds of every test metric (per task, scenario and group:
+AUC, logloss, GAUC, NDCG@k, oracle AUC on synthetic data), and the per-seed values.
+"""
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from benchmarks.common import RESULTS, environment, environment_markdown, write_json, write_text
+
+log = logging.getLogger("benchmarks.quality")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Experiment:
+    """One row of a quality table.
+
+    Args:
+        name: the row label (e.g. "CBMR (EmbCB only)").
+        model: registry name.
+        params: ``model.params``.
+        overrides: further ``key=value`` config overrides (training options).
+        datasets: dataset profiles this row runs on.
+    """
+
+    name: str
+    model: str
+    params: Dict[str, Any] = field(default_factory=dict)
+    overrides: List[str] = field(default_factory=list)
+    datasets: Sequence[str] = ("synthetic", "movielens")
+
+
+@dataclass
+class DatasetProfile:
+    """How a dataset is trained in the quality grid (same for every model, so rows compare)."""
+
+    spec: str
+    path: Optional[str]
+    overrides: List[str]
+    prepare: Optional[Callable[[str], None]] = None  # creates the data at ``path`` when missing
+
+
+def _generate(world_kwargs: Dict[str, int]) -> Callable[[str], None]:
+    def run(path: str) -> None:
+        from recsys.data.synthetic import WorldConfig, generate
+
+        if not os.path.exists(os.path.join(path, "world.json")):
+            generate(WorldConfig(**world_kwargs), path, progress=False, overwrite=True)
+
+    return run
+
+
+COMMON = ["train.progress=false", "tensorboard=false", "train.early_stopping.patience=2", "model.embedding_dim=16"]
+DATASETS: Dict[str, DatasetProfile] = {
+    "synthetic": DatasetProfile(
+        spec="configs/datasets/synthetic.yaml",
+        path=os.path.join(REPO, "data", "synthetic"),
+        overrides=COMMON + ["data.batch_size=2048", "train.epochs=20", "train.dense_optimizer.lr=0.001",
+                            "train.embedding_optimizer.lr=0.05", "train.early_stopping.metric=ctr/auc"],
+        prepare=_generate({}),
+    ),
+    "movielens": DatasetProfile(
+        spec="configs/datasets/movielens-100k.yaml",
+        path=os.environ.get("RECSYS_MOVIELENS", os.path.join(REPO, "..", "shared", "data", "ml-100k")),
+        overrides=COMMON + ["data.batch_size=1024", "train.epochs=20", "train.dense_optimizer.lr=0.001",
+                            "train.embedding_optimizer.lr=0.05", "train.early_stopping.metric=like/auc"],
+    ),
+    "quick": DatasetProfile(
+        spec="configs/datasets/synthetic.yaml",
+        path=None,  # a temporary tiny world
+        overrides=COMMON + ["data.batch_size=256", "train.epochs=1", "train.max_steps=6", "model.embedding_dim=8"],
+        prepare=_generate({"rows": 4000, "users": 200, "hosts": 30, "items": 90, "rows_per_file": 4000}),
+    ),
+}
+
+
+def grids() -> Dict[str, Any]:
+    """Every grid module in benchmarks/grids, by name."""
+    import benchmarks.grids as pkg
+
+    return {m.name: importlib.import_module(f"benchmarks.grids.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)}
+
+
+def run_one(exp: Experiment, dataset: str, seed: int, data_path: str, run_root: str) -> Dict[str, Any]:
+    from recsys.config import load_config
+    from recsys.train.trainer import Trainer
+
+    profile = DATASETS[dataset]
+    run_dir = os.path.join(run_root, f"{exp.model}-{abs(hash(exp.name)) % 10**8}-{dataset}-s{seed}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    params = "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in exp.params.items()) + "}"
+    overrides = [f"data.spec={os.path.join(REPO, profile.spec)}", f"data.path={data_path}", f"run_dir={run_dir}",
+                 f"model.name={exp.model}", f"model.params={params}", f"train.seed={seed}"]
+    cfg = load_config(None, overrides + profile.overrides + list(exp.overrides))
+    start = time.perf_counter()
+    result = Trainer(cfg).fit()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"test": result["test"], "valid": result["valid"], "best_step": result["best_step"],
+            "seconds": time.perf_counter() - start, "samples_per_sec": result["train_samples_per_sec"]}
+
+
+def _yaml(v: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def aggregate(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    keys = sorted(set().union(*(r["test"].keys() for r in runs)))
+    out = {}
+    for k in keys:
+        values = np.array([r["test"].get(k, np.nan) for r in runs], dtype=float)
+        out[k] = {"mean": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
+                  "std": float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else 0.0}
+    return out
+
+
+def default_table(title: str, results: Dict[str, Dict[str, Any]], metrics: Sequence[str]) -> str:
+    """Markdown: one row per experiment, one column per dataset x metric, mean ± std."""
+    lines = [f"### {title}", ""]
+    datasets = sorted({d for r in results.values() for d in r})
+    cols = [(d, m) for d in datasets for m in metrics
+            if any(m in results[e].get(d, {}).get("metrics", {}) for e in results)]
+    lines.append("| model | " + " | ".join(f"{d}: {m}" for d, m in cols) + " |")
+    lines.append("|---|" + "---|" * len(cols))
+    for name, per_ds in results.items():
+        cells = []
+        for d, m in cols:
+            v = per_ds.get(d, {}).get("metrics", {}).get(m)
+            cells.append("" if v is None or v["mean"] != v["mean"] else f"{v['mean']:.4f} ± {v['std']:.4f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(path: str, title: str, results: Dict[str, Dict[str, Any]], metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({d for r in results.values() for d in r})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 0.45 * len(results) + 1.5),
+                             squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        names = [n for n in results if metric_for(d, metric) in results[n].get(d, {}).get("metrics", {})]
+        vals = [results[n][d]["metrics"][metric_for(d, metric)] for n in names]
+        ax.barh(names, [v["mean"] for v in vals], xerr=[v["std"] for v in vals], color="#4c72b0")
+        lo = min(v["mean"] - v["std"] for v in vals) if vals else 0.5
+        hi = max(v["mean"] + v["std"] for v in vals) if vals else 1.0
+        ax.set_xlim(lo - 0.02, hi + 0.01)
+        ax.set_title(f"{d}: {metric_for(d, metric)}")
+        ax.invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def metric_for(dataset: str, metric: str) -> str:
+    """``auc`` of the dataset's main task (ctr on synthetic, like on MovieLens) unless a full key is given."""
+    if "/" in metric:
+        return metric
+    return f"{'like' if dataset == 'movielens' else 'ctr'}/{metric}"
+
+
+def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick: bool, out_dir: str) -> Dict:
+    results: Dict[str, Dict[str, Any]] = {}
+    tmp = tempfile.mkdtemp(prefix="recsys-quality-")
+    try:
+        for exp in module.EXPERIMENTS:
+            for d in (["quick"] if quick else [d for d in exp.datasets if d in datasets]):
+                profile = DATASETS[d]
+                path = profile.path or os.path.join(tmp, "world")
+                if profile.prepare is not None:
+                    profile.prepare(path)
+                if not os.path.exists(path):
+                    log.warning("%s: skipped dataset %s (no data at %s)", exp.name, d, path)
+                    continue
+                runs = []
+                for seed in range(seeds):
+                    log.info("[%s] %s on %s, seed %d", name, exp.name, d, seed)
+                    runs.append(run_one(exp, d, seed, path, tmp))
+                results.setdefault(exp.name, {})[d] = {
+                    "model": exp.model, "params": exp.params, "overrides": exp.overrides,
+                    "metrics": aggregate(runs), "runs": runs,
+                }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    env = environment()
+    metrics = getattr(module, "METRICS", ["auc", "oracle_auc", "gauc", "logloss"])
+    keys = list(dict.fromkeys(metric_for(d, m) for d in ("synthetic", "movielens", "quick") for m in metrics))
+    table = module.render(results) if hasattr(module, "render") else default_table(module.TITLE, results, keys)
+    md = f"## {module.TITLE}\n\n{environment_markdown(env)}\nSeeds: {seeds}; mean ± std over seeds of test metrics.\n\n{table}\n"
+    if not quick:
+        write_json(os.path.join(out_dir, f"{name}.json"), {"grid": name, "title": module.TITLE,
+                                                           "environment": env, "seeds": seeds, "results": results})
+        write_text(os.path.join(out_dir, f"{name}.md"), md)
+        plot(os.path.join(out_dir, f"{name}.png"), module.TITLE, results, "auc")
+    print(md)
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0])
+    p.add_argument("--grid", default="all", help="comma-separated grid names (default: all)")
+    p.add_argument("--datasets", default="synthetic,movielens")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="tiny world, 1 seed, few steps: checks the runner works")
+    p.add_argument("--out", default=os.path.join(RESULTS, "quality"))
+    args = p.parse_args(argv)
+    from recsys.cli import setup_logging
+
+    setup_logging()
+    available = grids()
+    names = sorted(available) if args.grid == "all" else args.grid.split(",")
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        print(f"error: unknown grid(s) {unknown}; available: {sorted(available)}", file=sys.stderr)
+        return 2
+    for name in names:
+        run_grid(name, available[name], args.datasets.split(","), 1 if args.quick else args.seeds, args.quick,
+                 args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
