@@ -2,12 +2,13 @@
 writing of JSON and markdown results."""
 
 import datetime
-import json
 import os
 import platform
 import shlex
 import sys
 from typing import Any, Dict
+
+from recsys.io import write_json_atomic, write_text_atomic
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -51,19 +52,11 @@ def _module_argv():
 
 
 def write_json(path: str, data: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=float)
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def environment_markdown(env: Dict[str, Any]) -> str:

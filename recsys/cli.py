@@ -104,6 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
+    from recsys.io import write_json_atomic
     from recsys.train.metrics import format_table
     from recsys.train.trainer import Trainer
 
@@ -115,10 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if trainer.is_main:
         print(format_table(trainer.schema, report, title=f"{cfg.model.name}: {args.split} ({path})"))
         if args.out:
-            tmp = args.out + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(report, f, indent=1)
-            os.replace(tmp, args.out)
+            write_json_atomic(args.out, report)
     return 0
 
 

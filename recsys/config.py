@@ -407,6 +407,9 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: 'data.split.valid' and 'data.split.test' must be fractions in [0, 1)")
     if cfg.data.split.valid + cfg.data.split.test >= 1:
         raise ConfigError(f"{source}: 'data.split.valid' + 'data.split.test' must leave rows for training")
+    if cfg.model.embedding_dim < 4 or cfg.model.embedding_dim % 4:
+        raise ConfigError(f"{source}: 'model.embedding_dim' must be a positive multiple of 4 (FBGEMM), "
+                          f"got {cfg.model.embedding_dim}")
     if cfg.train.epochs < 1:
         raise ConfigError(f"{source}: 'train.epochs' must be >= 1")
     valid_types = {"table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise", "data_parallel"}

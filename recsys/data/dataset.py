@@ -283,7 +283,13 @@ class Dataset:
                     i = int(np.flatnonzero(bad)[0])
                     raise where.error(f"binary label of task '{t.name}' must be 0 or 1, got {y[i]:g}",
                                       t.source_column, i)
-            elif t.loss == "log_mse" and (y < 0).any():
+            for limit, bad, what in ((t.min_value, y < (t.min_value or 0.0), "below the minimum"),
+                                     (t.max_value, y > (t.max_value or 0.0), "above the maximum")):
+                if limit is not None and bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    raise where.error(f"label of task '{t.name}' is {y[i]:g}, {what} {limit:g} declared in the spec",
+                                      t.source_column, i)
+            if t.kind == "regression" and t.loss == "log_mse" and (y < 0).any():
                 i = int(np.flatnonzero(y < 0)[0])
                 raise where.error(f"label of task '{t.name}' must be >= 0 for the log_mse loss, got {y[i]:g}",
                                   t.source_column, i)
@@ -480,6 +486,18 @@ class Dataset:
         )
 
     # --- schema and state --------------------------------------------------------------------------------
+    def outline(self):
+        """What the spec promises (tasks, scenarios, user, time) without reading any data."""
+        from recsys.models.base import DataOutline
+
+        return DataOutline(
+            name=self.spec.name,
+            tasks=tuple(Task(t.name, t.kind, t.depends_on, t.loss, t.weight, t.eval_threshold) for t in self.spec.tasks),
+            num_scenarios=self.scenario.size if self.scenario else 1,
+            user_feature=self.spec.user,
+            has_time=self.spec.time is not None,
+        )
+
     def schema(self, default_dim: int = 16) -> Schema:
         self._require_fitted()
         spec = self.spec

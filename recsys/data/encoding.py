@@ -59,11 +59,16 @@ def to_float(arr: pa.Array, where: Where, column: str) -> np.ndarray:
         try:
             return _to_numpy(pc.cast(arr, pa.float64()))
         except pa.ArrowInvalid:
+            # slow path, only for columns with something unparsable: blanks count as missing (NaN, then the
+            # caller's missing-value policy applies); anything else names its row
             raw = pd.Series(_to_numpy(arr), dtype=object)
-            parsed = pd.to_numeric(raw, errors="coerce")
-            bad = parsed.isna().to_numpy() & raw.notna().to_numpy() & (raw.astype(str).str.strip() != "").to_numpy()
-            i = _first(bad)
-            raise where.error(f"expected a number, got {raw.iloc[i]!r}", column, i) from None
+            parsed = pd.to_numeric(raw.str.strip(), errors="coerce")
+            blank = (raw.isna() | raw.astype(str).str.strip().eq("")).to_numpy()
+            bad = parsed.isna().to_numpy() & ~blank
+            if bad.any():
+                i = _first(bad)
+                raise where.error(f"expected a number, got {raw.iloc[i]!r}", column, i) from None
+            return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     raise where.error(f"expected numbers, the column has type {arr.type}", column)
 
 
@@ -75,6 +80,8 @@ def to_int(arr: pa.Array, where: Where, column: str) -> np.ndarray:
         if a.null_count:
             raise where.error("missing id", column, _first(_to_numpy(a.is_null())))
         return _to_numpy(pc.cast(a, pa.int64()))
+    if np.isnan(values).any():
+        raise where.error("missing id", column, _first(np.isnan(values)))
     bad = ~np.isfinite(values) | (values != np.round(values))
     if bad.any():
         i = _first(bad)

@@ -117,6 +117,11 @@ class SourceReader:
                         break
             shown = ", ".join(list(names)[:20])
             raise DataError(f"missing column (file has: {shown}){hint}", file=path, column=missing[0])
+        if self.spec.extra_columns == "error":
+            extra = [c for c in names if c not in wanted]
+            if extra:
+                raise DataError("column not used by the spec (extra_columns: error; set it to allow to ignore)",
+                                file=path, column=extra[0])
 
     def _csv(self, path: str):
         spec = self.spec

@@ -55,6 +55,8 @@ class FileSpec:
         columns: column names for header-less CSV files.
         encoding: CSV text encoding.
         file_label: derive a column from each file's name.
+        extra_columns: ``error`` refuses files with columns the spec does not use (catches files that do not
+            match their spec); ``allow`` ignores them.
     """
 
     path: str
@@ -64,6 +66,7 @@ class FileSpec:
     columns: Optional[List[str]] = None
     encoding: str = "utf-8"
     file_label: Optional[FileLabel] = None
+    extra_columns: Literal["allow", "error"] = "allow"
 
 
 @dataclass
@@ -141,7 +144,8 @@ class DenseSpec:
 
 @dataclass
 class TaskSpec:
-    """A label column and its task (see :class:`recsys.schema.Task`)."""
+    """A label column and its task (see :class:`recsys.schema.Task`); ``min_value``/``max_value`` bound a
+    regression label's domain (a negative stay time is an error)."""
 
     name: str
     column: Optional[str] = None
@@ -150,6 +154,8 @@ class TaskSpec:
     loss: Literal["mse", "log_mse", "huber"] = "mse"
     weight: float = 1.0
     eval_threshold: Optional[float] = None
+    min_value: Optional[float] = None
+    max_value: Optional[float] = None
 
     @property
     def source_column(self) -> str:

@@ -11,7 +11,7 @@ Models are resolved only through :func:`register_model` names: a config can neve
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Type, TypeVar
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
 from torch import nn
@@ -19,12 +19,61 @@ from torch import nn
 from recsys.config import ModelConfig, from_dict
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
-from recsys.schema import Schema
+from recsys.schema import Schema, Task
 
 
 @dataclass
 class NoOptions:
     """A model without options."""
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a model needs from the data, checked against the dataset spec before any data is read.
+
+    Args:
+        min_tasks: fewest tasks the model is meaningful with (multi-task models: 2).
+        scenario: needs a scenario column with at least two scenarios.
+        funnel: needs a binary task that ``depends_on`` another (CVR given click).
+        user: needs the user feature (per-user state, grouping).
+        time: needs a timestamp column.
+    """
+
+    min_tasks: int = 1
+    scenario: bool = False
+    funnel: bool = False
+    user: bool = False
+    time: bool = False
+
+
+@dataclass(frozen=True)
+class DataOutline:
+    """What a dataset offers, known from its spec alone."""
+
+    name: str
+    tasks: Tuple[Task, ...]
+    num_scenarios: int
+    user_feature: Optional[str]
+    has_time: bool
+
+
+def check_requirements(model_name: str, outline: DataOutline) -> None:
+    """Refuse a model/dataset combination the model cannot work with, in one line."""
+    need = model_class(model_name).requirements
+    where = f"model '{model_name}' on dataset '{outline.name}'"
+    if len(outline.tasks) < need.min_tasks:
+        raise ConfigError(f"{where}: the model needs at least {need.min_tasks} tasks, the dataset has "
+                          f"{len(outline.tasks)} ({', '.join(t.name for t in outline.tasks)})")
+    if need.scenario and outline.num_scenarios < 2:
+        raise ConfigError(f"{where}: the model is multi-scenario but the dataset declares no scenario column "
+                          "with two or more scenarios (spec key 'scenario')")
+    if need.funnel and not any(t.depends_on and t.kind == "binary" for t in outline.tasks):
+        raise ConfigError(f"{where}: the model needs a funnel (a binary task with 'depends_on', e.g. CVR given "
+                          "click); the dataset has none")
+    if need.user and outline.user_feature is None:
+        raise ConfigError(f"{where}: the model needs the user feature (spec key 'user')")
+    if need.time and not outline.has_time:
+        raise ConfigError(f"{where}: the model needs a timestamp column (spec key 'time')")
 
 
 class RankingModel(nn.Module):
@@ -33,6 +82,7 @@ class RankingModel(nn.Module):
     Subclasses set ``Config`` (the dataclass of their ``model.params``) and implement ``forward``.
 
     Attributes:
+        requirements: what the model needs from the data (:class:`Requirements`), checked before reading.
         dependent_loss: how losses treat a task with ``depends_on``: ``conditional`` trains it only on rows
             where the parent's label is positive (CVR on clicks); ``joint`` trains the product of parent and
             child probabilities on all rows against the child's label (ESMM's CTCVR loss).
@@ -40,6 +90,7 @@ class RankingModel(nn.Module):
 
     Config: Type = NoOptions
     dependent_loss: str = "conditional"
+    requirements: Requirements = Requirements()
 
     def __init__(self, schema: Schema, config: object) -> None:
         super().__init__()

@@ -16,7 +16,6 @@ Run folder::
         metrics.md         the same as markdown tables
 """
 
-import json
 import logging
 import math
 import os
@@ -36,7 +35,8 @@ from recsys.data.batch import Batch
 from recsys.data.dataset import SPLITS, Dataset
 from recsys.data.loader import BatchLoader
 from recsys.errors import ConfigError, RecsysError
-from recsys.models.base import RankingModel, build_model
+from recsys.io import write_json_atomic, write_text_atomic
+from recsys.models.base import RankingModel, build_model, check_requirements
 from recsys.train import checkpoint as ckpt
 from recsys.train.dist import all_reduce_int, barrier, broadcast_object, init_distributed
 from recsys.train.losses import MultiTaskLoss, TrainModule
@@ -102,12 +102,15 @@ class Trainer:
         self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
         show = config.train.progress and self.is_main
         self.dataset = dataset or Dataset.from_config(config, progress=show)
+        if model is None:
+            check_requirements(config.model.name, self.dataset.outline())  # before any data is read
         self._prepare_encoders(fit_data)
         self.schema = self.dataset.schema(config.model.embedding_dim)
         self._parts: Optional[Dict[str, Any]] = None
         if config.data.in_memory:
             self._data()  # every row is read and checked before anything is written to the run folder
 
+        self.metric, self.metric_mode = self._early_stopping_metric()  # a bad metric name fails before any write
         torch.manual_seed(config.train.seed)
         self.model = model if model is not None else build_model(config.model, self.schema, source="config")
         self.loss = MultiTaskLoss(self.schema, config.train.task_weights, self.model.dependent_loss)
@@ -123,10 +126,9 @@ class Trainer:
             os.makedirs(self.run_dir, exist_ok=True)
             if self._fitted_now:
                 self.dataset.save(os.path.join(self.run_dir, "encoders"))
-            with open(os.path.join(self.run_dir, "plan.txt"), "w") as f:
-                f.write(str(self.dmp.plan) + "\n")
-            with open(os.path.join(self.run_dir, "config.yaml"), "w") as f:
-                yaml.safe_dump(to_dict(config), f, sort_keys=False)
+            write_text_atomic(os.path.join(self.run_dir, "plan.txt"), str(self.dmp.plan) + "\n")
+            write_text_atomic(os.path.join(self.run_dir, "config.yaml"),
+                              yaml.safe_dump(to_dict(config), sort_keys=False))
             if config.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -239,7 +241,7 @@ class Trainer:
         """Train with periodic validation and early stopping, restore the best checkpoint, evaluate valid and
         test, and write ``metrics.json``. Returns ``{"valid": report, "test": report, ...}``."""
         cfg = self.cfg.train
-        metric, mode = self._early_stopping_metric()
+        metric, mode = self.metric, self.metric_mode
         loader = self.train_loader()
         if len(loader) == 0 and self.state.epoch < cfg.epochs:
             raise RecsysError("the training split has no rows on this rank")
@@ -382,13 +384,10 @@ class Trainer:
             "history": self.state.history,
         }
         if self.is_main:
-            with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
-                json.dump(result, f, indent=1, default=float)
-            with open(os.path.join(self.run_dir, "metrics.md"), "w") as f:
-                for split in ("valid", "test"):
-                    if result[split]:
-                        f.write(format_table(self.schema, result[split], title=f"{self.cfg.model.name}: {split}"))
-                        f.write("\n\n")
+            write_json_atomic(os.path.join(self.run_dir, "metrics.json"), result)
+            write_text_atomic(os.path.join(self.run_dir, "metrics.md"), "\n\n".join(
+                format_table(self.schema, result[split], title=f"{self.cfg.model.name}: {split}")
+                for split in ("valid", "test") if result[split]) + "\n")
             if self.writer is not None:
                 for key, v in result["test"].items():
                     if key.count("/") == 1 and v == v:
