@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="write per-row scores to Parquet")
     run_args(pr)
     pr.add_argument("--checkpoint", default="best")
-    pr.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    pr.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
+                    help="rows to score; 'all' scores every row (use with --data for new files)")
     pr.add_argument("--out", required=True, help="output Parquet file")
 
     sub.add_parser("models", help="list the registered models")

@@ -126,3 +126,20 @@ def test_cli_train_eval_predict_and_tensorboard(tmp_path, tiny_world, capsys):
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     assert {"train/loss", "valid/ctr/auc", "train/samples_per_sec"} <= set(acc.Tags()["scalars"])
+
+
+def test_predict_scores_every_row_of_new_files(tmp_path, tiny_world, capsys):
+    from recsys.data.synthetic import WorldConfig, generate
+
+    new_world = str(tmp_path / "new")
+    generate(WorldConfig(rows=1500, users=300, hosts=40, items=120, seed=9, rows_per_file=1000), new_world,
+             progress=False)
+    run = tmp_path / "run"
+    common = ["-c", "configs/wide_deep_synthetic.yaml", "--run-dir", str(run), "--set", "train.epochs=1",
+              "--set", "data.batch_size=256", "--set", "train.progress=false", "--set", "tensorboard=false"]
+    assert main(["train", "--data", tiny_world] + common) == 0
+    out = tmp_path / "new_scores.parquet"
+    assert main(["predict", "--data", new_world, "--split", "all", "--out", str(out)] + common) == 0
+    table = pq.read_table(out)
+    assert sorted(table.column("row_id").to_pylist()) == list(range(1500))
+    assert np.isfinite(table.column("score_ctr").to_numpy()).all()

@@ -429,12 +429,30 @@ class Dataset:
         if not self.fitted:
             raise RuntimeError("Dataset.fit() or Dataset.load() first")
 
+    def _rows_of(self, fs: FileSpec, is_test: bool) -> int:
+        """Rows of a source: from the fit when the files are unchanged, otherwise counted again."""
+        known = self.test_rows if is_test else self.source_rows
+        if known is None:
+            counted = self._reader(fs).total_rows()
+            known = counted if is_test or self.max_rows is None else min(counted, self.max_rows)
+            if is_test:
+                self.test_rows = known
+            else:
+                self.source_rows = known
+        return known
+
+    def _fingerprint(self) -> List[List[Any]]:
+        """Name, size and modification time of every data file (to tell whether saved row counts apply)."""
+        out = []
+        for f in self.files():
+            st = os.stat(f)
+            out.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
+        return out
+
     def _rank_chunks(self, rank: int, world_size: int) -> Iterator[Tuple[RawChunk, bool]]:
         self._require_fitted()
         for fs, is_test in self._sources():
-            total = self.test_rows if is_test else self.source_rows
-            assert total is not None
-            start, stop = rank_range(total, rank, world_size)
+            start, stop = rank_range(self._rows_of(fs, is_test), rank, world_size)
             for chunk in self._reader(fs).chunks(start, stop):
                 yield chunk, is_test
 
@@ -442,7 +460,7 @@ class Dataset:
                         only: Optional[int] = None) -> Iterator[Tuple[Columns, np.ndarray]]:
         """Encoded chunks of this rank with each row's split; with ``only``, rows of other splits are dropped
         before encoding (the fit pass has already validated them)."""
-        total = ((self.source_rows or 0) + (self.test_rows or 0)) // world_size
+        total = sum(self._rows_of(fs, t) for fs, t in self._sources()) // world_size
         with self._bar(desc, total) as bar:
             for chunk, is_test in self._rank_chunks(rank, world_size):
                 table, where = self._prepare(chunk)
@@ -529,6 +547,7 @@ class Dataset:
         return {
             "dataset": self.spec.name, "valid_from": self.valid_from, "test_from": self.test_from,
             "source_rows": self.source_rows, "test_rows": self.test_rows, "split_counts": self.split_counts,
+            "files": self._fingerprint(), "max_rows": self.max_rows,
         }
 
     def load(self, path: str) -> None:
@@ -554,8 +573,10 @@ class Dataset:
 
     def _load_extra(self, extra: Dict[str, Any]) -> None:
         self.valid_from, self.test_from = extra["valid_from"], extra["test_from"]
-        self.source_rows, self.test_rows = extra["source_rows"], extra["test_rows"]
-        self.split_counts = extra.get("split_counts", {})
+        same_files = extra.get("files") == self._fingerprint() and extra.get("max_rows") == self.max_rows
+        # encoders fitted on other files (scoring new data with a trained model): count the new files' rows
+        self.source_rows, self.test_rows = (extra["source_rows"], extra["test_rows"]) if same_files else (None, None)
+        self.split_counts = extra.get("split_counts", {}) if same_files else {}
         self.fitted = True
 
     def files(self) -> List[str]:

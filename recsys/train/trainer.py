@@ -31,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 from recsys.config import Config, to_dict
-from recsys.data.batch import Batch
+from recsys.data.columns import Columns
 from recsys.data.dataset import SPLITS, Dataset
 from recsys.data.loader import BatchLoader
 from recsys.errors import ConfigError, RecsysError
@@ -169,6 +169,8 @@ class Trainer:
         return self._parts
 
     def _rows(self, split: str) -> int:
+        if split == "all":
+            return sum(self._rows(s) for s in SPLITS)
         part = self._data()[split]
         if part is not None:
             return len(part)
@@ -179,6 +181,10 @@ class Trainer:
         return all_reduce_int(self._rows(split), "sum")
 
     def _source(self, split: str):
+        if split == "all":  # every row, e.g. scoring new files with a trained model
+            if self.cfg.data.in_memory:
+                return Columns.concat([self._data()[s] for s in SPLITS])
+            return lambda: (c for s in SPLITS for c in self.dataset.stream(s, self.dist.rank, self.dist.world_size))
         part = self._data()[split]
         if part is not None:
             return part
@@ -414,8 +420,8 @@ class Trainer:
 
     def evaluate(self, split: str = "test") -> Dict[str, float]:
         """The metric report of ``split`` (see :mod:`recsys.train.metrics`), identical on every rank."""
-        if split not in SPLITS:
-            raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
+        if split not in SPLITS + ("all",):
+            raise ConfigError(f"split must be one of {SPLITS + ('all',)}, got '{split}'")
         self._detach_pipeline()
         preds = self._forward_all(split).gather()
         return evaluate(self.schema, preds)
