@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recsys.train.trainer import Trainer
 
     cfg = _config(args)
-    trainer = Trainer(cfg, resume=args.resume)
+    trainer = Trainer(cfg, resume={None: False, "always": True, "auto": "auto"}[args.resume])
     result = trainer.fit()
     if trainer.is_main:
         print(format_table(trainer.schema, result["test"] or result["valid"],
@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model")
     run_args(t)
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+    t.add_argument("--resume", nargs="?", const="always", choices=["always", "auto"],
+                   help="continue from the newest checkpoint of the run ('auto': only when there is one, as "
+                        "for scheduler retries); after a torchelastic restart this happens by itself")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     run_args(e)
