@@ -4,6 +4,7 @@
     recsys train -c CONFIG [--set key=value ...] [--resume]    train with early stopping, evaluate
     recsys eval -c CONFIG [--checkpoint best|latest|PATH] [--split test]
     recsys predict -c CONFIG --out scores.parquet [--split test] [--checkpoint ...]
+    recsys plan -c CONFIG [--world-size 8 64 ...] [--device-type h100|h200|cpu]   sharding plans, no data needed
     recsys models                                              list the registered models
     recsys demo                                                the five-minute demo (synthetic world)
 
@@ -135,6 +136,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("plan")
+def cmd_plan(args: argparse.Namespace) -> int:
+    from recsys.config import load_config
+    from recsys.train.planning import plan_config
+    from recsys.train.sharding import DEVICES
+
+    overrides: List[str] = list(args.set or [])
+    device_type = args.device_type
+    if device_type is None:  # the config's device type, else H100
+        from recsys.config import read_yaml
+
+        raw = read_yaml(args.config) or {}
+        configured = (raw.get("sharding") or {}).get("device_type", "auto") if isinstance(raw, dict) else "auto"
+        device_type = configured if configured in DEVICES else "h100"
+    # plans describe the target machines, not this one: GPU sharding types are allowed for GPU device types
+    overrides.append(f"device={'cuda' if DEVICES[device_type].compute_device == 'cuda' else 'cpu'}")
+    if args.hbm_gb is not None:
+        overrides.append(f"sharding.hbm_gb={args.hbm_gb}")
+    if args.host_ddr_gb is not None:
+        overrides += [f"sharding.host_ddr_gb={args.host_ddr_gb}", "sharding.ddr_gb=null"]
+    cfg = load_config(args.config, overrides)
+    for report in plan_config(cfg, args.world_size, device_type, args.ranks_per_host, args.batch_size):
+        print(report.format())
+        print()
+    return 0
+
+
 @command("models")
 def cmd_models(args: argparse.Namespace) -> int:
     from recsys.models.base import model_class, model_names
@@ -194,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", default="best")
     pr.add_argument("--split", default="test", choices=["train", "valid", "test"])
     pr.add_argument("--out", required=True, help="output Parquet file")
+
+    pl = sub.add_parser("plan", help="print sharding plans and per-rank memory for a config (no data, no GPU)")
+    pl.add_argument("-c", "--config", required=True, help="run config YAML (its dataset spec must declare "
+                                                           "num_embeddings for every sparse feature)")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    pl.add_argument("--world-size", type=int, nargs="+", default=[8], help="total ranks (several: one plan each)")
+    pl.add_argument("--device-type", choices=["h100", "h200", "cpu"],
+                    help="hardware preset: h100 (80 GiB HBM), h200 (141 GiB), cpu (default: the config's "
+                         "sharding.device_type, else h100)")
+    pl.add_argument("--ranks-per-host", type=int, help="ranks per machine (default 8 for GPUs, 1 for cpu)")
+    pl.add_argument("--hbm-gb", type=float, help="HBM per GPU in GiB (overrides the preset)")
+    pl.add_argument("--host-ddr-gb", type=float, help="host memory per machine in GiB (overrides the preset)")
+    pl.add_argument("--batch-size", type=int, help="per-rank batch size (default: data.batch_size)")
 
     sub.add_parser("models", help="list the registered models")
 

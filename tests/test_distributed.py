@@ -36,13 +36,15 @@ from conftest import REPO, make_config
 
 RANK_BATCH = 128
 STEPS = 12
-# Some tables table-wise, others column-wise: 16-wide tables split into 2 shards of 8 columns.
+# Most tables table-wise; user, item and host ids column-wise (16 wide: 2 shards of 8 columns); city
+# table-column-wise, hour data-parallel (a replica per rank, gradients averaged by DDP).
 SHARDING = [
     "model.embedding_dim=16",
     "sharding.sharding_types=[table_wise]",
     "sharding.tables={user_id: {sharding_types: [column_wise], min_partition: 8}, "
     "item_id: {sharding_types: [column_wise], min_partition: 8}, "
-    "host_id: {sharding_types: [column_wise], min_partition: 8}}",
+    "host_id: {sharding_types: [column_wise], min_partition: 8}, "
+    "city: {sharding_types: [table_column_wise], min_partition: 8}, hour: {sharding_types: [data_parallel]}}",
 ]
 COMMON = SHARDING + [
     f"train.max_steps={STEPS}", "train.log_every_steps=1", "tensorboard=true", "train.pipeline=plain",
@@ -96,7 +98,8 @@ class UnionOfRanks:
 
 @pytest.fixture(scope="module", params=MODELS)
 def two_rank_job(request, tmp_path_factory, tiny_world):
-    """A 2-process gloo job (table-wise and column-wise tables) trained for STEPS steps; returns its run."""
+    """A 2-process gloo job (table-wise, column-wise, table-column-wise and data-parallel tables) trained for
+    STEPS steps; returns (model name, run folder)."""
     name = request.param
     run_dir = str(tmp_path_factory.mktemp(f"two-{name}") / "run")
     args = ["train", "-c", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--run-dir", run_dir,
@@ -111,7 +114,11 @@ def test_two_rank_job_writes_plan_and_sharded_checkpoint(two_rank_job):
     _, run_dir = two_rank_job
     plan = open(os.path.join(run_dir, "plan.txt")).read()
     assert "sharding plan: 2 cpu rank(s)" in plan
-    assert "| user_id | " in plan and "| column_wise | fused | 2 |" in plan and "| table_wise |" in plan
+    for table, kind in [("user_id", "column_wise"), ("city", "table_column_wise"), ("hour", "data_parallel"),
+                        ("gender", "table_wise")]:
+        assert f"| {table} | " in plan and any(
+            line.startswith(f"| {table} | ") and f"| {kind} |" in line for line in plan.splitlines()), table
+    assert any(line.startswith("| user_id | ") and "| column_wise | fused | 2 |" in line for line in plan.splitlines())
     ckpts = [d for d in os.listdir(os.path.join(run_dir, "checkpoints")) if d.startswith("step-")]
     assert ckpts
     files = os.listdir(os.path.join(run_dir, "checkpoints", sorted(ckpts)[-1]))

@@ -240,14 +240,56 @@ def topology(
     kwargs = {}
     if caps.hbm_bw_gbps is not None:
         kwargs["hbm_mem_bw"] = caps.hbm_bw_gbps * GIB / 1000  # bytes per millisecond
-    return Topology(
-        world_size=world_size,
-        compute_device=caps.compute_device,
-        hbm_cap=caps.hbm_bytes if caps.compute_device == "cuda" else None,
-        ddr_cap=caps.ddr_bytes,
-        local_world_size=local_world_size,
-        **kwargs,
-    )
+    # Topology(...) directly works on every torchrec we support (TopologyFactory is new in 1.8, whose
+    # Topology warns about direct construction: that warning is dropped)
+    planner_types_log = logging.getLogger("torchrec.distributed.planner.types")
+    quiet = _DropMessage("The topology was constructed directly")
+    planner_types_log.addFilter(quiet)
+    try:
+        return Topology(
+            world_size=world_size,
+            compute_device=caps.compute_device,
+            hbm_cap=caps.hbm_bytes if caps.compute_device == "cuda" else None,
+            ddr_cap=caps.ddr_bytes,
+            local_world_size=local_world_size,
+            **kwargs,
+        )
+    finally:
+        planner_types_log.removeFilter(quiet)
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def dense_storage_estimate(module: nn.Module, multiplier: float = 6.0) -> int:
+    """Bytes the dense (non-embedding) part needs per rank: parameters x ``multiplier`` (parameter, optimizer
+    state and DDP buckets: torchrec's heuristic), counted from shapes so meta tensors work too."""
+    embedding = {id(p) for m in module.modules() if isinstance(m, EmbeddingBagCollection) for p in m.parameters()}
+    size = sum(p.numel() * p.element_size() for p in module.parameters() if id(p) not in embedding)
+    size += sum(b.numel() * b.element_size() for b in module.buffers())
+    return int(size * multiplier)
+
+
+def storage_reservation(module: nn.Module) -> HeuristicalStorageReservation:
+    """torchrec's heuristic reservation (:data:`RESERVED_FRACTION` of each device, plus dense parts and inputs),
+    with the dense estimate counted from shapes (:func:`dense_storage_estimate`)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # 1.8 suggests a fixed percentage; we want dense + inputs
+        try:
+            return HeuristicalStorageReservation(percentage=RESERVED_FRACTION,
+                                                 dense_tensor_estimate=max(dense_storage_estimate(module), 1))
+        except TypeError:  # torchrec without dense_tensor_estimate
+            return HeuristicalStorageReservation(percentage=RESERVED_FRACTION)
 
 
 # --- plan reports -------------------------------------------------------------------------------------------
@@ -303,8 +345,9 @@ class PlanReport:
         for t in self.tables:
             lines.append(f"| {t.name} | {t.rows:,} | {t.dim} | {t.sharding_type} | {t.compute_kernel} | "
                          f"{len(t.shard_sizes)} | {_ranges(t.ranks)} | {_bytes(t.hbm_bytes + t.ddr_bytes)} |")
-        lines += ["", f"per-rank memory (embedding shards with optimizer state; the planner keeps "
-                      f"{RESERVED_FRACTION:.0%} of each cap for dense parts and inputs):", ""]
+        lines += ["", f"per-rank memory of the embedding shards (weights, optimizer state, lookup buffers); the "
+                      f"planner also reserves {RESERVED_FRACTION:.0%} of each cap, the dense part and the inputs:",
+                  ""]
         gpu = c.compute_device == "cuda"
         lines += (["| ranks | HBM used | HBM cap | DDR used | DDR cap |", "|---|---:|---:|---:|---:|"] if gpu
                   else ["| ranks | DDR used | DDR cap |", "|---|---:|---:|"])
@@ -439,7 +482,7 @@ def plan_report(
         batch_size=batch_size,
         constraints=constraints(module, cfg),
         stats=stats,
-        storage_reservation=HeuristicalStorageReservation(percentage=RESERVED_FRACTION),
+        storage_reservation=storage_reservation(module),
         debug=False,
     )
     sharders: List = [sharder(cfg)]
@@ -449,7 +492,7 @@ def plan_report(
         else:
             the_plan = planner.plan(module, sharders)
     except PlannerError as e:  # the planner's messages are long; keep the first line and say what to change
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__).strip().rstrip(".")
         total = sum(cfg_.num_embeddings * cfg_.embedding_dim * 4 for _, cfg_ in embedding_configs(module).values())
         raise ConfigError(
             f"sharding: no plan fits {world_size} x {caps.describe()} (tables hold {total / GIB:,.1f} GiB of "
