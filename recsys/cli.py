@@ -46,6 +46,9 @@ def setup_logging(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    # "root" above is the root logger itself (and an earlier import may have configured it): recsys's own
+    # messages keep their level (INFO on rank 0)
+    logging.getLogger("recsys").setLevel(logging.DEBUG if verbose else level)
 
 
 def _config(args: argparse.Namespace):
