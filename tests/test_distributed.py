@@ -24,12 +24,14 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import pytest
+import torch
 
 from recsys.cli import main
 from recsys.data.batch import Batch
 from recsys.data.columns import Columns
 from recsys.data.loader import BatchLoader
-from recsys.models import model_names
+from recsys.models import model_names, register_model
+from recsys.models.wide_deep import WideDeep
 from recsys.train.trainer import Trainer
 
 from conftest import REPO, make_config
@@ -172,3 +174,86 @@ def test_two_rank_checkpoint_evaluates_identically_on_one_rank(two_rank_job, tmp
             assert one[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
         elif key.endswith("/logloss") or key.endswith("/rmse"):
             assert one[key] == pytest.approx(value, rel=1e-6, nan_ok=True), key
+
+
+# --- model-specific state (a per-user tracker) through sharded checkpoints --------------------------------------
+class TrackedWideDeep(WideDeep):
+    """Wide & Deep with per-user tracker buffers (as STAN keeps user state): ``user_last_row`` holds the largest
+    training row id seen per user and is merged over ranks by ``sync_state()`` (an all-reduce max);
+    ``user_rows_local`` counts this rank's rows per user and is left per-rank on purpose."""
+
+    def __init__(self, schema, config) -> None:
+        super().__init__(schema, config)
+        users = schema.feature(schema.user_feature).num_embeddings
+        self.register_buffer("user_last_row", torch.full((users,), -1, dtype=torch.int64))
+        self.register_buffer("user_rows_local", torch.zeros(users, dtype=torch.int64))
+
+    def forward(self, batch: Batch):
+        if self.training:
+            with torch.no_grad():
+                real = batch.row_id >= 0
+                users, rows = batch.user[real], batch.row_id[real]
+                self.user_last_row.scatter_reduce_(0, users, rows, "amax")
+                self.user_rows_local.index_add_(0, users, torch.ones_like(users))
+        return super().forward(batch)
+
+    def sync_state(self) -> None:
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(self.user_last_row, op=torch.distributed.ReduceOp.MAX)
+
+
+TRACKED = "test_tracked_wide_deep"
+LAUNCHER = """import sys
+sys.path.insert(0, {tests!r})
+from recsys.models.base import register_model
+from test_distributed import TRACKED, TrackedWideDeep
+register_model(TRACKED)(TrackedWideDeep)
+from recsys.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def tracked_model():
+    from recsys.models import base
+
+    register_model(TRACKED)(TrackedWideDeep)
+    yield TRACKED
+    base._REGISTRY.pop(TRACKED, None)
+
+
+def test_per_user_tracker_state_is_merged_checkpointed_and_loaded_on_one_rank(tracked_model, tmp_path, tiny_world):
+    run_dir = str(tmp_path / "tracked")
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCHER.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    steps = 4
+    overrides = [f"model.name={TRACKED}", f"data.batch_size={RANK_BATCH}", f"train.max_steps={steps}",
+                 "train.progress=false", "tensorboard=false", "model.params={hidden: [16]}", "model.embedding_dim=8"]
+    args = ["train", "-c", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--run-dir", run_dir]
+    for item in overrides:
+        args += ["--set", item]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    # the per-rank counter differs across ranks: the trainer says a checkpoint keeps one copy of it
+    warning = [line for line in proc.stderr.splitlines() if "model state differs across ranks" in line]
+    assert warning and "user_rows_local" in warning[0] and "user_last_row" not in warning[0]
+
+    one = Trainer(make_config(run_dir, tiny_world, model=TRACKED, extra=overrides), fit_data=False)
+    one.load(os.path.join(run_dir, "checkpoints", f"step-{steps:08d}"), restore_loop=False, model_only=True)
+    loaded = dict(one.dmp.named_buffers())
+    got = next(v for k, v in loaded.items() if k.endswith("user_last_row"))
+
+    # what both ranks saw in their first `steps` batches
+    parts = [one.dataset.read(r, 2)["train"] for r in range(2)]
+    n = min(len(p) // RANK_BATCH for p in parts)
+    loaders = [BatchLoader(p, one.schema.feature_names, RANK_BATCH, shuffle=True, seed=one.cfg.train.seed,
+                           drop_last=True, num_batches=n, prefetch=0) for p in parts]
+    expected = torch.full_like(got, -1)
+    for i, batch in enumerate(UnionOfRanks(loaders, one.schema.feature_names)):
+        if i == steps:
+            break
+        expected.scatter_reduce_(0, batch.user, batch.row_id, "amax")
+    assert (expected >= 0).sum() > 100
+    assert torch.equal(got, expected)

@@ -470,12 +470,47 @@ class Trainer:
         return {"model": self.dmp.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def save(self, path: Optional[str] = None) -> str:
+        """Checkpoint model, optimizer and loop state (collective). Modules holding per-rank state (buffers
+        such as a user tracker) first get their ``sync_state()`` called, so every rank holds the same copy:
+        a checkpoint keeps one copy of every unsharded tensor."""
         path = path or os.path.join(self.ckpt_dir, f"step-{self.state.step:08d}")
         state = asdict(self.state)
         state["world_size"] = self.dist.world_size
+        self._sync_module_state()
         ckpt.save_checkpoint(path, self._app_state(), state)
         ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints, self.state.best_checkpoint)
         return path
+
+    def _sync_module_state(self) -> None:
+        """Call every module's optional ``sync_state()`` (collective: it makes per-rank state agree), then
+        warn once per tensor about unsharded model state that still differs across ranks (DDP keeps
+        parameters in sync; torchrec's DDP does not broadcast buffers), since only one copy is saved."""
+        for module in self.dmp.modules():
+            sync = getattr(module, "sync_state", None)
+            if callable(sync):
+                sync()
+        if self.dist.world_size == 1:
+            return
+        names, prints = [], []
+        for name, value in self.dmp.state_dict().items():
+            if type(value) is torch.Tensor and value.numel():  # sharded tables are ShardedTensor
+                flat = value.detach().reshape(-1).to(self.device, torch.float64)
+                ramp = torch.linspace(1.0, 2.0, flat.numel(), device=self.device, dtype=torch.float64)
+                names.append(name)
+                prints.append(torch.stack([flat.sum(), (flat * ramp).sum()]))
+        if not prints:
+            return
+        high = torch.stack(prints)
+        low = high.clone()
+        torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+        differ = [n for n, h, lo in zip(names, high, low) if not torch.equal(h, lo)]
+        warned = getattr(self, "_warned_state", set())
+        new = [n for n in differ if n not in warned]
+        if new and self.is_main:
+            log.warning("model state differs across ranks and a checkpoint keeps one rank's copy: %s; give the "
+                        "module a sync_state() that makes it agree (see docs/distributed.md)", ", ".join(new))
+        self._warned_state = warned | set(differ)
 
     def _init_optimizer_state(self) -> None:
         """Create the lazily-built optimizer state (Adam moments) so a checkpoint can be loaded into it:
