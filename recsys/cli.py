@@ -147,11 +147,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     overrides: List[str] = list(args.set or [])
     device_type = args.device_type
-    if device_type is None:  # the config's device type, else H100
-        from recsys.config import read_yaml
+    if device_type is None:  # the config's device type (after overrides), else H100
+        from recsys.config import apply_overrides, read_yaml
 
         raw = read_yaml(args.config) or {}
-        configured = (raw.get("sharding") or {}).get("device_type", "auto") if isinstance(raw, dict) else "auto"
+        raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides)
+        sharding = raw.get("sharding") if isinstance(raw.get("sharding"), dict) else {}
+        configured = sharding.get("device_type", "auto")
         device_type = configured if configured in DEVICES else "h100"
     # plans describe the target machines, not this one: GPU sharding types are allowed for GPU device types
     overrides.append(f"device={'cuda' if DEVICES[device_type].compute_device == 'cuda' else 'cpu'}")

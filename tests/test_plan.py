@@ -118,6 +118,9 @@ def test_recsys_plan_refuses_when_the_tables_do_not_fit(capsys):
     assert len(err) == 1
     assert err[0].startswith("error: sharding: no plan fits 2 x h100: 80.0 GiB HBM")
     assert "283.9 GiB of weights" in err[0] and "fused_uvm_caching" in err[0]
+    # the device type can come from an override too; two H200s are still too small
+    assert main(["plan", "-c", BILLION, "--world-size", "2", "--set", "sharding.device_type=h200"]) == 2
+    assert capsys.readouterr().err.startswith("error: sharding: no plan fits 2 x h200: 141.0 GiB HBM")
     # with host memory and an HBM cache for the user table it fits
     assert main(["plan", "-c", BILLION, "--world-size", "2",
                  "--set", "sharding.tables.user_id.compute_kernels=[fused,fused_uvm_caching]"]) == 0

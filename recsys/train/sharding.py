@@ -499,8 +499,9 @@ def plan_report(
             f"weights before optimizer state; planner: {first[:200]}); allow more sharding types or kernels "
             "(row_wise, fused_uvm_caching), more ranks or more memory (sharding.hbm_gb / sharding.ddr_gb)"
         ) from None
-    if not stats.best_plan and planner._best_plan:  # collective_plan on a non-zero rank: no stats ran
-        stats.best_plan = list(planner._best_plan)
+    chosen = getattr(planner, "_best_plan", None)
+    if not stats.best_plan and chosen:  # no Stats call happened (e.g. a plan loaded rather than searched)
+        stats.best_plan = list(chosen)
     return the_plan, _report(stats, topo, caps, batch_size)
 
 
