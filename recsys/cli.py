@@ -4,6 +4,7 @@
     recsys train -c CONFIG [--set key=value ...] [--resume]    train with early stopping, evaluate
     recsys eval -c CONFIG [--checkpoint best|latest|PATH] [--split test]
     recsys predict -c CONFIG --out scores.parquet [--split test] [--checkpoint ...]
+    recsys plan -c CONFIG [--world-size 8 64 ...] [--device-type h100|h200|cpu]   sharding plans, no data needed
     recsys models                                              list the registered models
     recsys demo                                                the five-minute demo (synthetic world)
 
@@ -45,6 +46,9 @@ def setup_logging(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    # "root" above is the root logger itself (and an earlier import may have configured it): recsys's own
+    # messages keep their level (INFO on rank 0)
+    logging.getLogger("recsys").setLevel(logging.DEBUG if verbose else level)
 
 
 def _config(args: argparse.Namespace):
@@ -92,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recsys.train.trainer import Trainer
 
     cfg = _config(args)
-    trainer = Trainer(cfg, resume=args.resume)
+    trainer = Trainer(cfg, resume={None: False, "always": True, "auto": "auto"}[args.resume])
     result = trainer.fit()
     if trainer.is_main:
         print(format_table(trainer.schema, result["test"] or result["valid"],
@@ -130,6 +134,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     trainer.load(path, restore_loop=False, model_only=True)
     rows = trainer.predict(args.split, args.out)
     log.info("wrote %d rows of scores to %s", rows, args.out)
+    return 0
+
+
+@command("plan")
+def cmd_plan(args: argparse.Namespace) -> int:
+    from recsys.config import load_config
+    from recsys.train.planning import plan_config
+    from recsys.train.sharding import DEVICES
+
+    overrides: List[str] = list(args.set or [])
+    device_type = args.device_type
+    if device_type is None:  # the config's device type (after overrides), else H100
+        from recsys.config import apply_overrides, read_yaml
+
+        raw = read_yaml(args.config) or {}
+        raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides)
+        sharding = raw.get("sharding") if isinstance(raw.get("sharding"), dict) else {}
+        configured = sharding.get("device_type", "auto")
+        device_type = configured if configured in DEVICES else "h100"
+    # plans describe the target machines, not this one: GPU sharding types are allowed for GPU device types
+    overrides.append(f"device={'cuda' if DEVICES[device_type].compute_device == 'cuda' else 'cpu'}")
+    if args.hbm_gb is not None:
+        overrides.append(f"sharding.hbm_gb={args.hbm_gb}")
+    if args.host_ddr_gb is not None:
+        overrides += [f"sharding.host_ddr_gb={args.host_ddr_gb}", "sharding.ddr_gb=null"]
+    cfg = load_config(args.config, overrides)
+    for report in plan_config(cfg, args.world_size, device_type, args.ranks_per_host, args.batch_size):
+        print(report.format())
+        print()
     return 0
 
 
@@ -177,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model")
     run_args(t)
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+    t.add_argument("--resume", nargs="?", const="always", choices=["always", "auto"],
+                   help="continue from the newest checkpoint of the run ('auto': only when there is one, as "
+                        "for scheduler retries); after a torchelastic restart this happens by itself")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     run_args(e)
@@ -191,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
                     help="rows to score; 'all' scores every row (use with --data for new files)")
     pr.add_argument("--out", required=True, help="output Parquet file")
+
+    pl = sub.add_parser("plan", help="print sharding plans and per-rank memory for a config (no data, no GPU)")
+    pl.add_argument("-c", "--config", required=True, help="run config YAML (its dataset spec must declare "
+                                                           "num_embeddings for every sparse feature)")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    pl.add_argument("--world-size", type=int, nargs="+", default=[8], help="total ranks (several: one plan each)")
+    pl.add_argument("--device-type", choices=["h100", "h200", "cpu"],
+                    help="hardware preset: h100 (80 GiB HBM), h200 (141 GiB), cpu (default: the config's "
+                         "sharding.device_type, else h100)")
+    pl.add_argument("--ranks-per-host", type=int, help="ranks per machine (default 8 for GPUs, 1 for cpu)")
+    pl.add_argument("--hbm-gb", type=float, help="HBM per GPU in GiB (overrides the preset)")
+    pl.add_argument("--host-ddr-gb", type=float, help="host memory per machine in GiB (overrides the preset)")
+    pl.add_argument("--batch-size", type=int, help="per-rank batch size (default: data.batch_size)")
 
     sub.add_parser("models", help="list the registered models")
 

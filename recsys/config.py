@@ -152,11 +152,20 @@ class TrainConfig:
 
 @dataclass
 class TableShardingConfig:
-    """Planner constraints for one table (see torchrec ParameterConstraints)."""
+    """Planner constraints for one table (see torchrec ParameterConstraints).
+
+    Args:
+        sharding_types: allowed sharding types of this table (default: ``sharding.sharding_types``).
+        compute_kernels: allowed kernels (default: ``sharding.compute_kernel``).
+        pooling_factor: expected ids per sample (the planner's cost model; default 1).
+        min_partition: width of a column-wise shard (a multiple of 4; torchrec's default is 128, so narrower
+            tables are not split unless this is set: ``embedding_dim: 16, min_partition: 8`` gives 2 shards).
+    """
 
     sharding_types: List[str] = field(default_factory=list)
     compute_kernels: List[str] = field(default_factory=list)
     pooling_factor: Optional[float] = None
+    min_partition: Optional[int] = None
 
 
 @dataclass
@@ -166,18 +175,25 @@ class ShardingConfig:
     Args:
         sharding_types: allowed types for every table (``table_wise``, ``column_wise``, ``table_column_wise``,
             ``row_wise``/``table_row_wise`` on GPU, ``data_parallel``).
-        compute_kernel: ``fused`` (FBGEMM TBE with the optimizer in backward) or ``dense``.
+        compute_kernel: ``fused`` (FBGEMM TBE with the optimizer in backward), ``dense``, or on GPU
+            ``fused_uvm_caching`` (table in host memory, an HBM cache of hot rows) and ``fused_uvm``.
         tables: per-table overrides.
-        hbm_gb: device memory per rank the planner may use (GPU), default from the device.
-        ddr_gb: host memory per rank the planner may use.
+        device_type: the hardware the planner's topology describes: ``auto`` (the job's own device: its
+            real memory), ``h100`` (80 GB HBM per GPU), ``h200`` (141 GB) or ``cpu``; see
+            :data:`recsys.train.sharding.DEVICES`.
+        hbm_gb: device memory per rank the planner may use (GPU); default from ``device_type``.
+        ddr_gb: host memory per rank the planner may use; default ``host_ddr_gb`` split over the host's ranks.
+        host_ddr_gb: host memory per machine (default: this machine's, or the device type's preset).
         bounds_check: FBGEMM bounds-check mode (``fatal`` raises on an out-of-range id).
     """
 
     sharding_types: List[str] = field(default_factory=lambda: ["table_wise"])
-    compute_kernel: Literal["fused", "dense"] = "fused"
+    compute_kernel: Literal["fused", "dense", "fused_uvm_caching", "fused_uvm"] = "fused"
     tables: Dict[str, TableShardingConfig] = field(default_factory=dict)
+    device_type: Literal["auto", "cpu", "h100", "h200"] = "auto"
     hbm_gb: Optional[float] = None
     ddr_gb: Optional[float] = None
+    host_ddr_gb: Optional[float] = None
     bounds_check: Literal["fatal", "warning", "ignore", "none"] = "fatal"
 
 
@@ -421,6 +437,24 @@ def validate_config(cfg: Config, source: str = "config") -> None:
                 close = difflib.get_close_matches(st, sorted(valid_types), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"{source}: '{where}' has unknown sharding type '{st}'{hint}")
+    valid_kernels = {"fused", "dense", "fused_uvm_caching", "fused_uvm"}
+    for name, c in cfg.sharding.tables.items():
+        for kernel in c.compute_kernels:
+            if kernel not in valid_kernels:
+                close = difflib.get_close_matches(kernel, sorted(valid_kernels), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; kernels: {sorted(valid_kernels)}"
+                raise ConfigError(f"{source}: 'sharding.tables.{name}.compute_kernels' has unknown kernel "
+                                  f"'{kernel}'{hint}")
+        if c.min_partition is not None and (c.min_partition < 4 or c.min_partition % 4):
+            raise ConfigError(f"{source}: 'sharding.tables.{name}.min_partition' must be a positive multiple of 4 "
+                              f"(FBGEMM), got {c.min_partition}")
+    if cfg.sharding.ddr_gb is not None and cfg.sharding.host_ddr_gb is not None:
+        raise ConfigError(f"{source}: give 'sharding.ddr_gb' (per rank) or 'sharding.host_ddr_gb' (per host), "
+                          "not both")
+    for key in ("hbm_gb", "ddr_gb", "host_ddr_gb"):
+        value = getattr(cfg.sharding, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{source}: 'sharding.{key}' must be > 0, got {value}")
     if cfg.device == "cpu" or (cfg.device == "auto" and not _cuda_available()):
         gpu_only = {"row_wise", "table_row_wise"} & (
             set(cfg.sharding.sharding_types) | {s for c in cfg.sharding.tables.values() for s in c.sharding_types}
@@ -430,6 +464,11 @@ def validate_config(cfg: Config, source: str = "config") -> None:
                 f"{source}: sharding type(s) {sorted(gpu_only)} need CUDA/NCCL; on CPU use table_wise, "
                 "column_wise, table_column_wise or data_parallel"
             )
+        uvm = {"fused_uvm_caching", "fused_uvm"} & (
+            {cfg.sharding.compute_kernel} | {k for c in cfg.sharding.tables.values() for k in c.compute_kernels}
+        )
+        if uvm:
+            raise ConfigError(f"{source}: compute kernel(s) {sorted(uvm)} need CUDA; on CPU use fused or dense")
 
 
 def _cuda_available() -> bool:

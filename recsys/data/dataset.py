@@ -518,15 +518,37 @@ class Dataset:
 
     def schema(self, default_dim: int = 16) -> Schema:
         self._require_fitted()
+        return self._schema([e.num_embeddings for e in self.sparse], default_dim)
+
+    def declared_schema(self, default_dim: int = 16) -> Schema:
+        """The schema from the spec alone, without reading or fitting data: every sparse feature must declare
+        ``num_embeddings`` (``hash`` and ``identity`` encodings always do; a ``vocab`` feature's cap counts as
+        its size). Used to plan sharding for data that is not at hand (``recsys plan``).
+
+        Example::
+
+            schema = Dataset(load_spec("configs/datasets/billion.yaml")).declared_schema()
+            schema.feature("user_id").num_embeddings     # 1000000000
+        """
+        missing = [s.name for s in self.spec.sparse if not s.num_embeddings]
+        if missing:
+            raise ConfigError(
+                f"spec '{self.spec.name}': sparse feature(s) {', '.join(repr(m) for m in missing)} declare no "
+                "num_embeddings; table sizes are needed to build the model without data (give num_embeddings, "
+                "or use the hash/identity encodings)"
+            )
+        return self._schema([int(s.num_embeddings) for s in self.spec.sparse], default_dim)
+
+    def _schema(self, sizes: Sequence[int], default_dim: int) -> Schema:
         spec = self.spec
         scenario_features = [s.name for s in spec.sparse if s.group == "scenario"]
         return Schema(
             sparse=tuple(
                 SparseFeature(
-                    name=s.name, num_embeddings=e.num_embeddings, embedding_dim=s.embedding_dim or default_dim,
+                    name=s.name, num_embeddings=size, embedding_dim=s.embedding_dim or default_dim,
                     group=s.group, multi_hot=s.multi_hot, pooling=s.pooling, table=s.table,
                 )
-                for s, e in zip(spec.sparse, self.sparse)
+                for s, size in zip(spec.sparse, sizes)
             ),
             dense=tuple(DenseFeature(d.name) for d in spec.dense),
             tasks=tuple(

@@ -52,6 +52,22 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     return DistInfo(rank, world, local_rank, local_world, dev)
 
 
+def elastic_restart_count() -> int:
+    """How many times torchelastic (torchrun, TorchX ``dist.ddp``) has restarted this job's workers: 0 on the
+    first attempt and outside torchelastic (``TORCHELASTIC_RESTART_COUNT``).
+
+    Example::
+
+        if elastic_restart_count() > 0:
+            ...  # a worker died and the agent restarted every worker: resume from the last checkpoint
+    """
+    raw = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    try:
+        return max(int(raw), 0)
+    except ValueError:
+        return 0
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -8,12 +8,19 @@
 
 Each task's loss is the weighted mean over the rows it applies to; weights are the batch's sample weights
 (0 for padding rows) times any per-sample weights the model supplies.
+
+In a multi-process job the mean is over the *global* batch: each rank divides its weighted sum by the mean
+over ranks of the per-rank normalisers (one small all-reduce per step). DDP averages dense gradients and
+torchrec divides the pooled-embedding gradients by the world size, so W ranks with batch B take exactly the
+step one rank takes with batch W x B, also for tasks such as CVR given click whose row count differs per rank.
 """
 
 import math
 from typing import Dict, Mapping, NamedTuple, Optional
 
 import torch
+import torch.distributed as dist
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -31,6 +38,22 @@ def joint_bce(parent_logit: torch.Tensor, child_logit: torch.Tensor, label: torc
     """Per-row BCE of ``p = sigmoid(parent) * sigmoid(child)`` against ``label``, computed in log space."""
     log_p = F.logsigmoid(parent_logit) + F.logsigmoid(child_logit)
     return -(label * log_p + (1.0 - label) * log1mexp(log_p.clamp_max(-1e-7)))
+
+
+@torch.fx.wrap
+def cross_rank_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over the ranks of the default process group (``x`` itself at world size 1); no
+    gradient flows through it. Opaque to FX tracing (a single call in the traced graph).
+
+    Example::
+
+        norm = cross_rank_mean(weights.sum())   # the global batch's normaliser per rank
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y)
+    return y / dist.get_world_size()
 
 
 def regression_loss(task: Task, prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -108,12 +131,13 @@ class MultiTaskLoss(nn.Module):
         sample_weights: Optional[Dict[str, torch.Tensor]] = None,
     ) -> Dict[str, torch.Tensor]:
         losses: Dict[str, torch.Tensor] = {}
-        for task in self.schema.tasks:
-            w = self.row_weights(task, batch)
-            norm = w.sum().clamp_min(1e-12)
+        row_weights = [self.row_weights(task, batch) for task in self.schema.tasks]
+        # per task: the global batch's normaliser (mean over ranks of the local weight sums)
+        norms = cross_rank_mean(torch.stack([w.sum() for w in row_weights])).clamp_min(1e-12)
+        for i, (task, w) in enumerate(zip(self.schema.tasks, row_weights)):
             if sample_weights is not None and task.name in sample_weights:
                 w = w * sample_weights[task.name].detach()
-            losses[task.name] = self.weights[task.name] * (self.per_sample(task, outputs, batch) * w).sum() / norm
+            losses[task.name] = self.weights[task.name] * (self.per_sample(task, outputs, batch) * w).sum() / norms[i]
         return losses
 
 

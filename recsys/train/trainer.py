@@ -21,7 +21,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +38,7 @@ from recsys.errors import ConfigError, RecsysError
 from recsys.io import write_json_atomic, write_text_atomic
 from recsys.models.base import RankingModel, build_model, check_requirements
 from recsys.train import checkpoint as ckpt
-from recsys.train.dist import all_reduce_int, barrier, broadcast_object, init_distributed
+from recsys.train.dist import all_reduce_int, barrier, broadcast_object, elastic_restart_count, init_distributed
 from recsys.train.losses import MultiTaskLoss, TrainModule
 from recsys.train.metrics import PredictionCollector, default_metric, evaluate, format_table, metric_mode
 from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
@@ -75,7 +75,10 @@ class Trainer:
         config: the run config.
         dataset: a prepared :class:`Dataset` (default: built from ``config.data``).
         model: a model built for this dataset's schema (default: ``config.model`` from the registry).
-        resume: continue from the newest checkpoint in ``run_dir/checkpoints``.
+        resume: ``True``: continue from the newest checkpoint in ``run_dir/checkpoints`` (an error when there
+            is none); ``"auto"``: continue from it when there is one, else start afresh; ``False``: start
+            afresh, except after a torchelastic restart (``TORCHELASTIC_RESTART_COUNT > 0``: a worker died
+            and every worker was restarted), which resumes from the newest checkpoint when there is one.
         fit_data: fit encoders when ``run_dir/encoders`` does not exist (False: they must exist, as for eval).
 
     Example::
@@ -91,9 +94,11 @@ class Trainer:
         config: Config,
         dataset: Optional[Dataset] = None,
         model: Optional[RankingModel] = None,
-        resume: bool = False,
+        resume: Union[bool, str] = False,
         fit_data: bool = True,
     ) -> None:
+        if resume not in (True, False, "auto"):
+            raise ConfigError(f"resume must be True, False or 'auto', got {resume!r}")
         self.cfg = config
         self.dist = init_distributed(config.device)
         self.device = self.dist.device
@@ -116,29 +121,40 @@ class Trainer:
         self.loss = MultiTaskLoss(self.schema, config.train.task_weights, self.model.dependent_loss)
         module = TrainModule(self.model, self.loss)
         fuse_embedding_optimizer(module, config.train.embedding_optimizer, self.device.type)
-        self.dmp = shard(module, config.sharding, self.device, config.data.batch_size)
+        self.dmp = shard(module, config.sharding, self.device, config.data.batch_size, seed=config.train.seed)
         self.optimizer = build_optimizer(self.dmp, config.train.dense_optimizer, config.train.grad_clip_norm)
         self.state = TrainState()
         self._pipeline = None
         self._eval_seconds = 0.0
         self.writer = None
+        restarts = elastic_restart_count()
+        latest = None
+        if resume or restarts:
+            # rank 0 decides, so every rank loads the same checkpoint
+            latest = broadcast_object(ckpt.latest_checkpoint(self.ckpt_dir) if self.is_main else None)
+            if latest is None and resume is True:
+                raise RecsysError(f"{self.ckpt_dir}: nothing to resume from (no completed checkpoint)")
         if self.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
             if self._fitted_now:
                 self.dataset.save(os.path.join(self.run_dir, "encoders"))
-            write_text_atomic(os.path.join(self.run_dir, "plan.txt"), str(self.dmp.plan) + "\n")
-            write_text_atomic(os.path.join(self.run_dir, "config.yaml"),
-                              yaml.safe_dump(to_dict(config), sort_keys=False))
-            if config.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"))
-        if resume:
-            latest = ckpt.latest_checkpoint(self.ckpt_dir)
-            if latest is None:
-                raise RecsysError(f"{self.ckpt_dir}: nothing to resume from (no completed checkpoint)")
+            if fit_data:  # training; evaluation (possibly at another world size) keeps the run's record
+                write_text_atomic(os.path.join(self.run_dir, "plan.txt"),
+                                  self.dmp.plan_report.format() + "\n\n" + str(self.dmp.plan) + "\n")
+                write_text_atomic(os.path.join(self.run_dir, "config.yaml"),
+                                  yaml.safe_dump(to_dict(config), sort_keys=False))
+        if latest is not None:
             self.load(latest)
-            log.info("resumed from %s at step %d", latest, self.state.step)
+            why = f"torchelastic restart {restarts}: " if restarts and resume is not True else ""
+            log.info("%sresumed from %s at step %d", why, latest, self.state.step)
+        elif restarts:
+            log.info("torchelastic restart %d: no completed checkpoint yet, starting afresh", restarts)
+        if self.is_main and config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # after a resume, events a previous attempt wrote beyond the checkpoint are dropped
+            self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"),
+                                        purge_step=self.state.step + 1 if latest is not None else None)
 
     # --- data --------------------------------------------------------------------------------------------
     def _prepare_encoders(self, fit_data: bool) -> None:
@@ -353,13 +369,22 @@ class Trainer:
         return stop
 
     def _log_train(self, out, samples_per_sec: float) -> None:
+        """TensorBoard scalars of one step. Collective: losses are averaged over ranks (each rank's loss is its
+        share of the global batch's loss, so the mean is the global batch's loss) and samples/s summed."""
+        names = list(out.losses)
+        values = torch.stack([out.losses[n].detach().float() for n in names] +
+                             [torch.tensor(samples_per_sec, device=out.losses[names[0]].device)])
+        if self.dist.world_size > 1:
+            torch.distributed.all_reduce(values)
+            values[:-1] /= self.dist.world_size
         if self.writer is None:
             return
         step = self.state.step
-        for name, v in out.losses.items():
-            self.writer.add_scalar(f"train/loss/{name}", float(v), step)
-        self.writer.add_scalar("train/loss", float(sum(float(v) for v in out.losses.values())), step)
-        self.writer.add_scalar("train/samples_per_sec", samples_per_sec, step)
+        values = values.cpu().tolist()
+        for name, v in zip(names, values):
+            self.writer.add_scalar(f"train/loss/{name}", v, step)
+        self.writer.add_scalar("train/loss", float(sum(values[:-1])), step)
+        self.writer.add_scalar("train/samples_per_sec", values[-1], step)
         for i, group in enumerate(self.optimizer.param_groups):
             if "lr" in group:
                 self.writer.add_scalar(f"train/lr/{i}", float(group["lr"]), step)
@@ -451,12 +476,47 @@ class Trainer:
         return {"model": self.dmp.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def save(self, path: Optional[str] = None) -> str:
+        """Checkpoint model, optimizer and loop state (collective). Modules holding per-rank state (buffers
+        such as a user tracker) first get their ``sync_state()`` called, so every rank holds the same copy:
+        a checkpoint keeps one copy of every unsharded tensor."""
         path = path or os.path.join(self.ckpt_dir, f"step-{self.state.step:08d}")
         state = asdict(self.state)
         state["world_size"] = self.dist.world_size
+        self._sync_module_state()
         ckpt.save_checkpoint(path, self._app_state(), state)
         ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints, self.state.best_checkpoint)
         return path
+
+    def _sync_module_state(self) -> None:
+        """Call every module's optional ``sync_state()`` (collective: it makes per-rank state agree), then
+        warn once per tensor about unsharded model state that still differs across ranks (DDP keeps
+        parameters in sync; torchrec's DDP does not broadcast buffers), since only one copy is saved."""
+        for module in self.dmp.modules():
+            sync = getattr(module, "sync_state", None)
+            if callable(sync):
+                sync()
+        if self.dist.world_size == 1:
+            return
+        names, prints = [], []
+        for name, value in self.dmp.state_dict().items():
+            if type(value) is torch.Tensor and value.numel():  # sharded tables are ShardedTensor
+                flat = value.detach().reshape(-1).to(self.device, torch.float64)
+                ramp = torch.linspace(1.0, 2.0, flat.numel(), device=self.device, dtype=torch.float64)
+                names.append(name)
+                prints.append(torch.stack([flat.sum(), (flat * ramp).sum()]))
+        if not prints:
+            return
+        high = torch.stack(prints)
+        low = high.clone()
+        torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+        differ = [n for n, h, lo in zip(names, high, low) if not torch.equal(h, lo)]
+        warned = getattr(self, "_warned_state", set())
+        new = [n for n in differ if n not in warned]
+        if new and self.is_main:
+            log.warning("model state differs across ranks and a checkpoint keeps one rank's copy: %s; give the "
+                        "module a sync_state() that makes it agree (see docs/distributed.md)", ", ".join(new))
+        self._warned_state = warned | set(differ)
 
     def _init_optimizer_state(self) -> None:
         """Create the lazily-built optimizer state (Adam moments) so a checkpoint can be loaded into it:

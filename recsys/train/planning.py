@@ -1,0 +1,82 @@
+"""Sharding plans for a config at any world size and device, without data, devices or a process group.
+
+The schema comes from the dataset spec alone (every sparse feature declares ``num_embeddings``), the model is
+built with its EmbeddingBagCollection on the meta device (nothing is allocated), the fused embedding optimizer is
+attached (so the planner counts its state), and torchrec's planner runs against a
+:class:`~torchrec.distributed.planner.Topology` of the requested world size and device (``recsys plan``).
+
+Example::
+
+    cfg = load_config("configs/plan_billion.yaml")
+    for report in plan_config(cfg, world_sizes=[8, 64, 128], device_type="h100"):
+        print(report.format())
+"""
+
+import time
+from dataclasses import replace
+from typing import List, Optional, Sequence
+
+from recsys.config import Config
+from recsys.data.dataset import Dataset
+from recsys.data.spec import load_spec
+from recsys.errors import ConfigError
+from recsys.models.base import build_model
+from recsys.schema import Schema
+from recsys.train.losses import MultiTaskLoss, TrainModule
+from recsys.train.optim import fuse_embedding_optimizer
+from recsys.train.sharding import DEVICES, PlanReport, plan_report
+
+
+def declared_schema(cfg: Config) -> Schema:
+    """The config's schema from its dataset spec alone (see :meth:`Dataset.declared_schema`)."""
+    if not cfg.data.spec:
+        raise ConfigError("config: 'data.spec' (path of a dataset spec YAML) is required")
+    spec = load_spec(cfg.resolve(cfg.data.spec))
+    return Dataset(spec, cfg.resolve(cfg.data.path) if cfg.data.path else None).declared_schema(
+        cfg.model.embedding_dim
+    )
+
+
+def plan_config(
+    cfg: Config,
+    world_sizes: Sequence[int],
+    device_type: str,
+    ranks_per_host: Optional[int] = None,
+    batch_size: Optional[int] = None,
+) -> List[PlanReport]:
+    """Plan ``cfg``'s model for each world size; no table is allocated.
+
+    Args:
+        cfg: the run config (model, dataset spec, sharding constraints and capacities).
+        world_sizes: total ranks of each plan.
+        device_type: ``h100``, ``h200`` or ``cpu`` (capacities from :data:`recsys.train.sharding.DEVICES`
+            unless ``sharding.hbm_gb`` / ``ddr_gb`` / ``host_ddr_gb`` are set).
+        ranks_per_host: ranks per machine (default: the device type's, capped by the world size).
+        batch_size: per-rank batch size (default ``data.batch_size``).
+
+    Raises:
+        ConfigError: a spec without table sizes, or no plan fits (one line).
+
+    Example::
+
+        report = plan_config(cfg, [64], "h200")[0]
+        report.hbm_used[0]      # bytes of embedding shards on rank 0
+    """
+    if device_type not in DEVICES:
+        raise ConfigError(f"device type '{device_type}' is not one of {', '.join(DEVICES)}")
+    schema = declared_schema(cfg)
+    model = build_model(cfg.model, schema, source="config")
+    module = TrainModule(model, MultiTaskLoss(schema, cfg.train.task_weights, model.dependent_loss))
+    compute = DEVICES[device_type].compute_device
+    fuse_embedding_optimizer(module, cfg.train.embedding_optimizer, compute)
+    sharding = replace(cfg.sharding, device_type=device_type)
+    reports = []
+    for world in world_sizes:
+        if world < 1:
+            raise ConfigError(f"--world-size must be >= 1, got {world}")
+        per_host = min(ranks_per_host or DEVICES[device_type].ranks_per_host, world)
+        start = time.perf_counter()
+        report = plan_report(module, sharding, world, per_host, device_type, batch_size or cfg.data.batch_size)[1]
+        report.planner_seconds = time.perf_counter() - start
+        reports.append(report)
+    return reports
