@@ -12,7 +12,6 @@ Learning User Lifecycle-Based Representation", RecSys 2023, arXiv:2306.12232).
 Shapes: B batch, F user features, D embedding width, T tasks.
 """
 
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -22,7 +21,6 @@ from torch.distributions import Beta
 
 from recsys.modules.mlp import MLP
 
-log = logging.getLogger(__name__)
 
 PREFERENCE = "preference/"  # output key prefix of the preference heads' logits
 
