@@ -3,9 +3,10 @@ and per lifecycle stage.
 
 Rows: MMoE and PLE (the multi-task issue's models, by registry name), PLE from STAN's code without the state
 branch (the controlled baseline: same towers and training), PLE-stage (the true stage as a user feature,
-``configs/datasets/synthetic_stage.yaml``), STAN without Beta (gamma = the preference head's prediction) and
-STAN (Beta-resampled gamma). Tasks CTR, stay time (AUC of stay > 60 s, NDCG@5 with the stay as graded
-relevance) and order (CVR on clicks); AUC and NDCG@5 per user; per lifecycle stage.
+``configs/datasets/synthetic_stage.yaml``), STAN's branch without loss re-weighting (gamma = 1), STAN without
+Beta (gamma = the preference head's prediction) and STAN (Beta-resampled gamma). Tasks CTR, stay time (AUC of
+stay > 60 s, NDCG@5 with the stay as graded relevance) and order (CVR on clicks); AUC and NDCG@5 per user;
+overall and per lifecycle stage.
 
     python -m benchmarks.quality --grid stan --datasets synthetic --seeds 3
 """
@@ -28,6 +29,8 @@ ROWS = [
     Experiment("PLE (STAN code, no state branch)", "stan", {**BACKBONE, "state_branch": False},
                datasets=("synthetic",)),
     Experiment("PLE-stage", "stan", {**BACKBONE, "state_branch": False}, overrides=[STAGE_SPEC],
+               datasets=("synthetic",)),
+    Experiment("STAN branch, no re-weighting", "stan", {**BACKBONE, "loss_weighting": "none"},
                datasets=("synthetic",)),
     Experiment("STAN without Beta", "stan", {**BACKBONE, "loss_weighting": "prediction"}, datasets=("synthetic",)),
     Experiment("STAN", "stan", {**BACKBONE, "loss_weighting": "beta"}, datasets=("synthetic",)),
