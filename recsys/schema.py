@@ -116,6 +116,8 @@ class Schema:
         scenario_feature: the sparse feature holding the scenario id, if the scenario is also a feature.
         eval_groups: extra columns evaluation breaks metrics down by (e.g. a lifecycle stage), with their value
             names.
+        history_tasks: tasks whose per-user label history batches carry (``Batch.history``, see
+            :mod:`recsys.data.history`).
     """
 
     sparse: Tuple[SparseFeature, ...]
@@ -126,6 +128,7 @@ class Schema:
     user_feature: Optional[str] = None
     scenario_feature: Optional[str] = None
     eval_groups: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    history_tasks: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.sparse]
@@ -153,6 +156,9 @@ class Schema:
                 raise ConfigError(
                     f"features '{other.name}' and '{f.name}' share table '{f.table_name}' but differ in size"
                 )
+        for name in self.history_tasks:
+            if name not in task_names:
+                raise ConfigError(f"schema: history task '{name}' is not a task")
         if self.num_scenarios < 1:
             raise ConfigError("schema: num_scenarios must be >= 1")
         if self.scenario_names and len(self.scenario_names) != self.num_scenarios:

@@ -69,3 +69,30 @@ def test_funnel_metrics_use_depends_on():
     s1 = p.scenario == 1
     assert report["ctr/auc/scenario=1"] == pytest.approx(auc(p.scores["ctr"][s1], click[s1]))
     assert "ctr/gauc" in report and "ctr/ndcg@5" in report
+
+
+def test_ndcg_graded_relevance_by_hand_per_lifecycle_stage():
+    """Stay time as graded relevance (linear gain), restricted to clicked rows, per user, per stage."""
+    schema = Schema(sparse=(SparseFeature("u", 8),),
+                    tasks=(Task("ctr"), Task("stay", kind="regression", depends_on="ctr", eval_threshold=60.0)),
+                    user_feature="u", eval_groups=(("stage", ("new", "loyal")),))
+    user = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    click = np.array([1, 1, 1, 0, 1, 1, 1, 1], dtype=float)
+    stay = np.array([0.0, 120.0, 30.0, 0.0, 60.0, 10.0, 0.0, 0.0])  # user 2 stayed nowhere: no ideal ranking
+    score = np.array([0.9, 0.5, 0.1, 5.0, 0.2, 0.8, 0.3, 0.4])  # row 3 is not clicked: not a stay row
+    stage = np.array([0, 0, 0, 0, 1, 1, 0, 0])
+    p = Predictions(row_id=np.arange(8), scenario=np.zeros(8, int), user=user,
+                    labels={"ctr": click, "stay": stay}, scores={"ctr": score, "stay": score},
+                    groups={"stage": stage})
+    report = evaluate(schema, p)
+    # user 0 ranks relevances [0, 120, 30]; ideal [120, 30, 0]
+    u0 = (120 / np.log2(3) + 30 / np.log2(4)) / (120 + 30 / np.log2(3))
+    # user 1 ranks [10, 60]; ideal [60, 10]
+    u1 = (10 + 60 / np.log2(3)) / (60 + 10 / np.log2(3))
+    assert report["stay/ndcg@5"] == pytest.approx((u0 + u1) / 2, rel=1e-6)
+    assert report["stay/ndcg@1"] == pytest.approx((0 / 120 + 10 / 60) / 2, rel=1e-6)
+    assert report["stay/ndcg_skipped"] == 1
+    assert report["stay/ndcg@5/stage=new"] == pytest.approx(u0, rel=1e-6)
+    assert report["stay/ndcg_skipped/stage=new"] == 1
+    assert report["stay/ndcg@5/stage=loyal"] == pytest.approx(u1, rel=1e-6)
+    assert report["stay/auc/stage=new"] == pytest.approx(auc(score[[0, 1, 2, 6, 7]], stay[[0, 1, 2, 6, 7]] > 60))

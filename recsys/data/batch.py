@@ -11,6 +11,9 @@ Shapes (B = batch size, Dd = number of dense features, F = number of sparse feat
     groups: {name: [B] int64} evaluation-only breakdowns (e.g. lifecycle stage)
     oracle: {task: [B] float32} true probabilities (synthetic data only)
     time: [B] float64 timestamp or empty
+    history: {name: [B] float32} the user's strictly earlier training labels, when the dataset spec asks for
+        them (see recsys.data.history): ``count``, ``<task>/count``, ``<task>/mean``; training targets only,
+        never model inputs
 """
 
 from dataclasses import dataclass, field
@@ -45,6 +48,7 @@ class Batch(Pipelineable):
     groups: Dict[str, torch.Tensor] = field(default_factory=dict)
     oracle: Dict[str, torch.Tensor] = field(default_factory=dict)
     time: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.float64))
+    history: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -62,6 +66,7 @@ class Batch(Pipelineable):
             groups=_map(self.groups, fn),
             oracle=_map(self.oracle, fn),
             time=fn(self.time),
+            history=_map(self.history, fn),
         )
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
@@ -73,6 +78,7 @@ class Batch(Pipelineable):
     def record_stream(self, stream: torch.Stream) -> None:
         tensors = [self.dense, self.scenario, self.user, self.weights, self.row_id, self.time]
         tensors += list(self.labels.values()) + list(self.groups.values()) + list(self.oracle.values())
+        tensors += list(self.history.values())
         for t in tensors:
             t.record_stream(stream)
         self.sparse.record_stream(stream)

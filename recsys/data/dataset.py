@@ -14,6 +14,7 @@ splits), never on chunking, rank or world size.
 
 import logging
 import os
+import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -35,6 +36,7 @@ from recsys.data.encoding import (
     to_float,
     to_int,
 )
+from recsys.data.history import LabelHistory, history_keys, value_keys
 from recsys.data.reader import RawChunk, SourceReader, list_files
 from recsys.data.spec import DatasetSpec, DerivedSpec, FileSpec, load_spec
 from recsys.errors import ConfigError, DataError
@@ -112,6 +114,8 @@ class Dataset:
         self.test_rows: Optional[int] = None
         self.split_counts: Dict[str, int] = {}
         self._joins: Optional[List[Tuple[str, pd.Index, pa.Table]]] = None
+        self._history: Optional[LabelHistory] = None
+        self._history_lock = threading.Lock()  # streams encode in loader threads
         self._check_no_label_leak()
 
     @classmethod
@@ -362,7 +366,66 @@ class Dataset:
             groups={k: e.transform(table.column(e.spec.column), where) for k, e in self.groups.items()},
             oracle=self._oracle(table, where),
             time=self._time(table, where),
+            history=self._history_of(table, where),
         )
+
+    # --- label history (recsys.data.history) -------------------------------------------------------------
+    @property
+    def history_tasks(self) -> List[str]:
+        h = self.spec.history
+        if h is None:
+            return []
+        return list(h.tasks) if h.tasks is not None else [t.name for t in self.spec.tasks]
+
+    def _user_keys(self, table: pa.Table, where: Where) -> np.ndarray:
+        enc = next(e for e in self.sparse if e.name == self.spec.user)
+        return value_keys(enc.normalised(table.column(enc.column), where))
+
+    def _history_events(self, table: pa.Table, where: Where):
+        """Per history task: (label defined, positive) of each row (see recsys.data.history)."""
+        labels = self._labels(table, where)
+        out = {}
+        for name in self.history_tasks:
+            task = next(t for t in self.spec.tasks if t.name == name)
+            applies = labels[task.depends_on] > 0.5 if task.depends_on else np.ones(table.num_rows, dtype=bool)
+            threshold = 0.5 if task.kind == "binary" else task.eval_threshold
+            out[name] = (applies, labels[name] > threshold)
+        return out
+
+    def label_history(self) -> LabelHistory:
+        """The training events of every rank's rows (one pass over the source, built once and cached)."""
+        self._require_fitted()
+        with self._history_lock:
+            if self._history is None:
+                self._history = self._build_history()
+        return self._history
+
+    def _build_history(self) -> LabelHistory:
+        """Every training row of the source (all ranks' shares): user key, time, per task (defined, positive)."""
+        users, times, events = [], [], {t: ([], []) for t in self.history_tasks}
+        reader = self._reader(self.spec.source)  # a separate test source holds no training rows
+        with self._bar("label history", self.source_rows) as bar:
+            for chunk in reader.chunks(0, self.max_rows):
+                table, where = self._prepare(chunk)
+                time = self._time(table, where)
+                train = self._split_of(self._row_ids(chunk, table, where, False), time, False) == 0
+                bar.update(table.num_rows)
+                if not train.any():
+                    continue
+                users.append(self._user_keys(table, where)[train])
+                times.append(time[train])
+                for name, (applies, positive) in self._history_events(table, where).items():
+                    events[name][0].append(applies[train])
+                    events[name][1].append(positive[train])
+        return LabelHistory.build(
+            np.concatenate(users), np.concatenate(times),
+            {name: (np.concatenate(a), np.concatenate(p)) for name, (a, p) in events.items()},
+        )
+
+    def _history_of(self, table: pa.Table, where: Where) -> Dict[str, np.ndarray]:
+        if self.spec.history is None:
+            return {}
+        return self.label_history().query(self._user_keys(table, where), self._time(table, where))
 
     # --- passes ------------------------------------------------------------------------------------------
     def _sources(self) -> List[Tuple[FileSpec, bool]]:
@@ -501,6 +564,7 @@ class Dataset:
             scenario=z, user=z, weights=np.zeros(0, np.float32), row_id=z,
             groups={k: z for k in self.groups}, oracle={k: np.zeros(0, np.float32) for k in self.spec.oracle},
             time=np.zeros(0) if self.spec.time else None,
+            history={k: np.zeros(0, np.float32) for k in (history_keys(self.history_tasks) if self.spec.history else ())},
         )
 
     # --- schema and state --------------------------------------------------------------------------------
@@ -559,6 +623,7 @@ class Dataset:
             user_feature=spec.user,
             scenario_feature=scenario_features[0] if len(scenario_features) == 1 else None,
             eval_groups=tuple((k, tuple(v.display_names())) for k, v in spec.eval_groups.items()),
+            history_tasks=tuple(self.history_tasks),
         )
 
     def save(self, path: str) -> None:

@@ -174,6 +174,10 @@ class SparseEncoder:
             raise where.error("a list column needs 'multi_hot: true' in the spec", self.column)
         return self._normalise(arr, where), None
 
+    def normalised(self, arr: pa.Array, where: Where) -> pa.Array:
+        """The raw values of a single-hot column with the declared dtype applied (no vocabulary)."""
+        return self._tokens(arr, where)[0]
+
     # --- fitting -----------------------------------------------------------------------------------------
     def fit(self, arr: pa.Array, where: Where, mask: Optional[np.ndarray] = None) -> None:
         """Validate every row of ``arr``; count the values of rows where ``mask`` holds (all when None)."""

@@ -187,6 +187,18 @@ class CategorySpec:
 
 
 @dataclass
+class HistorySpec:
+    """Per-row statistics of the user's strictly earlier training labels (``Batch.history``), for models that
+    learn from a user's past (see :mod:`recsys.data.history`). Needs ``user`` and ``time``.
+
+    Args:
+        tasks: tasks to summarise (default: all); a regression task needs ``eval_threshold`` (its positives).
+    """
+
+    tasks: Optional[List[str]] = None
+
+
+@dataclass
 class DatasetSpec:
     """The whole mapping from files to the schema.
 
@@ -205,6 +217,7 @@ class DatasetSpec:
         row_id: column with a stable instance id (default: the global row number).
         oracle: task name -> column with the true probability (synthetic data).
         eval_groups: extra columns evaluation reports metrics by (e.g. a lifecycle stage).
+        history: also compute each row's label history (``Batch.history``; one more pass over the files).
     """
 
     name: str
@@ -223,6 +236,7 @@ class DatasetSpec:
     row_id: Optional[str] = None
     oracle: Dict[str, str] = field(default_factory=dict)
     eval_groups: Dict[str, CategorySpec] = field(default_factory=dict)
+    history: Optional[HistorySpec] = None
     # where the spec file lives (relative roots resolve against it)
     spec_dir: str = field(default=".", metadata={"internal": True})
 
@@ -260,6 +274,16 @@ class DatasetSpec:
                 raise ConfigError(f"{source}: '{where}' needs exactly one of 'values' or 'num'")
             if cat.names is not None and len(cat.names) != cat.size():
                 raise ConfigError(f"{source}: '{where}.names' must have one name per value")
+        if self.history is not None:
+            if self.user is None or self.time is None:
+                raise ConfigError(f"{source}: 'history' needs 'user' and 'time'")
+            for name in self.history.tasks if self.history.tasks is not None else task_names:
+                if name not in task_names:
+                    raise ConfigError(f"{source}: history task '{name}' is not a task")
+                task = next(t for t in self.tasks if t.name == name)
+                if task.kind == "regression" and task.eval_threshold is None:
+                    raise ConfigError(f"{source}: history task '{name}' is a regression task without "
+                                      "'eval_threshold' (which defines its positives)")
         for d in self.derived:
             if d.op in ("greater", "bucketize") and not d.column:
                 raise ConfigError(f"{source}: derived '{d.name}': op '{d.op}' needs 'column'")

@@ -2,7 +2,9 @@
 
 It never looks inside a model: model-specific loss terms and per-sample weights come through the model's
 hooks (:class:`~recsys.models.base.RankingModel`), and anything a module wants plotted comes through its
-optional ``tensorboard_stats()`` method (scalars and histograms).
+optional ``tensorboard_stats()`` method (scalars and histograms, every ``log_every_steps``) and
+``tensorboard_embeddings()`` method (``{tag: (rows [N, D], one metadata label per row)}`` for the embedding
+projector, after every validation).
 
 Run folder::
 
@@ -19,6 +21,7 @@ Run folder::
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Union
@@ -62,6 +65,11 @@ class TrainState:
     samples: int = 0
     train_seconds: float = 0.0
     history: List[Dict[str, float]] = field(default_factory=list)
+
+
+def _module_tag(name: str) -> str:
+    """A module's name inside DMP without the wrappers' prefixes (``_dmp_wrapped_module.module.model.``)."""
+    return re.sub(r"^(_dmp_wrapped_module\.)?(module\.)?(model\.)?", "", name)
 
 
 class NonFiniteLoss(RecsysError):
@@ -363,6 +371,7 @@ class Trainer:
             for key, v in report.items():
                 if key.count("/") == 1 and v == v:
                     self.writer.add_scalar(f"valid/{key}", v, self.state.step)
+        self._log_embeddings()
         if self.is_main:
             log.info("step %d: valid %s = %.5f%s", self.state.step, metric, value,
                      " (best)" if improved else f" (best {self.state.best_metric:.5f})")
@@ -392,12 +401,23 @@ class Trainer:
             stats = getattr(module, "tensorboard_stats", None)
             if callable(stats):
                 for key, value in stats().items():
-                    tag = f"{name.replace('module.model.', '')}/{key}"
+                    tag = f"{_module_tag(name)}/{key}"
                     value = value.detach().float().cpu()
                     if value.numel() == 1:
                         self.writer.add_scalar(tag, float(value), step)
                     elif value.numel() > 1:
                         self.writer.add_histogram(tag, value, step)
+
+    def _log_embeddings(self) -> None:
+        """Embeddings modules collected during the last evaluation, to TensorBoard's projector. Every rank
+        asks (modules may reset), rank 0 writes."""
+        for name, module in self.dmp.named_modules():
+            hook = getattr(module, "tensorboard_embeddings", None)
+            if not callable(hook):
+                continue
+            for tag, (rows, metadata) in hook().items():
+                if self.writer is not None and len(rows):
+                    self.writer.add_embedding(rows, metadata=list(metadata), tag=tag, global_step=self.state.step)
 
     def _finish(self) -> Dict[str, Any]:
         if self.state.best_checkpoint and os.path.isdir(self.state.best_checkpoint):
