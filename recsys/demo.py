@@ -12,7 +12,7 @@ log = logging.getLogger("recsys.demo")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (model name, run config): the default model first, its baseline after
-DEMO_MODELS = [("wide_deep", "configs/wide_deep_synthetic.yaml")]
+DEMO_MODELS = [("cbmr", "configs/cbmr_synthetic.yaml"), ("wide_deep", "configs/wide_deep_synthetic.yaml")]
 QUICK_WORLD = WorldConfig(rows=60_000, users=1_000, hosts=100, items=600)
 
 

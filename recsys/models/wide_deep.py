@@ -17,7 +17,7 @@ from torch import nn
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, register_model
 from recsys.modules.mlp import MLP, TaskHeads
-from recsys.modules.sparse import SparseArch
+from recsys.modules.sparse import Embeddings, SparseArch
 from recsys.schema import Schema
 
 
@@ -78,11 +78,20 @@ class WideDeep(RankingModel):
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
         emb = self.sparse_arch(batch.sparse)
+        deep = self.heads(self.deep_forward(emb, batch))
+        wide = self.wide_logits(emb, batch)
+        return {t: deep[t] + wide[:, i] for i, t in enumerate(self.tasks)}
+
+    def deep_forward(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
+        """The deep part up to the task heads: [B, H] (subclasses change it, e.g. CBMR's calibrations)."""
         deep_in = emb.concat(self.deep_features)
         if self.use_dense:
             deep_in = torch.cat([deep_in, batch.dense], dim=1)
-        deep = self.heads(self.deep(deep_in))
+        return self.deep(deep_in)
+
+    def wide_logits(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
+        """The wide part: [B, >= T], column i is task i's first-order logit."""
         wide = emb.wide_sum(self.wide_features)
         if self.wide_dense is not None:
             wide = wide[:, : len(self.tasks)] + self.wide_dense(batch.dense)
-        return {t: deep[t] + wide[:, i] for i, t in enumerate(self.tasks)}
+        return wide
