@@ -110,3 +110,15 @@ def test_calibration4cvr_refuses_bad_configs():
     with pytest.raises(ConfigError, match="ctr_cvr_ratio must be > 0"):
         build_model(ModelConfig(name="calibration4cvr", params={"ctr_cvr_ratio": 0}), FUNNEL)
     assert np.isfinite(make_model("calibration4cvr")(funnel_batch(4))["cvr"].detach().numpy()).all()
+
+
+def test_training_options_run_under_dmp_and_the_pipeline(tiny_config):
+    from recsys.train.trainer import Trainer
+
+    params = ("{structure: ctr_scaled, ctr_hidden: [16, 8], cvr_hidden: [16, 8], calibrate_layer: 0, "
+              "ctr_cvr_ratio: 1.0, cvr_embedding_grad: 0.5, ctr_grad_from_cvr: 0.5}")
+    trainer = Trainer(tiny_config(model="calibration4cvr", extra=[f"model.params={params}",
+                                                                  "train.pipeline=sparse_dist", "train.max_steps=4"]))
+    report = trainer.fit()["valid"]
+    assert trainer._pipeline is not None
+    assert all(np.isfinite(report[k]) for k in ("ctr/auc", "cvr/auc", "cvr/ctcvr_auc"))
