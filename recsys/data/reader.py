@@ -81,13 +81,18 @@ class SourceReader:
         self.columns = columns
         self.chunk_rows = chunk_rows
         self.string_columns = set(string_columns)
+        self.root = root
         self._counts: Dict[str, int] = {}
         self._label_re = re.compile(spec.file_label.pattern) if spec.file_label else None
 
     # --- helpers -----------------------------------------------------------------------------------------
     def _label_value(self, path: str) -> str:
         assert self._label_re is not None and self.spec.file_label is not None
-        m = self._label_re.search(os.path.basename(path))
+        if self.spec.file_label.match == "path":
+            text = os.path.relpath(path, self.root).replace(os.sep, "/")
+        else:
+            text = os.path.basename(path)
+        m = self._label_re.search(text)
         if not m:
             raise DataError(
                 f"file name does not match file_label pattern {self._label_re.pattern!r}",

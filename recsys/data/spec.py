@@ -37,10 +37,16 @@ from recsys.errors import ConfigError
 
 @dataclass
 class FileLabel:
-    """Adds a column whose value comes from each file's name (e.g. per-country files as scenarios)."""
+    """Adds a column whose value comes from each file's name (e.g. per-country files as scenarios).
+
+    ``pattern`` is a regular expression with one group, searched in the file name (``match: name``) or in the
+    file's path relative to the data root (``match: path``, for per-country folders such as
+    ``AliExpress_NL/train.csv``).
+    """
 
     column: str
-    pattern: str  # a regular expression with one group, searched in the file name
+    pattern: str
+    match: Literal["name", "path"] = "name"
 
 
 @dataclass
