@@ -11,6 +11,8 @@ Shapes (B = batch size, Dd = number of dense features, F = number of sparse feat
     groups: {name: [B] int64} evaluation-only breakdowns (e.g. lifecycle stage)
     oracle: {task: [B] float32} true probabilities (synthetic data only)
     time: [B] float64 timestamp or empty
+    extras: {name: [B] float32} per-row side columns joined by row id (``data.side_columns``), e.g. SSIM's
+        shared-instance flags
 """
 
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ class Batch(Pipelineable):
     groups: Dict[str, torch.Tensor] = field(default_factory=dict)
     oracle: Dict[str, torch.Tensor] = field(default_factory=dict)
     time: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.float64))
+    extras: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -62,6 +65,7 @@ class Batch(Pipelineable):
             groups=_map(self.groups, fn),
             oracle=_map(self.oracle, fn),
             time=fn(self.time),
+            extras=_map(self.extras, fn),
         )
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
@@ -73,6 +77,7 @@ class Batch(Pipelineable):
     def record_stream(self, stream: torch.Stream) -> None:
         tensors = [self.dense, self.scenario, self.user, self.weights, self.row_id, self.time]
         tensors += list(self.labels.values()) + list(self.groups.values()) + list(self.oracle.values())
+        tensors += list(self.extras.values())
         for t in tensors:
             t.record_stream(stream)
         self.sparse.record_stream(stream)

@@ -63,6 +63,7 @@ class Columns:
     groups: Dict[str, np.ndarray] = field(default_factory=dict)
     oracle: Dict[str, np.ndarray] = field(default_factory=dict)
     time: Optional[np.ndarray] = None  # float64 [n]
+    extras: Dict[str, np.ndarray] = field(default_factory=dict)  # float32 [n], side columns joined by row id
     # single-hot ids stored row-major [n, F1] (``sparse`` then holds column views of it): a batch gathers each
     # row's ids with one contiguous read instead of F1 scattered ones
     packed: Optional[np.ndarray] = None
@@ -101,6 +102,7 @@ class Columns:
             groups={k: v[idx] for k, v in self.groups.items()},
             oracle={k: v[idx] for k, v in self.oracle.items()},
             time=None if self.time is None else self.time[idx],
+            extras={k: v[idx] for k, v in self.extras.items()},
         )
 
     def mask(self, keep: np.ndarray) -> "Columns":
@@ -140,6 +142,7 @@ class Columns:
             groups={k: cat("groups", k) for k in first.groups},
             oracle={k: cat("oracle", k) for k in first.oracle},
             time=None if first.time is None else cat("time"),
+            extras={k: cat("extras", k) for k in first.extras},
         )
 
     def nbytes(self) -> int:
@@ -187,6 +190,7 @@ class Columns:
             groups={k: torch.from_numpy(v) for k, v in self.groups.items()},
             oracle={k: torch.from_numpy(v) for k, v in self.oracle.items()},
             time=torch.from_numpy(self.time) if self.time is not None else torch.empty(0, dtype=torch.float64),
+            extras={k: torch.from_numpy(v) for k, v in self.extras.items()},
         )
 
 

@@ -34,6 +34,7 @@ def padding_columns(like: Columns, rows: int = 1) -> Columns:
         groups={k: zi.copy() for k in like.groups},
         oracle={k: zf.copy() for k in like.oracle},
         time=None if like.time is None else np.zeros(rows),
+        extras={k: zf.copy() for k in like.extras},
     )
 
 
