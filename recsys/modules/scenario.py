@@ -141,7 +141,8 @@ class PartitionedNorm(nn.Module):
         n = member.sum(dim=0)  # [S]
         denom = n.clamp_min(1.0).unsqueeze(1)
         mean = member.t() @ x / denom
-        var = (member.t() @ (x * x) / denom - mean * mean).clamp_min(0.0)
+        centred = x - mean.index_select(0, scenario)
+        var = member.t() @ (centred * centred) / denom
         enough = (n >= 2).unsqueeze(1)
         with torch.no_grad():
             unbiased = var * (n / (n - 1).clamp_min(1.0)).unsqueeze(1)
