@@ -185,6 +185,8 @@ def test_search_export_retrain_reproduces_the_saved_mask_exactly(tmp_path, tiny_
     scores = pq.read_table(search / "ssim_scores.parquet").to_pandas()
     assert scores.row_id.is_unique and len(scores) > 4000  # every training row of the tiny world
     assert scores.score.between(0, 1).all()
+    assert (np.diff(scores.sort_values("logit").score.to_numpy()) >= 0).all()  # p = sigmoid(T * logit)
+    assert (scores["mask"] == (scores.score > 0.5)).all()  # the hard mask: p > eps
     shared = tmp_path / "shared.parquet"
     assert main(["ssim", "export", "--scores", str(search / "ssim_scores.parquet"), "--out", str(shared),
                  "--ratio", "0.3"]) == 0
@@ -281,3 +283,16 @@ def test_ssim_on_the_aliccp_format_with_301_as_scenario(tmp_path):
                          str(tmp_path / "shared.parquet"))
     for s in ("1", "2", "3"):
         assert f"ctr/auc/scenario={s}" in result["valid"]
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "movielens"])
+def test_shipped_ssim_configs_load_and_retrain_their_backbone(dataset):
+    from recsys.config import from_dict, load_config
+    from recsys.models.ssim import SSIMSearchConfig
+    from recsys.train.ssim import retrain_config
+
+    cfg = load_config(f"configs/ssim_search_{dataset}.yaml")
+    assert from_dict(SSIMSearchConfig, cfg.model.params).backbone == "dnn_mts"
+    retrain = retrain_config(cfg, "shared.parquet")
+    assert retrain.model.name == "ssim" and retrain.model.params["backbone"] == "dnn_mts"
+    assert retrain.data.side_columns[-1].columns == ["shared"]

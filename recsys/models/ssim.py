@@ -125,7 +125,7 @@ class SSIMSearch(_SSIMWrapper):
 
         model = SSIMSearch(schema, SSIMSearchConfig(backbone="dnn_mts", kl_weight=0.01))
         out = model(batch)                    # {"ctr": [B], "ctr/views": [B, S], "ssim/mask": [B], ...}
-        p, g = model.selection_scores(batch)  # selection probability and hard mask per row
+        m, p, g = model.selection_scores(batch)  # selection logit, probability and hard mask per row
     """
 
     Config = SSIMSearchConfig
@@ -146,11 +146,10 @@ class SSIMSearch(_SSIMWrapper):
         out[MASK_KEY] = selected[1]
         return out
 
-    def selection_scores(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(p [B], g [B]) of every row: the selection probability and the hard shared mask."""
+    def selection_scores(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(m [B], p [B], g [B]) of every row: the selection logit, probability and hard shared mask."""
         instance = self.backbone.scenario_views(batch).instance
-        selected = self.selection(instance.detach(), batch.scenario)
-        return selected[0], selected[1]
+        return self.selection.scores(instance.detach(), batch.scenario)
 
     def loss_views(self, batch: Batch, outputs: Dict[str, torch.Tensor]):
         return self._views(outputs, share_weights(outputs[MASK_KEY], batch.scenario, self.num_scenarios))

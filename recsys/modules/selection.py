@@ -97,6 +97,13 @@ class SelectionNet(nn.Module):
         """m [B]: the own-scenario head's logit."""
         return self.heads(self.mlp(x)).gather(1, scenario.unsqueeze(1)).squeeze(1)
 
+    def scores(self, x: torch.Tensor, scenario: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(m, p, g) without advancing the schedule: the logit (which ranks instances even where ``p``
+        saturates at 1), the probability and the hard mask."""
+        m = self.logits(x, scenario)
+        p = torch.sigmoid(self.temperature() * m)
+        return m, p, hard_mask(p, self.eps)
+
     def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         p = torch.sigmoid(self.temperature() * self.logits(x, scenario))
         g = hard_mask(p, self.eps)

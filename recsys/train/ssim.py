@@ -80,7 +80,8 @@ def retrain_config(cfg: Config, shared_path: str, column: str = SHARED_COLUMN) -
 def score_instances(trainer: Trainer, split: str = "train") -> Optional[pa.Table]:
     """Selection probability and hard mask of every row of ``split`` (rank 0 gets the table, others None).
 
-    Columns: row_id, scenario, score (p, the own-scenario head at the current temperature), mask (p > eps)."""
+    Columns: row_id, scenario, score (p, the own-scenario head at the current temperature), logit (m, which ranks
+    instances also where p saturates), mask (p > eps)."""
     model = trainer.model
     if not hasattr(model, "selection_scores"):
         raise ConfigError(f"model '{trainer.cfg.model.name}' has no selection network (use ssim_search)")
@@ -91,15 +92,16 @@ def score_instances(trainer: Trainer, split: str = "train") -> Optional[pa.Table
         with torch.no_grad():
             for batch in trainer.eval_loader(split):
                 batch = batch.to(trainer.device)
-                p, g = model.selection_scores(batch)
+                m, p, g = model.selection_scores(batch)
                 keep = (batch.row_id >= 0) & (batch.weights > 0)
                 parts.append({"row_id": batch.row_id[keep].cpu().numpy(),
                               "scenario": batch.scenario[keep].cpu().numpy(),
-                              "score": p[keep].float().cpu().numpy(), "mask": g[keep].cpu().numpy() > 0.5})
+                              "score": p[keep].float().cpu().numpy(), "logit": m[keep].float().cpu().numpy(),
+                              "mask": g[keep].cpu().numpy() > 0.5})
     finally:
         trainer.dmp.train()
     mine = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in
-            ("row_id", "scenario", "score", "mask")}
+            ("row_id", "scenario", "score", "logit", "mask")}
     if dist.is_initialized() and dist.get_world_size() > 1:
         everyone: List[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
@@ -107,7 +109,8 @@ def score_instances(trainer: Trainer, split: str = "train") -> Optional[pa.Table
     if not trainer.is_main:
         return None
     return pa.table({"row_id": mine["row_id"].astype(np.int64), "scenario": mine["scenario"].astype(np.int64),
-                     "score": mine["score"].astype(np.float32), "mask": mine["mask"].astype(bool)})
+                     "score": mine["score"].astype(np.float32), "logit": mine["logit"].astype(np.float32),
+                     "mask": mine["mask"].astype(bool)})
 
 
 def run_search(cfg: Config) -> Dict[str, Any]:
@@ -142,13 +145,14 @@ def parse_ratio(value: Ratio) -> Ratio:
 
 
 def shared_flags(scores: pa.Table, ratio: Ratio) -> np.ndarray:
-    """Which scored instances are shared: the learned mask, or the top ``ratio`` by score within each scenario
-    (ties broken by row id, so the set is deterministic)."""
+    """Which scored instances are shared: the learned mask, or the top ``ratio`` by selection logit (the score's
+    order without its saturation; the score where a file has no logit) within each scenario, ties broken by row
+    id, so the set is deterministic."""
     ratio = parse_ratio(ratio)
     if ratio == "learned":
         return scores.column("mask").to_numpy(zero_copy_only=False).astype(bool)
     scenario = scores.column("scenario").to_numpy()
-    score = scores.column("score").to_numpy()
+    score = scores.column("logit" if "logit" in scores.column_names else "score").to_numpy()
     row_id = scores.column("row_id").to_numpy()
     flags = np.zeros(len(score), dtype=bool)
     for s in np.unique(scenario):
