@@ -123,3 +123,50 @@ def test_st_trains_one_model_per_scenario_and_reports_them_together(tmp_path, ti
     for scenario in ("feed", "follow", "nearby", "search"):
         assert np.isfinite(test[f"ctr/auc/scenario={scenario}"])
     assert test["rows"] == sum(test[f"ctr/count/scenario={s}"] for s in ("feed", "follow", "nearby", "search"))
+
+
+def test_prepare_phase_runs_first_and_its_overrides_apply(tmp_path, tiny_world):
+    from benchmarks.quality import Experiment, run_one
+
+    calls = []
+
+    def prepare(ctx):
+        calls.append((ctx.dataset, ctx.seed, ctx.data_path, ctx.run_root))
+        assert f"data.path={tiny_world}" in ctx.overrides and "train.seed=1" in ctx.overrides
+        ctx.info["searched"] = True
+        return ["train.max_steps=2", "train.eval_every_steps=1"]
+
+    result = run_one(Experiment("two phases", "dnn", {"hidden": [8]}, prepare=prepare), "quick", 1, tiny_world,
+                     str(tmp_path))
+    assert calls == [("quick", 1, tiny_world, str(tmp_path))]
+    assert result["info"] == {"searched": True}
+    assert result["best_step"] in (1, 2)  # evaluated every step, stopped after the phase's max_steps
+
+
+def test_ssim_grid_renders_the_paper_shaped_table():
+    from benchmarks.grids import ssim as grid
+
+    names = {exp.name for exp in grid.EXPERIMENTS}
+    for backbone in ("DNN", "DeepFM", "DCN"):
+        assert {f"{backbone} {m}" for m in ("ST", "MT", "MT-S", "SSIM")} <= names
+    assert {"STAR", "HMoE", "DFFM", "STAR+SSIM", "HMoE+SSIM"} <= names
+    assert next(e for e in grid.EXPERIMENTS if e.name == "DNN ST").per_scenario
+    assert all(e.prepare is not None for e in grid.EXPERIMENTS if "SSIM" in e.name)
+
+    def metrics(base):
+        return {f"like/{m}{s}": {"mean": base + i / 100, "std": 0.001}
+                for i, s in enumerate(["", "/scenario=<25", "/scenario=25-34", "/scenario=35+"])
+                for m in ("auc", "logloss")}
+
+    info = {"ratio": 0.3, "shared_fraction": 0.3, "learned_ratio": 0.41, "search_backbone": "dnn_mts"}
+    order = {"like/auc/scenario=<25": 0.7, "like/auc/scenario=25-34": 0.7, "like/auc/scenario=35+": 0.7}
+    results = {"DNN MT": {"movielens": {"metrics": metrics(0.7), "runs": [{"test": order}]}},
+               "DNN SSIM": {"movielens": {"metrics": metrics(0.75), "runs": [{"info": info}]}}}
+    table = grid.render(results)
+    lines = table.splitlines()
+    header = next(line for line in lines if line.startswith("| backbone"))
+    assert header.split(" | ")[2:5] == ["<25 AUC", "25-34 AUC", "35+ AUC"]
+    assert "all logloss" in header
+    assert "| DNN | MT | 0.7100 ± 0.0010 | 0.7200 ± 0.0010 |" in table
+    assert "| DNN | SSIM | 0.7600 ± 0.0010 |" in table
+    assert "shared ratio 0.3" in table and "0.410" in table

@@ -176,12 +176,22 @@ def test_ratio_export_takes_the_top_scores_of_each_scenario(tmp_path):
 
 
 # --- phases end to end -----------------------------------------------------------------------------------------
-def test_search_export_retrain_reproduces_the_saved_mask_exactly(tmp_path, tiny_world, capsys):
-    common = ["-c", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--set", "data.batch_size=256",
-              "--set", "train.progress=false", "--set", "tensorboard=false", "--set", "model.embedding_dim=8",
-              "--set", "train.max_steps=6", "--set", "model.params={}"]
-    search = tmp_path / "search"
-    assert main(["ssim", "search"] + common + ["--set", "model.name=dnn_mts", "--run-dir", str(search)]) == 0
+COMMON = ["-c", "configs/wide_deep_synthetic.yaml", "--set", "data.batch_size=256", "--set", "train.progress=false",
+          "--set", "tensorboard=false", "--set", "model.embedding_dim=8", "--set", "train.max_steps=6",
+          "--set", "model.params={}"]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, tiny_world):
+    """One `recsys ssim search` run (DNN MT-S backbone) on the tiny world, shared by the tests below."""
+    search = tmp_path_factory.mktemp("ssim") / "search"
+    assert main(["ssim", "search"] + COMMON + ["--data", tiny_world, "--set", "model.name=dnn_mts",
+                                               "--run-dir", str(search)]) == 0
+    return search
+
+
+def test_search_export_retrain_reproduces_the_saved_mask_exactly(tmp_path, tiny_world, searched):
+    search = searched
     scores = pq.read_table(search / "ssim_scores.parquet").to_pandas()
     assert scores.row_id.is_unique and len(scores) > 4000  # every training row of the tiny world
     assert scores.score.between(0, 1).all()
@@ -200,7 +210,7 @@ def test_search_export_retrain_reproduces_the_saved_mask_exactly(tmp_path, tiny_
     cfg = load_config("configs/wide_deep_synthetic.yaml", [
         f"data.path={tiny_world}", f"run_dir={tmp_path / 'retrain'}", "model.name=star", "model.params={}",
         "data.batch_size=256", "train.progress=false", "tensorboard=false", "model.embedding_dim=8",
-        "train.max_steps=3"])
+        "train.max_steps=3", "train.pipeline=sparse_dist"])  # the flags also pass the pipeline's FX trace
     trainer = Trainer(retrain_config(cfg, str(shared)))
     assert trainer.cfg.model.params["backbone"] == "star"  # a different model than the searched one
     seen = {}
@@ -224,12 +234,12 @@ def test_search_export_retrain_reproduces_the_saved_mask_exactly(tmp_path, tiny_
     assert np.isfinite(result["valid"]["ctr/auc"])
 
 
-def test_ratio_chosen_by_validation_auc(tmp_path, tiny_config, tiny_world):
-    from recsys.train.ssim import choose_ratio, run_search
+def test_ratio_chosen_by_validation_auc(tmp_path, tiny_config, searched):
+    from recsys.train.ssim import choose_ratio
 
-    search = run_search(tiny_config(model="dnn_mts", extra=["train.max_steps=3"], run="search"))
     retrain = tiny_config(model="dnn_mts", extra=["train.max_steps=3"], run="ratios")
-    summary = choose_ratio(search["scores"], str(tmp_path / "shared.parquet"), retrain, ["0.2", "learned"])
+    summary = choose_ratio(str(searched / "ssim_scores.parquet"), str(tmp_path / "shared.parquet"), retrain,
+                           ["0.2", "learned"])
     values = {str(c["ratio"]): c["valid ctr/auc"] for c in summary["candidates"]}
     assert set(values) == {"0.2", "learned"}
     assert str(summary["chosen_ratio"]) == max(values, key=values.get)

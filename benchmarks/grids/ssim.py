@@ -105,14 +105,25 @@ def _cell(metrics: Dict[str, Any], key: str) -> str:
     return f"{v['mean']:.4f} ± {v['std']:.4f}"
 
 
+def _scenarios(results: Dict[str, Dict[str, Any]], dataset: str, task: str) -> List[str]:
+    """Scenario names in the schema's order (a run's report keeps it; the aggregated metrics are sorted)."""
+    prefix = f"{task}/auc/scenario="
+    for per in results.values():
+        for run in per.get(dataset, {}).get("runs", []):
+            names = [k[len(prefix):] for k in run.get("test", {}) if k.startswith(prefix)]
+            if names:
+                return names
+    keys = sorted({k for per in results.values() for k in per.get(dataset, {}).get("metrics", {})})
+    return [k[len(prefix):] for k in keys if k.startswith(prefix)]
+
+
 def render(results: Dict[str, Dict[str, Any]]) -> str:
     """Per dataset: rows backbone x method, columns AUC and logloss of the main task per scenario and overall."""
     out = []
     datasets = sorted({d for per in results.values() for d in per})
     for d in datasets:
         task = metric_for(d, "auc").split("/")[0]
-        keys = sorted({k for per in results.values() for k in per.get(d, {}).get("metrics", {})})
-        scenarios = [k.split("scenario=", 1)[1] for k in keys if k.startswith(f"{task}/auc/scenario=")]
+        scenarios = _scenarios(results, d, task)
         cols = [(f"{s} AUC", f"{task}/auc/scenario={s}") for s in scenarios]
         cols += [(f"{s} logloss", f"{task}/logloss/scenario={s}") for s in scenarios]
         cols += [("all AUC", f"{task}/auc"), ("all logloss", f"{task}/logloss")]
