@@ -5,7 +5,9 @@
 
 A grid is a module ``benchmarks/grids/<name>.py`` defining ``TITLE`` and ``EXPERIMENTS`` (a list of
 :class:`Experiment`), optionally ``METRICS`` (report keys to tabulate) and ``render(results) -> str`` for a
-table shaped like its paper's. Results go to ``benchmarks/results/quality/<grid>.{json,md,png}``: per experiment
+table shaped like its paper's. An experiment may train one model per scenario (``per_scenario``, the ST baseline:
+the report is computed on the scenarios' predictions together) and may run a first phase before training
+(``prepare``, e.g. SSIM's search and export, which returns extra overrides for the training it precedes). Results go to ``benchmarks/results/quality/<grid>.{json,md,png}``: per experiment
 and dataset, the mean and standard deviation over seeds of every test metric (per task, scenario and group:
 AUC, logloss, GAUC, NDCG@k, oracle AUC on synthetic data), and the per-seed values.
 """
@@ -40,6 +42,10 @@ class Experiment:
         params: ``model.params``.
         overrides: further ``key=value`` config overrides (training options).
         datasets: dataset profiles this row runs on.
+        per_scenario: train one model per scenario on that scenario's rows only (``data.scenarios``) and
+            evaluate their predictions together (ST).
+        prepare: a first phase, called per dataset and seed before training with a :class:`PrepareContext`;
+            returns extra ``key=value`` overrides for the training (and may record facts in ``ctx.info``).
     """
 
     name: str
@@ -47,6 +53,30 @@ class Experiment:
     params: Dict[str, Any] = field(default_factory=dict)
     overrides: List[str] = field(default_factory=list)
     datasets: Sequence[str] = ("synthetic", "movielens")
+    per_scenario: bool = False
+    prepare: Optional[Callable[["PrepareContext"], List[str]]] = None
+
+
+@dataclass
+class PrepareContext:
+    """What an experiment's first phase gets.
+
+    Args:
+        dataset: the dataset profile name.
+        seed: the seed of this run.
+        data_path: the data root.
+        run_root: a scratch folder that lives for the whole grid run (phases can cache results there).
+        overrides: the dataset's and seed's overrides (data spec and path, training options, seed) to build
+            configs from; the phase adds its own model and run folder.
+        info: facts the phase wants recorded with the run's results.
+    """
+
+    dataset: str
+    seed: int
+    data_path: str
+    run_root: str
+    overrides: List[str]
+    info: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,22 +130,64 @@ def grids() -> Dict[str, Any]:
     return {m.name: importlib.import_module(f"benchmarks.grids.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)}
 
 
+def dataset_overrides(dataset: str, seed: int, data_path: str) -> List[str]:
+    """Overrides every experiment of ``dataset`` shares at ``seed``: data spec and path, training options."""
+    profile = DATASETS[dataset]
+    return ([f"data.spec={os.path.join(REPO, profile.spec)}", f"data.path={data_path}", f"train.seed={seed}"]
+            + profile.overrides)
+
+
 def run_one(exp: Experiment, dataset: str, seed: int, data_path: str, run_root: str) -> Dict[str, Any]:
     from recsys.config import load_config
     from recsys.train.trainer import Trainer
 
-    profile = DATASETS[dataset]
-    run_dir = os.path.join(run_root, f"{exp.model}-{abs(hash(exp.name)) % 10**8}-{dataset}-s{seed}")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    params = "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in exp.params.items()) + "}"
-    overrides = [f"data.spec={os.path.join(REPO, profile.spec)}", f"data.path={data_path}", f"run_dir={run_dir}",
-                 f"model.name={exp.model}", f"model.params={params}", f"train.seed={seed}"]
-    cfg = load_config(None, overrides + profile.overrides + list(exp.overrides))
     start = time.perf_counter()
-    result = Trainer(cfg).fit()
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return {"test": result["test"], "valid": result["valid"], "best_step": result["best_step"],
-            "seconds": time.perf_counter() - start, "samples_per_sec": result["train_samples_per_sec"]}
+    base = dataset_overrides(dataset, seed, data_path)
+    info: Dict[str, Any] = {}
+    extra: List[str] = []
+    if exp.prepare is not None:
+        extra = list(exp.prepare(PrepareContext(dataset, seed, data_path, run_root, list(base), info)))
+    run_dir = os.path.join(run_root, f"{exp.model}-{abs(hash(exp.name)) % 10**8}-{dataset}-s{seed}")
+    params = "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in exp.params.items()) + "}"
+    overrides = base + [f"model.name={exp.model}", f"model.params={params}"] + list(exp.overrides) + extra
+    if exp.per_scenario:
+        result = _per_scenario(overrides, run_dir)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        result = Trainer(load_config(None, overrides + [f"run_dir={run_dir}"])).fit()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    out = {"test": result["test"], "valid": result["valid"], "best_step": result["best_step"],
+           "seconds": time.perf_counter() - start, "samples_per_sec": result["train_samples_per_sec"]}
+    if info:
+        out["info"] = info
+    return out
+
+
+def _per_scenario(overrides: List[str], run_dir: str) -> Dict[str, Any]:
+    """One model per scenario, each trained and early-stopped on its own rows; the reports are computed on all
+    scenarios' predictions together."""
+    from recsys.config import load_config
+    from recsys.train.metrics import Predictions, evaluate
+    from recsys.train.trainer import Trainer
+
+    preds: Dict[str, List[Any]] = {"valid": [], "test": []}
+    steps, speeds = [], []
+    scenario, count, schema = 0, 1, None
+    while scenario < count:
+        folder = f"{run_dir}-scenario{scenario}"
+        shutil.rmtree(folder, ignore_errors=True)
+        trainer = Trainer(load_config(None, overrides + [f"data.scenarios=[{scenario}]", f"run_dir={folder}"]))
+        result = trainer.fit()
+        schema, count = trainer.schema, trainer.schema.num_scenarios
+        for split in preds:
+            preds[split].append(trainer.predictions(split))
+        steps.append(result["best_step"])
+        speeds.append(result["train_samples_per_sec"])
+        shutil.rmtree(folder, ignore_errors=True)
+        scenario += 1
+    assert schema is not None
+    return {split: evaluate(schema, Predictions.concat(p)) for split, p in preds.items()} | {
+        "best_step": steps, "train_samples_per_sec": float(np.mean(speeds))}
 
 
 def _yaml(v: Any) -> str:
@@ -201,6 +273,7 @@ def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick:
                     runs.append(run_one(exp, d, seed, path, tmp))
                 results.setdefault(exp.name, {})[d] = {
                     "model": exp.model, "params": exp.params, "overrides": exp.overrides,
+                    "per_scenario": exp.per_scenario,
                     "metrics": aggregate(runs), "runs": runs,
                 }
     finally:

@@ -6,6 +6,9 @@
     recsys predict -c CONFIG --out scores.parquet [--split test] [--checkpoint ...]
     recsys plan -c CONFIG [--world-size 8 64 ...] [--device-type h100|h200|cpu]   sharding plans, no data needed
     recsys models                                              list the registered models
+    recsys ssim search -c CONFIG                               SSIM: learn the shared-instance selection
+    recsys ssim export --scores RUN/ssim_scores.parquet --out shared.parquet --ratio 0.3|learned|auto
+    recsys ssim retrain -c CONFIG --shared shared.parquet      SSIM: retrain any multi-scenario model with the set
     recsys demo                                                the five-minute demo (synthetic world)
 
 A mistake in the input (file, column, config key) prints one line starting with ``error:`` and exits with
@@ -176,6 +179,35 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("ssim")
+def cmd_ssim(args: argparse.Namespace) -> int:
+    from recsys.train import ssim
+
+    if args.phase == "search":
+        result = ssim.run_search(_config(args))
+        if result["trainer"].is_main:
+            print(ssim.report(result, "ssim search"))
+            log.info("learned shared ratio %.4f; scores: %s", result.get("learned_ratio", float("nan")),
+                     result["scores"])
+        return 0
+    if args.phase == "export":
+        if args.ratio == "auto":
+            if not args.config:
+                raise RecsysError("ssim export --ratio auto needs -c CONFIG (the model retrained per ratio)")
+            summary = ssim.choose_ratio(args.scores, args.out, _config(args), args.ratios.split(","))
+            print(json.dumps(summary, indent=1))
+            log.info("chosen shared ratio %s (by %s); set: %s", summary["chosen_ratio"], summary["metric"],
+                     args.out)
+        else:
+            info = ssim.export_shared(args.scores, args.out, args.ratio)
+            print(json.dumps(info, indent=1))
+        return 0
+    result = ssim.run_retrain(_config(args), args.shared)
+    if result["trainer"].is_main:
+        print(ssim.report(result, "ssim retrain"))
+    return 0
+
+
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     from recsys.demo import run_demo
@@ -241,6 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--batch-size", type=int, help="per-rank batch size (default: data.batch_size)")
 
     sub.add_parser("models", help="list the registered models")
+
+    ss = sub.add_parser("ssim", help="SSIM: search, export and retrain with a shared-instance set")
+    phases = ss.add_subparsers(dest="phase", required=True)
+    sr = phases.add_parser("search", help="train the selection network with a multi-scenario backbone")
+    run_args(sr)
+    ex = phases.add_parser("export", help="write the shared-instance set (row_id, scenario, score, shared)")
+    ex.add_argument("--scores", required=True, help="ssim_scores.parquet of a search run")
+    ex.add_argument("--out", required=True, help="output Parquet file")
+    ex.add_argument("--ratio", default="learned",
+                    help="'learned' (the mask), a fraction per scenario, or 'auto' (best validation AUC)")
+    ex.add_argument("--ratios", default="0.1,0.3,0.5,learned", help="candidates of --ratio auto")
+    ex.add_argument("-c", "--config", help="with --ratio auto: the config retrained for each candidate")
+    ex.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    ex.add_argument("--data", help="data root (overrides the dataset spec's root)")
+    ex.add_argument("--run-dir", help="run folder of the candidate retrains")
+    rt = phases.add_parser("retrain", help="train a fresh multi-scenario model with a shared-instance set")
+    run_args(rt)
+    rt.add_argument("--shared", required=True, help="the Parquet file `recsys ssim export` wrote")
 
     d = sub.add_parser("demo", help="generate the synthetic world, train the default models, compare")
     d.add_argument("--out", default="data/synthetic", help="where the synthetic world is (or goes)")

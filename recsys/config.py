@@ -44,6 +44,24 @@ class SplitConfig:
 
 
 @dataclass
+class SideColumnsConfig:
+    """Per-row values joined to every split by row id and handed to models as ``batch.extras[name]``.
+
+    Args:
+        path: a Parquet or CSV file with the key column and the named columns (e.g. the shared-instance set that
+            ``recsys ssim export`` writes).
+        columns: columns to attach (float32; booleans become 0/1).
+        key: the row-id column of the file (matches the dataset's ``row_id``).
+        fill: the value of rows the file does not list.
+    """
+
+    path: str
+    columns: List[str]
+    key: str = "row_id"
+    fill: float = 0.0
+
+
+@dataclass
 class DataConfig:
     """Where the data is and how it is batched.
 
@@ -56,6 +74,9 @@ class DataConfig:
         chunk_rows: rows per read chunk.
         shuffle_buffer_chunks: when streaming, how many chunks are mixed before shuffling.
         max_rows: read at most this many rows (quick runs).
+        scenarios: keep only the rows of these scenario indices (e.g. one model per scenario, the ST baseline);
+            encoders are fitted on the kept training rows only.
+        side_columns: per-row side columns joined by row id (``batch.extras``).
     """
 
     spec: str = ""
@@ -67,6 +88,8 @@ class DataConfig:
     shuffle_buffer_chunks: int = 4
     max_rows: Optional[int] = None
     split: SplitConfig = field(default_factory=SplitConfig)
+    scenarios: Optional[List[int]] = None
+    side_columns: List[SideColumnsConfig] = field(default_factory=list)
 
 
 @dataclass

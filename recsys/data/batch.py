@@ -14,6 +14,8 @@ Shapes (B = batch size, Dd = number of dense features, F = number of sparse feat
     history: {name: [B] float32} the user's strictly earlier training labels, when the dataset spec asks for
         them (see recsys.data.history): ``count``, ``<task>/count``, ``<task>/mean``; training targets only,
         never model inputs
+    extras: {name: [B] float32} per-row side columns joined by row id (``data.side_columns``), e.g. SSIM's
+        shared-instance flags
 """
 
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ class Batch(Pipelineable):
     oracle: Dict[str, torch.Tensor] = field(default_factory=dict)
     time: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.float64))
     history: Dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -67,6 +70,7 @@ class Batch(Pipelineable):
             oracle=_map(self.oracle, fn),
             time=fn(self.time),
             history=_map(self.history, fn),
+            extras=_map(self.extras, fn),
         )
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
@@ -79,6 +83,7 @@ class Batch(Pipelineable):
         tensors = [self.dense, self.scenario, self.user, self.weights, self.row_id, self.time]
         tensors += list(self.labels.values()) + list(self.groups.values()) + list(self.oracle.values())
         tensors += list(self.history.values())
+        tensors += list(self.extras.values())
         for t in tensors:
             t.record_stream(stream)
         self.sparse.record_stream(stream)

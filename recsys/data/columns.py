@@ -64,6 +64,7 @@ class Columns:
     oracle: Dict[str, np.ndarray] = field(default_factory=dict)
     time: Optional[np.ndarray] = None  # float64 [n]
     history: Dict[str, np.ndarray] = field(default_factory=dict)  # float32 [n] each (recsys.data.history)
+    extras: Dict[str, np.ndarray] = field(default_factory=dict)  # float32 [n], side columns joined by row id
     # single-hot ids stored row-major [n, F1] (``sparse`` then holds column views of it): a batch gathers each
     # row's ids with one contiguous read instead of F1 scattered ones
     packed: Optional[np.ndarray] = None
@@ -103,6 +104,7 @@ class Columns:
             oracle={k: v[idx] for k, v in self.oracle.items()},
             time=None if self.time is None else self.time[idx],
             history={k: v[idx] for k, v in self.history.items()},
+            extras={k: v[idx] for k, v in self.extras.items()},
         )
 
     def mask(self, keep: np.ndarray) -> "Columns":
@@ -143,6 +145,7 @@ class Columns:
             oracle={k: cat("oracle", k) for k in first.oracle},
             time=None if first.time is None else cat("time"),
             history={k: cat("history", k) for k in first.history},
+            extras={k: cat("extras", k) for k in first.extras},
         )
 
     def nbytes(self) -> int:
@@ -191,6 +194,7 @@ class Columns:
             oracle={k: torch.from_numpy(v) for k, v in self.oracle.items()},
             time=torch.from_numpy(self.time) if self.time is not None else torch.empty(0, dtype=torch.float64),
             history={k: torch.from_numpy(v) for k, v in self.history.items()},
+            extras={k: torch.from_numpy(v) for k, v in self.extras.items()},
         )
 
 

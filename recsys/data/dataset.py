@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from recsys.config import Config, SplitConfig
+from recsys.config import Config, SideColumnsConfig, SplitConfig
 from recsys.data.columns import Columns, Ragged
 from recsys.data.encoding import (
     CategoryEncoder,
@@ -79,6 +79,9 @@ class Dataset:
         chunk_rows: rows per read chunk.
         max_rows: read only the first ``max_rows`` rows of the source.
         progress: show tqdm bars for passes over the files.
+        scenarios: keep only the rows of these scenario indices (every split, and the fitting of encoders).
+        side_columns: per-row side columns joined by row id into ``Columns.extras`` (see
+            :class:`~recsys.config.SideColumnsConfig`); rows the side table does not list get its ``fill``.
 
     Example::
 
@@ -96,6 +99,8 @@ class Dataset:
         chunk_rows: int = 262144,
         max_rows: Optional[int] = None,
         progress: bool = False,
+        scenarios: Optional[Sequence[int]] = None,
+        side_columns: Sequence[SideColumnsConfig] = (),
     ) -> None:
         self.spec = spec
         self.root = spec.data_root(root)
@@ -117,6 +122,19 @@ class Dataset:
         self._history: Optional[LabelHistory] = None
         self._history_lock = threading.Lock()  # streams encode in loader threads
         self._check_no_label_leak()
+        self.scenarios = None if scenarios is None else sorted(set(int(s) for s in scenarios))
+        if self.scenarios is not None:
+            if self.scenario is None:
+                raise ConfigError(f"data.scenarios: dataset '{spec.name}' has no scenario column")
+            bad = [s for s in self.scenarios if not 0 <= s < self.scenario.size]
+            if bad or not self.scenarios:
+                raise ConfigError(f"data.scenarios: {bad or 'an empty list'} is not a list of scenario indices in "
+                                  f"[0, {self.scenario.size})")
+        self.side_columns = list(side_columns)
+        names = [c for sc in self.side_columns for c in sc.columns]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.side_columns: column names repeat: {names}")
+        self._side: Optional[List[Tuple[pd.Index, Dict[str, np.ndarray], float]]] = None
 
     @classmethod
     def from_config(cls, cfg: Config, progress: bool = False) -> "Dataset":
@@ -124,7 +142,10 @@ class Dataset:
             raise ConfigError("config: 'data.spec' (path of a dataset spec YAML) is required")
         spec = load_spec(cfg.resolve(cfg.data.spec))
         root = cfg.resolve(cfg.data.path) if cfg.data.path else None
-        return cls(spec, root, cfg.data.split, cfg.data.chunk_rows, cfg.data.max_rows, progress)
+        side = [SideColumnsConfig(cfg.resolve(sc.path), list(sc.columns), sc.key, sc.fill)
+                for sc in cfg.data.side_columns]
+        return cls(spec, root, cfg.data.split, cfg.data.chunk_rows, cfg.data.max_rows, progress,
+                   scenarios=cfg.data.scenarios, side_columns=side)
 
     # --- columns -----------------------------------------------------------------------------------------
     def _label_columns(self) -> Set[str]:
@@ -195,6 +216,47 @@ class Dataset:
                     raise DataError(f"join key {dup!r} repeats", file=reader.files[0], column=j.on)
                 self._joins.append((j.on, keys, table.drop_columns([j.on])))
         return self._joins
+
+    def _side_tables_by_row(self) -> List[Tuple[pd.Index, Dict[str, np.ndarray], float]]:
+        """The side-column files, each as (row-id index, {column: float32 values}, fill); read once."""
+        if self._side is None:
+            self._side = []
+            for sc in self.side_columns:
+                reader = SourceReader(FileSpec(sc.path), "", columns={sc.key, *sc.columns}, chunk_rows=self.chunk_rows)
+                table = reader.read_all()
+                where = Where(reader.files[0], 0)
+                keys = pd.Index(to_int(table.column(sc.key), where, sc.key))
+                if not keys.is_unique:
+                    raise DataError(f"row id {keys[keys.duplicated()][0]} repeats", file=reader.files[0], column=sc.key)
+                values = {}
+                for c in sc.columns:
+                    col = table.column(c)
+                    if pa.types.is_boolean(col.type):
+                        col = pc.cast(col, pa.int8())
+                    v = to_float(col, where, c)
+                    if np.isnan(v).any():
+                        raise where.error("missing value", c, int(np.flatnonzero(np.isnan(v))[0]))
+                    values[c] = v.astype(np.float32)
+                self._side.append((keys, values, float(sc.fill)))
+        return self._side
+
+    def _extras(self, row_ids: np.ndarray) -> Dict[str, np.ndarray]:
+        """Side columns of ``row_ids`` (``fill`` where a side table has no entry)."""
+        out: Dict[str, np.ndarray] = {}
+        for keys, values, fill in self._side_tables_by_row():
+            pos = keys.get_indexer(row_ids)
+            found = pos >= 0
+            for name, v in values.items():
+                out[name] = np.where(found, v[np.maximum(pos, 0)], np.float32(fill)).astype(np.float32)
+        return out
+
+    def _scenario_keep(self, table: pa.Table, where: Where) -> Optional[np.ndarray]:
+        """Rows of the kept scenarios (None when every row is kept)."""
+        if self.scenarios is None:
+            return None
+        assert self.scenario is not None
+        codes = self.scenario.transform(table.column(self.scenario.spec.column), where)
+        return np.isin(codes, self.scenarios)
 
     # --- per chunk ---------------------------------------------------------------------------------------
     def _prepare(self, chunk: RawChunk) -> Tuple[pa.Table, Where]:
@@ -367,6 +429,7 @@ class Dataset:
             oracle=self._oracle(table, where),
             time=self._time(table, where),
             history=self._history_of(table, where),
+            extras=self._extras(row_ids),
         )
 
     # --- label history (recsys.data.history) -------------------------------------------------------------
@@ -469,6 +532,9 @@ class Dataset:
                     self._check_rows(table, where)
                     row_ids = self._row_ids(chunk, table, where, is_test)
                     split = self._split_of(row_ids, self._time(table, where), is_test)
+                    keep = self._scenario_keep(table, where)
+                    if keep is not None:
+                        split = np.where(keep, split, -1)  # rows of other scenarios belong to no split
                     for i, name in enumerate(SPLITS):
                         counts[name] += int((split == i).sum())
                     train = split == 0
@@ -530,8 +596,10 @@ class Dataset:
                 row_ids = self._row_ids(chunk, table, where, is_test)
                 split = self._split_of(row_ids, self._time(table, where), is_test)
                 bar.update(table.num_rows)
+                keep = self._scenario_keep(table, where)
                 if only is not None:
-                    keep = split == only
+                    keep = (split == only) if keep is None else keep & (split == only)
+                if keep is not None:
                     if not keep.any():
                         continue
                     if not keep.all():
@@ -565,6 +633,7 @@ class Dataset:
             groups={k: z for k in self.groups}, oracle={k: np.zeros(0, np.float32) for k in self.spec.oracle},
             time=np.zeros(0) if self.spec.time else None,
             history={k: np.zeros(0, np.float32) for k in (history_keys(self.history_tasks) if self.spec.history else ())},
+            extras={c: np.zeros(0, np.float32) for sc in self.side_columns for c in sc.columns},
         )
 
     # --- schema and state --------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ def padding_columns(like: Columns, rows: int = 1) -> Columns:
         oracle={k: zf.copy() for k in like.oracle},
         time=None if like.time is None else np.zeros(rows),
         history={k: zf.copy() for k in like.history},
+        extras={k: zf.copy() for k in like.extras},
     )
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVa
 import torch
 from torch import nn
 
-from recsys.config import ModelConfig, from_dict
+from recsys.config import ModelConfig, OptimizerConfig, from_dict
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.schema import Schema, Task
@@ -74,6 +74,18 @@ def check_requirements(model_name: str, outline: DataOutline) -> None:
         raise ConfigError(f"{where}: the model needs the user feature (spec key 'user')")
     if need.time and not outline.has_time:
         raise ConfigError(f"{where}: the model needs a timestamp column (spec key 'time')")
+@dataclass
+class OptimizerGroup:
+    """Dense parameters a model wants trained by their own optimizer (e.g. SSIM's selection network).
+
+    Args:
+        params: the parameters (every one must be a trainable dense parameter of the model).
+        optimizer: their optimizer and learning rate; the rest of the dense parameters use
+            ``train.dense_optimizer``.
+    """
+
+    params: List[nn.Parameter]
+    optimizer: OptimizerConfig
 
 
 class RankingModel(nn.Module):
@@ -107,6 +119,22 @@ class RankingModel(nn.Module):
 
     def extra_losses(self, batch: Batch, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Model-specific loss terms ``{name: scalar}`` added to the total (auxiliary heads, regularisers)."""
+        return {}
+
+    def loss_views(
+        self, batch: Batch, outputs: Dict[str, torch.Tensor]
+    ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        """Tasks trained on several predictions of each row: ``{task: (predictions [B, K], weights [B, K])}``.
+
+        For a listed task the per-row loss is ``sum_k weights[:, k] * loss(predictions[:, k])`` instead of the
+        loss of ``outputs[task]`` (then row weights, ``loss_weights`` and the task weight apply as usual). Unlike
+        ``loss_weights``, these weights may carry gradient (SSIM's straight-through selection mask). A model may
+        return such predictions from ``forward`` under keys that are not task names.
+        """
+        return {}
+
+    def optimizer_groups(self) -> Dict[str, OptimizerGroup]:
+        """Dense parameters with their own optimizer, by group name (the trainer builds one optimizer each)."""
         return {}
 
     # helpers for subclasses

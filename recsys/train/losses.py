@@ -16,7 +16,7 @@ step one rank takes with batch W x B, also for tasks such as CVR given click who
 """
 
 import math
-from typing import Dict, Mapping, NamedTuple, Optional
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -117,6 +117,16 @@ class MultiTaskLoss(nn.Module):
             return F.binary_cross_entropy_with_logits(out, label, reduction="none")
         return regression_loss(task, out, label)
 
+    def per_view(self, task: Task, outputs: Dict[str, torch.Tensor], batch: Batch,
+                 predictions: torch.Tensor) -> torch.Tensor:
+        """Unreduced loss of ``task`` for K predictions of every row: [B, K] (see ``per_sample``)."""
+        label = batch.labels[task.name].unsqueeze(1).expand_as(predictions)
+        if task.kind == "binary":
+            if task.depends_on is not None and self.dependent_loss == "joint":
+                return joint_bce(outputs[task.depends_on].unsqueeze(1), predictions, label)
+            return F.binary_cross_entropy_with_logits(predictions, label, reduction="none")
+        return regression_loss(task, predictions, label)
+
     def row_weights(self, task: Task, batch: Batch) -> torch.Tensor:
         """Which rows (and how much) ``task``'s loss covers: [B]."""
         w = batch.weights
@@ -129,7 +139,10 @@ class MultiTaskLoss(nn.Module):
         batch: Batch,
         outputs: Dict[str, torch.Tensor],
         sample_weights: Optional[Dict[str, torch.Tensor]] = None,
+        views: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None,
     ) -> Dict[str, torch.Tensor]:
+        """Per-task losses. ``sample_weights`` (detached) scale rows; ``views`` replace a task's prediction by
+        several weighted ones per row (see :meth:`~recsys.models.base.RankingModel.loss_views`)."""
         losses: Dict[str, torch.Tensor] = {}
         row_weights = [self.row_weights(task, batch) for task in self.schema.tasks]
         # per task: the global batch's normaliser (mean over ranks of the local weight sums)
@@ -137,7 +150,12 @@ class MultiTaskLoss(nn.Module):
         for i, (task, w) in enumerate(zip(self.schema.tasks, row_weights)):
             if sample_weights is not None and task.name in sample_weights:
                 w = w * sample_weights[task.name].detach()
-            losses[task.name] = self.weights[task.name] * (self.per_sample(task, outputs, batch) * w).sum() / norms[i]
+            if views is not None and task.name in views:
+                predictions, view_weights = views[task.name]
+                per_row = (self.per_view(task, outputs, batch, predictions) * view_weights).sum(dim=1)
+            else:
+                per_row = self.per_sample(task, outputs, batch)
+            losses[task.name] = self.weights[task.name] * (per_row * w).sum() / norms[i]
         return losses
 
 
@@ -173,7 +191,8 @@ class TrainModule(nn.Module):
 
     def forward(self, batch: Batch):
         outputs = self.model(batch)
-        losses = self.loss(batch, outputs, self.model.loss_weights(batch, outputs))
+        losses = self.loss(batch, outputs, self.model.loss_weights(batch, outputs),
+                           self.model.loss_views(batch, outputs))
         losses.update(self.model.extra_losses(batch, outputs))
         total = torch.stack(list(losses.values())).sum()
         detached = {k: v.detach() for k, v in losses.items()}

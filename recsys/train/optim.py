@@ -1,7 +1,7 @@
 """Optimizers: the embedding optimizer is fused into FBGEMM's backward (applied in backward, no gradient
 materialises); dense parameters get a regular torch optimizer; torchrec's CombinedOptimizer joins them."""
 
-from typing import Dict, Iterable, Optional, Tuple, Type
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -64,10 +64,30 @@ class ClippedOptimizer(CombinedOptimizer):
         super().step(closure)
 
 
-def build_optimizer(dmp: nn.Module, cfg: OptimizerConfig, grad_clip_norm: Optional[float]) -> CombinedOptimizer:
-    """Fused embedding optimizer (from DMP) + dense optimizer over every other trainable parameter."""
+def build_optimizer(
+    dmp: nn.Module,
+    cfg: OptimizerConfig,
+    grad_clip_norm: Optional[float],
+    groups: Optional[Mapping[str, Tuple[Sequence[nn.Parameter], OptimizerConfig]]] = None,
+) -> CombinedOptimizer:
+    """Fused embedding optimizer (from DMP) + one dense optimizer per parameter group a model declares
+    (``groups``: name -> (parameters, optimizer config); see ``RankingModel.optimizer_groups``) + the dense
+    optimizer ``cfg`` over every other trainable parameter."""
     dense = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if v.requires_grad}
     parts = [("embedding", dmp.fused_optimizer)]
-    if dense:
-        parts.append(("dense", KeyedOptimizerWrapper(dense, lambda ps: dense_optimizer(ps, cfg))))
-    return ClippedOptimizer(parts, dense.values(), grad_clip_norm)
+    claimed: Dict[str, nn.Parameter] = {}
+    grouped = []
+    for name, (params, group_cfg) in (groups or {}).items():
+        if name in ("embedding", "dense"):
+            raise ConfigError(f"optimizer group name '{name}' is reserved")
+        ids = {id(p) for p in params}
+        mine = {k: v for k, v in dense.items() if id(v) in ids}
+        if len(mine) != len(ids) or set(mine) & set(claimed):
+            raise ConfigError(f"optimizer group '{name}': its parameters must be distinct trainable dense "
+                              "parameters of the model")
+        claimed.update(mine)
+        grouped.append((name, KeyedOptimizerWrapper(mine, lambda ps, c=group_cfg: dense_optimizer(ps, c))))
+    rest = {k: v for k, v in dense.items() if k not in claimed}
+    if rest:
+        parts.append(("dense", KeyedOptimizerWrapper(rest, lambda ps: dense_optimizer(ps, cfg))))
+    return ClippedOptimizer(parts + grouped, dense.values(), grad_clip_norm)

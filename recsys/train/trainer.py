@@ -43,7 +43,14 @@ from recsys.models.base import RankingModel, build_model, check_requirements
 from recsys.train import checkpoint as ckpt
 from recsys.train.dist import all_reduce_int, barrier, broadcast_object, elastic_restart_count, init_distributed
 from recsys.train.losses import MultiTaskLoss, TrainModule
-from recsys.train.metrics import PredictionCollector, default_metric, evaluate, format_table, metric_mode
+from recsys.train.metrics import (
+    PredictionCollector,
+    Predictions,
+    default_metric,
+    evaluate,
+    format_table,
+    metric_mode,
+)
 from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
 from recsys.train.sharding import shard
 
@@ -130,7 +137,9 @@ class Trainer:
         module = TrainModule(self.model, self.loss)
         fuse_embedding_optimizer(module, config.train.embedding_optimizer, self.device.type)
         self.dmp = shard(module, config.sharding, self.device, config.data.batch_size, seed=config.train.seed)
-        self.optimizer = build_optimizer(self.dmp, config.train.dense_optimizer, config.train.grad_clip_norm)
+        groups = {name: (g.params, g.optimizer) for name, g in self.model.optimizer_groups().items()}
+        self.optimizer = build_optimizer(self.dmp, config.train.dense_optimizer, config.train.grad_clip_norm,
+                                         groups)
         self.state = TrainState()
         self._pipeline = None
         self._eval_seconds = 0.0
@@ -462,6 +471,13 @@ class Trainer:
         finally:
             self.dmp.train()
         return collector
+
+    def predictions(self, split: str = "test") -> Predictions:
+        """Every row of ``split`` scored by the current model (all ranks' rows, on every rank)."""
+        if split not in SPLITS + ("all",):
+            raise ConfigError(f"split must be one of {SPLITS + ('all',)}, got '{split}'")
+        self._detach_pipeline()
+        return self._forward_all(split).gather()
 
     def evaluate(self, split: str = "test") -> Dict[str, float]:
         """The metric report of ``split`` (see :mod:`recsys.train.metrics`), identical on every rank."""

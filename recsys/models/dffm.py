@@ -1,0 +1,101 @@
+"""DFFM: Domain Facilitated Feature Modeling.
+
+Guan et al., "DFFM: Domain Facilitated Feature Modeling for CTR Prediction", CIKM 2023.
+
+DFFM puts the domain (scenario) into the parameters of the feature-interaction module: every pair of fields
+interacts through a micro-MLP whose weights are generated from the domain embedding
+(:class:`~recsys.modules.interaction.DomainFacilitatedInteraction`, DFFI). The pairwise outputs, the field
+embeddings and the dense features feed an MLP with one output per task.
+
+Choices where the paper leaves room (see docs/multi_scenario.md): the domain embedding is the embedding of the
+schema's ``scenario``-group features (the scenario id; configurable); the micro-MLP reads the concatenated pair
+``[e_i ; e_j]`` and has one hidden layer; the domain-facilitated user-behaviour module (DFUB) is not built, as the
+datasets here have no behaviour sequences. DFFM has no per-scenario towers, so it is not an SSIM backbone.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from recsys.data.batch import Batch
+from recsys.errors import ConfigError
+from recsys.models.base import RankingModel, register_model
+from recsys.modules.interaction import DomainFacilitatedInteraction
+from recsys.modules.mlp import MLP, TaskHeads
+from recsys.modules.sparse import SparseArch
+from recsys.schema import Schema
+
+
+@dataclass
+class DFFMConfig:
+    """Options of :class:`DFFM`.
+
+    Args:
+        hidden: widths of the final MLP.
+        micro_hidden: hidden width of each pair's micro-MLP.
+        micro_out: outputs per field pair.
+        domain_features: features whose embeddings form the domain embedding (default: the ``scenario`` group).
+        interaction_features: fields that interact pairwise (default: all but the domain features).
+        dropout, activation, norm: final MLP options.
+        use_dense: feed dense features to the final MLP.
+    """
+
+    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
+    micro_hidden: int = 8
+    micro_out: int = 2
+    domain_features: Optional[List[str]] = None
+    interaction_features: Optional[List[str]] = None
+    dropout: float = 0.0
+    activation: str = "relu"
+    norm: str = "none"
+    use_dense: bool = True
+
+
+@register_model("dffm")
+class DFFM(RankingModel):
+    """DFFM over a schema.
+
+    Shapes: B batch, F interacting fields, D width, P = F (F - 1) / 2.
+    fields [B, F, D], domain [B, Dd] -> DFFI [B, P * O]; [all embeddings, dense, DFFI] -> MLP -> ``{task: [B]}``.
+
+    Example::
+
+        model = DFFM(schema, DFFMConfig(micro_hidden=8, micro_out=2))
+        logits = model(batch)        # {"ctr": [B], ...}
+    """
+
+    Config = DFFMConfig
+
+    def __init__(self, schema: Schema, config: DFFMConfig) -> None:
+        super().__init__(schema, config)
+        default_domain = [f.name for f in schema.features_in(["scenario"])]
+        self.domain_features = self.check_features(
+            config.domain_features if config.domain_features is not None else default_domain, "domain_features")
+        if not self.domain_features:
+            raise ConfigError("model.params.domain_features: DFFM needs a domain embedding, but the schema has no "
+                              "'scenario'-group feature; name the domain features")
+        default_fields = [n for n in schema.feature_names if n not in self.domain_features]
+        self.fields = self.check_features(
+            config.interaction_features if config.interaction_features is not None else default_fields,
+            "interaction_features")
+        dims = {schema.feature(n).embedding_dim for n in self.fields}
+        if len(dims) != 1:
+            raise ConfigError(f"model.params.interaction_features: DFFI needs equal embedding widths, got "
+                              f"{sorted(dims)}")
+        self.sparse_arch = SparseArch(schema)
+        self.use_dense = config.use_dense and schema.dense_dim > 0
+        self.dffi = DomainFacilitatedInteraction(len(self.fields), dims.pop(),
+                                                 self.sparse_arch.output_dim(self.domain_features),
+                                                 hidden=config.micro_hidden, out_dim=config.micro_out)
+        in_dim = (self.sparse_arch.output_dim(schema.feature_names) + self.dffi.output_dim
+                  + (schema.dense_dim if self.use_dense else 0))
+        self.mlp = MLP(in_dim, config.hidden, activation=config.activation, dropout=config.dropout,
+                       norm=config.norm)
+        self.heads = TaskHeads(self.mlp.output_dim, self.tasks)
+
+    def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
+        emb = self.sparse_arch(batch.sparse)
+        pairs = self.dffi(emb.stack(self.fields), emb.concat(self.domain_features))
+        parts = [emb.concat(self.schema.feature_names), pairs] + ([batch.dense] if self.use_dense else [])
+        return self.heads(self.mlp(torch.cat(parts, dim=1)))
