@@ -61,15 +61,15 @@ class TbeBound(nn.Module):
         for cfg in arch.ebc.embedding_bag_configs():
             by_mode.setdefault("mean" if cfg.pooling == PoolingType.MEAN else "sum", []).append(cfg)
         self.tbes = nn.ModuleList()
-        # per group: [(KJT feature name, width of its table)] in the kernel's feature order
-        self.slots: List[List[Tuple[str, int]]] = []
+        # per group: [(KJT feature, table, width)] in the kernel's feature order
+        self.slots: List[List[Tuple[str, str, int]]] = []
         for mode, cfgs in by_mode.items():
             specs, feature_table_map, slots = [], [], []
             for t, cfg in enumerate(cfgs):
                 specs.append((cfg.num_embeddings, cfg.embedding_dim, location, compute))
                 for feature in cfg.feature_names:
                     feature_table_map.append(t)
-                    slots.append((feature, cfg.embedding_dim))
+                    slots.append((feature, cfg.name, cfg.embedding_dim))
             tbe = SplitTableBatchedEmbeddingBagsCodegen(
                 embedding_specs=specs, feature_table_map=feature_table_map,
                 optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=lr, eps=eps,
@@ -92,14 +92,14 @@ class TbeBound(nn.Module):
         fwd = bwd = 0
         g = torch.Generator().manual_seed(0)
         for slots in self.slots:
-            indices = torch.cat([jt[name].values() for name, _ in slots]).long()
-            lengths = torch.cat([jt[name].lengths() for name, _ in slots]).long()
+            indices = torch.cat([jt[name].values() for name, _, _ in slots]).long()
+            lengths = torch.cat([jt[name].lengths() for name, _, _ in slots]).long()
             offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
             torch.cumsum(lengths, 0, out=offsets[1:])
-            width = sum(d for _, d in slots)
+            width = sum(d for _, _, d in slots)
             grad = torch.randn(batch, width, generator=g) * 1e-3
             groups.append((indices.to(self.device), offsets.to(self.device), grad.to(self.device)))
-            rows_bytes = sum(int(jt[name].values().numel()) * d * FLOAT_BYTES for name, d in slots)
+            rows_bytes = sum(int(jt[name].values().numel()) * d * FLOAT_BYTES for name, _, d in slots)
             nnz = int(indices.numel())
             # forward: read every looked-up row, read indices and offsets, write the pooled output
             fwd += rows_bytes + (nnz + len(offsets)) * INDEX_BYTES + batch * width * FLOAT_BYTES
