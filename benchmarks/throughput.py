@@ -678,8 +678,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batches", type=int, help="distinct batches per cell")
     p.add_argument("--plain-max-gb", type=float, default=6.0, help="skip the plain path above this memory")
     p.add_argument("--no-inference", action="store_true", help="time training only")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); 1 gives stable "
+                   "numbers on a machine shared with other jobs, where OpenMP threads wait on each other")
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from recsys.cli import setup_logging
     from recsys.train.dist import init_distributed
