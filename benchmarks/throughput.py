@@ -33,14 +33,27 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS, environment, environment_markdown, write_json, write_text
+from benchmarks.kernels import TbeBound, hbm_peak
+from benchmarks.memory import PeakMemory, release
+from benchmarks.plain import mlp_twin, plain_twin
+from benchmarks.workloads import CriteoWorkload, LiveWorkload, Workload
+from recsys.cli import setup_logging
+from recsys.config import EmbeddingOptimizerConfig, ModelConfig, OptimizerConfig, ShardingConfig
+from recsys.models import build_model, model_names
+from recsys.modules.sparse import SparseArch
+from recsys.train.dist import init_distributed
+from recsys.train.losses import MultiTaskLoss, TrainModule
+from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
+from recsys.train.sharding import BOUNDS_CHECK, shard
 
 log = logging.getLogger("benchmarks.throughput")
 
@@ -83,10 +96,9 @@ class Cell:
     """One measurement: a model on a workload at a batch size (``tag`` groups cells in the tables)."""
 
     tag: str
-    workload: Any
+    workload: Workload
     model: str
     batch_size: int
-    results: Dict[str, Any] = field(default_factory=dict)
 
 
 def _sync(device: torch.device) -> None:
@@ -119,11 +131,6 @@ class RecsysPath:
     name = "recsys"
 
     def __init__(self, model: torch.nn.Module, batches: List[Any], settings: Settings, batch_size: int) -> None:
-        from recsys.config import EmbeddingOptimizerConfig, OptimizerConfig, ShardingConfig
-        from recsys.train.losses import MultiTaskLoss, TrainModule
-        from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
-        from recsys.train.sharding import shard
-
         self.device = settings.device
         self.sharding = ShardingConfig()
         self.embedding_optimizer = EmbeddingOptimizerConfig()
@@ -136,8 +143,6 @@ class RecsysPath:
         self._it = itertools.cycle(batches)
         self._pipeline = None
         if settings.pipeline:
-            from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-
             self._pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, self.device)
 
     def train_step(self) -> None:
@@ -169,19 +174,17 @@ class EagerPath:
     Args:
         name: ``plain`` or ``mlp``.
         twin: the model twin (see :mod:`benchmarks.plain`).
-        batches: batches, cycled (moved to the device once, outside the timed region).
+        batches: batches already on ``device``, cycled.
         device: where to run.
     """
 
     def __init__(self, name: str, twin: torch.nn.Module, batches: List[Any], device: torch.device) -> None:
-        from recsys.train.losses import MultiTaskLoss, TrainModule
-
         self.name = name
         self.device = device
         self.module = TrainModule(twin, MultiTaskLoss(twin.schema, None, twin.dependent_loss)).to(device)
         # the fastest stock Adam (fused kernels on CPU since torch 2.4 and on CUDA): a strong baseline
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=1e-3, fused=True)
-        self._it = itertools.cycle([b.to(device) for b in batches])
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=OptimizerConfig().lr, fused=True)
+        self._it = itertools.cycle(batches)
 
     def train_step(self) -> None:
         batch = next(self._it)
@@ -212,8 +215,6 @@ class TbePath:
 
     def __init__(self, arch: Any, batches: List[Any], settings: Settings, lr: float, eps: float,
                  bounds_check: Any) -> None:
-        from benchmarks.kernels import TbeBound
-
         self.bound = TbeBound(arch, lr, eps, bounds_check, settings.device)
         self.inputs = [self.bound.prepare(b.sparse) for b in batches]
         self._it = itertools.cycle(self.inputs)
@@ -288,14 +289,10 @@ def _bound_rounds(tbe: Dict[str, Any], mlp: Dict[str, Any]) -> Dict[str, Any]:
 
 def run_cell(cell: Cell, settings: Settings) -> Dict[str, Any]:
     """Build every path for ``cell``, warm up, time training (and inference) in interleaved rounds."""
-    from benchmarks.memory import PeakMemory
-    from benchmarks.plain import mlp_twin, plain_twin
-    from recsys.config import ModelConfig
-    from recsys.models import build_model
-    from recsys.train.sharding import BOUNDS_CHECK
-
     wl, b = cell.workload, cell.batch_size
     batches = wl.batches(b, settings.batches, seed=settings.seed)
+    # the eager paths get their batches on the device before anything is timed or measured
+    on_device = [x.to(settings.device) for x in batches] if settings.device.type == "cuda" else batches
     torch.manual_seed(settings.seed)
     model = build_model(ModelConfig(name=cell.model, params={}), wl.schema, source="benchmark")
     base = copy.deepcopy(model)  # before DMP takes the original over: the twins share its dense initial weights
@@ -317,12 +314,10 @@ def run_cell(cell: Cell, settings: Settings) -> Dict[str, Any]:
                 lr, eps = path.embedding_optimizer.lr, path.embedding_optimizer.eps
                 bounds = BOUNDS_CHECK[path.sharding.bounds_check]
             elif name == "plain":
-                path = EagerPath("plain", plain_twin(base, weights, settings.device), batches, settings.device)
+                path = EagerPath("plain", plain_twin(base, weights, settings.device), on_device, settings.device)
             elif name == "mlp":
-                path = EagerPath("mlp", mlp_twin(base, b, settings.device), batches, settings.device)
+                path = EagerPath("mlp", mlp_twin(base, b, settings.device), on_device, settings.device)
             else:
-                from recsys.modules.sparse import SparseArch
-
                 arch = next(m for m in base.modules() if isinstance(m, SparseArch))
                 path = TbePath(arch, batches, settings, lr, eps, bounds)
             for _ in range(settings.warmup):
@@ -355,8 +350,6 @@ def derived(out: Dict[str, Any], batch_size: int, gpu_name: Optional[str]) -> Di
         batch_size: samples per step.
         gpu_name: the CUDA device's name (for its HBM peak), None on CPU.
     """
-    from benchmarks.kernels import hbm_peak
-
     train = out["train"]
     d: Dict[str, Any] = {"ratios": {}}
     if "recsys" in train and "plain" in train:
@@ -405,8 +398,6 @@ def _ints(text: str) -> List[int]:
 
 
 def _models(text: str) -> List[str]:
-    from recsys.models import model_names
-
     names = model_names()
     if text == "all":
         return names
@@ -425,8 +416,6 @@ def build_grid(opts: Dict[str, Any]) -> List[Cell]:
     * ``vocab``: the first Criteo-like model on ``criteo-1hot`` with other table caps at ``vocab_sweep_batch``;
     * ``models``: every live-streaming model (default: the whole registry) on ``live`` at ``batch_sizes``.
     """
-    from benchmarks.workloads import CriteoWorkload, LiveWorkload
-
     names = [w for w in opts["workloads"].split(",") if w]
     cells: List[Cell] = []
     criteo_models = _models(opts["criteo_models"])
@@ -690,9 +679,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from recsys.cli import setup_logging
-    from recsys.train.dist import init_distributed
-
     setup_logging()
     # the planner warns on every cell that its Topology is built directly and its dense-size estimate is a dry
     # run's: recsys.train.sharding's business, and noise between the progress bars here
@@ -733,8 +719,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         row["seconds"] = time.perf_counter() - t0
         out_cells.append(row)
-        from benchmarks.memory import release
-
         release()
     result = {
         "environment": environment(),

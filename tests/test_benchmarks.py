@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from benchmarks import kernels, throughput
 from benchmarks.memory import PeakMemory
@@ -18,7 +19,6 @@ from recsys.config import ModelConfig
 from recsys.models import build_model, model_names
 from recsys.modules.sparse import SparseArch
 from recsys.train.dist import init_distributed
-from recsys.train.optim import in_backward_optimizer_filter
 from recsys.train.sharding import BOUNDS_CHECK
 
 CPU = torch.device("cpu")
@@ -236,3 +236,4 @@ def test_loader_benchmark_tiny(tmp_path):
     result = json.loads((tmp_path / "loader.json").read_text())
     assert all(r["median"] > 0 for r in result["rows_per_sec"].values())
     assert all(v > 0 for v in result["train_samples_per_sec"].values())
+    assert (tmp_path / "loader.png").stat().st_size > 1000
