@@ -384,13 +384,17 @@ FULL = {
     "cuda": {"sweep_batch_sizes": "16384,32768,65536", "batch_sizes": "32768", "vocab_cap": 10_000_000,
              "vocab_sweep": "100000,1000000", "vocab_sweep_batch": 32768,
              "workloads": "criteo-1hot,criteo-4hot,live", "criteo_models": "dnn,wide_deep", "live_models": "all",
-             "repeats": 7, "warmup": 5, "min_time": 0.5, "batches": 8, "live_rows": 200_000,
+             "repeats": 5, "warmup": 5, "min_time": 0.2, "batches": 8, "live_rows": 200_000,
              "plain_max_gb": 40.0},
 }
 QUICK = {"sweep_batch_sizes": "128,256", "batch_sizes": "256", "vocab_cap": 2000, "vocab_sweep": "200",
          "vocab_sweep_batch": 256, "workloads": "criteo-1hot,criteo-2hot,live", "criteo_models": "dnn",
          "live_models": "wide_deep", "repeats": 2, "warmup": 2, "min_time": 0.01, "batches": 2, "live_rows": 3000,
          "plain_max_gb": 1.0}
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
 def _ints(text: str) -> List[int]:
@@ -609,12 +613,13 @@ def plots(result: Dict[str, Any], prefix: str) -> List[str]:
         for ax, key, target, title in ((axes[0], "recsys_over_plain_train", TARGET_RATIO, "recsys / plain PyTorch"),
                                        (axes[1], "recsys_over_bound_train", 1 / BOUND_SLACK,
                                         "recsys / (TBE + MLP bound)")):
+            label = f"target {target:.2f}" + (" (Criteo-like, batch 4096)" if key.endswith("plain_train") else "")
             vals = [c["ratios"].get(key) for c in rated]
             med = [v["median"] if v else 0 for v in vals]
             err = [[(v["median"] - v["min"]) if v else 0 for v in vals], [(v["max"] - v["median"]) if v else 0
                                                                             for v in vals]]
             ax.barh(labels, med, xerr=err, color="#4c72b0", capsize=2)
-            ax.axvline(target, color="#c44e52", linestyle="--", label=f"target {target:.2f}")
+            ax.axvline(target, color="#c44e52", linestyle="--", label=label)
             ax.set_title(f"training, {title} ({dev})")
             ax.invert_yaxis()
             ax.legend(fontsize=8)
@@ -733,7 +738,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "seconds": time.perf_counter() - start,
         "cells": out_cells,
     }
-    name = f"throughput_{settings.device.type}" + ("_quick" if args.quick else "")
+    # GPU results carry the device in their name (an H100 run and an H200 run do not overwrite each other)
+    gpu = result["environment"].get("gpu")
+    name = f"throughput_{settings.device.type}" + (f"_{_slug(gpu)}" if gpu and settings.device.type == "cuda" else "") \
+        + ("_quick" if args.quick else "")
     write_json(os.path.join(args.out, name + ".json"), result)
     md = markdown(result)
     pngs = plots(result, os.path.join(args.out, name))
