@@ -28,6 +28,7 @@ per-round ratios (paired, so contention cancels) with their min/max, and the pea
 import argparse
 import copy
 import itertools
+import json
 import logging
 import math
 import os
@@ -680,7 +681,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); 1 gives stable "
                    "numbers on a machine shared with other jobs, where OpenMP threads wait on each other")
     p.add_argument("--out", default=RESULTS)
+    p.add_argument("--render", metavar="JSON", help="only rewrite the markdown and plots of an earlier result")
     args = p.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            earlier = json.load(f)
+        write_report(earlier, os.path.splitext(args.render)[0])
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -743,12 +750,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name = f"throughput_{settings.device.type}" + (f"_{_slug(gpu)}" if gpu and settings.device.type == "cuda" else "") \
         + ("_quick" if args.quick else "")
     write_json(os.path.join(args.out, name + ".json"), result)
-    md = markdown(result)
-    pngs = plots(result, os.path.join(args.out, name))
-    md += "\n".join(f"![{os.path.basename(x)}]({os.path.basename(x)})" for x in pngs) + "\n"
-    write_text(os.path.join(args.out, name + ".md"), md)
-    print(md)
+    write_report(result, os.path.join(args.out, name))
     return 0
+
+
+def write_report(result: Dict[str, Any], prefix: str) -> None:
+    """``<prefix>.md`` and ``<prefix>_*.png`` from a result; the markdown also goes to stdout."""
+    md = markdown(result)
+    pngs = plots(result, prefix)
+    md += "\n".join(f"![{os.path.basename(x)}]({os.path.basename(x)})" for x in pngs) + "\n"
+    write_text(prefix + ".md", md)
+    print(md)
 
 
 if __name__ == "__main__":

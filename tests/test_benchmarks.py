@@ -215,6 +215,9 @@ def test_quick_run_writes_results_with_the_pipeline(tmp_path):
     assert "Headline" in md and "1/recsys <= 1.15 x (1/tbe + 1/mlp)" in md
     for png in ("batch", "ratio", "models"):
         assert (tmp_path / f"throughput_cpu_quick_{png}.png").stat().st_size > 1000
+    (tmp_path / "throughput_cpu_quick.md").unlink()
+    assert throughput.main(["--render", str(tmp_path / "throughput_cpu_quick.json")]) == 0
+    assert (tmp_path / "throughput_cpu_quick.md").read_text() == md
 
 
 def test_quality_runner_quick(capsys):
