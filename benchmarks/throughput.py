@@ -127,17 +127,18 @@ class RecsysPath:
         batches: CPU batches, cycled.
         settings: device and pipeline choice.
         batch_size: the planner's batch size.
+        embedding_optimizer, sharding: the run config's sections (defaults: the trainer's defaults).
     """
 
     name = "recsys"
 
-    def __init__(self, model: torch.nn.Module, batches: List[Any], settings: Settings, batch_size: int) -> None:
+    def __init__(self, model: torch.nn.Module, batches: List[Any], settings: Settings, batch_size: int,
+                 embedding_optimizer: Optional[EmbeddingOptimizerConfig] = None,
+                 sharding: Optional[ShardingConfig] = None) -> None:
         self.device = settings.device
-        self.sharding = ShardingConfig()
-        self.embedding_optimizer = EmbeddingOptimizerConfig()
         module = TrainModule(model, MultiTaskLoss(model.schema, None, model.dependent_loss))
-        fuse_embedding_optimizer(module, self.embedding_optimizer, self.device.type)
-        self.dmp = shard(module, self.sharding, self.device, batch_size)
+        fuse_embedding_optimizer(module, embedding_optimizer or EmbeddingOptimizerConfig(), self.device.type)
+        self.dmp = shard(module, sharding or ShardingConfig(), self.device, batch_size)
         self.optimizer = build_optimizer(self.dmp, OptimizerConfig(), None)
         if self.device.type == "cuda":
             batches = [b.pin_memory() for b in batches]
@@ -302,7 +303,7 @@ def run_cell(cell: Cell, settings: Settings) -> Dict[str, Any]:
     skipped: Dict[str, str] = {}
     steps: Dict[str, int] = {}
     weights: Optional[Dict[str, torch.Tensor]] = None
-    lr, eps, bounds = 0.05, 1e-8, BOUNDS_CHECK["fatal"]
+    embedding_optimizer, sharding = EmbeddingOptimizerConfig(), ShardingConfig()  # the trainer's defaults
     for name in settings.paths:
         if name == "plain" and plain_bytes(wl.schema) > settings.plain_max_gb * 1024**3:
             skipped[name] = (f"needs ~{plain_bytes(wl.schema) / 1024**3:.1f} GB (tables, dense gradients, Adam "
@@ -310,17 +311,16 @@ def run_cell(cell: Cell, settings: Settings) -> Dict[str, Any]:
             continue
         with PeakMemory(settings.device) as mem:
             if name == "recsys":
-                path: Any = RecsysPath(model, batches, settings, b)
+                path: Any = RecsysPath(model, batches, settings, b, embedding_optimizer, sharding)
                 weights = table_weights(path.dmp)
-                lr, eps = path.embedding_optimizer.lr, path.embedding_optimizer.eps
-                bounds = BOUNDS_CHECK[path.sharding.bounds_check]
             elif name == "plain":
                 path = EagerPath("plain", plain_twin(base, weights, settings.device), on_device, settings.device)
             elif name == "mlp":
                 path = EagerPath("mlp", mlp_twin(base, b, settings.device), on_device, settings.device)
             else:
                 arch = next(m for m in base.modules() if isinstance(m, SparseArch))
-                path = TbePath(arch, batches, settings, lr, eps, bounds)
+                path = TbePath(arch, batches, settings, embedding_optimizer.lr, embedding_optimizer.eps,
+                               BOUNDS_CHECK[sharding.bounds_check])
             for _ in range(settings.warmup):
                 path.train_step()
             _sync(settings.device)
