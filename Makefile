@@ -1,5 +1,6 @@
 # make demo   - create .venv, install the stack, generate the synthetic world, train the default models, compare
 # make test   - create/use .venv and run the test suite (CI runs exactly this)
+# make bench  - throughput (CPU) and data path benchmarks; results in benchmarks/results (docs/benchmarks.md)
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.recsys-installed
@@ -20,6 +21,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PYTHON) -m pytest -q
+
+bench: $(STAMP)
+	$(PYTHON) -m benchmarks.throughput --device cpu
+	$(PYTHON) -m benchmarks.loader
 
 clean:
 	rm -rf runs data/synthetic .pytest_cache

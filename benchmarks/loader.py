@@ -64,6 +64,29 @@ def train_rate(data: str, batch_size: int, in_memory: bool, steps: int, run_dir:
     return rate
 
 
+def plot(path: str, rows: List, train_mem: float, train_parquet: float) -> None:
+    """Bar chart: rows/s of each loader stage (median, min-max) against the training step rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n.split(":")[0] for n, _ in rows] + ["train (memory)", "train (Parquet)"]
+    med = [r["median"] for _, r in rows] + [train_mem, train_parquet]
+    err = [[r["median"] - r["min"] for _, r in rows] + [0, 0], [r["max"] - r["median"] for _, r in rows] + [0, 0]]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.barh(names, med, xerr=err, color=["#4c72b0"] * len(rows) + ["#dd8452"] * 2, capsize=2)
+    ax.axvline(10 * train_mem, color="#c44e52", linestyle="--", label="10x training step rate")
+    ax.set_xscale("log")
+    ax.set_xlabel("rows/s")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8)
+    ax.set_title("data path throughput")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: List[str] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=2_000_000)
@@ -157,8 +180,10 @@ def main(argv: List[str] = None) -> int:
         f"End-to-end training: {train_mem:,.0f} samples/s from memory, {train_parquet:,.0f} samples/s streaming "
         "from Parquet (the loader runs in a background thread).",
     ]
+    lines += ["", "![loader.png](loader.png)"]
     md = "\n".join(lines) + "\n"
     write_json(os.path.join(args.out, "loader.json"), result)
+    plot(os.path.join(args.out, "loader.png"), rows, train_mem, train_parquet)
     write_text(os.path.join(args.out, "loader.md"), md)
     print(md)
     return 0
