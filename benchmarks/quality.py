@@ -14,6 +14,7 @@ AUC, logloss, GAUC, NDCG@k, oracle AUC on synthetic data), and the per-seed valu
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import pkgutil
@@ -137,12 +138,14 @@ def dataset_overrides(dataset: str, seed: int, data_path: str) -> List[str]:
             + profile.overrides)
 
 
-def run_one(exp: Experiment, dataset: str, seed: int, data_path: str, run_root: str) -> Dict[str, Any]:
+def run_one(exp: Experiment, dataset: str, seed: int, data_path: str, run_root: str,
+            epochs: Optional[int] = None) -> Dict[str, Any]:
+    """Train and test one experiment at one seed; ``epochs`` caps the profile's epoch budget."""
     from recsys.config import load_config
     from recsys.train.trainer import Trainer
 
     start = time.perf_counter()
-    base = dataset_overrides(dataset, seed, data_path)
+    base = dataset_overrides(dataset, seed, data_path) + ([] if epochs is None else [f"train.epochs={epochs}"])
     info: Dict[str, Any] = {}
     extra: List[str] = []
     if exp.prepare is not None:
@@ -254,12 +257,28 @@ def metric_for(dataset: str, metric: str) -> str:
     return f"{'like' if dataset == 'movielens' else 'ctr'}/{metric}"
 
 
-def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick: bool, out_dir: str) -> Dict:
+def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick: bool, out_dir: str,
+             epochs: Optional[int] = None) -> Dict:
+    """Run every experiment of a grid; finished (experiment, dataset) cells are kept in
+    ``<out_dir>/<name>.partial.json`` as they complete, so an interrupted run resumes where it stopped (the
+    cells are reused only when seeds and epochs match)."""
     results: Dict[str, Dict[str, Any]] = {}
+    settings = {"seeds": seeds, "epochs": epochs}
+    partial = os.path.join(out_dir, f"{name}.partial.json")
+    done: Dict[str, Dict[str, Any]] = {}
+    if not quick and os.path.exists(partial):
+        with open(partial) as f:
+            saved = json.load(f)
+        if saved.get("settings") == settings:
+            done = saved["results"]
+            log.info("[%s] resuming: %d finished cells in %s", name, sum(len(v) for v in done.values()), partial)
     tmp = tempfile.mkdtemp(prefix="recsys-quality-")
     try:
         for exp in module.EXPERIMENTS:
             for d in (["quick"] if quick else [d for d in exp.datasets if d in datasets]):
+                if d in done.get(exp.name, {}):
+                    results.setdefault(exp.name, {})[d] = done[exp.name][d]
+                    continue
                 profile = DATASETS[d]
                 path = profile.path or os.path.join(tmp, "world")
                 if profile.prepare is not None:
@@ -270,24 +289,31 @@ def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick:
                 runs = []
                 for seed in range(seeds):
                     log.info("[%s] %s on %s, seed %d", name, exp.name, d, seed)
-                    runs.append(run_one(exp, d, seed, path, tmp))
+                    runs.append(run_one(exp, d, seed, path, tmp, epochs))
                 results.setdefault(exp.name, {})[d] = {
                     "model": exp.model, "params": exp.params, "overrides": exp.overrides,
                     "per_scenario": exp.per_scenario,
                     "metrics": aggregate(runs), "runs": runs,
                 }
+                if not quick:
+                    write_json(partial, {"settings": settings, "results": results})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     env = environment()
     metrics = getattr(module, "METRICS", ["auc", "oracle_auc", "gauc", "logloss"])
     keys = list(dict.fromkeys(metric_for(d, m) for d in ("synthetic", "movielens", "quick") for m in metrics))
     table = module.render(results) if hasattr(module, "render") else default_table(module.TITLE, results, keys)
-    md = f"## {module.TITLE}\n\n{environment_markdown(env)}\nSeeds: {seeds}; mean ± std over seeds of test metrics.\n\n{table}\n"
+    budget = "" if epochs is None else f" Every run trains at most {epochs} epochs (early stopping on validation)."
+    md = (f"## {module.TITLE}\n\n{environment_markdown(env)}\nSeeds: {seeds}; mean ± std over seeds of test metrics."
+          f"{budget}\n\n{table}\n")
     if not quick:
         write_json(os.path.join(out_dir, f"{name}.json"), {"grid": name, "title": module.TITLE,
-                                                           "environment": env, "seeds": seeds, "results": results})
+                                                           "environment": env, "seeds": seeds, "epochs": epochs,
+                                                           "results": results})
         write_text(os.path.join(out_dir, f"{name}.md"), md)
         plot(os.path.join(out_dir, f"{name}.png"), module.TITLE, results, "auc")
+        if os.path.exists(partial):
+            os.remove(partial)
     print(md)
     return results
 
@@ -299,7 +325,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="tiny world, 1 seed, few steps: checks the runner works")
     p.add_argument("--out", default=os.path.join(RESULTS, "quality"))
+    p.add_argument("--epochs", type=int, default=None,
+                   help="cap every run at this many epochs (default: the dataset profile's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from recsys.cli import setup_logging
 
     setup_logging()
@@ -311,7 +344,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     for name in names:
         run_grid(name, available[name], args.datasets.split(","), 1 if args.quick else args.seeds, args.quick,
-                 args.out)
+                 args.out, args.epochs)
     return 0
 
 
