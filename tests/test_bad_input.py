@@ -204,6 +204,15 @@ CASES = [
     Case("unknown sharded table", ["sharding.tables", "'usr'", "did you mean 'user'"],
          args=["--set", "sharding.tables={usr: {sharding_types: [table_wise]}}"]),
     Case("override without '='", ["not of the form key=value"], args=["--set", "train.epochs"]),
+    # --- model / data combinations, refused from the spec before any row is read ------------------------
+    Case("multi-task model with one task", ["model 'mmoe'", "at least 2 tasks", "has 1 (ctr)"],
+         setup={"model": "mmoe"},
+         before=edit("spec.yaml", "  - {name: watch, kind: regression, depends_on: ctr, min_value: 0}\n", "")),
+    Case("SSIM without a scenario column", ["model 'ssim'", "multi-scenario", "'scenario'"],
+         setup={"model": "ssim"}, before=edit("spec.yaml", "scenario: {column: scene, values: [s1, s2]}\n", "")),
+    Case("STAR without a scenario column", ["model 'star'", "multi-scenario"],
+         setup={"model": "star"}, before=edit("spec.yaml", "scenario: {column: scene, values: [s1, s2]}\n", "")),
+    Case("ESMM without a click -> conversion funnel", ["model 'esmm'", "needs a funnel"], setup={"model": "esmm"}),
 ]
 
 

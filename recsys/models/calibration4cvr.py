@@ -22,7 +22,7 @@ import torch
 
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
-from recsys.models.base import RankingModel, register_model
+from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.cvr_calibration import CalibratedPair
 from recsys.modules.multitask import GradScale, TaskTowers, check_ratio, ctr_sample_weights, funnel_tasks
 from recsys.modules.sparse import SparseArch
@@ -87,6 +87,8 @@ class Calibration4CVR(RankingModel):
         out = model(batch)                          # {"ctr": [B], "cvr": [B], ...}
         model.main.calibration.scale                # the learned factor in (0, 1)
     """
+
+    requirements = Requirements(min_tasks=2, funnel=True)
 
     Config = Calibration4CVRConfig
 

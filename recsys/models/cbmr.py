@@ -30,7 +30,7 @@ from torch import nn
 
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
-from recsys.models.base import RankingModel, register_model
+from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.models.wide_deep import WideDeep, WideDeepConfig, wide_width
 from recsys.modules.calibration import EmbCB, MlpCB, scaled_mlp
 from recsys.modules.experts import SoftmaxGate, mix
@@ -230,6 +230,8 @@ class MultiCBMR(RankingModel):
         model = MultiCBMR(schema, MultiCBMRConfig(num_experts=4, expert_hidden=[128, 64]))
         out = model(batch)      # {"ctr": [B] logit, "stay": [B] log1p-seconds prediction, "cvr": [B]}
     """
+
+    requirements = Requirements(min_tasks=2)
 
     Config = MultiCBMRConfig
 

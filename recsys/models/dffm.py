@@ -20,7 +20,7 @@ import torch
 
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
-from recsys.models.base import RankingModel, register_model
+from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.interaction import DomainFacilitatedInteraction
 from recsys.modules.mlp import MLP, TaskHeads
 from recsys.modules.sparse import SparseArch
@@ -64,6 +64,8 @@ class DFFM(RankingModel):
         model = DFFM(schema, DFFMConfig(micro_hidden=8, micro_out=2))
         logits = model(batch)        # {"ctr": [B], ...}
     """
+
+    requirements = Requirements(scenario=True)
 
     Config = DFFMConfig
 

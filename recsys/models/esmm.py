@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 import torch
 
 from recsys.data.batch import Batch
-from recsys.models.base import RankingModel, register_model
+from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.multitask import GradScale, TaskTowers, check_ratio, ctr_sample_weights, funnel_tasks
 from recsys.modules.sparse import SparseArch
 from recsys.schema import Schema
@@ -66,6 +66,8 @@ class ESMM(RankingModel):
         model = ESMM(schema, ESMMConfig(hidden=[128, 64]))
         out = model(batch)             # {"ctr": [B], "cvr": [B], ...}: logits of pCTR and pCVR
     """
+
+    requirements = Requirements(min_tasks=2, funnel=True)
 
     Config = ESMMConfig
     dependent_loss = "joint"

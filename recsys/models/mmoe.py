@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import torch
 
 from recsys.data.batch import Batch
-from recsys.models.base import RankingModel, register_model
+from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.experts import MMoE as MMoELayer
 from recsys.modules.multitask import TaskTowers
 from recsys.modules.sparse import SparseArch
@@ -55,6 +55,8 @@ class MMoE(RankingModel):
         out = model(batch)                         # {"ctr": [B], "cvr": [B], ...}
         model.mmoe.gate_weights()["cvr"]           # [B, 4], rows sum to 1
     """
+
+    requirements = Requirements(min_tasks=2)
 
     Config = MMoEConfig
 

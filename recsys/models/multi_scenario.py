@@ -16,7 +16,7 @@ from typing import Dict, NamedTuple
 import torch
 
 from recsys.data.batch import Batch
-from recsys.models.base import RankingModel
+from recsys.models.base import RankingModel, Requirements
 from recsys.modules.scenario import select_scenario
 
 
@@ -45,6 +45,8 @@ class MultiScenarioModel(RankingModel):
         views.outputs["ctr"]          # [B, S]
         model(batch)["ctr"]           # [B]: views.outputs["ctr"][b, batch.scenario[b]]
     """
+
+    requirements = Requirements(scenario=True)
 
     instance_dim: int
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import torch
 
 from recsys.data.batch import Batch
-from recsys.models.base import RankingModel, register_model
+from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.experts import PLE as PLELayers
 from recsys.modules.multitask import TaskTowers
 from recsys.modules.sparse import SparseArch
@@ -60,6 +60,8 @@ class PLE(RankingModel):
         model = PLE(schema, PLEConfig(levels=2, specific_experts=1, shared_experts=1))
         out = model(batch)            # {"ctr": [B], "cvr": [B], ...}
     """
+
+    requirements = Requirements(min_tasks=2)
 
     Config = PLEConfig
 

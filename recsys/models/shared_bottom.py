@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import torch
 
 from recsys.data.batch import Batch
-from recsys.models.base import RankingModel, register_model
+from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.mlp import MLP
 from recsys.modules.multitask import TaskTowers
 from recsys.modules.sparse import SparseArch
@@ -52,6 +52,8 @@ class SharedBottom(RankingModel):
         model = SharedBottom(schema, SharedBottomConfig(bottom=[128], tower=[32]))
         out = model(batch)         # {"ctr": [B], "cvr": [B], ...}
     """
+
+    requirements = Requirements(min_tasks=2)
 
     Config = SharedBottomConfig
 

@@ -31,7 +31,14 @@ import torch
 from recsys.config import OptimizerConfig, from_dict
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
-from recsys.models.base import OptimizerGroup, RankingModel, model_class, model_names, register_model
+from recsys.models.base import (
+    OptimizerGroup,
+    RankingModel,
+    Requirements,
+    model_class,
+    model_names,
+    register_model,
+)
 from recsys.models.multi_scenario import MultiScenarioModel, own_scenario
 from recsys.modules.selection import SelectionNet, kl_to_all_shared, share_weights
 from recsys.schema import Schema
@@ -55,6 +62,8 @@ def build_backbone(name: str, params: Dict[str, Any], schema: Schema) -> MultiSc
 
 class _SSIMWrapper(RankingModel):
     """A multi-scenario backbone whose per-scenario views reach the loss hooks."""
+
+    requirements = Requirements(scenario=True)
 
     backbone: MultiScenarioModel
 

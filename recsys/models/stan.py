@@ -29,7 +29,7 @@ from torch import nn
 
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
-from recsys.models.base import RankingModel, register_model
+from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.experts import MMoE, PLE
 from recsys.modules.lifecycle import PREFERENCE, BetaTracker, EmbeddingProjector, UserStateBranch, state_loss
 from recsys.modules.mlp import MLP
@@ -96,6 +96,8 @@ class STAN(RankingModel):
         weights = model.loss_weights(batch, out)            # {"ctr": gamma [B], ...}
         losses = model.extra_losses(batch, out)             # {"state/ctr": scalar, ...}
     """
+
+    requirements = Requirements(min_tasks=2)
 
     Config = STANConfig
 
