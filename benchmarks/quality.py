@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -257,6 +257,26 @@ def metric_for(dataset: str, metric: str) -> str:
     return f"{'like' if dataset == 'movielens' else 'ctr'}/{metric}"
 
 
+def keep_other_datasets(previous: str, results: Dict[str, Dict[str, Any]],
+                        datasets: Sequence[str]) -> Dict[str, Tuple[str, Optional[int]]]:
+    """Carry the cells of datasets this run did not ask for over from the grid's previous results file, so that
+    a grid can be run one dataset at a time. Returns ``{dataset: (command, epochs)}`` of the kept cells."""
+    if not os.path.exists(previous):
+        return {}
+    with open(previous) as f:
+        saved = json.load(f)
+    kept: Dict[str, Tuple[str, Optional[int]]] = {}
+    for exp_name, per in saved.get("results", {}).items():
+        for dataset, cell in per.items():
+            if dataset in datasets or dataset in results.get(exp_name, {}):
+                continue
+            cell.setdefault("epochs", saved.get("epochs"))
+            cell.setdefault("command", saved.get("environment", {}).get("command", "unknown"))
+            results.setdefault(exp_name, {})[dataset] = cell
+            kept[dataset] = (cell["command"], cell["epochs"])
+    return kept
+
+
 def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick: bool, out_dir: str,
              epochs: Optional[int] = None) -> Dict:
     """Run every experiment of a grid; finished (experiment, dataset) cells are kept in
@@ -300,12 +320,20 @@ def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     env = environment()
+    for per in results.values():
+        for cell in per.values():
+            cell.setdefault("epochs", epochs)
+            cell.setdefault("command", env["command"])
+    kept = {} if quick else keep_other_datasets(os.path.join(out_dir, f"{name}.json"), results, datasets)
     metrics = getattr(module, "METRICS", ["auc", "oracle_auc", "gauc", "logloss"])
     keys = list(dict.fromkeys(metric_for(d, m) for d in ("synthetic", "movielens", "quick") for m in metrics))
     table = module.render(results) if hasattr(module, "render") else default_table(module.TITLE, results, keys)
     budget = "" if epochs is None else f" Every run trains at most {epochs} epochs (early stopping on validation)."
+    earlier = "".join(f"\n\nKept from an earlier run: {d} (command `{c}`; "
+                      f"{'the profile epoch budget' if e is None else f'at most {e} epochs'})."
+                      for d, (c, e) in sorted(kept.items()))
     md = (f"## {module.TITLE}\n\n{environment_markdown(env)}\nSeeds: {seeds}; mean ± std over seeds of test metrics."
-          f"{budget}\n\n{table}\n")
+          f"{budget}{earlier}\n\n{table}\n")
     if not quick:
         write_json(os.path.join(out_dir, f"{name}.json"), {"grid": name, "title": module.TITLE,
                                                            "environment": env, "seeds": seeds, "epochs": epochs,

@@ -240,3 +240,22 @@ def test_loader_benchmark_tiny(tmp_path):
     assert all(r["median"] > 0 for r in result["rows_per_sec"].values())
     assert all(v > 0 for v in result["train_samples_per_sec"].values())
     assert (tmp_path / "loader.png").stat().st_size > 1000
+
+
+def test_quality_runner_keeps_cells_of_datasets_it_did_not_run(tmp_path):
+    from benchmarks.quality import keep_other_datasets
+
+    previous = tmp_path / "g.json"
+    previous.write_text(json.dumps({
+        "epochs": None, "environment": {"command": "python -m benchmarks.quality --datasets movielens"},
+        "results": {"A": {"movielens": {"metrics": {"x": 1}}, "synthetic": {"metrics": {"x": 0}}},
+                    "B": {"movielens": {"metrics": {"x": 2}, "epochs": 3, "command": "c"}}}}))
+    results = {"A": {"synthetic": {"metrics": {"x": 9}}}}
+    kept = keep_other_datasets(str(previous), results, ["synthetic"])
+    # the fresh synthetic cell wins, the movielens cells come back with the command and budget that made them
+    assert results["A"]["synthetic"]["metrics"] == {"x": 9}
+    assert results["A"]["movielens"]["metrics"] == {"x": 1}
+    assert results["A"]["movielens"]["epochs"] is None
+    assert results["B"]["movielens"]["command"] == "c"
+    assert set(kept) == {"movielens"}
+    assert keep_other_datasets(str(tmp_path / "missing.json"), results, ["synthetic"]) == {}
