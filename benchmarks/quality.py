@@ -257,34 +257,52 @@ def metric_for(dataset: str, metric: str) -> str:
     return f"{'like' if dataset == 'movielens' else 'ctr'}/{metric}"
 
 
-def keep_other_datasets(previous: str, results: Dict[str, Dict[str, Any]],
-                        datasets: Sequence[str]) -> Dict[str, Tuple[str, Optional[int]]]:
-    """Carry the cells of datasets this run did not ask for over from the grid's previous results file, so that
-    a grid can be run one dataset at a time. Returns ``{dataset: (command, epochs)}`` of the kept cells."""
+def keep_earlier_cells(previous: str, results: Dict[str, Dict[str, Any]], ran: Callable[[str, str], bool],
+                       experiments: Sequence[str]) -> Dict[str, List[Tuple[str, Optional[int]]]]:
+    """Carry over from the grid's previous results file the cells this run did not ask for (``ran(exp, dataset)``
+    is False), so that a grid can be filled one dataset or one row at a time; cells of experiments no longer in
+    the grid are dropped. Returns ``{dataset: [(command, epochs), ...]}`` of the kept cells."""
     if not os.path.exists(previous):
         return {}
     with open(previous) as f:
         saved = json.load(f)
-    kept: Dict[str, Tuple[str, Optional[int]]] = {}
+    kept: Dict[str, List[Tuple[str, Optional[int]]]] = {}
     for exp_name, per in saved.get("results", {}).items():
+        if exp_name not in experiments:
+            continue
         for dataset, cell in per.items():
-            if dataset in datasets or dataset in results.get(exp_name, {}):
+            if ran(exp_name, dataset) or dataset in results.get(exp_name, {}):
                 continue
             cell.setdefault("epochs", saved.get("epochs"))
             cell.setdefault("command", saved.get("environment", {}).get("command", "unknown"))
             results.setdefault(exp_name, {})[dataset] = cell
-            kept[dataset] = (cell["command"], cell["epochs"])
+            origin = (cell["command"], cell["epochs"])
+            if origin not in kept.setdefault(dataset, []):
+                kept[dataset].append(origin)
+    # the grid's row order, whatever order the cells were filled in
+    order = {name: k for k, name in enumerate(experiments)}
+    reordered = dict(sorted(results.items(), key=lambda item: order.get(item[0], len(order))))
+    results.clear()
+    results.update(reordered)
     return kept
 
 
 def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick: bool, out_dir: str,
-             epochs: Optional[int] = None) -> Dict:
+             epochs: Optional[int] = None, only: Optional[Sequence[str]] = None) -> Dict:
     """Run every experiment of a grid; finished (experiment, dataset) cells are kept in
     ``<out_dir>/<name>.partial.json`` as they complete, so an interrupted run resumes where it stopped (the
-    cells are reused only when seeds and epochs match)."""
+    cells are reused only when seeds and epochs match). ``only`` restricts the run to some experiments (by name);
+    cells of the grid's results file that this run does not redo are kept."""
+    names = [exp.name for exp in module.EXPERIMENTS]
+    unknown = [n for n in (only or []) if n not in names]
+    if unknown:
+        raise ValueError(f"grid {name}: unknown experiment(s) {unknown}; available: {names}")
+    selected = [exp for exp in module.EXPERIMENTS if not only or exp.name in only]
     results: Dict[str, Dict[str, Any]] = {}
     settings = {"seeds": seeds, "epochs": epochs}
-    partial = os.path.join(out_dir, f"{name}.partial.json")
+    # one partial file per selection, so that runs filling different cells of a grid can go side by side
+    selection = "-".join(sorted(datasets)) + ("" if not only else "-" + "-".join(sorted(only)))
+    partial = os.path.join(out_dir, f"{name}.{''.join(c if c.isalnum() else '_' for c in selection)}.partial.json")
     done: Dict[str, Dict[str, Any]] = {}
     if not quick and os.path.exists(partial):
         with open(partial) as f:
@@ -294,7 +312,7 @@ def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick:
             log.info("[%s] resuming: %d finished cells in %s", name, sum(len(v) for v in done.values()), partial)
     tmp = tempfile.mkdtemp(prefix="recsys-quality-")
     try:
-        for exp in module.EXPERIMENTS:
+        for exp in selected:
             for d in (["quick"] if quick else [d for d in exp.datasets if d in datasets]):
                 if d in done.get(exp.name, {}):
                     results.setdefault(exp.name, {})[d] = done[exp.name][d]
@@ -324,14 +342,15 @@ def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick:
         for cell in per.values():
             cell.setdefault("epochs", epochs)
             cell.setdefault("command", env["command"])
-    kept = {} if quick else keep_other_datasets(os.path.join(out_dir, f"{name}.json"), results, datasets)
+    ran = lambda exp_name, dataset: dataset in datasets and (not only or exp_name in only)  # noqa: E731
+    kept = {} if quick else keep_earlier_cells(os.path.join(out_dir, f"{name}.json"), results, ran, names)
     metrics = getattr(module, "METRICS", ["auc", "oracle_auc", "gauc", "logloss"])
     keys = list(dict.fromkeys(metric_for(d, m) for d in ("synthetic", "movielens", "quick") for m in metrics))
     table = module.render(results) if hasattr(module, "render") else default_table(module.TITLE, results, keys)
     budget = "" if epochs is None else f" Every run trains at most {epochs} epochs (early stopping on validation)."
-    earlier = "".join(f"\n\nKept from an earlier run: {d} (command `{c}`; "
-                      f"{'the profile epoch budget' if e is None else f'at most {e} epochs'})."
-                      for d, (c, e) in sorted(kept.items()))
+    earlier = "".join(f"\n\nKept from an earlier run ({d}): command `{c}`; "
+                      f"{'the profile epoch budget' if e is None else f'at most {e} epochs'}."
+                      for d, origins in sorted(kept.items()) for c, e in origins)
     md = (f"## {module.TITLE}\n\n{environment_markdown(env)}\nSeeds: {seeds}; mean ± std over seeds of test metrics."
           f"{budget}{earlier}\n\n{table}\n")
     if not quick:
@@ -355,6 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default=os.path.join(RESULTS, "quality"))
     p.add_argument("--epochs", type=int, default=None,
                    help="cap every run at this many epochs (default: the dataset profile's)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated experiment names to (re)run; the grid's other cells are kept")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads is not None:
@@ -372,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     for name in names:
         run_grid(name, available[name], args.datasets.split(","), 1 if args.quick else args.seeds, args.quick,
-                 args.out, args.epochs)
+                 args.out, args.epochs, args.only.split(",") if args.only else None)
     return 0
 
 

@@ -242,20 +242,35 @@ def test_loader_benchmark_tiny(tmp_path):
     assert (tmp_path / "loader.png").stat().st_size > 1000
 
 
-def test_quality_runner_keeps_cells_of_datasets_it_did_not_run(tmp_path):
-    from benchmarks.quality import keep_other_datasets
+def test_quality_runner_keeps_the_cells_it_did_not_run(tmp_path):
+    from benchmarks.quality import keep_earlier_cells
 
     previous = tmp_path / "g.json"
     previous.write_text(json.dumps({
         "epochs": None, "environment": {"command": "python -m benchmarks.quality --datasets movielens"},
         "results": {"A": {"movielens": {"metrics": {"x": 1}}, "synthetic": {"metrics": {"x": 0}}},
-                    "B": {"movielens": {"metrics": {"x": 2}, "epochs": 3, "command": "c"}}}}))
+                    "B": {"movielens": {"metrics": {"x": 2}, "epochs": 3, "command": "c"},
+                          "synthetic": {"metrics": {"x": 5}}},
+                    "gone": {"movielens": {"metrics": {"x": 7}}}}}))
+    # this run redid A on synthetic only (as `--datasets synthetic --only A` would)
     results = {"A": {"synthetic": {"metrics": {"x": 9}}}}
-    kept = keep_other_datasets(str(previous), results, ["synthetic"])
-    # the fresh synthetic cell wins, the movielens cells come back with the command and budget that made them
+    ran = lambda exp, dataset: dataset == "synthetic" and exp == "A"  # noqa: E731
+    kept = keep_earlier_cells(str(previous), results, ran, ["B", "A"])
+    # the fresh cell wins; the others come back with the command and budget that made them, in the grid's order
     assert results["A"]["synthetic"]["metrics"] == {"x": 9}
     assert results["A"]["movielens"]["metrics"] == {"x": 1}
     assert results["A"]["movielens"]["epochs"] is None
     assert results["B"]["movielens"]["command"] == "c"
-    assert set(kept) == {"movielens"}
-    assert keep_other_datasets(str(tmp_path / "missing.json"), results, ["synthetic"]) == {}
+    assert results["B"]["synthetic"]["metrics"] == {"x": 5}
+    assert "gone" not in results and list(results) == ["B", "A"]
+    assert sorted(kept) == ["movielens", "synthetic"]
+    assert ("c", 3) in kept["movielens"] and len(kept["movielens"]) == 2
+    assert keep_earlier_cells(str(tmp_path / "missing.json"), results, ran, ["A"]) == {}
+
+
+def test_quality_runner_rejects_an_unknown_experiment(tmp_path):
+    from benchmarks import quality
+    from benchmarks.grids import foundation
+
+    with pytest.raises(ValueError, match="unknown experiment"):
+        quality.run_grid("foundation", foundation, ["synthetic"], 1, False, str(tmp_path), only=["No Such Row"])
