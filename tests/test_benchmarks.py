@@ -274,3 +274,24 @@ def test_quality_runner_rejects_an_unknown_experiment(tmp_path):
 
     with pytest.raises(ValueError, match="unknown experiment"):
         quality.run_grid("foundation", foundation, ["synthetic"], 1, False, str(tmp_path), only=["No Such Row"])
+
+
+def test_every_quality_grid_names_registered_models_and_known_datasets():
+    from benchmarks import quality
+    from recsys.models.base import model_names
+
+    registered = set(model_names())
+    available = quality.grids()
+    assert {"foundation", "cbmr", "cbmr_full", "cvr", "stan", "stan_full", "ssim"} <= set(available)
+    for name, grid in available.items():
+        exps = grid.EXPERIMENTS
+        assert exps, f"grid {name} has no experiments"
+        labels = [e.name for e in exps]
+        assert len(labels) == len(set(labels)), f"grid {name}: duplicate rows {labels}"
+        for e in exps:
+            assert e.model in registered, f"grid {name}, row {e.name}: unknown model {e.model}"
+            assert set(e.datasets) <= set(quality.DATASETS), f"grid {name}, row {e.name}: {e.datasets}"
+    # the full-budget grids repeat rows of their short-budget grids, so their names must match exactly
+    assert [e.name for e in available["stan_full"].EXPERIMENTS] == [
+        "PLE (STAN code, no state branch)", "STAN branch, no re-weighting", "STAN"]
+    assert [e.name for e in available["cbmr_full"].EXPERIMENTS] == ["Wide&Deep", "CBMR (EmbCB + MlpCB)"]
