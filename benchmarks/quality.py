@@ -3,6 +3,10 @@
     python -m benchmarks.quality --grid foundation [--datasets synthetic,movielens] [--seeds 3]
     python -m benchmarks.quality --quick            # every grid on a tiny world, 1 seed (CI smoke test)
 
+Dataset profiles (``--datasets``, each with its training options, the same for every row): ``synthetic`` (the
+embedded 500k-impression world), ``synthetic-2m`` (the same world sampled four times as densely), ``movielens``
+(MovieLens-100K from ``$RECSYS_MOVIELENS`` or ../shared/data/ml-100k) and ``quick``.
+
 A grid is a module ``benchmarks/grids/<name>.py`` defining ``TITLE`` and ``EXPERIMENTS`` (a list of
 :class:`Experiment`), optionally ``METRICS`` (report keys to tabulate) and ``render(results) -> str`` for a
 table shaped like its paper's. An experiment may train one model per scenario (``per_scenario``, the ST baseline:
@@ -101,13 +105,22 @@ def _generate(world_kwargs: Dict[str, int]) -> Callable[[str], None]:
 
 
 COMMON = ["train.progress=false", "tensorboard=false", "train.early_stopping.patience=2", "model.embedding_dim=16"]
+SYNTHETIC_OVERRIDES = COMMON + ["data.batch_size=2048", "train.epochs=20", "train.dense_optimizer.lr=0.001",
+                               "train.embedding_optimizer.lr=0.05", "train.early_stopping.metric=ctr/auc"]
 DATASETS: Dict[str, DatasetProfile] = {
     "synthetic": DatasetProfile(
         spec="configs/datasets/synthetic.yaml",
         path=os.path.join(REPO, "data", "synthetic"),
-        overrides=COMMON + ["data.batch_size=2048", "train.epochs=20", "train.dense_optimizer.lr=0.001",
-                            "train.embedding_optimizer.lr=0.05", "train.early_stopping.metric=ctr/auc"],
+        overrides=SYNTHETIC_OVERRIDES,
         prepare=_generate({}),
+    ),
+    # the same world sampled four times as densely (2M impressions over the same users, hosts and 30 days): does a
+    # model's lead over another survive, grow or vanish with more data per id?
+    "synthetic-2m": DatasetProfile(
+        spec="configs/datasets/synthetic.yaml",
+        path=os.path.join(REPO, "data", "synthetic-2m"),
+        overrides=SYNTHETIC_OVERRIDES,
+        prepare=_generate({"rows": 2_000_000}),
     ),
     "movielens": DatasetProfile(
         spec="configs/datasets/movielens-100k.yaml",

@@ -295,3 +295,20 @@ def test_every_quality_grid_names_registered_models_and_known_datasets():
     assert [e.name for e in available["stan_full"].EXPERIMENTS] == [
         "PLE (STAN code, no state branch)", "STAN branch, no re-weighting", "STAN"]
     assert [e.name for e in available["cbmr_full"].EXPERIMENTS] == ["Wide&Deep", "CBMR (EmbCB + MlpCB)"]
+
+
+def test_cbmr_table_renders_any_synthetic_profile_with_the_gap_in_std():
+    from benchmarks.grids import cbmr
+
+    def cell(auc, std):
+        return {"metrics": {"ctr/auc": {"mean": auc, "std": std},
+                            "ctr/auc/scenario=feed": {"mean": auc + 0.01, "std": std}}}
+
+    md = cbmr.render({"Wide&Deep": {"synthetic-2m": cell(0.79, 0.004)},
+                      "CBMR (EmbCB + MlpCB)": {"synthetic-2m": cell(0.80, 0.002)}})
+    lines = md.splitlines()
+    assert lines[0] == "### synthetic-2m"
+    assert "ctr AUC feed" in lines[2]
+    row = next(x for x in lines if x.startswith("| CBMR (EmbCB + MlpCB) |"))
+    # (0.80 - 0.79) / max(0.004, 0.002) = 2.5 std
+    assert row.endswith("| +0.0100 (+2.5) |"), row

@@ -53,17 +53,22 @@ def _cell(metrics: Dict[str, Any], key: str) -> str:
     return f"{v['mean']:.4f} ± {v['std']:.4f}"
 
 
+def _kind(dataset: str) -> str:
+    """The column layout of a dataset profile: MovieLens, the quick world, or the synthetic world (any size)."""
+    return dataset if dataset in ("movielens", "quick") else "synthetic"
+
+
 def render(results: Dict[str, Dict[str, Any]]) -> str:
     """One table per dataset: every task, then the main AUC per scene; the difference to Wide&Deep's main AUC
     in units of the larger of the two standard deviations."""
-    datasets = [d for d in ("synthetic", "movielens", "quick") if any(d in r for r in results.values())]
+    datasets = list(dict.fromkeys(d for r in results.values() for d in r))
     out = []
     for d in datasets:
         rows = {name: r[d]["metrics"] for name, r in results.items() if d in r}
-        main = MAIN_AUC[d]
+        main = MAIN_AUC[_kind(d)]
         prefix = f"{main}/scenario="
         scenes = list(dict.fromkeys(k[len(prefix):] for m in rows.values() for k in m if k.startswith(prefix)))
-        cols = [c for c in COLUMNS[d] if any(c[0] in m for m in rows.values())]
+        cols = [c for c in COLUMNS[_kind(d)] if any(c[0] in m for m in rows.values())]
         cols += [(f"{main}/scenario={s}", f"{main.split('/')[0]} AUC {s}") for s in scenes]
         base = rows.get("Wide&Deep", {}).get(main)
         header = ["model"] + [title for _, title in cols] + (["vs W&D (std)"] if base else [])
