@@ -4,7 +4,8 @@
     python -m benchmarks.quality --quick            # every grid on a tiny world, 1 seed (CI smoke test)
 
 Dataset profiles (``--datasets``, each with its training options, the same for every row): ``synthetic`` (the
-embedded 500k-impression world), ``synthetic-2m`` (the same world sampled four times as densely), ``movielens``
+embedded 500k-impression world), ``synthetic-2m`` (the same world sampled four times as densely), ``synthetic-slopes`` (the world with per-user
+slopes on position and host level), ``movielens``
 (MovieLens-100K from ``$RECSYS_MOVIELENS`` or ../shared/data/ml-100k) and ``quick``.
 
 A grid is a module ``benchmarks/grids/<name>.py`` defining ``TITLE`` and ``EXPERIMENTS`` (a list of
@@ -121,6 +122,14 @@ DATASETS: Dict[str, DatasetProfile] = {
         path=os.path.join(REPO, "data", "synthetic-2m"),
         overrides=SYNTHETIC_OVERRIDES,
         prepare=_generate({"rows": 2_000_000}),
+    ),
+    # the world with per-user slopes on position and host level (WorldConfig.personal_slopes): the case
+    # sample-adaptive models are built for
+    "synthetic-slopes": DatasetProfile(
+        spec="configs/datasets/synthetic.yaml",
+        path=os.path.join(REPO, "data", "synthetic-slopes"),
+        overrides=SYNTHETIC_OVERRIDES,
+        prepare=_generate({"personal_slopes": 0.5}),
     ),
     "movielens": DatasetProfile(
         spec="configs/datasets/movielens-100k.yaml",

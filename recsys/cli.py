@@ -86,7 +86,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from recsys.data.synthetic import WorldConfig, generate
 
     cfg = WorldConfig(rows=args.rows, users=args.users, hosts=args.hosts, items=args.items, scenes=args.scenes,
-                      days=args.days, seed=args.seed, rows_per_file=args.rows_per_file)
+                      days=args.days, seed=args.seed, rows_per_file=args.rows_per_file,
+                      personal_slopes=args.personal_slopes)
     summary = generate(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
     log.info("wrote %d rows to %s (ctr %.3f, cvr|click %.3f)", cfg.rows, args.out, summary["ctr"],
              summary["cvr_given_click"])
@@ -231,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--days", type=int, default=30)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--rows-per-file", type=int, default=1_000_000)
+    g.add_argument("--personal-slopes", type=float, default=0.0,
+                   help="per-user sensitivity to position and host level (0: the default world)")
     g.add_argument("--overwrite", action="store_true")
     g.add_argument("--quiet", action="store_true")
 

@@ -24,6 +24,9 @@ Why models differ here:
       directly, and the wide part (first-order only) not at all. Measured: the gated models converge faster
       (CBMR leads Wide&Deep at a 5-epoch budget) but tie with it at the full budget
       (benchmarks/results/quality/cbmr.md, cbmr_full.md), so the MLP does learn them given time.
+    * optionally (``personal_slopes`` > 0, ``recsys generate --personal-slopes``) every user also has their own
+      sensitivity to the feed position and the host's level: per-user parameters on context features, the
+      case sample-adaptive models are built for (benchmarks/grids/cbmr_slopes.py).
     * the lifecycle stage changes the trade-off between tasks: new users click by popularity (weak
       personalisation), wandering users dwell long but rarely buy, sticky and loyal users convert and stay
       shorter. The stage is a function of tenure (days since registration) and a per-user destiny, so it can
@@ -65,6 +68,10 @@ class WorldConfig:
         latent_dim: width of the hidden user/host/item vectors.
         seed: everything is a function of the seed.
         rows_per_file: impressions per Parquet file.
+        personal_slopes: strength of per-user slopes on context: each user has their own sensitivity to the
+            feed position and to the host's level (ctr logit += personal_slopes * (a_u * (log1p(position) - 1)
+            + b_u * (host_level - 1)), a_u, b_u ~ N(0, 1)). 0 (the default) leaves them out and writes exactly
+            the default world; > 0 is a world where "one sample, one model" (per-user parameters) should pay.
     """
 
     rows: int = 500_000
@@ -76,6 +83,7 @@ class WorldConfig:
     latent_dim: int = 8
     seed: int = 0
     rows_per_file: int = 1_000_000
+    personal_slopes: float = 0.0
 
     def validate(self) -> None:
         for name in ("rows", "users", "hosts", "items", "scenes", "days", "latent_dim", "rows_per_file"):
@@ -83,6 +91,8 @@ class WorldConfig:
                 raise ConfigError(f"generate: '{name}' must be >= 1")
         if self.scenes > 16:
             raise ConfigError("generate: at most 16 scenes")
+        if not 0.0 <= self.personal_slopes < float("inf"):
+            raise ConfigError(f"generate: 'personal_slopes' must be a finite number >= 0, got {self.personal_slopes}")
 
 
 def _uniform(ids: np.ndarray, salt: int, seed: int) -> np.ndarray:
@@ -187,6 +197,8 @@ class World:
             "interest": interest,
             "interest2": np.floor(u(ids, 12, seed) * self.N_HOST_CATEGORIES).astype(np.int64),
             "has_interest2": u(ids, 13, seed) < 0.6,
+            "position_slope": _normal(ids, 14, seed),
+            "level_slope": _normal(ids, 15, seed),
         }
 
     def hosts(self, ids: np.ndarray) -> Dict[str, np.ndarray]:
@@ -248,6 +260,9 @@ class World:
             + self.A_STAGE[stage] * uh + 0.8 * uAh
             + self.pos_slope[scene] * np.log1p(position) + self.hour_effect[hour] + 0.3 * match
         )
+        if cfg.personal_slopes:
+            ctr_logit = ctr_logit + cfg.personal_slopes * (
+                U["position_slope"] * (np.log1p(position) - 1.0) + U["level_slope"] * (H["level"] - 1.0))
         p_click = _sigmoid(ctr_logit)
         click = (rng.random(n) < p_click).astype(np.int64)
 
