@@ -26,7 +26,8 @@ Why models differ here:
       (benchmarks/results/quality/cbmr.md, cbmr_full.md), so the MLP does learn them given time.
     * optionally (``personal_slopes`` > 0, ``recsys generate --personal-slopes``) every user also has their own
       sensitivity to the feed position and the host's level: per-user parameters on context features, the
-      case sample-adaptive models are built for (benchmarks/grids/cbmr_slopes.py).
+      case sample-adaptive models are built for (benchmarks/grids/cbmr_slopes.py; measured at 0.5: CBMR
+      converges faster there too and again ends level with Wide&Deep at the full budget).
     * the lifecycle stage changes the trade-off between tasks: new users click by popularity (weak
       personalisation), wandering users dwell long but rarely buy, sticky and loyal users convert and stay
       shorter. The stage is a function of tenure (days since registration) and a per-user destiny, so it can
