@@ -295,7 +295,7 @@ def test_every_quality_grid_names_registered_models_and_known_datasets():
     # the full-budget grids repeat rows of their short-budget grids, so their names must match exactly
     assert [e.name for e in available["stan_full"].EXPERIMENTS] == [
         "PLE (STAN code, no state branch)", "STAN branch, no re-weighting", "STAN"]
-    assert [e.name for e in available["cbmr_full"].EXPERIMENTS] == ["Wide&Deep", "CBMR (EmbCB + MlpCB)"]
+    assert [e.name for e in available["cbmr_full"].EXPERIMENTS][:3] == ["Wide&Deep", "CBMR (EmbCB + MlpCB)", "MultiCBMR"]
 
 
 def test_cbmr_table_renders_any_synthetic_profile_with_the_gap_in_std():
