@@ -8,6 +8,9 @@ every task trains) overfits the small conditional tasks, and this caps CBMR's CT
 on the CTR loss alone (task weights of stay and CVR set to 0; their heads stay in the model untrained and their
 metrics mean nothing), same data, budget and seeds as ``cbmr_full``.
 
+The ablation rows (EmbCB only, MlpCB only) and PEPNet were added after the first two rows had run, to check in
+this setting the paper's other claim, that EmbCB and MlpCB each add to the gain.
+
     python -m benchmarks.quality --grid cbmr_ctr --datasets synthetic
 """
 
@@ -20,7 +23,8 @@ from benchmarks.quality import Experiment
 TITLE = "CBMR vs Wide&Deep as CTR-only models, full training budget"
 CTR_ONLY = ["train.task_weights.stay=0", "train.task_weights.cvr=0"]
 EXPERIMENTS = [Experiment(e.name, e.model, e.params, e.overrides + CTR_ONLY, ("synthetic",))
-               for e in _CBMR if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)")]
+               for e in _CBMR if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)", "CBMR (EmbCB only)",
+                                            "CBMR (MlpCB only)", "PEPNet")]
 
 
 def render(results: Dict[str, Dict[str, Any]]) -> str:
