@@ -1,11 +1,12 @@
 # make demo   - create .venv, install the stack, generate the synthetic world, train the default models, compare
 # make test   - create/use .venv and run the test suite (CI runs exactly this)
+# make test-compat - the suite on the older supported stack (torchrec 1.6.1, scripts/requirements-torchrec1.6.txt)
 # make bench  - throughput (CPU) and data path benchmarks; results in benchmarks/results (docs/benchmarks.md)
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.recsys-installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all test-compat bench clean
 
 $(STAMP): scripts/install.sh scripts/requirements.txt pyproject.toml
 	bash scripts/install.sh $(VENV)
@@ -21,6 +22,14 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PYTHON) -m pytest -q
+
+COMPAT_VENV := .venv-torchrec1.6
+$(COMPAT_VENV)/.recsys-installed: scripts/install.sh scripts/requirements-torchrec1.6.txt pyproject.toml
+	PINS=scripts/requirements-torchrec1.6.txt bash scripts/install.sh $(COMPAT_VENV)
+	@touch $@
+
+test-compat: $(COMPAT_VENV)/.recsys-installed
+	$(COMPAT_VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
 	$(PYTHON) -m benchmarks.throughput --device cpu

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Create (or update) a virtual environment with the pinned TorchRec stack and recsys installed editable.
 #   scripts/install.sh [VENV]        (default .venv)
+#   PINS=scripts/requirements-torchrec1.6.txt scripts/install.sh .venv-torchrec1.6   (the older supported stack)
 # CPU machines get fbgemm-gpu-cpu; machines where nvidia-smi lists a GPU get the CUDA fbgemm-gpu of the same
-# version. Versions come from scripts/requirements.txt only.
+# version. Versions come from the pin file only (PINS, default scripts/requirements.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.venv}
 python=${PYTHON:-python3}
-pins=scripts/requirements.txt
+pins=${PINS:-scripts/requirements.txt}
 
 pin() { grep -E "^$1==" "$pins" | head -n 1; }
 version() { pin "$1" | cut -d= -f3; }
