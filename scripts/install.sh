@@ -27,9 +27,17 @@ fi
 rest=$(mktemp)
 trap 'rm -f "$rest"' EXIT
 grep -vE '^(#|$|torch==|fbgemm-gpu|torchrec==)' "$pins" > "$rest"
-"${pip[@]}" install -q -r "$rest"
+# torch and fbgemm repeated so that no other pin can make pip swap them: the pairing is strict
+"${pip[@]}" install -q -r "$rest" "$(pin torch)" "$fbgemm"
 "${pip[@]}" install -q --no-deps --no-build-isolation -e .
-"$venv/bin/python" - <<'PY'
+"$venv/bin/python" - "$(version torch)" "$(version torchrec)" <<'PY'
+import sys
+from importlib.metadata import version
 import torch, fbgemm_gpu, torchrec, recsys
-print(f"install: torch {torch.__version__}, fbgemm_gpu {fbgemm_gpu.__version__}, torchrec ok, recsys {recsys.__version__}")
+want_torch, want_torchrec = sys.argv[1:]
+if torch.__version__.split("+")[0] != want_torch or version("torchrec") != want_torchrec:
+    sys.exit(f"install: got torch {torch.__version__} / torchrec {version('torchrec')}, "
+             f"the pins say {want_torch} / {want_torchrec}")
+print(f"install: torch {torch.__version__}, fbgemm_gpu {fbgemm_gpu.__version__}, torchrec {version('torchrec')}, "
+      f"recsys {recsys.__version__}")
 PY
