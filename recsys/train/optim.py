@@ -6,6 +6,7 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type
 import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.distributed.composable.table_batched_embedding_slice import TableBatchedEmbeddingSlice
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -64,21 +65,39 @@ class ClippedOptimizer(CombinedOptimizer):
         super().step(closure)
 
 
+def dense_kernel_tables(dmp: nn.Module) -> Dict[str, nn.Parameter]:
+    """The embedding tables that sharding left as ordinary parameters: data-parallel replicas and any table
+    planned on the ``dense`` kernel. No optimizer runs in their backward; they appear as FBGEMM table slices."""
+    return {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters())
+            if v.requires_grad and isinstance(v, TableBatchedEmbeddingSlice)}
+
+
 def build_optimizer(
     dmp: nn.Module,
     cfg: OptimizerConfig,
     grad_clip_norm: Optional[float],
     groups: Optional[Mapping[str, Tuple[Sequence[nn.Parameter], OptimizerConfig]]] = None,
+    embedding: Optional[EmbeddingOptimizerConfig] = None,
+    device_type: str = "cpu",
 ) -> CombinedOptimizer:
     """Fused embedding optimizer (from DMP) + one dense optimizer per parameter group a model declares
     (``groups``: name -> (parameters, optimizer config); see ``RankingModel.optimizer_groups``) + the dense
-    optimizer ``cfg`` over every other trainable parameter."""
+    optimizer ``cfg`` over every other trainable parameter.
+
+    With ``embedding`` (the embedding optimizer config), tables on the dense kernel (data-parallel ones) get the
+    fused tables' optimizer, as a regular optimizer stepping after DDP's all-reduce, and stay out of gradient
+    clipping like the fused ones: a table trains the same whatever its sharding type. Without it they fall to
+    the dense optimizer ``cfg``."""
     dense = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if v.requires_grad}
     parts = [("embedding", dmp.fused_optimizer)]
-    claimed: Dict[str, nn.Parameter] = {}
+    tables = dense_kernel_tables(dmp) if embedding is not None else {}
+    if tables:
+        cls, kwargs = embedding_optimizer_class(embedding, device_type)
+        parts.append(("embedding_dense", KeyedOptimizerWrapper(tables, lambda ps: cls(list(ps), **kwargs))))
+    claimed: Dict[str, nn.Parameter] = dict(tables)
     grouped = []
     for name, (params, group_cfg) in (groups or {}).items():
-        if name in ("embedding", "dense"):
+        if name in ("embedding", "embedding_dense", "dense"):
             raise ConfigError(f"optimizer group name '{name}' is reserved")
         ids = {id(p) for p in params}
         mine = {k: v for k, v in dense.items() if id(v) in ids}
@@ -90,4 +109,5 @@ def build_optimizer(
     rest = {k: v for k, v in dense.items() if k not in claimed}
     if rest:
         parts.append(("dense", KeyedOptimizerWrapper(rest, lambda ps: dense_optimizer(ps, cfg))))
-    return ClippedOptimizer(parts + grouped, dense.values(), grad_clip_norm)
+    clipped = [v for k, v in dense.items() if k not in tables]
+    return ClippedOptimizer(parts + grouped, clipped, grad_clip_norm)
