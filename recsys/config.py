@@ -198,8 +198,9 @@ class ShardingConfig:
     Args:
         sharding_types: allowed types for every table (``table_wise``, ``column_wise``, ``table_column_wise``,
             ``row_wise``/``table_row_wise`` on GPU, ``data_parallel``).
-        compute_kernel: ``fused`` (FBGEMM TBE with the optimizer in backward), ``dense``, or on GPU
-            ``fused_uvm_caching`` (table in host memory, an HBM cache of hot rows) and ``fused_uvm``.
+        compute_kernel: ``fused`` (FBGEMM TBE with the optimizer in backward), ``dense`` (the same
+            embedding optimizer, stepped after the backward; the only kernel of ``data_parallel`` tables), or on
+            GPU ``fused_uvm_caching`` (table in host memory, an HBM cache of hot rows) and ``fused_uvm``.
         tables: per-table overrides.
         device_type: the hardware the planner's topology describes: ``auto`` (the job's own device: its
             real memory), ``h100`` (80 GB HBM per GPU), ``h200`` (141 GB) or ``cpu``; see
