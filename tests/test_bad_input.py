@@ -203,6 +203,9 @@ CASES = [
          args=["--set", "train.early_stopping.metric=clicks/auc"]),
     Case("unknown sharded table", ["sharding.tables", "'usr'", "did you mean 'user'"],
          args=["--set", "sharding.tables={usr: {sharding_types: [table_wise]}}"]),
+    Case("dense kernel on a table-wise table", ["table 'user'", "allows kernels dense",
+                                                "table_wise takes fused"],
+         args=["--set", "sharding.compute_kernel=dense", "--set", "device=cpu"]),
     Case("override without '='", ["not of the form key=value"], args=["--set", "train.epochs"]),
     # --- model / data combinations, refused from the spec before any row is read ------------------------
     Case("multi-task model with one task", ["model 'mmoe'", "at least 2 tasks", "has 1 (ctr)"],

@@ -209,6 +209,21 @@ def constraints(module: nn.Module, cfg: ShardingConfig) -> Dict[str, ParameterCo
     return out
 
 
+def check_kernels(table_constraints: Dict[str, ParameterConstraints], the_sharder: EmbeddingBagCollectionSharder,
+                  compute_device: str) -> None:
+    """One line naming the table when none of its allowed sharding types takes any of its allowed kernels on
+    ``compute_device`` (the planner would stop with a long RuntimeError); e.g. ``dense`` serves data_parallel
+    only, ``fused_uvm_caching`` needs CUDA."""
+    for name, c in table_constraints.items():
+        offered = {t: the_sharder.compute_kernels(t, compute_device) for t in c.sharding_types or []}
+        if offered and not any(k in kernels for kernels in offered.values() for k in c.compute_kernels or []):
+            options = "; ".join(f"{t} takes {', '.join(k)}" for t, k in offered.items())
+            raise ConfigError(f"sharding: table '{name}' allows kernels {', '.join(c.compute_kernels or [])} and "
+                              f"sharding types {', '.join(c.sharding_types)}, no pair of which works on "
+                              f"{compute_device} ({options}); set sharding.compute_kernel or "
+                              f"sharding.tables.{name}.compute_kernels / sharding_types")
+
+
 def sharder(cfg: ShardingConfig) -> EmbeddingBagCollectionSharder:
     return EmbeddingBagCollectionSharder(fused_params={"bounds_check_mode": BOUNDS_CHECK[cfg.bounds_check]})
 
@@ -477,15 +492,17 @@ def plan_report(
     caps = capacities(cfg, local_world_size, device_type, device)
     topo = topology(cfg, world_size, local_world_size, device_type, device)
     stats = _ReportStats()
+    sharders: List = [sharder(cfg)]
+    table_constraints = constraints(module, cfg)
+    check_kernels(table_constraints, sharders[0], topo.compute_device)
     planner = EmbeddingShardingPlanner(
         topology=topo,
         batch_size=batch_size,
-        constraints=constraints(module, cfg),
+        constraints=table_constraints,
         stats=stats,
         storage_reservation=storage_reservation(module),
         debug=False,
     )
-    sharders: List = [sharder(cfg)]
     try:
         if pg is not None:
             the_plan = planner.collective_plan(module, sharders, pg)
