@@ -282,7 +282,7 @@ def test_every_quality_grid_names_registered_models_and_known_datasets():
 
     registered = set(model_names())
     available = quality.grids()
-    assert {"foundation", "cbmr", "cbmr_full", "cbmr_scale", "cbmr_slopes", "cbmr_dropout", "cbmr_ctr", "cvr", "stan", "stan_full",
+    assert {"foundation", "cbmr", "cbmr_full", "cbmr_scale", "cbmr_slopes", "cbmr_dropout", "cbmr_ctr", "cvr", "cvr_funnel", "stan", "stan_full",
             "ssim"} <= set(available)
     for name, grid in available.items():
         exps = grid.EXPERIMENTS
