@@ -137,9 +137,10 @@ class RecsysPath:
                  sharding: Optional[ShardingConfig] = None) -> None:
         self.device = settings.device
         module = TrainModule(model, MultiTaskLoss(model.schema, None, model.dependent_loss))
-        fuse_embedding_optimizer(module, embedding_optimizer or EmbeddingOptimizerConfig(), self.device.type)
+        embedding_optimizer = embedding_optimizer or EmbeddingOptimizerConfig()
+        fuse_embedding_optimizer(module, embedding_optimizer, self.device.type)
         self.dmp = shard(module, sharding or ShardingConfig(), self.device, batch_size)
-        self.optimizer = build_optimizer(self.dmp, OptimizerConfig(), None)
+        self.optimizer = build_optimizer(self.dmp, OptimizerConfig(), None, embedding=embedding_optimizer)
         if self.device.type == "cuda":
             batches = [b.pin_memory() for b in batches]
         self._it = itertools.cycle(batches)

@@ -100,15 +100,18 @@ def test_optimizer_groups_must_be_dense_parameters_of_the_model(tiny_config):
     from recsys.train.trainer import Trainer
 
     trainer = Trainer(tiny_config(model="dnn"))
+    emb = trainer.cfg.train.embedding_optimizer
     stranger = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(ConfigError, match="'mine'"):
-        build_optimizer(trainer.dmp, OptimizerConfig(), None, {"mine": ([stranger], OptimizerConfig())})
+        build_optimizer(trainer.dmp, OptimizerConfig(), None, {"mine": ([stranger], OptimizerConfig())},
+                        embedding=emb)
     head = list(trainer.model.heads.parameters())
-    opt = build_optimizer(trainer.dmp, OptimizerConfig(lr=0.01), None, {"heads": (head, OptimizerConfig(lr=0.5))})
+    opt = build_optimizer(trainer.dmp, OptimizerConfig(lr=0.01), None, {"heads": (head, OptimizerConfig(lr=0.5))},
+                          embedding=emb)
     lrs = {name: {g["lr"] for g in o.param_groups} for name, o in opt.optimizers}
     assert lrs["heads"] == {0.5} and lrs["dense"] == {0.01}
     with pytest.raises(ConfigError, match="reserved"):
-        build_optimizer(trainer.dmp, OptimizerConfig(), None, {"dense": (head, OptimizerConfig())})
+        build_optimizer(trainer.dmp, OptimizerConfig(), None, {"dense": (head, OptimizerConfig())}, embedding=emb)
 
 
 def test_st_trains_one_model_per_scenario_and_reports_them_together(tmp_path, tiny_world):

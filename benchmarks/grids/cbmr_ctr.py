@@ -19,9 +19,9 @@ from typing import Any, Dict
 from benchmarks.grids import cbmr
 from benchmarks.grids.cbmr import COLUMNS, EXPERIMENTS as _CBMR, METRICS  # noqa: F401
 from benchmarks.quality import Experiment
+from recsys.demo import CTR_ONLY
 
 TITLE = "CBMR vs Wide&Deep as CTR-only models, full training budget"
-CTR_ONLY = ["train.task_weights.stay=0", "train.task_weights.cvr=0"]
 EXPERIMENTS = [Experiment(e.name, e.model, e.params, e.overrides + CTR_ONLY, ("synthetic",))
                for e in _CBMR if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)", "CBMR (EmbCB only)",
                                             "CBMR (MlpCB only)", "PEPNet")]

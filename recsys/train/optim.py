@@ -65,11 +65,15 @@ class ClippedOptimizer(CombinedOptimizer):
         super().step(closure)
 
 
+def _unfused_trainable(dmp: nn.Module) -> Dict[str, nn.Parameter]:
+    """Trainable parameters with no optimizer in their backward (everything but the fused tables)."""
+    return {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if v.requires_grad}
+
+
 def dense_kernel_tables(dmp: nn.Module) -> Dict[str, nn.Parameter]:
     """The embedding tables that sharding left as ordinary parameters: data-parallel replicas and any table
     planned on the ``dense`` kernel. No optimizer runs in their backward; they appear as FBGEMM table slices."""
-    return {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters())
-            if v.requires_grad and isinstance(v, TableBatchedEmbeddingSlice)}
+    return {k: v for k, v in _unfused_trainable(dmp).items() if isinstance(v, TableBatchedEmbeddingSlice)}
 
 
 def build_optimizer(
@@ -77,22 +81,21 @@ def build_optimizer(
     cfg: OptimizerConfig,
     grad_clip_norm: Optional[float],
     groups: Optional[Mapping[str, Tuple[Sequence[nn.Parameter], OptimizerConfig]]] = None,
-    embedding: Optional[EmbeddingOptimizerConfig] = None,
-    device_type: str = "cpu",
+    *,
+    embedding: EmbeddingOptimizerConfig,
 ) -> CombinedOptimizer:
     """Fused embedding optimizer (from DMP) + one dense optimizer per parameter group a model declares
     (``groups``: name -> (parameters, optimizer config); see ``RankingModel.optimizer_groups``) + the dense
     optimizer ``cfg`` over every other trainable parameter.
 
-    With ``embedding`` (the embedding optimizer config), tables on the dense kernel (data-parallel ones) get the
-    fused tables' optimizer, as a regular optimizer stepping after DDP's all-reduce, and stay out of gradient
-    clipping like the fused ones: a table trains the same whatever its sharding type. Without it they fall to
-    the dense optimizer ``cfg``."""
-    dense = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if v.requires_grad}
+    Tables on the dense kernel (data-parallel ones) get ``embedding``, the optimizer the fused tables got from
+    :func:`fuse_embedding_optimizer`, as a regular optimizer stepping after DDP's all-reduce, and stay out of
+    gradient clipping like the fused ones: a table trains the same whatever its sharding type."""
+    dense = _unfused_trainable(dmp)
     parts = [("embedding", dmp.fused_optimizer)]
-    tables = dense_kernel_tables(dmp) if embedding is not None else {}
+    tables = {k: v for k, v in dense.items() if isinstance(v, TableBatchedEmbeddingSlice)}
     if tables:
-        cls, kwargs = embedding_optimizer_class(embedding, device_type)
+        cls, kwargs = embedding_optimizer_class(embedding, dmp.device.type)
         parts.append(("embedding_dense", KeyedOptimizerWrapper(tables, lambda ps: cls(list(ps), **kwargs))))
     claimed: Dict[str, nn.Parameter] = dict(tables)
     grouped = []

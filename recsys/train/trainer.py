@@ -139,7 +139,7 @@ class Trainer:
         self.dmp = shard(module, config.sharding, self.device, config.data.batch_size, seed=config.train.seed)
         groups = {name: (g.params, g.optimizer) for name, g in self.model.optimizer_groups().items()}
         self.optimizer = build_optimizer(self.dmp, config.train.dense_optimizer, config.train.grad_clip_norm,
-                                         groups, config.train.embedding_optimizer, self.device.type)
+                                         groups, embedding=config.train.embedding_optimizer)
         self.state = TrainState()
         self._pipeline = None
         self._eval_seconds = 0.0
