@@ -40,6 +40,7 @@ def test_out_of_range_id_is_caught_by_the_bounds_check(tiny_config):
 def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     path = str(tmp_path / "evil")
     dcp.save({"model": {"w": torch.zeros(2)}, "payload": {"note": "executes on load"}}, checkpoint_id=path)
+    ckpt.write_manifest(path)  # a consistent manifest: the pickled entry itself must be refused
     open(os.path.join(path, ckpt.COMPLETE), "w").write("ok\n")
     with pytest.raises(RecsysError, match="pickled object; refusing"):
         ckpt.check_checkpoint(path)

@@ -1,25 +1,38 @@
-"""Sharded checkpoints with torch.distributed.checkpoint (DCP), written atomically and loaded safely.
+"""Sharded checkpoints with torch.distributed.checkpoint (DCP), written atomically and loaded without trusting them.
 
 Layout of one checkpoint folder::
 
     step-00000420/
         .metadata, __0_0.distcp, ...   tensors only (model and optimizer state, sharded as trained)
-        trainer.json                   loop state: step, epoch, best metric, config digest
+        trainer.json                   loop state: step, epoch, best metric, what the checkpoint depends on
         rng-rank<r>.json               each rank's torch RNG state (bitwise resume)
+        MANIFEST.json                  size and SHA-256 of every file above
         COMPLETE                       written last
 
-All ranks write into ``step-XXXX.tmp``; after every rank finished, rank 0 writes ``COMPLETE`` and renames the
-folder, so a crash leaves either a finished checkpoint or a ``.tmp`` folder that is never loaded.
+All ranks write into ``step-XXXX.tmp``; after every rank finished, rank 0 writes the manifest and ``COMPLETE``
+and renames the folder, so a crash leaves either a finished checkpoint or a ``.tmp`` folder that is never loaded.
 
-Only tensors are stored: DCP would unpickle other objects on load (``weights_only=False``), so non-tensor
-entries (optimizer hyper-parameters) come from the live objects instead, and loading refuses checkpoints that
-contain pickled objects. Tensors are read with ``weights_only=True``. Resharding is DCP's: a checkpoint saved
-by N ranks loads on M ranks.
+Loading never runs code from the folder:
+
+* the manifest is checked first: every file listed, no file unlisted, sizes and digests equal (a truncated,
+  corrupted or planted file is refused before anything is parsed);
+* DCP's ``.metadata`` is a pickle; it is read by :class:`MetadataUnpickler`, which admits only DCP's own metadata
+  classes, ``torch.Size``, dtypes, layouts and builtin containers (a crafted pickle that names any other callable
+  is refused without running it), and DCP is handed that object instead of unpickling the file itself;
+* storage entries must point at files of the manifest (no path escapes the folder), entries holding pickled
+  objects (``BytesStorageMetadata``) are refused, and tensors are read with ``weights_only=True``.
+
+Non-tensor state (optimizer hyper-parameters) comes from the live objects; the loop state and RNG are JSON.
+Resharding is DCP's: a checkpoint saved by N ranks loads on M ranks.
 """
 
 import base64
+import errno
+import hashlib
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 from typing import Any, Dict, List, Optional, Tuple
@@ -27,13 +40,24 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+from torch.distributed.checkpoint import filesystem as dcp_fs
+from torch.distributed.checkpoint import metadata as dcp_md
+from torch.distributed.checkpoint.api import CheckpointException
 
 from recsys.errors import RecsysError
+from recsys.io import disk_error
 from recsys.train.dist import barrier
 
 COMPLETE = "COMPLETE"
+MANIFEST = "MANIFEST.json"
+MANIFEST_FORMAT = "recsys-checkpoint-v1"
+TRAINER_STATE = "trainer.json"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+_HASH_BLOCK = 1 << 22
+
+
+class CheckpointError(RecsysError):
+    """A checkpoint that is missing, unfinished, corrupt, untrusted or does not match the model."""
 
 
 def tensors_only(tree: Any) -> Any:
@@ -58,62 +82,265 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def _first_line(e: BaseException) -> str:
+    """The first line of an error's message; for DCP's CheckpointException, that of the first rank's failure
+    (its own message is a multi-line traceback dump)."""
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))[0]
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+# --- restricted unpickling of DCP metadata -------------------------------------------------------------------
+def _allowed_globals() -> Dict[Tuple[str, str], Any]:
+    allowed: Dict[Tuple[str, str], Any] = {
+        ("torch", "Size"): torch.Size,
+        ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
+        ("pathlib", "PosixPath"): __import__("pathlib").PosixPath,
+        ("collections", "OrderedDict"): __import__("collections").OrderedDict,
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): dcp_fs._StorageInfo,
+    }
+    for name in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+                 "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING"):
+        allowed[("torch.distributed.checkpoint.metadata", name)] = getattr(dcp_md, name)
+    for name, value in vars(torch).items():  # dtypes pickle as attributes of torch (torch.float32, ...)
+        if isinstance(value, torch.dtype):
+            allowed[("torch", name)] = value
+    return allowed
+
+
+class MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata admitting only the classes such metadata is made of.
+
+    Everything a pickle can call comes through ``find_class``; refusing every other name means a crafted file
+    cannot reach ``os.system``, ``builtins.eval`` or any other callable.
+    """
+
+    _ALLOWED: Optional[Dict[Tuple[str, str], Any]] = None
+
+    def find_class(self, module: str, name: str) -> Any:
+        if MetadataUnpickler._ALLOWED is None:
+            MetadataUnpickler._ALLOWED = _allowed_globals()
+        try:
+            return MetadataUnpickler._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load '{module}.{name}'") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refusing persistent references")
+
+
+def read_metadata(path: str) -> dcp_md.Metadata:
+    """DCP's ``.metadata`` of checkpoint folder ``path``, unpickled with :class:`MetadataUnpickler`."""
+    file = os.path.join(path, ".metadata")
+    try:
+        with open(file, "rb") as f:
+            metadata = MetadataUnpickler(io.BytesIO(f.read())).load()
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing (not a DCP checkpoint)") from None
+    except Exception as e:  # UnpicklingError, EOFError, ValueError, ... on a crafted or damaged file
+        raise CheckpointError(f"{file}: untrusted or unreadable checkpoint metadata ({_first_line(e)}); "
+                              "refusing to load it") from None
+    if not isinstance(metadata, dcp_md.Metadata) or not isinstance(metadata.state_dict_metadata, dict):
+        raise CheckpointError(f"{file}: not DCP checkpoint metadata (got {type(metadata).__name__})")
+    return metadata
+
+
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """DCP's file-system reader with the metadata read by :func:`read_metadata` instead of ``pickle.load``."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_md.Metadata:
+        metadata = read_metadata(str(self.path))
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp_md.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+# --- manifest ------------------------------------------------------------------------------------------------
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_HASH_BLOCK)
+            if not block:
+                return h.hexdigest()
+            h.update(block)
+
+
+def write_manifest(path: str) -> None:
+    """Record size and SHA-256 of every file of checkpoint folder ``path`` (rank 0, after all ranks wrote)."""
+    files = {}
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name in (MANIFEST, COMPLETE) or not os.path.isfile(full):
+            continue
+        files[name] = {"size": os.path.getsize(full), "sha256": file_digest(full)}
+    with open(os.path.join(path, MANIFEST), "w") as f:
+        json.dump({"format": MANIFEST_FORMAT, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def verify_manifest(path: str) -> Dict[str, Dict[str, Any]]:
+    """Check every file of ``path`` against its manifest; returns the manifest's file table."""
+    file = os.path.join(path, MANIFEST)
+    try:
+        with open(file, encoding="utf-8") as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+        if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+            raise ValueError(f"format {manifest.get('format')!r}")
+        for name, entry in files.items():
+            if (os.path.basename(name) != name or name.startswith("..") or not isinstance(entry, dict)
+                    or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str)):
+                raise ValueError(f"bad entry {name!r}")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {MANIFEST}, so its files cannot be verified; refusing to load it "
+                              "(not written by this version of recsys?)") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{file}: not a valid checkpoint manifest ({_first_line(e)})") from None
+    present = {n for n in os.listdir(path) if n not in (MANIFEST, COMPLETE)}
+    unlisted = sorted(present - set(files))
+    if unlisted:
+        raise CheckpointError(f"{path}: file '{unlisted[0]}' is not in the checkpoint's manifest; refusing to load "
+                              "a checkpoint with planted files")
+    for name, entry in files.items():
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            raise CheckpointError(f"{full}: missing (listed in the checkpoint's manifest)")
+        if os.path.getsize(full) != entry["size"]:
+            raise CheckpointError(f"{full}: {os.path.getsize(full)} bytes, the manifest says {entry['size']} "
+                                  "(truncated or replaced)")
+        if file_digest(full) != entry["sha256"]:
+            raise CheckpointError(f"{full}: content differs from the checkpoint's manifest (corrupt or replaced)")
+    return files
+
+
+def _check_storage(path: str, metadata: dcp_md.Metadata, files: Dict[str, Any]) -> None:
+    for key, md in metadata.state_dict_metadata.items():
+        if isinstance(md, dcp_md.BytesStorageMetadata):
+            raise CheckpointError(f"{path}: checkpoint entry '{key}' is a pickled object; refusing to load it")
+        if not isinstance(md, dcp_md.TensorStorageMetadata):
+            raise CheckpointError(f"{path}: checkpoint entry '{key}' has unknown storage {type(md).__name__}")
+    storage = metadata.storage_data
+    if not isinstance(storage, dict):
+        raise CheckpointError(f"{path}: checkpoint metadata has no storage table")
+    for info in storage.values():
+        if not isinstance(info, dcp_fs._StorageInfo) or info.relative_path not in files:
+            where = getattr(info, "relative_path", info)
+            raise CheckpointError(f"{path}: checkpoint metadata points at '{where}', which is not one of its files")
+
+
+def check_checkpoint(path: str) -> dcp_md.Metadata:
+    """Refuse missing, unfinished, corrupt or untrusted checkpoints with a one-line error; nothing in the folder
+    is executed. Returns the (safely read) metadata."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    if not os.path.exists(os.path.join(path, COMPLETE)):
+        raise CheckpointError(f"{path}: checkpoint is incomplete (no {COMPLETE} marker); it was interrupted while "
+                              "saving")
+    files = verify_manifest(path)
+    metadata = read_metadata(path)
+    _check_storage(path, metadata, files)
+    return metadata
+
+
+# --- save / load ---------------------------------------------------------------------------------------------
+def _is_disk_full(e: BaseException) -> bool:
+    """torch's writers report ENOSPC as a RuntimeError from its C++ enforce (``inline_container.cc``)."""
+    text = str(e)
+    return "No space left" in text or "ENOSPC" in text or "file write failed" in text
+
+
 def save_checkpoint(path: str, state: Dict[str, Any], trainer_state: Dict[str, Any]) -> None:
     """Collective: every rank calls it with its (sharded) ``state``; ``trainer_state`` is JSON from rank 0."""
     tmp = path + ".tmp"
-    if _rank() == 0:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
-        os.makedirs(tmp)
-    barrier()
-    dcp.save(tensors_only(state), checkpoint_id=tmp)
-    rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
-    with open(os.path.join(tmp, f"rng-rank{_rank()}.json"), "w") as f:
-        json.dump({"torch": rng}, f)
-    barrier()
-    if _rank() == 0:
-        with open(os.path.join(tmp, "trainer.json"), "w") as f:
-            json.dump(trainer_state, f, indent=1)
-        with open(os.path.join(tmp, COMPLETE), "w") as f:
-            f.write("ok\n")
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    barrier()
-
-
-def check_checkpoint(path: str) -> None:
-    """Refuse missing, unfinished or untrusted (pickle-carrying) checkpoints with a one-line error."""
-    if not os.path.isdir(path):
-        raise RecsysError(f"{path}: no such checkpoint folder")
-    if not os.path.exists(os.path.join(path, COMPLETE)):
-        raise RecsysError(f"{path}: checkpoint is incomplete (no {COMPLETE} marker); it was interrupted while saving")
     try:
-        metadata = dcp.FileSystemReader(path).read_metadata()
-    except Exception as e:
-        raise RecsysError(f"{path}: unreadable checkpoint metadata ({str(e).splitlines()[0]})") from None
-    for key, md in metadata.state_dict_metadata.items():
-        if isinstance(md, BytesStorageMetadata):
-            raise RecsysError(f"{path}: checkpoint entry '{key}' is a pickled object; refusing to load it")
+        if _rank() == 0:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp)
+            os.makedirs(tmp)
+        barrier()
+        try:
+            dcp.save(tensors_only(state), checkpoint_id=tmp)
+        except CheckpointException as e:  # a BaseException: wraps every rank's failure
+            failures = [err for err, _ in e.failures.values()]
+            disk = next((f for f in failures if isinstance(f, OSError)), None)
+            if disk is not None:
+                raise disk from None
+            if _is_disk_full(e):
+                raise OSError(errno.ENOSPC, "No space left on device") from None
+            raise RecsysError(f"{path}: checkpoint save failed ({_first_line(e)})") from None
+        rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+        with open(os.path.join(tmp, f"rng-rank{_rank()}.json"), "w") as f:
+            json.dump({"torch": rng}, f)
+        barrier()
+        if _rank() == 0:
+            with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
+                json.dump(trainer_state, f, indent=1)
+            write_manifest(tmp)
+            with open(os.path.join(tmp, COMPLETE), "w") as f:
+                f.write("ok\n")
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        barrier()
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(path, e) from None
+    except RuntimeError as e:
+        if _is_disk_full(e):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_error(path, OSError(errno.ENOSPC, "No space left on device")) from None
+        raise
 
 
-def load_checkpoint(path: str, state: Dict[str, Any], restore_rng: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def read_json(file: str, what: str) -> Any:
+    """A JSON file of a run or checkpoint folder, with one-line errors naming it."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing ({what})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: corrupt {what} ({_first_line(e)})") from None
+
+
+def read_trainer_state(path: str) -> Dict[str, Any]:
+    state = read_json(os.path.join(path, TRAINER_STATE), "checkpoint loop state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{os.path.join(path, TRAINER_STATE)}: corrupt checkpoint loop state (not a mapping)")
+    return state
+
+
+def _restore_rng(path: str) -> None:
+    file = os.path.join(path, f"rng-rank{_rank()}.json")
+    if not os.path.exists(file):
+        return
+    entry = read_json(file, "RNG state")
+    try:
+        raw = base64.b64decode(entry["torch"], validate=True)
+        torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    except (TypeError, KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{file}: corrupt RNG state ({_first_line(e)})") from None
+
+
+def load_checkpoint(path: str, state: Dict[str, Any],
+                    restore_rng: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Load tensors into a copy of ``state`` (the live state dicts, any world size); returns the merged state
     and the trainer state. Apply them with ``load_state_dict``."""
     check_checkpoint(path)
+    trainer_state = read_trainer_state(path)
     template = tensors_only(state)
     try:
-        dcp.load(template, checkpoint_id=path)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecsysError(f"{path}: checkpoint does not match this model ({first[:300]})") from None
-    with open(os.path.join(path, "trainer.json")) as f:
-        trainer_state = json.load(f)
-    rng_file = os.path.join(path, f"rng-rank{_rank()}.json")
-    if restore_rng and os.path.exists(rng_file):
-        with open(rng_file) as f:
-            raw = base64.b64decode(json.load(f)["torch"])
-        torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+        dcp.load(template, storage_reader=SafeFileSystemReader(path))
+    except RecsysError:
+        raise
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        raise CheckpointError(f"{path}: checkpoint does not match this model ({_first_line(e)})") from None
+    if restore_rng:
+        _restore_rng(path)
     return merge_tensors(state, template), trainer_state
 
 
