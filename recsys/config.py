@@ -16,13 +16,50 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Sequence, Type, TypeVar
+import math
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, TypeVar
 
 import yaml
 
 from recsys.errors import ConfigError
 
 T = TypeVar("T")
+
+
+# --- value ranges --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """A numeric range checked when a config is loaded (``Annotated[int, Range(lo=1)]``).
+
+    Args:
+        lo, hi: bounds (None: unbounded).
+        lo_open, hi_open: exclude the bound itself.
+    """
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            return False
+        return self.hi is None or not (value > self.hi or (self.hi_open and value == self.hi))
+
+    def describe(self) -> str:
+        lo = "" if self.lo is None else f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        hi = "" if self.hi is None else f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return " and ".join(x for x in (lo, hi) if x)
+
+
+PositiveInt = Annotated[int, Range(lo=1)]
+NonNegativeInt = Annotated[int, Range(lo=0)]
+PositiveFloat = Annotated[float, Range(lo=0, lo_open=True)]
+NonNegativeFloat = Annotated[float, Range(lo=0)]
+Fraction = Annotated[float, Range(lo=0, hi=1, hi_open=True)]  # dropout, split shares: [0, 1)
+Probability = Annotated[float, Range(lo=0, hi=1)]
+Seed = Annotated[int, Range(lo=0, hi=2**63 - 1)]
+Width = PositiveInt  # a layer width, a number of experts or heads
 
 
 # --- sections ------------------------------------------------------------------------------------------------
@@ -36,9 +73,9 @@ class SplitConfig:
     """
 
     kind: Literal["random", "time"] = "random"
-    valid: float = 0.1
-    test: float = 0.1
-    seed: int = 42
+    valid: Fraction = 0.1
+    test: Fraction = 0.1
+    seed: Seed = 42
     valid_from: Optional[float] = None
     test_from: Optional[float] = None
 
@@ -66,7 +103,7 @@ class DataConfig:
     """Where the data is and how it is batched.
 
     Args:
-        spec: dataset spec YAML (relative paths resolve against the config file's folder, then the cwd).
+        spec: dataset spec YAML (a path in a config file is relative to that file; see :func:`load_config`).
         path: data root the spec's file paths are relative to (defaults to the spec's ``root``).
         batch_size: training batch size per rank.
         eval_batch_size: evaluation batch size per rank (defaults to ``batch_size``).
@@ -81,14 +118,14 @@ class DataConfig:
 
     spec: str = ""
     path: Optional[str] = None
-    batch_size: int = 4096
-    eval_batch_size: Optional[int] = None
+    batch_size: PositiveInt = 4096
+    eval_batch_size: Optional[PositiveInt] = None
     in_memory: bool = True
-    chunk_rows: int = 262144
-    shuffle_buffer_chunks: int = 4
-    max_rows: Optional[int] = None
+    chunk_rows: PositiveInt = 262144
+    shuffle_buffer_chunks: PositiveInt = 4
+    max_rows: Optional[PositiveInt] = None
     split: SplitConfig = field(default_factory=SplitConfig)
-    scenarios: Optional[List[int]] = None
+    scenarios: Optional[List[NonNegativeInt]] = None
     side_columns: List[SideColumnsConfig] = field(default_factory=list)
 
 
@@ -103,7 +140,7 @@ class ModelConfig:
     """
 
     name: str = "wide_deep"
-    embedding_dim: int = 16
+    embedding_dim: PositiveInt = 16
     params: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,9 +149,9 @@ class OptimizerConfig:
     """Dense-parameter optimizer (regular torch optimizer)."""
 
     name: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    eps: float = 1e-8
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    eps: PositiveFloat = 1e-8
 
 
 @dataclass
@@ -122,9 +159,9 @@ class EmbeddingOptimizerConfig:
     """Embedding optimizer, fused into the FBGEMM backward (the gradient never materialises)."""
 
     name: Literal["rowwise_adagrad", "adagrad", "adam", "sgd"] = "rowwise_adagrad"
-    lr: float = 0.05
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    lr: PositiveFloat = 0.05
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 0.0
 
 
 @dataclass
@@ -136,7 +173,7 @@ class EarlyStoppingConfig:
 
     metric: str = "auto"
     mode: Literal["max", "min", "auto"] = "auto"
-    patience: int = 2
+    patience: PositiveInt = 2
 
 
 @dataclass
@@ -157,19 +194,19 @@ class TrainConfig:
         progress: show tqdm progress bars.
     """
 
-    epochs: int = 1
-    max_steps: Optional[int] = None
-    seed: int = 0
+    epochs: PositiveInt = 1
+    max_steps: Optional[PositiveInt] = None
+    seed: Seed = 0
     dense_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     embedding_optimizer: EmbeddingOptimizerConfig = field(default_factory=EmbeddingOptimizerConfig)
-    task_weights: Dict[str, float] = field(default_factory=dict)
+    task_weights: Dict[str, NonNegativeFloat] = field(default_factory=dict)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    eval_every_steps: Optional[int] = None
-    log_every_steps: int = 50
-    grad_clip_norm: Optional[float] = None
+    eval_every_steps: Optional[PositiveInt] = None
+    log_every_steps: PositiveInt = 50
+    grad_clip_norm: Optional[PositiveFloat] = None
     pipeline: Literal["auto", "sparse_dist", "plain"] = "auto"
-    checkpoint_every_steps: Optional[int] = None
-    keep_checkpoints: int = 2
+    checkpoint_every_steps: Optional[PositiveInt] = None
+    keep_checkpoints: PositiveInt = 2
     progress: bool = True
 
 
@@ -187,8 +224,8 @@ class TableShardingConfig:
 
     sharding_types: List[str] = field(default_factory=list)
     compute_kernels: List[str] = field(default_factory=list)
-    pooling_factor: Optional[float] = None
-    min_partition: Optional[int] = None
+    pooling_factor: Optional[PositiveFloat] = None
+    min_partition: Optional[PositiveInt] = None
 
 
 @dataclass
@@ -215,9 +252,9 @@ class ShardingConfig:
     compute_kernel: Literal["fused", "dense", "fused_uvm_caching", "fused_uvm"] = "fused"
     tables: Dict[str, TableShardingConfig] = field(default_factory=dict)
     device_type: Literal["auto", "cpu", "h100", "h200"] = "auto"
-    hbm_gb: Optional[float] = None
-    ddr_gb: Optional[float] = None
-    host_ddr_gb: Optional[float] = None
+    hbm_gb: Optional[PositiveFloat] = None
+    ddr_gb: Optional[PositiveFloat] = None
+    host_ddr_gb: Optional[PositiveFloat] = None
     bounds_check: Literal["fatal", "warning", "ignore", "none"] = "fatal"
 
 
@@ -229,24 +266,24 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
-    run_dir: str = "runs/default"
+    run_dir: str = "runs/default"  # relative to the config file (or, from the command line, to the cwd)
     tensorboard: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # folder of the YAML file; relative paths inside the config resolve against it first
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve(self, path: str) -> str:
-        """A path from the config: absolute, else relative to the config's folder if it exists there, else
-        to the current directory."""
-        if os.path.isabs(path):
-            return path
-        candidate = os.path.join(self.base_dir, path)
-        return candidate if os.path.exists(candidate) else path
+        """A path from the config as an absolute path: :func:`load_config` has already made file and
+        command-line paths absolute; a relative path set in code is relative to ``base_dir`` (the config file's
+        folder, else the current directory)."""
+        return path if os.path.isabs(path) else os.path.normpath(os.path.join(self.base_dir, path))
 
 
 # --- generic typed loading -----------------------------------------------------------------------------------
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _type_name(typing.get_args(tp)[0])
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin is typing.Union:
@@ -256,15 +293,33 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+class _OutOfRange(ConfigError):
+    """A value of the right type outside its :class:`Range`."""
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for one-line messages about arbitrary (even huge) values."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > 20:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
 
     def bad() -> ConfigError:
-        return ConfigError(f"{source}: '{where}' must be {_type_name(tp)}, got {value!r}")
+        return ConfigError(f"{source}: '{where}' must be {_type_name(tp)}, got {shown(value)}")
 
     if tp is Any:
         return value
+    if origin is Annotated:
+        out = _convert(args[0], value, where, source)
+        for rule in tp.__metadata__:
+            if isinstance(rule, Range) and isinstance(out, (int, float)) and not rule.contains(out):
+                raise _OutOfRange(f"{source}: '{where}' must be {rule.describe()}, got {shown(value)}")
+        return out
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None
@@ -273,6 +328,8 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
                 continue
             try:
                 return _convert(a, value, where, source)
+            except _OutOfRange:
+                raise  # the type fits, the value does not: say so rather than "must be int | None"
             except ConfigError:
                 continue
         raise bad()
@@ -281,7 +338,7 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{source}: '{where}' must be one of {list(args)}, got {value!r}{hint}")
+        raise ConfigError(f"{source}: '{where}' must be one of {list(args)}, got {shown(value)}{hint}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad()
@@ -308,14 +365,19 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
             return int(value)
         raise bad()
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value) if abs(value) < 1e308 or isinstance(value, float) else math.inf
+        elif isinstance(value, str):
             try:  # YAML 1.1 reads "1e-3" as a string
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise bad()
+        if number is None:
+            raise bad()
+        if not math.isfinite(number):
+            raise ConfigError(f"{source}: '{where}' must be a finite number, got {shown(value)}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -328,8 +390,8 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
 def from_dict(cls: Type[T], data: Dict[str, Any], where: str = "", source: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys (with a suggestion) and wrong types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+        raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {shown(data)}")
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs = {}
     for key, value in data.items():
@@ -361,9 +423,40 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+MAX_YAML_NODES = 100_000  # after alias expansion; real configs and specs have a few hundred
+
+
 class _Loader(yaml.SafeLoader):
-    """A safe loader with YAML 1.2 scalars: only true/false are booleans (so a key ``on:`` stays a string) and
-    ``1e-3`` is a float."""
+    """A safe loader with YAML 1.2 scalars (only true/false are booleans, so a key ``on:`` stays a string;
+    ``1e-3`` is a float), no duplicate keys, and a cap on the size of the document after alias expansion (a
+    1 KB "billion laughs" file must not become gigabytes of lists)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {shown(key)} (each key may appear once)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, memo: Dict[int, int]) -> int:
+    """Nodes in the document once every alias is expanded (memoised, so linear in the file's size)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = 1  # cycles (recursive anchors) count once; construction refuses them anyway
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = size
+    return size
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -381,17 +474,43 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str) -> Any:
-    """Parse YAML text safely (no object construction) with YAML 1.2 booleans."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+    """Parse YAML text safely (no object construction, no duplicate keys, bounded alias expansion) with YAML 1.2
+    booleans."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"the document expands to {size:,} values through aliases (at most "
+                                 f"{MAX_YAML_NODES:,}); is it an alias bomb?")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str) -> Any:
     """Safely load a YAML file, with one-line errors naming the file and the line."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a folder, not a YAML file")
     try:
-        with open(path, encoding="utf-8") as f:
-            return parse_yaml(f.read())
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as "
+                          "UTF-8") from None
+    try:
+        return parse_yaml(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -422,8 +541,36 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], source: str 
     return data
 
 
+def _path_slots(data: Dict[str, Any]) -> List[Any]:
+    """(mapping, key) of every path-valued key of a raw config: data.spec, data.path, data.side_columns[].path,
+    run_dir."""
+    slots: List[Any] = [(data, "run_dir")]
+    section = data.get("data")
+    if isinstance(section, dict):
+        slots += [(section, "spec"), (section, "path")]
+        side = section.get("side_columns")
+        if isinstance(side, list):
+            slots += [(entry, "path") for entry in side if isinstance(entry, dict)]
+    return slots
+
+
+def absolutize_paths(data: Dict[str, Any], base: str) -> Dict[str, Any]:
+    """Make the relative paths of a raw config absolute against ``base`` (in place); non-strings are left for
+    type checking."""
+    for mapping, key in _path_slots(data):
+        value = mapping.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            mapping[key] = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+    return data
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a run config from YAML (or defaults when ``path`` is None) and apply overrides."""
+    """Load a run config from YAML (or defaults when ``path`` is None) and apply overrides.
+
+    Paths written in the file (``data.spec``, ``data.path``, ``data.side_columns[].path``, ``run_dir``) are
+    relative to the file's folder; paths given on the command line (overrides, ``--data``, ``--run-dir``) are
+    relative to the current directory. The loaded config holds absolute paths only.
+    """
     data: Dict[str, Any] = {}
     if path is not None:
         loaded = read_yaml(path)
@@ -431,8 +578,8 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-        data = loaded
-    data = apply_overrides(data, overrides)
+        data = absolutize_paths(loaded, os.path.dirname(os.path.abspath(path)))
+    data = absolutize_paths(apply_overrides(data, overrides), os.getcwd())
     cfg = from_dict(Config, data, source=path or "config")
     cfg.base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     validate_config(cfg, source=path or "config")

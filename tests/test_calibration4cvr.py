@@ -107,7 +107,7 @@ def test_calibration4cvr_refuses_bad_configs():
         build_model(ModelConfig(name="calibration4cvr", params={"calibrate_layer": 3}), FUNNEL)
     with pytest.raises(ConfigError, match="structure"):
         build_model(ModelConfig(name="calibration4cvr", params={"structure": "se"}), FUNNEL)
-    with pytest.raises(ConfigError, match="ctr_cvr_ratio must be > 0"):
+    with pytest.raises(ConfigError, match="ctr_cvr_ratio' must be > 0"):  # checked when the options load
         build_model(ModelConfig(name="calibration4cvr", params={"ctr_cvr_ratio": 0}), FUNNEL)
     assert np.isfinite(make_model("calibration4cvr")(funnel_batch(4))["cvr"].detach().numpy()).all()
 

@@ -87,3 +87,53 @@ def test_model_params_checked_by_registry():
         build_model(ModelConfig(name="wide_dep"), schema)
     with pytest.raises(ConfigError, match="'itemid' is not a sparse feature"):
         build_model(ModelConfig(name="wide_deep", params={"deep_features": ["itemid"]}), schema)
+
+
+def _unranged_numbers(cls, where, seen):
+    """Dotted names of int/float fields of dataclass ``cls`` (and nested ones) that carry no Range."""
+    import dataclasses
+    import typing
+
+    from recsys.config import Range
+
+    if cls in seen:
+        return []
+    seen.add(cls)
+    out = []
+    hints = typing.get_type_hints(cls, include_extras=True)
+
+    def visit(tp, name):
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            if any(isinstance(m, Range) for m in tp.__metadata__):
+                return
+            tp = typing.get_args(tp)[0]
+            origin = typing.get_origin(tp)
+        if tp in (int, float):
+            out.append(name)
+        elif dataclasses.is_dataclass(tp):
+            out.extend(_unranged_numbers(tp, name, seen))
+        elif origin is not None and origin is not typing.Literal:
+            for i, arg in enumerate(typing.get_args(tp)):
+                visit(arg, f"{name}[{i}]" if origin in (list, tuple) else name)
+
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("internal"):
+            visit(hints[f.name], f"{where}.{f.name}")
+    return out
+
+
+# float options whose whole finite range is meaningful (an initial logit bias; split timestamps)
+UNBOUNDED = {"model.params.init_bias", "config.data.split.valid_from", "config.data.split.test_from",
+             "config.data.side_columns[0].fill"}
+
+
+def test_every_model_option_has_a_range():
+    """Every numeric config key, run config and model options alike, is range-checked when loaded."""
+    from recsys.config import Config
+    from recsys.models.base import model_class, model_names
+
+    missing = _unranged_numbers(Config, "config", set())
+    for name in model_names():
+        missing += _unranged_numbers(model_class(name).Config, "model.params", set())
+    assert [m for m in missing if m not in UNBOUNDED] == []

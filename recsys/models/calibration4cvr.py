@@ -20,6 +20,8 @@ from typing import Dict, List, Literal, Optional
 
 import torch
 
+from recsys.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Width
+from recsys.modules.mlp import Activation
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, Requirements, register_model
@@ -54,23 +56,23 @@ class Calibration4CVRConfig:
     """
 
     structure: Literal["ctr_mlp", "ctr_scaled", "cvr_se", "cvr_se_concat"] = "cvr_se"
-    ctr_hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
-    cvr_hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
-    calibrate_layer: int = 1
-    calibration_dim: Optional[int] = None
-    se_reduction: int = 4
-    ctr_grad_from_cvr: float = 1.0
+    ctr_hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
+    cvr_hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
+    calibrate_layer: NonNegativeInt = 1
+    calibration_dim: Optional[Width] = None
+    se_reduction: PositiveInt = 4
+    ctr_grad_from_cvr: Probability = 1.0
     bias_features: List[str] = field(default_factory=lambda: ["position"])
-    pos_hidden: List[int] = field(default_factory=lambda: [16])
+    pos_hidden: List[Width] = field(default_factory=lambda: [16])
     pos_calibration: bool = True
     features: Optional[List[str]] = None
     use_dense: bool = True
-    extra_hidden: List[int] = field(default_factory=lambda: [64])
-    activation: str = "relu"
-    dropout: float = 0.0
+    extra_hidden: List[Width] = field(default_factory=lambda: [64])
+    activation: Activation = "relu"
+    dropout: Fraction = 0.0
     cvr_task: Optional[str] = None
-    cvr_embedding_grad: float = 1.0
-    ctr_cvr_ratio: Optional[float] = None
+    cvr_embedding_grad: NonNegativeFloat = 1.0
+    ctr_cvr_ratio: Optional[PositiveFloat] = None
 
 
 @register_model("calibration4cvr")

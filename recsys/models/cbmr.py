@@ -28,13 +28,14 @@ from typing import Dict, List, Literal, Optional, Tuple
 import torch
 from torch import nn
 
+from recsys.config import Fraction, PositiveFloat, Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.models.wide_deep import WideDeep, WideDeepConfig, wide_width
 from recsys.modules.calibration import EmbCB, MlpCB, scaled_mlp
 from recsys.modules.experts import SoftmaxGate, mix
-from recsys.modules.mlp import MLP
+from recsys.modules.mlp import Activation, MLP
 from recsys.modules.sparse import Embeddings, SparseArch
 from recsys.schema import Schema
 
@@ -56,11 +57,11 @@ class EmbCBConfig:
 
     enabled: bool = True
     design: Literal["shared", "senet"] = "shared"
-    num_vectors: int = 16
-    hidden: int = 128
+    num_vectors: Width = 16
+    hidden: Width = 128
     interaction_activation: Literal["linear", "relu"] = "linear"
     output_activation: Literal["scaled_sigmoid", "sigmoid", "relu"] = "scaled_sigmoid"
-    gamma: float = 2.0
+    gamma: PositiveFloat = 2.0
     granularity: Literal["field", "field_dim"] = "field"
 
 
@@ -84,8 +85,8 @@ class MlpCBConfig:
     features: Optional[List[str]] = None
     use_dense: bool = True
     scene_input: bool = True
-    hidden: int = 128
-    gamma: float = 2.0
+    hidden: Width = 128
+    gamma: PositiveFloat = 2.0
     serial: bool = True
     stop_gradient: bool = False
 
@@ -201,11 +202,11 @@ class MultiCBMRConfig:
         expert_specific: the task's gates give every expert its own scales (E times wider expert gates).
     """
 
-    num_experts: int = 4
-    expert_hidden: List[int] = field(default_factory=lambda: [256, 128])
-    tower_hidden: List[int] = field(default_factory=lambda: [64])
-    dropout: float = 0.0
-    activation: str = "relu"
+    num_experts: Width = 4
+    expert_hidden: List[Width] = field(default_factory=lambda: [256, 128])
+    tower_hidden: List[Width] = field(default_factory=lambda: [64])
+    dropout: Fraction = 0.0
+    activation: Activation = "relu"
     features: Optional[List[str]] = None
     wide: bool = True
     wide_features: Optional[List[str]] = None

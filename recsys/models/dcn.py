@@ -18,11 +18,12 @@ from typing import Dict, List, Literal, Optional
 
 import torch
 
+from recsys.config import Fraction, PositiveInt, Width
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, register_model
 from recsys.models.multi_scenario import MultiScenarioModel, ScenarioViews, task_views
 from recsys.modules.interaction import cross_network
-from recsys.modules.mlp import MLP, TaskHeads
+from recsys.modules.mlp import Activation, MLP, Norm, TaskHeads
 from recsys.modules.scenario import ScenarioMLP
 from recsys.schema import Schema
 from recsys.modules.sparse import SparseArch
@@ -42,13 +43,13 @@ class DCNConfig:
         use_dense: feed dense features.
     """
 
-    cross_layers: int = 3
+    cross_layers: PositiveInt = 3
     version: Literal["v1", "v2"] = "v1"
-    low_rank: Optional[int] = None
-    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
-    dropout: float = 0.0
-    activation: str = "relu"
-    norm: str = "none"
+    low_rank: Optional[Width] = None
+    hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
+    dropout: Fraction = 0.0
+    activation: Activation = "relu"
+    norm: Norm = "none"
     features: Optional[List[str]] = None
     use_dense: bool = True
 
@@ -58,8 +59,8 @@ class DCNMTSConfig(DCNConfig):
     """Options of :class:`DCNMTS`: those of DCN (``hidden`` is the deep part of the shared bottom) plus
     ``tower_hidden``, the widths of each scenario's tower."""
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128])
-    tower_hidden: List[int] = field(default_factory=lambda: [64])
+    hidden: List[Width] = field(default_factory=lambda: [256, 128])
+    tower_hidden: List[Width] = field(default_factory=lambda: [64])
 
 
 class _DCNBottom:

@@ -20,13 +20,14 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from recsys.config import Fraction, Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, register_model
 from recsys.models.multi_scenario import MultiScenarioModel, ScenarioViews, task_views
 from recsys.models.wide_deep import wide_width
 from recsys.modules.interaction import FactorizationMachine
-from recsys.modules.mlp import MLP, TaskHeads
+from recsys.modules.mlp import Activation, MLP, Norm, TaskHeads
 from recsys.modules.scenario import ScenarioMLP
 from recsys.modules.sparse import Embeddings, SparseArch
 from recsys.schema import Schema
@@ -43,10 +44,10 @@ class DeepFMConfig:
         use_dense: feed dense features to the deep and first-order parts.
     """
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
-    dropout: float = 0.0
-    activation: str = "relu"
-    norm: str = "none"
+    hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
+    dropout: Fraction = 0.0
+    activation: Activation = "relu"
+    norm: Norm = "none"
     features: Optional[List[str]] = None
     use_dense: bool = True
 
@@ -59,8 +60,8 @@ class DeepFMMTSConfig(DeepFMConfig):
         tower_hidden: widths of each scenario's tower (one output per task).
     """
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128])
-    tower_hidden: List[int] = field(default_factory=lambda: [64])
+    hidden: List[Width] = field(default_factory=lambda: [256, 128])
+    tower_hidden: List[Width] = field(default_factory=lambda: [64])
 
 
 class _DeepFMParts:

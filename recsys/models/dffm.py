@@ -18,11 +18,12 @@ from typing import Dict, List, Optional
 
 import torch
 
+from recsys.config import Fraction, Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.interaction import DomainFacilitatedInteraction
-from recsys.modules.mlp import MLP, TaskHeads
+from recsys.modules.mlp import Activation, MLP, Norm, TaskHeads
 from recsys.modules.sparse import SparseArch
 from recsys.schema import Schema
 
@@ -41,14 +42,14 @@ class DFFMConfig:
         use_dense: feed dense features to the final MLP.
     """
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
-    micro_hidden: int = 8
-    micro_out: int = 2
+    hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
+    micro_hidden: Width = 8
+    micro_out: Width = 2
     domain_features: Optional[List[str]] = None
     interaction_features: Optional[List[str]] = None
-    dropout: float = 0.0
-    activation: str = "relu"
-    norm: str = "none"
+    dropout: Fraction = 0.0
+    activation: Activation = "relu"
+    norm: Norm = "none"
     use_dense: bool = True
 
 

@@ -12,10 +12,11 @@ from typing import Dict, List, Optional
 
 import torch
 
+from recsys.config import Fraction, Width
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, register_model
 from recsys.models.multi_scenario import MultiScenarioModel, ScenarioViews, task_views
-from recsys.modules.mlp import MLP, TaskHeads
+from recsys.modules.mlp import Activation, MLP, Norm, TaskHeads
 from recsys.modules.scenario import ScenarioMLP
 from recsys.modules.sparse import SparseArch
 from recsys.schema import Schema
@@ -25,10 +26,10 @@ from recsys.schema import Schema
 class DNNConfig:
     """Options of :class:`DNN`: MLP widths and options, the features used, and whether dense features enter."""
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
-    dropout: float = 0.0
-    activation: str = "relu"
-    norm: str = "none"
+    hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
+    dropout: Fraction = 0.0
+    activation: Activation = "relu"
+    norm: Norm = "none"
     features: Optional[List[str]] = None
     use_dense: bool = True
 
@@ -72,11 +73,11 @@ class DNNMTSConfig:
         use_dense: feed dense features.
     """
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128])
-    tower_hidden: List[int] = field(default_factory=lambda: [64])
-    dropout: float = 0.0
-    activation: str = "relu"
-    norm: str = "none"
+    hidden: List[Width] = field(default_factory=lambda: [256, 128])
+    tower_hidden: List[Width] = field(default_factory=lambda: [64])
+    dropout: Fraction = 0.0
+    activation: Activation = "relu"
+    norm: Norm = "none"
     features: Optional[List[str]] = None
     use_dense: bool = True
 

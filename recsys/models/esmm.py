@@ -19,6 +19,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from recsys.config import Fraction, NonNegativeFloat, PositiveFloat, Width
+from recsys.modules.mlp import Activation
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.multitask import GradScale, TaskTowers, check_ratio, ctr_sample_weights, funnel_tasks
@@ -42,15 +44,15 @@ class ESMMConfig:
             :func:`~recsys.modules.multitask.ctr_sample_weights`); ``None`` keeps all.
     """
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
-    extra_hidden: List[int] = field(default_factory=lambda: [64])
-    activation: str = "relu"
-    dropout: float = 0.0
+    hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
+    extra_hidden: List[Width] = field(default_factory=lambda: [64])
+    activation: Activation = "relu"
+    dropout: Fraction = 0.0
     features: Optional[List[str]] = None
     use_dense: bool = True
     cvr_task: Optional[str] = None
-    cvr_embedding_grad: float = 1.0
-    ctr_cvr_ratio: Optional[float] = None
+    cvr_embedding_grad: NonNegativeFloat = 1.0
+    ctr_cvr_ratio: Optional[PositiveFloat] = None
 
 
 @register_model("esmm")

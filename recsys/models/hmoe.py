@@ -18,11 +18,12 @@ from typing import List, Optional
 
 import torch
 
+from recsys.config import Fraction, Width
 from recsys.data.batch import Batch
 from recsys.models.base import register_model
 from recsys.models.multi_scenario import MultiScenarioModel, ScenarioViews, task_views
 from recsys.modules.experts import MMoE
-from recsys.modules.mlp import MLP
+from recsys.modules.mlp import Activation, MLP
 from recsys.modules.scenario import LabelSpaceMixer
 from recsys.modules.sparse import SparseArch
 from recsys.schema import Schema
@@ -41,11 +42,11 @@ class HMoEConfig:
         use_dense: feed dense features.
     """
 
-    num_experts: int = 4
-    expert_hidden: List[int] = field(default_factory=lambda: [256, 128])
-    tower_hidden: List[int] = field(default_factory=lambda: [64])
-    dropout: float = 0.0
-    activation: str = "relu"
+    num_experts: Width = 4
+    expert_hidden: List[Width] = field(default_factory=lambda: [256, 128])
+    tower_hidden: List[Width] = field(default_factory=lambda: [64])
+    dropout: Fraction = 0.0
+    activation: Activation = "relu"
     features: Optional[List[str]] = None
     use_dense: bool = True
 

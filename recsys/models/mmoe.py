@@ -12,6 +12,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from recsys.config import Fraction, Width
+from recsys.modules.mlp import Activation
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.experts import MMoE as MMoELayer
@@ -33,11 +35,11 @@ class MMoEConfig:
         use_dense: feed dense features to experts and gates.
     """
 
-    num_experts: int = 4
-    expert_hidden: List[int] = field(default_factory=lambda: [256, 128])
-    tower: List[int] = field(default_factory=lambda: [64])
-    activation: str = "relu"
-    dropout: float = 0.0
+    num_experts: Width = 4
+    expert_hidden: List[Width] = field(default_factory=lambda: [256, 128])
+    tower: List[Width] = field(default_factory=lambda: [64])
+    activation: Activation = "relu"
+    dropout: Fraction = 0.0
     features: Optional[List[str]] = None
     use_dense: bool = True
 

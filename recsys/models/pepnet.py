@@ -19,11 +19,12 @@ from typing import Dict, List, Literal, Optional
 import torch
 from torch import nn
 
+from recsys.config import Fraction, PositiveFloat, Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, register_model
 from recsys.modules.calibration import EPNet, MlpCB, scaled_mlp
-from recsys.modules.mlp import MLP
+from recsys.modules.mlp import Activation, MLP
 from recsys.modules.sparse import SparseArch
 from recsys.schema import Schema
 
@@ -46,17 +47,17 @@ class PEPNetConfig:
         epnet_granularity: EPNet scales per ``field`` or per ``field_dim``.
     """
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
-    dropout: float = 0.0
-    activation: str = "relu"
+    hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
+    dropout: Fraction = 0.0
+    activation: Activation = "relu"
     features: Optional[List[str]] = None
     domain_features: Optional[List[str]] = None
     prior_features: Optional[List[str]] = None
     use_dense: bool = True
     epnet: bool = True
     ppnet: bool = True
-    gate_hidden: int = 128
-    gamma: float = 2.0
+    gate_hidden: Width = 128
+    gamma: PositiveFloat = 2.0
     stop_gradient: bool = True
     epnet_granularity: Literal["field", "field_dim"] = "field"
 

@@ -14,6 +14,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from recsys.config import Fraction, NonNegativeInt, PositiveInt, Width
+from recsys.modules.mlp import Activation
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.experts import PLE as PLELayers
@@ -37,13 +39,13 @@ class PLEConfig:
         use_dense: feed dense features to the first level.
     """
 
-    levels: int = 2
-    specific_experts: int = 1
-    shared_experts: int = 1
-    expert_hidden: List[int] = field(default_factory=lambda: [256, 128])
-    tower: List[int] = field(default_factory=lambda: [64])
-    activation: str = "relu"
-    dropout: float = 0.0
+    levels: PositiveInt = 2
+    specific_experts: PositiveInt = 1
+    shared_experts: NonNegativeInt = 1
+    expert_hidden: List[Width] = field(default_factory=lambda: [256, 128])
+    tower: List[Width] = field(default_factory=lambda: [64])
+    activation: Activation = "relu"
+    dropout: Fraction = 0.0
     features: Optional[List[str]] = None
     use_dense: bool = True
 

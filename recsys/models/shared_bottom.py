@@ -12,9 +12,10 @@ from typing import Dict, List, Optional
 
 import torch
 
+from recsys.config import Fraction, Width
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, Requirements, register_model
-from recsys.modules.mlp import MLP
+from recsys.modules.mlp import Activation, MLP
 from recsys.modules.multitask import TaskTowers
 from recsys.modules.sparse import SparseArch
 from recsys.schema import Schema
@@ -32,10 +33,10 @@ class SharedBottomConfig:
         use_dense: feed dense features to the bottom.
     """
 
-    bottom: List[int] = field(default_factory=lambda: [256, 128])
-    tower: List[int] = field(default_factory=lambda: [64])
-    activation: str = "relu"
-    dropout: float = 0.0
+    bottom: List[Width] = field(default_factory=lambda: [256, 128])
+    tower: List[Width] = field(default_factory=lambda: [64])
+    activation: Activation = "relu"
+    dropout: Fraction = 0.0
     features: Optional[List[str]] = None
     use_dense: bool = True
 

@@ -19,6 +19,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from recsys.config import Fraction, NonNegativeFloat, PositiveFloat, Width
+from recsys.modules.mlp import Activation
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, register_model
@@ -45,15 +47,15 @@ class SingleTaskConfig:
         cvr_task: the funnel's conversion task when the schema has several (only for ``ctr_cvr_ratio``).
     """
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
+    hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
     bias_features: List[str] = field(default_factory=lambda: ["position"])
-    bias_hidden: List[int] = field(default_factory=lambda: [16])
+    bias_hidden: List[Width] = field(default_factory=lambda: [16])
     features: Optional[List[str]] = None
     use_dense: bool = True
-    activation: str = "relu"
-    dropout: float = 0.0
-    embedding_grad: Dict[str, float] = field(default_factory=dict)
-    ctr_cvr_ratio: Optional[float] = None
+    activation: Activation = "relu"
+    dropout: Fraction = 0.0
+    embedding_grad: Dict[str, NonNegativeFloat] = field(default_factory=dict)
+    ctr_cvr_ratio: Optional[PositiveFloat] = None
     cvr_task: Optional[str] = None
 
 

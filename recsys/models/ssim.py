@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 
-from recsys.config import OptimizerConfig, from_dict
+from recsys.config import Fraction, NonNegativeFloat, OptimizerConfig, PositiveFloat, PositiveInt, Width, from_dict
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import (
@@ -113,15 +113,15 @@ class SSIMSearchConfig:
 
     backbone: str = "dnn_mts"
     backbone_params: Dict[str, Any] = field(default_factory=dict)
-    selection_hidden: List[int] = field(default_factory=lambda: [64])
-    kl_weight: float = 0.01
-    eps: float = 0.5
-    temperature_start: float = 1.0
-    temperature_end: float = 10.0
-    anneal_steps: int = 1000
+    selection_hidden: List[Width] = field(default_factory=lambda: [64])
+    kl_weight: NonNegativeFloat = 0.01
+    eps: Fraction = 0.5
+    temperature_start: PositiveFloat = 1.0
+    temperature_end: PositiveFloat = 10.0
+    anneal_steps: PositiveInt = 1000
     init_bias: float = 0.5
     mask_optimizer: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
-    mask_lr: float = 1e-3
+    mask_lr: PositiveFloat = 1e-3
 
 
 @register_model("ssim_search")

@@ -27,6 +27,7 @@ from typing import Dict, List, Literal, Optional
 import torch
 from torch import nn
 
+from recsys.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, Requirements, register_model
@@ -60,22 +61,22 @@ class STANConfig:
     """
 
     backbone: Literal["ple", "mmoe"] = "ple"
-    expert_hidden: List[int] = field(default_factory=lambda: [128, 64])
-    num_experts: int = 4
-    levels: int = 1
-    specific_experts: int = 1
-    shared_experts: int = 1
-    tower_hidden: List[int] = field(default_factory=lambda: [64])
-    dropout: float = 0.0
+    expert_hidden: List[Width] = field(default_factory=lambda: [128, 64])
+    num_experts: Width = 4
+    levels: PositiveInt = 1
+    specific_experts: PositiveInt = 1
+    shared_experts: NonNegativeInt = 1
+    tower_hidden: List[Width] = field(default_factory=lambda: [64])
+    dropout: Fraction = 0.0
     features: Optional[List[str]] = None
     use_dense: bool = True
     state_branch: bool = True
     user_features: Optional[List[str]] = None
-    attention_heads: int = 2
-    preference_hidden: List[int] = field(default_factory=lambda: [32])
+    attention_heads: PositiveInt = 2
+    preference_hidden: List[Width] = field(default_factory=lambda: [32])
     loss_weighting: Literal["beta", "prediction", "none"] = "beta"
-    state_loss_weight: float = 1.0
-    projector_rows: int = 1000
+    state_loss_weight: NonNegativeFloat = 1.0
+    projector_rows: NonNegativeInt = 1000
 
 
 @register_model("stan")

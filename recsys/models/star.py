@@ -21,10 +21,11 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from recsys.config import Fraction, Probability, Width
 from recsys.data.batch import Batch
 from recsys.models.base import register_model
 from recsys.models.multi_scenario import MultiScenarioModel, ScenarioViews, task_views
-from recsys.modules.mlp import MLP
+from recsys.modules.mlp import Activation, MLP
 from recsys.modules.scenario import PartitionedNorm, StarMLP
 from recsys.modules.sparse import SparseArch
 from recsys.schema import Schema
@@ -46,15 +47,15 @@ class STARConfig:
         pn_momentum: running-statistics rate of the partitioned normalisation.
     """
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
-    dropout: float = 0.0
-    activation: str = "relu"
-    aux_hidden: List[int] = field(default_factory=lambda: [32])
+    hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
+    dropout: Fraction = 0.0
+    activation: Activation = "relu"
+    aux_hidden: List[Width] = field(default_factory=lambda: [32])
     aux_features: Optional[List[str]] = None
-    scenario_dim: int = 8
+    scenario_dim: Width = 8
     features: Optional[List[str]] = None
     use_dense: bool = True
-    pn_momentum: float = 0.1
+    pn_momentum: Probability = 0.1
 
 
 @register_model("star")

@@ -14,9 +14,10 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from recsys.config import Fraction, Width
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, register_model
-from recsys.modules.mlp import MLP, TaskHeads
+from recsys.modules.mlp import Activation, MLP, Norm, TaskHeads
 from recsys.modules.sparse import Embeddings, SparseArch
 from recsys.schema import Schema
 
@@ -33,10 +34,10 @@ class WideDeepConfig:
         use_dense: feed dense features to both parts.
     """
 
-    hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
-    dropout: float = 0.0
-    activation: str = "relu"
-    norm: str = "none"
+    hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
+    dropout: Fraction = 0.0
+    activation: Activation = "relu"
+    norm: Norm = "none"
     deep_features: Optional[List[str]] = None
     wide_features: Optional[List[str]] = None
     use_dense: bool = True

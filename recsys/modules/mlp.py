@@ -1,11 +1,16 @@
 """Multi-layer perceptrons."""
 
-from typing import List, Optional, Sequence
+from typing import List, Literal, Optional, Sequence, get_args
 
 import torch
 from torch import nn
 
+# the names a config may give (checked when it is loaded)
+Activation = Literal["relu", "gelu", "silu", "prelu", "tanh"]
+Norm = Literal["none", "batch", "layer"]
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "prelu": nn.PReLU, "tanh": nn.Tanh}
+assert set(ACTIVATIONS) == set(get_args(Activation))
 
 
 def make_activation(name: str) -> nn.Module:
@@ -48,8 +53,8 @@ class MLP(nn.Module):
         norm: str = "none",
     ) -> None:
         super().__init__()
-        if norm not in ("none", "batch", "layer"):
-            raise ValueError(f"norm '{norm}' is not one of none, batch, layer")
+        if norm not in get_args(Norm):
+            raise ValueError(f"norm '{norm}' is not one of {', '.join(get_args(Norm))}")
         blocks: List[nn.Module] = []
         width = in_dim
         for h in hidden:
