@@ -18,8 +18,11 @@ code 2; nothing is left half-written.
 import argparse
 import json
 import logging
+import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -62,23 +65,49 @@ def _config(args: argparse.Namespace):
         overrides.append(f"data.path={args.data}")
     if getattr(args, "run_dir", None):
         overrides.append(f"run_dir={args.run_dir}")
+    if not args.config:
+        raise RecsysError(f"{args.command}: give -c CONFIG (a run config YAML)")
     return load_config(args.config, overrides)
 
 
-def _checkpoint_path(run_dir: str, which: str) -> str:
-    from recsys.train import checkpoint as ckpt
+def _run_config(args: argparse.Namespace):
+    """The config of an existing run (eval, predict): the run's own ``config.yaml`` by default; with ``-c``, the
+    given file, which must agree with the run's on everything that defines the model, features and splits."""
+    from recsys.config import load_config, to_dict
+    from recsys.train.run_folder import check_eval_config, check_same_spec
 
-    folder = os.path.join(run_dir, "checkpoints")
-    if which not in ("best", "latest"):
-        return which
-    latest = ckpt.latest_checkpoint(folder)
-    if latest is None:
-        raise RecsysError(f"{folder}: no completed checkpoint (train first)")
-    if which == "latest":
-        return latest
-    with open(os.path.join(latest, "trainer.json")) as f:
-        best = json.load(f).get("best_checkpoint")
-    return best if best and os.path.isdir(best) else latest
+    overrides: List[str] = list(args.set or [])
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.config is None:
+        if not args.run_dir:
+            raise RecsysError(f"{args.command}: give --run-dir RUN (the run's own config is used) or -c CONFIG")
+        saved = os.path.join(args.run_dir, "config.yaml")
+        if not os.path.isfile(saved):
+            raise RecsysError(f"{saved}: no such file (is '{args.run_dir}' a run folder? train it first)")
+        return load_config(saved, overrides)
+    cfg = load_config(args.config, overrides + ([f"run_dir={args.run_dir}"] if args.run_dir else []))
+    saved = os.path.join(cfg.run_dir, "config.yaml")
+    if os.path.isfile(saved):
+        run_cfg = load_config(saved, overrides)
+        check_eval_config(to_dict(run_cfg), to_dict(cfg), args.config, cfg.run_dir)
+        check_same_spec(run_cfg.data.spec, cfg.data.spec)
+    return cfg
+
+
+def _checkpoint_path(run_dir: str, which: str) -> str:
+    from recsys.train.run_folder import RunFolder
+
+    return RunFolder(run_dir).resolve(which)
+
+
+def _check_out_file(path: str) -> None:
+    """An output file's place is checked before any work: not a folder, its folder writable."""
+    from recsys.train.run_folder import check_output_folder
+
+    if os.path.isdir(path):
+        raise RecsysError(f"{path}: --out is a folder; give a file name (e.g. {os.path.join(path, 'scores.parquet')})")
+    check_output_folder(os.path.dirname(os.path.abspath(path)), what="output folder")
 
 
 @command("generate")
@@ -100,7 +129,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recsys.train.trainer import Trainer
 
     cfg = _config(args)
-    trainer = Trainer(cfg, resume={None: False, "always": True, "auto": "auto"}[args.resume])
+    if args.overwrite and args.resume:
+        raise RecsysError("train: --overwrite replaces a run and --resume continues it; give one of them")
+    trainer = Trainer(cfg, resume={None: False, "always": True, "auto": "auto"}[args.resume],
+                      overwrite=args.overwrite)
     result = trainer.fit()
     if trainer.is_main:
         print(format_table(trainer.schema, result["test"] or result["valid"],
@@ -116,7 +148,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from recsys.train.metrics import format_table
     from recsys.train.trainer import Trainer
 
-    cfg = _config(args)
+    if args.out:
+        _check_out_file(args.out)
+    cfg = _run_config(args)
     path = _checkpoint_path(cfg.run_dir, args.checkpoint)
     trainer = Trainer(cfg, fit_data=False)
     trainer.load(path, restore_loop=False, model_only=True)
@@ -132,7 +166,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from recsys.train.trainer import Trainer
 
-    cfg = _config(args)
+    _check_out_file(args.out)
+    cfg = _run_config(args)
     path = _checkpoint_path(cfg.run_dir, args.checkpoint)
     trainer = Trainer(cfg, fit_data=False)
     trainer.load(path, restore_loop=False, model_only=True)
@@ -147,6 +182,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from recsys.train.planning import plan_config
     from recsys.train.sharding import DEVICES
 
+    from recsys.train.planning import MAX_PLAN_WORLD_SIZE
+
+    for flag, value in (("--hbm-gb", args.hbm_gb), ("--host-ddr-gb", args.host_ddr_gb)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise RecsysError(f"plan: {flag} must be a finite number > 0, got {value}")
+    for flag, value in (("--ranks-per-host", args.ranks_per_host), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise RecsysError(f"plan: {flag} must be >= 1, got {value}")
+    for world in args.world_size:
+        if not 1 <= world <= MAX_PLAN_WORLD_SIZE:
+            raise RecsysError(f"plan: --world-size must be in [1, {MAX_PLAN_WORLD_SIZE}], got {world} (torchrec's "
+                              "planner enumerates every rank: about 3 min at 2048 ranks on 2 CPU cores)")
     overrides: List[str] = list(args.set or [])
     device_type = args.device_type
     if device_type is None:  # the config's device type (after overrides), else H100
@@ -237,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true")
     g.add_argument("--quiet", action="store_true")
 
-    def run_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-c", "--config", required=True, help="run config YAML")
+    def run_args(sp: argparse.ArgumentParser, config_help: str = "run config YAML") -> None:
+        sp.add_argument("-c", "--config", help=config_help)
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
         sp.add_argument("--data", help="data root (overrides the dataset spec's root)")
         sp.add_argument("--run-dir", help="run folder (overrides run_dir)")
@@ -248,15 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", nargs="?", const="always", choices=["always", "auto"],
                    help="continue from the newest checkpoint of the run ('auto': only when there is one, as "
                         "for scheduler retries); after a torchelastic restart this happens by itself")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the run folder (its files are removed once the new run's "
+                        "data and model have been checked)")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
-    run_args(e)
+    run_args(e, "run config YAML (default: the run's own RUN_DIR/config.yaml; a given file must agree with it)")
     e.add_argument("--checkpoint", default="best", help="best, latest or a checkpoint folder")
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
     e.add_argument("--out", help="also write the report as JSON here")
 
     pr = sub.add_parser("predict", help="write per-row scores to Parquet")
-    run_args(pr)
+    run_args(pr, "run config YAML (default: the run's own RUN_DIR/config.yaml; a given file must agree with it)")
     pr.add_argument("--checkpoint", default="best")
     pr.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
                     help="rows to score; 'all' scores every row (use with --data for new files)")
@@ -302,18 +352,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job), handled like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args)
     except RecsysError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def run_demo(data_dir: str = "data/synthetic", run_root: str = "runs/demo", quic
             overrides += ["train.epochs=2"]
         cfg = load_config(os.path.join(REPO, config), overrides)
         log.info("training %s", label)
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, overwrite=True)  # the demo's runs are replaced on every demo
         result = trainer.fit()
         untrained = [t for t, w in cfg.train.task_weights.items() if w == 0]
         # an untrained head's metrics mean nothing: leave its cells empty

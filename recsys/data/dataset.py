@@ -708,7 +708,10 @@ class Dataset:
 
     def load(self, path: str) -> None:
         extra = load_encoders(path, self.sparse, self.dense)
-        self._load_extra(extra)
+        try:
+            self._load_extra(extra)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"corrupt fitted encoders (entry {e})", file=os.path.join(path, "encoders.json")) from None
 
     def state_dict(self) -> Dict[str, Any]:
         """Fitted state as plain objects (for broadcasting from rank 0)."""

@@ -400,16 +400,39 @@ def load_encoders(path: str, sparse: List[SparseEncoder], dense: List[DenseEncod
     """Restore state written by :func:`save_encoders`; returns the extra entries."""
     file = os.path.join(path, "encoders.json")
     try:
-        with open(file) as f:
+        with open(file, encoding="utf-8") as f:
             state = json.load(f)
+        if not isinstance(state, dict) or not isinstance(state.get("sparse"), dict) or not isinstance(
+                state.get("dense"), dict):
+            raise ValueError("no 'sparse'/'dense' sections")
     except FileNotFoundError:
         raise DataError("no fitted encoders here (train first, or pass the run folder)", file=file) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"corrupt fitted encoders ({str(e).splitlines()[0][:120]}); train the run again",
+                        file=file) from None
     for enc in sparse:
         if enc.name not in state["sparse"]:
             raise DataError(f"sparse feature '{enc.name}' was not fitted in this run", file=file)
         vfile = os.path.join(path, f"vocab.{enc.name}.parquet")
-        vocab = pq.read_table(vfile).column("value").combine_chunks() if os.path.exists(vfile) else None
-        enc.load_state(state["sparse"][enc.name], vocab)
+        vocab = None
+        if enc.needs_fit:
+            try:
+                vocab = pq.read_table(vfile).column("value").combine_chunks()
+            except FileNotFoundError:
+                raise DataError(f"the vocabulary of sparse feature '{enc.name}' is missing (deleted?); train the "
+                                "run again", file=vfile) from None
+            except (pa.ArrowInvalid, KeyError, OSError) as e:
+                raise DataError(f"corrupt vocabulary ({str(e).splitlines()[0][:120]})", file=vfile) from None
+        try:
+            enc.load_state(state["sparse"][enc.name], vocab)
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"corrupt state of sparse feature '{enc.name}'", file=file) from None
+        if enc.needs_fit and len(vocab) >= enc.num_embeddings:
+            raise DataError(f"the vocabulary of '{enc.name}' has {len(vocab)} values for a table of "
+                            f"{enc.num_embeddings} rows", file=vfile)
     for enc in dense:
-        enc.load_state(state["dense"][enc.spec.name])
+        try:
+            enc.load_state(state["dense"][enc.spec.name])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"corrupt state of dense feature '{enc.spec.name}'", file=file) from None
     return {k: v for k, v in state.items() if k not in ("sparse", "dense")}

@@ -8,7 +8,7 @@ even at world size 1.
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, Callable, List, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -71,6 +71,30 @@ def elastic_restart_count() -> int:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+T = TypeVar("T")
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and hand its result to every rank. A user error raised there
+    (:class:`~recsys.errors.RecsysError`) is raised on every rank with the same message, so no rank waits for a
+    rank that has already failed."""
+    from recsys.errors import RecsysError
+
+    result, error = None, None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            result = fn()
+        except RecsysError as e:
+            error = e
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        result, message = broadcast_object((result, None if error is None else str(error)))
+        if message is not None and error is None:
+            error = RecsysError(message)
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -252,6 +252,32 @@ def default_metric(schema: Schema) -> Tuple[str, str]:
     return f"{first.name}/rmse", "min"
 
 
+def undefined_metric(metric: str, tasks: Sequence[Task], has_user: bool, oracle: Iterable[str]) -> Optional[str]:
+    """Why report key ``metric`` (``task/name`` or ``task/name/slice``) can never have a value for data with
+    these tasks, a user feature or not, and oracle columns for the tasks in ``oracle``; None when it can."""
+    parts = metric.split("/")
+    by_name = {t.name: t for t in tasks}
+    if len(parts) not in (2, 3) or parts[0] not in by_name:
+        return f"does not start with a task name ({', '.join(by_name)}) followed by a metric such as '/auc'"
+    task, name = by_name[parts[0]], parts[1]
+    thresholded = task.kind == "binary" or task.eval_threshold is not None
+    per_user = {f"ndcg@{k}" for k in NDCG_KS} | {"gauc", "gauc_users", "ndcg_skipped"}
+    if task.kind == "binary":
+        known = {"auc", "logloss", "pos_rate", "calibration", "count", "oracle_auc"} | per_user
+        if task.depends_on:
+            known |= {"ctcvr_auc", "oracle_ctcvr_auc"}
+    else:
+        known = {"rmse", "mae", "count", "ndcg_skipped"} | {f"ndcg@{k}" for k in NDCG_KS}
+        known |= {"auc"} if thresholded else set()
+    if name not in known:
+        return f"is not a metric of task '{task.name}' ({task.kind}); it has: {', '.join(sorted(known))}"
+    if name in per_user and not has_user:
+        return "needs a user feature (the spec declares no 'user')"
+    if name.startswith("oracle_") and task.name not in set(oracle):
+        return f"needs true probabilities (the spec declares no oracle column for task '{task.name}')"
+    return None
+
+
 def metric_mode(metric: str) -> str:
     """Whether larger is better for a report key."""
     name = metric.split("/")[1] if "/" in metric else metric

@@ -27,6 +27,11 @@ from recsys.train.optim import fuse_embedding_optimizer
 from recsys.train.sharding import DEVICES, PlanReport, plan_report
 
 
+# torchrec's planner enumerates every rank (about 3 minutes at 2048 ranks on 2 CPU cores): larger jobs are refused
+# at once rather than planned for an hour
+MAX_PLAN_WORLD_SIZE = 4096
+
+
 def declared_schema(cfg: Config) -> Schema:
     """The config's schema from its dataset spec alone (see :meth:`Dataset.declared_schema`)."""
     if not cfg.data.spec:
@@ -70,13 +75,19 @@ def plan_config(
     compute = DEVICES[device_type].compute_device
     fuse_embedding_optimizer(module, cfg.train.embedding_optimizer, compute)
     sharding = replace(cfg.sharding, device_type=device_type)
+    if ranks_per_host is not None and ranks_per_host < 1:
+        raise ConfigError(f"ranks per host must be >= 1, got {ranks_per_host}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    for world in world_sizes:
+        if not 1 <= world <= MAX_PLAN_WORLD_SIZE:
+            raise ConfigError(f"world size must be in [1, {MAX_PLAN_WORLD_SIZE}], got {world}")
     reports = []
     for world in world_sizes:
-        if world < 1:
-            raise ConfigError(f"--world-size must be >= 1, got {world}")
-        per_host = min(ranks_per_host or DEVICES[device_type].ranks_per_host, world)
+        per_host = min(ranks_per_host if ranks_per_host is not None else DEVICES[device_type].ranks_per_host, world)
         start = time.perf_counter()
-        report = plan_report(module, sharding, world, per_host, device_type, batch_size or cfg.data.batch_size)[1]
+        report = plan_report(module, sharding, world, per_host, device_type,
+                             batch_size if batch_size is not None else cfg.data.batch_size)[1]
         report.planner_seconds = time.perf_counter() - start
         reports.append(report)
     return reports

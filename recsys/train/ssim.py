@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from recsys.config import Config, ModelConfig, SideColumnsConfig, from_dict
 from recsys.errors import ConfigError, RecsysError
+from recsys.io import write_parquet_atomic
 from recsys.models.ssim import SSIMConfig, SSIMSearchConfig
 from recsys.train.metrics import default_metric, format_table
 from recsys.train.trainer import Trainer
@@ -121,7 +122,7 @@ def run_search(cfg: Config) -> Dict[str, Any]:
     table = score_instances(trainer, "train")
     path = os.path.join(cfg.run_dir, SCORES_FILE)
     if table is not None:
-        _write_parquet(table, path)
+        write_parquet_atomic(path, table)
         result["learned_ratio"] = float(np.mean(table.column("mask").to_numpy(zero_copy_only=False)))
         log.info("ssim search: %d training instances scored, %.1f%% shared by the learned mask -> %s",
                  table.num_rows, 100 * result["learned_ratio"], path)
@@ -180,7 +181,7 @@ def export_shared(scores_path: str, out_path: str, ratio: Ratio) -> Dict[str, An
     info = {"ratio": ratio if ratio == "learned" else float(ratio), "shared_fraction": float(flags.mean()),
             "shared_fraction_per_scenario": per_scenario, "rows": int(len(flags)), "scores": scores_path}
     table = table.replace_schema_metadata({b"ssim": json.dumps(info).encode()})
-    _write_parquet(table, out_path)
+    write_parquet_atomic(out_path, table)
     return info
 
 
@@ -239,8 +240,3 @@ def report(result: Dict[str, Any], title: str) -> str:
     return format_table(trainer.schema, result[split], title=f"{title}: {split}")
 
 
-def _write_parquet(table: pa.Table, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)

@@ -23,14 +23,14 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Union
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import yaml
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from tqdm import tqdm
 
 from recsys.config import Config, to_dict
@@ -38,10 +38,17 @@ from recsys.data.columns import Columns
 from recsys.data.dataset import SPLITS, Dataset
 from recsys.data.loader import BatchLoader
 from recsys.errors import ConfigError, RecsysError
-from recsys.io import write_json_atomic, write_text_atomic
+from recsys.io import write_json_atomic, write_parquet_atomic, write_text_atomic
 from recsys.models.base import RankingModel, build_model, check_requirements
 from recsys.train import checkpoint as ckpt
-from recsys.train.dist import all_reduce_int, barrier, broadcast_object, elastic_restart_count, init_distributed
+from recsys.train.dist import (
+    all_reduce_int,
+    barrier,
+    broadcast_object,
+    elastic_restart_count,
+    init_distributed,
+    on_main,
+)
 from recsys.train.losses import MultiTaskLoss, TrainModule
 from recsys.train.metrics import (
     PredictionCollector,
@@ -50,11 +57,16 @@ from recsys.train.metrics import (
     evaluate,
     format_table,
     metric_mode,
+    undefined_metric,
 )
 from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
+from recsys.train.run_folder import RunFolder, check_free_space, check_resume_identity, flatten, run_identity
 from recsys.train.sharding import shard
 
 log = logging.getLogger("recsys.train")
+
+RUN_CONFIG = "config.yaml"
+RUN_SPEC = "spec.yaml"
 
 
 @dataclass
@@ -66,7 +78,7 @@ class TrainState:
     batch_in_epoch: int = 0
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
-    best_checkpoint: Optional[str] = None
+    best_checkpoint: Optional[str] = None  # a name inside run_dir/checkpoints (the folder may move)
     bad_evals: int = 0
     stopped_early: bool = False
     samples: int = 0
@@ -111,6 +123,7 @@ class Trainer:
         model: Optional[RankingModel] = None,
         resume: Union[bool, str] = False,
         fit_data: bool = True,
+        overwrite: bool = False,
     ) -> None:
         if resume not in (True, False, "auto"):
             raise ConfigError(f"resume must be True, False or 'auto', got {resume!r}")
@@ -118,19 +131,38 @@ class Trainer:
         self.dist = init_distributed(config.device)
         self.device = self.dist.device
         self.is_main = self.dist.is_main
-        self.run_dir = config.run_dir
-        self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
+        self.run_dir = config.resolve(config.run_dir)
+        self.folder = RunFolder(self.run_dir)
+        self.ckpt_dir = self.folder.checkpoints
+        self.training = fit_data
+        self.writer = None
+        try:
+            self._start(dataset, model, resume, overwrite)
+        except BaseException:
+            if self.is_main:
+                self.folder.discard_if_unused()  # a refused or interrupted start leaves no trace
+            raise
+
+    def _start(self, dataset: Optional[Dataset], model: Optional[RankingModel], resume: Union[bool, str],
+               overwrite: bool) -> None:
+        config = self.cfg
         show = config.train.progress and self.is_main
         self.dataset = dataset or Dataset.from_config(config, progress=show)
         if model is None:
             check_requirements(config.model.name, self.dataset.outline())  # before any data is read
-        self._prepare_encoders(fit_data)
+        self.metric, self.metric_mode = self._early_stopping_metric()  # a bad metric name fails before any read
+        restarts = elastic_restart_count()
+        latest, fresh = None, self.training
+        if self.training:
+            # rank 0 claims the folder and decides, so every rank loads the same checkpoint (or none)
+            latest, fresh = on_main(lambda: self._claim(resume, overwrite, restarts))
+        self._prepare_encoders(fit=fresh)
         self.schema = self.dataset.schema(config.model.embedding_dim)
         self._parts: Optional[Dict[str, Any]] = None
         if config.data.in_memory:
             self._data()  # every row is read and checked before anything is written to the run folder
+            self._check_metric_defined()
 
-        self.metric, self.metric_mode = self._early_stopping_metric()  # a bad metric name fails before any write
         torch.manual_seed(config.train.seed)
         self.model = model if model is not None else build_model(config.model, self.schema, source="config")
         self.loss = MultiTaskLoss(self.schema, config.train.task_weights, self.model.dependent_loss)
@@ -143,49 +175,99 @@ class Trainer:
         self.state = TrainState()
         self._pipeline = None
         self._eval_seconds = 0.0
-        self.writer = None
-        restarts = elastic_restart_count()
-        latest = None
-        if resume or restarts:
-            # rank 0 decides, so every rank loads the same checkpoint
-            latest = broadcast_object(ckpt.latest_checkpoint(self.ckpt_dir) if self.is_main else None)
-            if latest is None and resume is True:
-                raise RecsysError(f"{self.ckpt_dir}: nothing to resume from (no completed checkpoint)")
-        if self.is_main:
-            os.makedirs(self.run_dir, exist_ok=True)
-            if self._fitted_now:
-                self.dataset.save(os.path.join(self.run_dir, "encoders"))
-            if fit_data:  # training; evaluation (possibly at another world size) keeps the run's record
-                write_text_atomic(os.path.join(self.run_dir, "plan.txt"),
-                                  self.dmp.plan_report.format() + "\n\n" + str(self.dmp.plan) + "\n")
-                write_text_atomic(os.path.join(self.run_dir, "config.yaml"),
-                                  yaml.safe_dump(to_dict(config), sort_keys=False))
+        self._warned_undefined = False
+        self._identity: Optional[Dict[str, Any]] = None
+        if self.training:
+            on_main(lambda: self._write_run_files(fresh))
         if latest is not None:
             self.load(latest)
             why = f"torchelastic restart {restarts}: " if restarts and resume is not True else ""
             log.info("%sresumed from %s at step %d", why, latest, self.state.step)
         elif restarts:
             log.info("torchelastic restart %d: no completed checkpoint yet, starting afresh", restarts)
-        if self.is_main and config.tensorboard:
+        if self.is_main and config.tensorboard and self.training:
             from torch.utils.tensorboard import SummaryWriter
 
             # after a resume, events a previous attempt wrote beyond the checkpoint are dropped
             self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"),
                                         purge_step=self.state.step + 1 if latest is not None else None)
 
+    # --- the run folder ----------------------------------------------------------------------------------
+    def identity(self) -> Dict[str, Any]:
+        """What this run's checkpoints depend on (see :func:`recsys.train.run_folder.run_identity`)."""
+        return run_identity(self.cfg, self.dataset.spec, self.dataset.files(), self.dataset.root,
+                            self.dist.world_size)
+
+    def _claim(self, resume: Union[bool, str], overwrite: bool, restarts: int):
+        """Rank 0: lock the run folder and decide whether this run resumes (returns (checkpoint or None, fresh)).
+        Nothing is removed or written yet."""
+        self.folder.claim()
+        wants_checkpoint = bool(resume) or restarts > 0
+        latest = ckpt.latest_checkpoint(self.ckpt_dir) if wants_checkpoint else None
+        if resume is True and latest is None:
+            raise RecsysError(f"{self.ckpt_dir}: nothing to resume from (no completed checkpoint)")
+        if not wants_checkpoint:
+            self.folder.refuse_reuse(resume=False, overwrite=overwrite)
+        if latest is not None:
+            check_resume_identity(latest, ckpt.read_trainer_state(latest).get("depends_on"), self.identity())
+            if not os.path.isdir(os.path.join(self.run_dir, "encoders")):
+                raise RecsysError(f"{self.run_dir}: the run has checkpoints but no fitted encoders (encoders/ "
+                                  "was deleted?); it cannot be resumed")
+        return latest, latest is None
+
+    def _write_run_files(self, fresh: bool) -> None:
+        """Rank 0, once data and model have been checked: replace an earlier run's files (``--overwrite``, or a
+        restart that found no checkpoint), then write encoders, plan, the resolved config and spec."""
+        if fresh:
+            self.folder.clear()
+            check_free_space(self.run_dir, self._checkpoint_bytes() * (self.cfg.train.keep_checkpoints + 1),
+                             f"{self.cfg.train.keep_checkpoints + 1} checkpoints")
+        if self._fitted_now:
+            self.dataset.save(os.path.join(self.run_dir, "encoders"))
+        write_text_atomic(os.path.join(self.run_dir, "plan.txt"),
+                          self.dmp.plan_report.format() + "\n\n" + str(self.dmp.plan) + "\n")
+        spec = to_dict(self.dataset.spec)
+        spec["root"] = self.dataset.root
+        write_text_atomic(os.path.join(self.run_dir, RUN_SPEC), yaml.safe_dump(spec, sort_keys=False))
+        saved = to_dict(self.cfg)
+        saved["run_dir"] = "."  # paths in a config file are relative to it: the run folder can move
+        saved["data"]["spec"] = RUN_SPEC
+        saved["data"]["path"] = self.dataset.root
+        write_text_atomic(os.path.join(self.run_dir, RUN_CONFIG), yaml.safe_dump(saved, sort_keys=False))
+
+    def _checkpoint_bytes(self) -> int:
+        """Roughly what one checkpoint takes on disk: the model's and the optimizer's tensors."""
+        total = 0
+        for tree in (self.dmp.state_dict(), self.optimizer.state_dict().get("state", {})):
+            for value in flatten(tree).values():
+                if isinstance(value, ShardedTensor):  # every rank's shards: the checkpoint holds them all
+                    md = value.metadata()
+                    total += math.prod(md.size) * torch.empty(0, dtype=md.tensor_properties.dtype).element_size()
+                elif isinstance(value, torch.Tensor):
+                    total += value.numel() * value.element_size()
+        return total
+
+    def close(self) -> None:
+        """Release the run folder (training ends; the trainer may still evaluate)."""
+        if self.is_main:
+            self.folder.release()
+        if self.writer is not None:
+            self.writer.flush()
+
     # --- data --------------------------------------------------------------------------------------------
-    def _prepare_encoders(self, fit_data: bool) -> None:
-        """Rank 0 fits (or loads) the encoders and broadcasts them, so no shared file system is needed.
-        Freshly fitted encoders are saved later, once all data has been read without error."""
+    def _prepare_encoders(self, fit: bool) -> None:
+        """Rank 0 fits (a fresh training) or loads (resume, evaluation) the encoders and broadcasts them, so no
+        shared file system is needed. Freshly fitted encoders are saved later, once all data has been read
+        without error."""
         path = os.path.join(self.run_dir, "encoders")
         state = None
         self._fitted_now = False
         if self.is_main:
-            if os.path.isdir(path):
-                self.dataset.load(path)
-            elif fit_data:
+            if fit:
                 self.dataset.fit()
                 self._fitted_now = True
+            elif os.path.isdir(path):
+                self.dataset.load(path)
             else:
                 raise RecsysError(f"{path}: no fitted encoders (train this run first)")
             state = self.dataset.state_dict()
@@ -278,7 +360,16 @@ class Trainer:
 
     def fit(self) -> Dict[str, Any]:
         """Train with periodic validation and early stopping, restore the best checkpoint, evaluate valid and
-        test, and write ``metrics.json``. Returns ``{"valid": report, "test": report, ...}``."""
+        test, and write ``metrics.json``. Returns ``{"valid": report, "test": report, ...}``. The run folder
+        is released when it returns (or fails)."""
+        if not self.training:
+            raise RecsysError("this trainer was built for evaluation (fit_data=False); it cannot train")
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> Dict[str, Any]:
         cfg = self.cfg.train
         metric, mode = self.metric, self.metric_mode
         loader = self.train_loader()
@@ -327,32 +418,64 @@ class Trainer:
         self.state.train_seconds += time.perf_counter() - start - self._eval_seconds
         return self._finish()
 
-    def _early_stopping_metric(self):
+    def _early_stopping_metric(self) -> Tuple[str, str]:
+        """The validation metric and its direction; refused before any data is read when no evaluation could
+        ever define it (a misspelt metric, GAUC without a user, an oracle AUC without oracle columns, ...)."""
         es = self.cfg.train.early_stopping
+        outline = self.dataset.outline()
         if es.metric == "auto":
-            return default_metric(self.schema)
-        task = es.metric.split("/")[0]
-        if task not in self.schema.task_names:
-            raise ConfigError(f"train.early_stopping.metric: '{es.metric}' does not start with a task name "
-                              f"({', '.join(self.schema.task_names)})")
+            return default_metric(outline)
+        why = undefined_metric(es.metric, outline.tasks, has_user=outline.user_feature is not None,
+                               oracle=set(self.dataset.spec.oracle))
+        if why:
+            raise ConfigError(f"train.early_stopping.metric: '{es.metric}' {why}")
         return es.metric, (metric_mode(es.metric) if es.mode == "auto" else es.mode)
+
+    def _check_metric_defined(self) -> None:
+        """Refuse to train when the validation rows make the early-stopping metric undefined at every
+        evaluation (e.g. no positive label in the validation split)."""
+        part = self._data().get("valid")
+        if part is None or not len(part):
+            return
+        task_name = self.metric.split("/")[0]
+        task = self.schema.task(task_name)
+        name = self.metric.split("/")[1]
+        if name in ("logloss", "rmse", "mae", "pos_rate", "calibration", "count"):
+            return
+        labels = part.labels[task_name]
+        if task.depends_on and name != "ctcvr_auc":
+            labels = labels[part.labels[task.depends_on] > 0.5]
+        threshold = 0.5 if task.kind == "binary" else task.eval_threshold
+        if threshold is None or not len(labels):
+            return
+        positive = labels > threshold
+        if positive.all() or not positive.any():
+            kind = "positive" if positive.all() else "negative"
+            raise ConfigError(
+                f"train.early_stopping.metric: '{self.metric}' is undefined on every validation: the "
+                f"{len(labels)} validation rows it is computed on are all {kind} for task '{task_name}'; choose "
+                "another metric, or a larger data.split.valid")
 
     def _check_finite(self, out) -> None:
         total = torch.stack([v.float() for v in out.losses.values()]).sum()
         if not bool(torch.isfinite(total)):
-            last = self.state.best_checkpoint or ckpt.latest_checkpoint(self.ckpt_dir)
+            last = ckpt.latest_checkpoint(self.ckpt_dir)
             raise NonFiniteLoss(
                 f"loss became {float(total)} at step {self.state.step} (epoch {self.state.epoch + 1}); "
                 f"last good checkpoint: {last or 'none'}; lower the learning rates or set train.grad_clip_norm"
             )
 
     def _validate(self, metric: str, mode: str) -> bool:
-        """Evaluate on the validation split, checkpoint, update early stopping; True when training should stop."""
+        """Evaluate on the validation split, checkpoint, update early stopping; True when training should stop.
+
+        An undefined value (NaN: e.g. no positive among the validation rows) counts as no improvement and is
+        warned about once; it never becomes the best."""
         t0 = time.perf_counter()
+        name = f"step-{self.state.step:08d}"
         if not self._split_rows("valid"):
             # no validation rows: no early stopping, the newest checkpoint counts as the best
-            path = self.save()
-            self.state.best_checkpoint, self.state.best_step = path, self.state.step
+            self.state.best_checkpoint, self.state.best_step = name, self.state.step
+            self.save(self.folder.checkpoint(name))
             self._eval_seconds += time.perf_counter() - t0
             return False
         report = self.evaluate("valid")
@@ -360,21 +483,26 @@ class Trainer:
         if value is None:
             raise ConfigError(f"train.early_stopping.metric: '{metric}' is not in the validation report "
                               f"(e.g. {', '.join(k for k in report if k.count('/') == 1)[:200]})")
+        defined = math.isfinite(value)
+        if not defined and not self._warned_undefined:
+            self._warned_undefined = True
+            if self.is_main:
+                log.warning("validation %s is undefined (%s) at step %d: counted as no improvement", metric,
+                            value, self.state.step)
         record = {"step": self.state.step, "epoch": self.state.epoch, metric: value}
         self.state.history.append(record)
-        improved = self.state.best_metric is None or (
+        improved = defined and (self.state.best_metric is None or (
             value > self.state.best_metric if mode == "max" else value < self.state.best_metric
-        )
-        path = os.path.join(self.ckpt_dir, f"step-{self.state.step:08d}")
+        ))
         if improved:
             self.state.best_metric, self.state.best_step = float(value), self.state.step
-            self.state.best_checkpoint = path
+            self.state.best_checkpoint = name
             self.state.bad_evals = 0
         else:
             self.state.bad_evals += 1
         stop = self.state.bad_evals >= self.cfg.train.early_stopping.patience
         self.state.stopped_early = stop
-        self.save(path)
+        self.save(self.folder.checkpoint(name))
         self._eval_seconds += time.perf_counter() - t0
         if self.writer is not None:
             for key, v in report.items():
@@ -382,8 +510,9 @@ class Trainer:
                     self.writer.add_scalar(f"valid/{key}", v, self.state.step)
         self._log_embeddings()
         if self.is_main:
+            best = "none yet" if self.state.best_metric is None else f"{self.state.best_metric:.5f}"
             log.info("step %d: valid %s = %.5f%s", self.state.step, metric, value,
-                     " (best)" if improved else f" (best {self.state.best_metric:.5f})")
+                     " (best)" if improved else f" (best {best})")
         return stop
 
     def _log_train(self, out, samples_per_sec: float) -> None:
@@ -429,8 +558,13 @@ class Trainer:
                     self.writer.add_embedding(rows, metadata=list(metadata), tag=tag, global_step=self.state.step)
 
     def _finish(self) -> Dict[str, Any]:
-        if self.state.best_checkpoint and os.path.isdir(self.state.best_checkpoint):
-            self.load(self.state.best_checkpoint, restore_loop=False)
+        if self.state.best_checkpoint is not None:
+            best = self.folder.checkpoint(self.state.best_checkpoint)
+            if not os.path.isdir(best):
+                raise RecsysError(f"{best}: the best checkpoint of this run is missing (deleted during training?)")
+            self.load(best, restore_loop=False)
+        elif self.is_main:
+            log.warning("the validation metric was never defined: the final model is the last one trained")
         result: Dict[str, Any] = {
             "model": self.cfg.model.name,
             "dataset": self.dataset.spec.name,
@@ -472,38 +606,36 @@ class Trainer:
             self.dmp.train()
         return collector
 
-    def predictions(self, split: str = "test") -> Predictions:
-        """Every row of ``split`` scored by the current model (all ranks' rows, on every rank)."""
+    def _check_split(self, split: str) -> None:
         if split not in SPLITS + ("all",):
             raise ConfigError(f"split must be one of {SPLITS + ('all',)}, got '{split}'")
+        if not self._split_rows(split):
+            sc = self.cfg.data.split
+            raise RecsysError(f"the '{split}' split has no rows (data.split: {sc.kind}, valid {sc.valid}, test "
+                              f"{sc.test}; {self._split_rows('all')} rows in all)")
+
+    def predictions(self, split: str = "test") -> Predictions:
+        """Every row of ``split`` scored by the current model (all ranks' rows, on every rank)."""
+        self._check_split(split)
         self._detach_pipeline()
         return self._forward_all(split).gather()
 
     def evaluate(self, split: str = "test") -> Dict[str, float]:
         """The metric report of ``split`` (see :mod:`recsys.train.metrics`), identical on every rank."""
-        if split not in SPLITS + ("all",):
-            raise ConfigError(f"split must be one of {SPLITS + ('all',)}, got '{split}'")
-        self._detach_pipeline()
-        preds = self._forward_all(split).gather()
-        return evaluate(self.schema, preds)
+        return evaluate(self.schema, self.predictions(split))
 
     def predict(self, split: str, out_path: str) -> int:
         """Write per-row scores (probability or value per task) of ``split`` to Parquet; returns rows written.
 
         The file is written under a temporary name and renamed, so a failure leaves no partial output."""
-        self._detach_pipeline()
-        preds = self._forward_all(split).gather()
+        preds = self.predictions(split)
         if self.is_main:
             columns: Dict[str, Any] = {"row_id": preds.row_id, "scenario": preds.scenario}
             if self.schema.user_feature:
                 columns["user"] = preds.user
             for t in self.schema.task_names:
                 columns[f"score_{t}"] = preds.scores[t].astype(np.float32)
-            table = pa.table(columns)
-            os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-            tmp = out_path + ".tmp"
-            pq.write_table(table, tmp)
-            os.replace(tmp, out_path)
+            write_parquet_atomic(out_path, pa.table(columns))
         barrier()
         return len(preds)
 
@@ -518,9 +650,14 @@ class Trainer:
         path = path or os.path.join(self.ckpt_dir, f"step-{self.state.step:08d}")
         state = asdict(self.state)
         state["world_size"] = self.dist.world_size
+        if self.is_main:
+            if self._identity is None:
+                self._identity = self.identity()
+            state["depends_on"] = self._identity
         self._sync_module_state()
         ckpt.save_checkpoint(path, self._app_state(), state)
-        ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints, self.state.best_checkpoint)
+        best = self.folder.checkpoint(self.state.best_checkpoint) if self.state.best_checkpoint else None
+        ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints, best)
         return path
 
     def _sync_module_state(self) -> None:
@@ -573,6 +710,11 @@ class Trainer:
         if not model_only:
             self.optimizer.load_state_dict(merged["optimizer"])
         if restore_loop:
-            trainer_state.pop("world_size", None)
-            self.state = TrainState(**trainer_state)
+            known = {f.name for f in fields(TrainState)}
+            try:
+                self.state = TrainState(**{k: v for k, v in trainer_state.items() if k in known})
+            except TypeError as e:
+                raise RecsysError(f"{os.path.join(path, ckpt.TRAINER_STATE)}: corrupt loop state ({e})") from None
+            if not isinstance(self.state.step, int) or not isinstance(self.state.epoch, int):
+                raise RecsysError(f"{os.path.join(path, ckpt.TRAINER_STATE)}: corrupt loop state (step/epoch)")
 
