@@ -17,7 +17,8 @@ install: $(STAMP)
 
 # opt-in: only the machine that submits Kubernetes jobs needs it; the main pins constrain its dependencies
 install-k8s: $(STAMP)
-	$(PYTHON) -m pip install -q --disable-pip-version-check -r scripts/requirements-kubernetes.txt -c scripts/requirements.txt
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r scripts/requirements-kubernetes.txt \
+		-c scripts/requirements.txt
 
 demo: $(STAMP)
 	$(PYTHON) -m recsys demo
