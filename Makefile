@@ -2,17 +2,23 @@
 # make test   - create/use .venv and run the test suite (CI runs exactly this)
 # make test-compat - the suite on the older supported stack (torchrec 1.6.1, scripts/requirements-torchrec1.6.txt)
 # make bench  - throughput (CPU) and data path benchmarks; results in benchmarks/results (docs/benchmarks.md)
+# make install-k8s - also the Kubernetes client for `torchx run -s kubernetes` (scripts/requirements-kubernetes.txt)
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.recsys-installed
 
-.PHONY: install demo test test-all test-compat bench clean
+.PHONY: install install-k8s demo test test-all test-compat bench clean
 
 $(STAMP): scripts/install.sh scripts/requirements.txt pyproject.toml
 	bash scripts/install.sh $(VENV)
 	@touch $@
 
 install: $(STAMP)
+
+# opt-in: only the machine that submits Kubernetes jobs needs it; the main pins constrain its dependencies
+install-k8s: $(STAMP)
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r scripts/requirements-kubernetes.txt \
+		-c scripts/requirements.txt
 
 demo: $(STAMP)
 	$(PYTHON) -m recsys demo

@@ -26,6 +26,13 @@ import numpy as np
 from benchmarks.common import RESULTS, environment, environment_markdown, write_json, write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the measured stages (keys of ``rows_per_sec`` in loader.json) as the table and the plot name them
+STAGES = {
+    "fit": "fit (validate + fit vocabularies)",
+    "read": "read: Parquet -> encoded columns",
+    "batches": "batches: columns -> shuffled Batch",
+    "stream": "stream: Parquet -> shuffled Batch",
+}
 
 
 def timed(fn: Callable[[], int], repeats: int) -> Dict[str, float]:
@@ -62,29 +69,6 @@ def train_rate(data: str, batch_size: int, in_memory: bool, steps: int, run_dir:
     rate = done / (time.perf_counter() - t)
     shutil.rmtree(run_dir, ignore_errors=True)
     return rate
-
-
-def plot(path: str, rows: List, train_mem: float, train_parquet: float) -> None:
-    """Bar chart: rows/s of each loader stage (median, min-max) against the training step rates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n.split(":")[0] for n, _ in rows] + ["train (memory)", "train (Parquet)"]
-    med = [r["median"] for _, r in rows] + [train_mem, train_parquet]
-    err = [[r["median"] - r["min"] for _, r in rows] + [0, 0], [r["max"] - r["median"] for _, r in rows] + [0, 0]]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.barh(names, med, xerr=err, color=["#4c72b0"] * len(rows) + ["#dd8452"] * 2, capsize=2)
-    ax.axvline(10 * train_mem, color="#c44e52", linestyle="--", label="10x training step rate")
-    ax.set_xscale("log")
-    ax.set_xlabel("rows/s")
-    ax.invert_yaxis()
-    ax.legend(fontsize=8)
-    ax.set_title("data path throughput")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: List[str] = None) -> int:
@@ -155,12 +139,7 @@ def main(argv: List[str] = None) -> int:
         "ratio_to_training": {"batches": batch_rate["median"] / steps["train"],
                               "stream": stream_rate["median"] / steps["train"]},
     }
-    rows = [
-        ("fit (validate + fit vocabularies)", fit_rate),
-        ("read: Parquet -> encoded columns", read_rate),
-        ("batches: columns -> shuffled Batch", batch_rate),
-        ("stream: Parquet -> shuffled Batch", stream_rate),
-    ]
+    rows = [(STAGES[key], rate) for key, rate in result["rows_per_sec"].items()]
     lines = [
         "## Data path throughput",
         "",
@@ -183,7 +162,9 @@ def main(argv: List[str] = None) -> int:
     lines += ["", "![loader.png](loader.png)"]
     md = "\n".join(lines) + "\n"
     write_json(os.path.join(args.out, "loader.json"), result)
-    plot(os.path.join(args.out, "loader.png"), rows, train_mem, train_parquet)
+    from benchmarks.plots import loader_figure, save
+
+    save(loader_figure(result), os.path.join(args.out, "loader.png"))
     write_text(os.path.join(args.out, "loader.md"), md)
     print(md)
     return 0

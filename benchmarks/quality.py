@@ -9,12 +9,14 @@ slopes on position and host level), ``movielens``
 (MovieLens-100K from ``$RECSYS_MOVIELENS`` or ../shared/data/ml-100k) and ``quick``.
 
 A grid is a module ``benchmarks/grids/<name>.py`` defining ``TITLE`` and ``EXPERIMENTS`` (a list of
-:class:`Experiment`), optionally ``METRICS`` (report keys to tabulate) and ``render(results) -> str`` for a
-table shaped like its paper's. An experiment may train one model per scenario (``per_scenario``, the ST baseline:
-the report is computed on the scenarios' predictions together) and may run a first phase before training
-(``prepare``, e.g. SSIM's search and export, which returns extra overrides for the training it precedes). Results go to ``benchmarks/results/quality/<grid>.{json,md,png}``: per experiment
-and dataset, the mean and standard deviation over seeds of every test metric (per task, scenario and group:
-AUC, logloss, GAUC, NDCG@k, oracle AUC on synthetic data), and the per-seed values.
+:class:`Experiment`), optionally ``METRICS`` (report keys to tabulate), ``render(results) -> str`` for a table
+shaped like its paper's and ``PLOT_METRICS`` (the AUCs its plot shows, :class:`benchmarks.plots.Metric`; default:
+each dataset's main AUC). An experiment may train one model per scenario (``per_scenario``, the ST baseline: the
+report is computed on the scenarios' predictions together) and may run a first phase before training
+(``prepare``, e.g. SSIM's search and export, which returns extra overrides for the training it precedes). Results
+go to ``benchmarks/results/quality/<grid>.{json,md,png}`` (the PNG drawn by ``benchmarks/plots.py``): per
+experiment and dataset, the mean and standard deviation over seeds of every test metric (per task, scenario and
+group: AUC, logloss, GAUC, NDCG@k, oracle AUC on synthetic data), and the per-seed values.
 """
 
 import argparse
@@ -248,28 +250,49 @@ def default_table(title: str, results: Dict[str, Dict[str, Any]], metrics: Seque
     return "\n".join(lines)
 
 
-def plot(path: str, title: str, results: Dict[str, Dict[str, Any]], metric: str) -> None:
-    import matplotlib
+TASK_LABELS = {"ctr": "CTR", "cvr": "CVR", "stay": "stay time", "like": "like"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    datasets = sorted({d for r in results.values() for d in r})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 0.45 * len(results) + 1.5),
-                             squeeze=False)
-    for ax, d in zip(axes[0], datasets):
-        names = [n for n in results if metric_for(d, metric) in results[n].get(d, {}).get("metrics", {})]
-        vals = [results[n][d]["metrics"][metric_for(d, metric)] for n in names]
-        ax.barh(names, [v["mean"] for v in vals], xerr=[v["std"] for v in vals], color="#4c72b0")
-        lo = min(v["mean"] - v["std"] for v in vals) if vals else 0.5
-        hi = max(v["mean"] + v["std"] for v in vals) if vals else 1.0
-        ax.set_xlim(lo - 0.02, hi + 0.01)
-        ax.set_title(f"{d}: {metric_for(d, metric)}")
-        ax.invert_yaxis()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def plot_panels(module: Any, results: Dict[str, Dict[str, Any]]) -> List[Any]:
+    """What a grid's plot shows: per dataset profile (in ``DATASETS`` order), the grid's ``PLOT_METRICS`` (a
+    list of :class:`benchmarks.plots.Metric`) or else the dataset's main AUC beside the oracle's; metrics no
+    experiment reports are left out."""
+    from benchmarks.plots import Metric, Panel
+
+    present = list(dict.fromkeys(d for per in results.values() for d in per))
+    datasets = [d for d in DATASETS if d in present] + [d for d in present if d not in DATASETS]
+    panels = []
+    for d in datasets:
+        task = metric_for(d, "auc").split("/")[0]
+        default = Metric(metric_for(d, "auc"), f"{TASK_LABELS.get(task, task)} AUC", metric_for(d, "oracle_auc"))
+        for metric in getattr(module, "PLOT_METRICS", None) or [default]:
+            if any(metric.key in per.get(d, {}).get("metrics", {}) for per in results.values()):
+                panels.append(Panel(d, metric))
+    return panels
+
+
+def epoch_budget(panels: Sequence[Any], epochs: Optional[int]) -> str:
+    """The training budget of a grid run in words: the ``--epochs`` cap, else the profiles' epoch budget."""
+    if epochs is not None:
+        return f"at most {epochs} epochs"
+    caps = sorted({int(o.split("=", 1)[1]) for p in panels for o in DATASETS[p.dataset].overrides
+                   if o.startswith("train.epochs=")} if all(p.dataset in DATASETS for p in panels) else [])
+    return f"full budget (up to {caps[0]} epochs)" if len(caps) == 1 else "full budget"
+
+
+def figure(module: Any, result: Dict[str, Any]) -> Any:
+    """The grid's figure from its JSON result (``benchmarks/plots.py`` draws every benchmark plot)."""
+    from benchmarks.plots import quality_figure
+
+    panels = plot_panels(module, result["results"])
+    return quality_figure(result, panels, epoch_budget(panels, result.get("epochs")))
+
+
+def plot(path: str, module: Any, result: Dict[str, Any]) -> None:
+    """Write the grid's PNG."""
+    from benchmarks.plots import save
+
+    save(figure(module, result), path)
 
 
 def metric_for(dataset: str, metric: str) -> str:
@@ -376,11 +399,11 @@ def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick:
     md = (f"## {module.TITLE}\n\n{environment_markdown(env)}\nSeeds: {seeds}; mean ± std over seeds of test metrics."
           f"{budget}{earlier}\n\n{table}\n")
     if not quick:
-        write_json(os.path.join(out_dir, f"{name}.json"), {"grid": name, "title": module.TITLE,
-                                                           "environment": env, "seeds": seeds, "epochs": epochs,
-                                                           "results": results})
+        saved = {"grid": name, "title": module.TITLE, "environment": env, "seeds": seeds, "epochs": epochs,
+                 "results": results}
+        write_json(os.path.join(out_dir, f"{name}.json"), saved)
         write_text(os.path.join(out_dir, f"{name}.md"), md)
-        plot(os.path.join(out_dir, f"{name}.png"), module.TITLE, results, "auc")
+        plot(os.path.join(out_dir, f"{name}.png"), module, saved)
         if os.path.exists(partial):
             os.remove(partial)
     print(md)

@@ -572,83 +572,14 @@ def markdown(result: Dict[str, Any]) -> str:
 
 
 def plots(result: Dict[str, Any], prefix: str) -> List[str]:
-    """PNG bar charts: samples/s per path over batch sizes; ratios per cell; recsys vs plain per model."""
-    import matplotlib
+    """``<prefix>_{batch,ratio,models}.png`` (drawn by ``benchmarks/plots.py``): samples/s of every path over batch
+    sizes; recsys / plain PyTorch and recsys / bound per cell with the targets; recsys and plain per model."""
+    from benchmarks.plots import save, throughput_figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dev = result["settings"]["device"]
     written = []
-    colors = {"recsys": "#4c72b0", "plain": "#dd8452", "tbe": "#55a868", "mlp": "#8172b3", "bound": "#937860"}
-    sweep = [c for c in _cells_of(result, "batch") if "train" in c]
-    if sweep:
-        models = list(dict.fromkeys(c["model"] for c in sweep))
-        fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
-        for ax, m in zip(axes[0], models):
-            cells = [c for c in sweep if c["model"] == m]
-            x = np.arange(len(cells))
-            series = [p for p in PATHS if any(p in c["train"] for c in cells)] + ["bound"]
-            w = 0.8 / len(series)
-            for j, p in enumerate(series):
-                vals = [(c["train"].get(p) if p != "bound" else c.get("bound_train")) for c in cells]
-                med = [v["median"] if v else 0 for v in vals]
-                err = [[(v["median"] - v["min"]) if v else 0 for v in vals], [(v["max"] - v["median"]) if v else 0
-                                                                                for v in vals]]
-                ax.bar(x + (j - (len(series) - 1) / 2) * w, med, w, yerr=err, label=p, color=colors[p], capsize=2)
-            ax.set_xticks(x, [str(c["batch_size"]) for c in cells])
-            ax.set_yscale("log")
-            ax.set_xlabel("batch size")
-            ax.set_ylabel("training samples/s")
-            ax.set_title(f"{m} on {cells[0]['workload']} ({dev})")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = f"{prefix}_batch.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    rated = [c for c in result["cells"] if c.get("ratios")]
-    if rated:
-        fig, axes = plt.subplots(1, 2, figsize=(13, 0.3 * len(rated) + 1.8))
-        labels = [f"{c['workload']} {c['model']} B={c['batch_size']}"
-                  + (f" cap={c['vocab_cap']:,}" if c["tag"] == "vocab" else "") for c in rated]
-        for ax, key, target, title in ((axes[0], "recsys_over_plain_train", TARGET_RATIO, "recsys / plain PyTorch"),
-                                       (axes[1], "recsys_over_bound_train", 1 / BOUND_SLACK,
-                                        "recsys / (TBE + MLP bound)")):
-            label = f"target {target:.2f}" + (" (Criteo-like, batch 4096)" if key.endswith("plain_train") else "")
-            vals = [c["ratios"].get(key) for c in rated]
-            med = [v["median"] if v else 0 for v in vals]
-            err = [[(v["median"] - v["min"]) if v else 0 for v in vals], [(v["max"] - v["median"]) if v else 0
-                                                                            for v in vals]]
-            ax.barh(labels, med, xerr=err, color="#4c72b0", capsize=2)
-            ax.axvline(target, color="#c44e52", linestyle="--", label=label)
-            ax.set_title(f"training, {title} ({dev})")
-            ax.invert_yaxis()
-            ax.legend(fontsize=8)
-            ax.tick_params(axis="y", labelsize=7)
-        fig.tight_layout()
-        path = f"{prefix}_ratio.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    models = [c for c in _cells_of(result, "models") if "train" in c]
-    if models:
-        fig, ax = plt.subplots(figsize=(8, 0.35 * len(models) * 2 + 1.5))
-        labels = [f"{c['model']} B={c['batch_size']}" for c in models]
-        y = np.arange(len(models))
-        for j, p in enumerate(("recsys", "plain")):
-            med = [c["train"][p]["median"] if p in c["train"] else 0 for c in models]
-            ax.barh(y + (j - 0.5) * 0.4, med, 0.4, label=p, color=colors[p])
-        ax.set_yticks(y, labels)
-        ax.invert_yaxis()
-        ax.set_xlabel("training samples/s")
-        ax.set_title(f"every registered model, live-streaming world ({dev})")
-        ax.legend()
-        fig.tight_layout()
-        path = f"{prefix}_models.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+    for name, fig in throughput_figures(result).items():
+        save(fig, f"{prefix}_{name}.png")
+        written.append(f"{prefix}_{name}.png")
     return written
 
 

@@ -5,7 +5,7 @@
     recsys eval -c CONFIG [--checkpoint best|latest|PATH] [--split test]
     recsys predict -c CONFIG --out scores.parquet [--split test] [--checkpoint ...]
     recsys plan -c CONFIG [--world-size 8 64 ...] [--device-type h100|h200|cpu]   sharding plans, no data needed
-    recsys models                                              list the registered models
+    recsys models                                              the registered models and what each needs
     recsys ssim search -c CONFIG                               SSIM: learn the shared-instance selection
     recsys ssim export --scores RUN/ssim_scores.parquet --out shared.parquet --ratio 0.3|learned|auto
     recsys ssim retrain -c CONFIG --shared shared.parquet      SSIM: retrain any multi-scenario model with the set
@@ -219,11 +219,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 @command("models")
 def cmd_models(args: argparse.Namespace) -> int:
-    from recsys.models.base import model_class, model_names
+    from recsys.models.index import table  # the static index: no torch import, well under a second
 
-    for name in model_names():
-        doc = (model_class(name).__module__ and sys.modules[model_class(name).__module__].__doc__ or "").strip()
-        print(f"{name:<22} {doc.splitlines()[0] if doc else ''}")
+    print(table())
     return 0
 
 
@@ -325,7 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--host-ddr-gb", type=float, help="host memory per machine in GiB (overrides the preset)")
     pl.add_argument("--batch-size", type=int, help="per-rank batch size (default: data.batch_size)")
 
-    sub.add_parser("models", help="list the registered models")
+    sub.add_parser("models", help="list the registered models and what each needs from the data",
+                   description="The model registry: one row per model.name, with what the dataset spec must "
+                               "declare for it (checked before any data is read): tasks (how many), funnel (a "
+                               "binary task with depends_on, e.g. CVR given click), scenarios (a scenario column "
+                               "with two or more values), user (the user feature), time (a timestamp column).")
 
     ss = sub.add_parser("ssim", help="SSIM: search, export and retrain with a shared-instance set")
     phases = ss.add_subparsers(dest="phase", required=True)
@@ -368,7 +370,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, while it can still be handled
+        return code
+    except BrokenPipeError:
+        # `recsys models | head -1`: the reader closed the pipe; stop quietly, as a Unix tool killed by SIGPIPE
+        # does (exit 128 + 13), and point stdout at /dev/null so that the flush at exit cannot raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
     except RecsysError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

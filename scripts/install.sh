@@ -3,7 +3,8 @@
 #   scripts/install.sh [VENV]        (default .venv)
 #   PINS=scripts/requirements-torchrec1.6.txt scripts/install.sh .venv-torchrec1.6   (the older supported stack)
 # CPU machines get fbgemm-gpu-cpu; machines where nvidia-smi lists a GPU get the CUDA fbgemm-gpu of the same
-# version. Versions come from the pin file only (PINS, default scripts/requirements.txt).
+# version. FBGEMM_VARIANT=cpu|cuda chooses instead of nvidia-smi (auto, the default), e.g. in a docker build, which
+# sees no GPU (see Dockerfile). Versions come from the pin file only (PINS, default scripts/requirements.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.venv}
@@ -16,9 +17,21 @@ version() { pin "$1" | cut -d= -f3; }
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+variant=${FBGEMM_VARIANT:-auto}
+case "$variant" in
+  auto)
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+      variant=cuda
+      echo "install: GPU found"
+    else
+      variant=cpu
+    fi ;;
+  cpu|cuda) ;;
+  *) echo "install: FBGEMM_VARIANT must be cpu, cuda or auto, got '$variant'" >&2; exit 2 ;;
+esac
+if [ "$variant" = cuda ]; then
   fbgemm="fbgemm-gpu==$(version fbgemm-gpu-cpu)"
-  echo "install: GPU found, using $fbgemm"
+  echo "install: using $fbgemm (CUDA)"
 else
   fbgemm="$(pin fbgemm-gpu-cpu)"
 fi

@@ -188,3 +188,49 @@ def test_sigkilled_worker_restarts_and_resumes_to_the_uninterrupted_result(tmp_p
         for key in ("ctr/auc", "ctr/logloss", "cvr/auc", "stay/rmse"):
             assert b[split][key] == a[split][key], (split, key)
     assert a["history"] == b["history"]
+
+
+def _readme_command(first_words: str) -> List[str]:
+    """The README's shell command starting with ``first_words``, continuation lines joined, as argv."""
+    import shlex
+
+    lines = open(os.path.join(REPO, "README.md")).read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first_words))
+    command = ""
+    for line in lines[start:]:
+        command += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            break
+    return shlex.split(command)
+
+
+def test_readme_kubernetes_command_dry_runs_as_documented():
+    """The README's Kubernetes launch, with --dryrun after `run` as the README says: no docker daemon, no cluster."""
+    pytest.importorskip("kubernetes", reason="the Kubernetes client is opt-in: make install-k8s")
+    argv = _readme_command("torchx run --workspace \"\" -s kubernetes")
+    assert argv[:4] == ["torchx", "run", "--workspace", ""]
+    proc = subprocess.run([os.path.join(BIN, "torchx"), "run", "--dryrun"] + argv[2:], cwd=REPO, env=torchx_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    request = proc.stdout.split("=== SCHEDULER REQUEST ===", 1)[1]
+    assert "kind: Job" in request and "schedulerName: volcano" in request
+    assert request.count("image: registry.example.com/recsys:latest") == 2  # one task per node
+    assert "maxRetry: 2" in request and "event: PodFailed" in request
+    assert "--nnodes 2 --nproc_per_node 8" in request and "--resume" in request and "auto" in request
+    assert "claimName: recsys-shared" in request and "nvidia.com/gpu: '8'" in request
+
+
+def test_benchmark_component_shows_one_ranks_output():
+    bench = _load_components().benchmark("--quick", j="1x2")
+    assert bench.roles[0].env["PET_LOCAL_RANKS_FILTER"] == "0"
+    assert _load_components().benchmark(env={"PET_LOCAL_RANKS_FILTER": "1"}).roles[0].env[
+        "PET_LOCAL_RANKS_FILTER"] == "1"
+
+
+def test_benchmark_help_under_torchx_prints_once(tmp_path):
+    """README: `torchx run -s local_cwd ...:benchmark -j 1x2 -- --help` shows the usage once, not once per rank."""
+    proc = subprocess.run(torchx_cmd("benchmark", ["-j", "1x2", "--", "--help"], str(tmp_path / "logs")), cwd=REPO,
+                          env=torchx_env(), capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
+    assert out.count("usage: python -m benchmarks.throughput") == 1, out[-4000:]

@@ -7,14 +7,22 @@ Positional arguments after the options are config overrides (``key=value``, pass
         -j 1x2 --run_dir runs/wd2 train.epochs=2 data.batch_size=1024
     torchx run -s local_cwd torchx_specs/recsys_components.py:evaluate --config configs/wide_deep_synthetic.yaml \\
         -j 1x1 --run_dir runs/wd2 --out runs/wd2/eval-1rank.json
-    torchx run -s kubernetes -cfg queue=default torchx_specs/recsys_components.py:train \\
+    torchx run --workspace "" -s kubernetes -cfg queue=default torchx_specs/recsys_components.py:train \\
         --config configs/wide_deep_synthetic.yaml -j 2x8 --gpu 8 --cpu 64 --memMB 400000 \\
         --image ghcr.io/you/recsys:latest --run_dir /mnt/shared/runs/wd --max_retries 2
+
+``--workspace ""`` runs the image as built (see the repository's Dockerfile); without it torchx builds a patched
+image from the working tree, which needs a docker daemon and ``-cfg image_repo=...`` to push to.
 
 ``max_retries`` > 0 makes the job elastic: torchelastic restarts every worker when one dies (up to that many
 times, ``PET_MAX_RESTARTS``) and the trainer resumes from the newest checkpoint of ``run_dir``; schedulers that
 restart whole replicas (Kubernetes/Volcano, Slurm requeue) get the same number of retries, and ``train`` then
 passes ``--resume auto`` so a retried replica also resumes. ``run_dir`` must be on storage every node sees.
+On Kubernetes the replica retries are Volcano's: a failed or evicted pod restarts the whole job (``RestartJob``,
+job ``maxRetry``); torchx warns about them whenever ``max_retries`` > 0 because Volcano before 1.4 deleted the
+failed pods, and their logs, on the last retry (volcano-sh/volcano#1651) and before 1.5 left the other pods
+running after it (#1718). With Volcano >= 1.5 the warning does not apply; on older clusters use
+``--max_retries 0`` (no restarts at all) or accept that the last attempt's logs may be gone.
 
 TensorBoard is torchx's builtin ``metrics.tensorboard`` component (see README, "Distributed training").
 """
@@ -183,6 +191,10 @@ def benchmark(
 ) -> specs.AppDef:
     """Run the throughput benchmark (``python -m benchmarks.throughput ARGS``) on nnodes x nproc_per_node ranks.
 
+    Every rank runs the same command; the console shows local rank 0's output only (``PET_LOCAL_RANKS_FILTER=0``;
+    ``--env PET_LOCAL_RANKS_FILTER=1`` shows rank 1's instead); every rank's output still goes to torchrun's
+    per-rank log files (for local_cwd under its ``log_dir``, e.g. runs/torchx/<job>/torchelastic/).
+
     Args:
         args: arguments of benchmarks.throughput (see its --help)
         j: {nnodes}x{nproc_per_node}
@@ -196,5 +208,8 @@ def benchmark(
         mounts: volume mounts (kubernetes)
         rdzv_port: rendezvous port on the first node (multi-node jobs)
     """
-    return _job("benchmarks.throughput", list(args), name, j, cpu, gpu, memMB, h, 0, image, env, mounts,
+    # every rank prints the same report (and `-- --help` the same usage): one copy on the console
+    job_env = dict(env or {})
+    job_env.setdefault("PET_LOCAL_RANKS_FILTER", "0")
+    return _job("benchmarks.throughput", list(args), name, j, cpu, gpu, memMB, h, 0, image, job_env, mounts,
                 rdzv_port)

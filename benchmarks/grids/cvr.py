@@ -8,6 +8,7 @@ on clicked impressions, CTCVR AUC (pCTR x pCVR against click-and-order) on all i
 
 from typing import Any, Dict
 
+from benchmarks.plots import Metric
 from benchmarks.quality import Experiment
 
 TITLE = "CTR/CVR multi-task: ESMM, SharedBottom, MMoE, PLE, single-task + bias net, Calibration4CVR"
@@ -32,6 +33,10 @@ EXPERIMENTS = [
 
 METRICS = ["ctr/auc", "cvr/auc", "cvr/ctcvr_auc"]
 COLUMNS = [("CTR AUC", "ctr/auc"), ("CVR AUC (clicked)", "cvr/auc"), ("CTCVR AUC", "cvr/ctcvr_auc")]
+# the plot: each AUC of the table beside the oracle's AUC of the same target
+PLOT_METRICS = [Metric("ctr/auc", "CTR AUC (all impressions)", "ctr/oracle_auc"),
+                Metric("cvr/auc", "CVR AUC (clicked impressions)", "cvr/oracle_auc"),
+                Metric("cvr/ctcvr_auc", "CTCVR AUC (all impressions)", "cvr/oracle_ctcvr_auc")]
 
 
 def render(results: Dict[str, Dict[str, Any]]) -> str:

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any, Dict, List
 
+from benchmarks.plots import Metric
 from benchmarks.quality import REPO, Experiment
 from recsys.models import model_names
 
@@ -53,6 +54,8 @@ EXPERIMENTS = _registered(ROWS)
 METRICS = ["auc", "ndcg@5"]
 TASKS = (("ctr", "CTR"), ("stay", "stay time"), ("cvr", "order (CVR | click)"))
 STAGES = ("new", "wandering", "sticky", "loyal")
+# the plot: overall AUC of every task (stay time: AUC of stay > 60 s), beside the oracle's where the world has one
+PLOT_METRICS = [Metric(f"{task}/auc", f"{title} AUC", f"{task}/oracle_auc") for task, title in TASKS]
 
 
 def render(results: Dict[str, Dict[str, Any]]) -> str:

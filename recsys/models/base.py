@@ -10,6 +10,8 @@ Models are resolved only through :func:`register_model` names: a config can neve
 
 import dataclasses
 import difflib
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
@@ -19,31 +21,13 @@ from torch import nn
 from recsys.config import ModelConfig, OptimizerConfig, from_dict
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
+from recsys.models.index import Requirements  # noqa: F401 - defined without torch for the index; models import it here
 from recsys.schema import Schema, Task
 
 
 @dataclass
 class NoOptions:
     """A model without options."""
-
-
-@dataclass(frozen=True)
-class Requirements:
-    """What a model needs from the data, checked against the dataset spec before any data is read.
-
-    Args:
-        min_tasks: fewest tasks the model is meaningful with (multi-task models: 2).
-        scenario: needs a scenario column with at least two scenarios.
-        funnel: needs a binary task that ``depends_on`` another (CVR given click).
-        user: needs the user feature (per-user state, grouping).
-        time: needs a timestamp column.
-    """
-
-    min_tasks: int = 1
-    scenario: bool = False
-    funnel: bool = False
-    user: bool = False
-    time: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,9 +154,17 @@ def register_model(name: str) -> Callable[[M], M]:
     return wrap
 
 
-def model_names() -> List[str]:
-    import recsys.models  # noqa: F401 - registers every model module
+def _import_model_modules() -> None:
+    """Import every module of recsys.models; each registers its models (``recsys.models.index`` lists them)."""
+    import recsys.models as package
 
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("base", "index"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def model_names() -> List[str]:
+    _import_model_modules()
     return sorted(_REGISTRY)
 
 
