@@ -60,24 +60,25 @@ def _remove(relative: str) -> Callable[[str], None]:
     return run
 
 
-def _full_disk(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
+def _statvfs(folder: str, free_blocks=None, read_only: bool = False):
+    """A patched os.statvfs: the tests' folder looks full or read-only."""
     real = os.statvfs
 
-    class Full:
+    class Patched:
         def __init__(self, st):
-            self.f_bavail, self.f_frsize, self.f_flag = 10, st.f_frsize, st.f_flag
+            self.f_frsize = st.f_frsize
+            self.f_bavail = st.f_bavail if free_blocks is None else free_blocks
+            self.f_flag = st.f_flag | (os.ST_RDONLY if read_only else 0)
 
-    monkeypatch.setattr(os, "statvfs", lambda p: Full(real(p)) if str(p).startswith(folder) else real(p))
+    return lambda p: Patched(real(p)) if str(p).startswith(folder) else real(p)
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
+    monkeypatch.setattr(os, "statvfs", _statvfs(folder, free_blocks=10))
 
 
 def _read_only(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
-    real = os.statvfs
-
-    class ReadOnly:
-        def __init__(self, st):
-            self.f_bavail, self.f_frsize, self.f_flag = st.f_bavail, st.f_frsize, st.f_flag | os.ST_RDONLY
-
-    monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly(real(p)) if str(p).startswith(folder) else real(p))
+    monkeypatch.setattr(os, "statvfs", _statvfs(folder, read_only=True))
 
 
 def _disk_full_while_saving(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:

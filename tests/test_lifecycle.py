@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import REPO
 from recsys.cli import main
 from recsys.train import checkpoint as ckpt
 from test_bad_input import GOOD_ROWS, setup
+from test_reliability import _train_cmd as train_cmd
 
 MORE_ROWS = GOOD_ROWS + [f"u{i % 7},{i % 5},x,{i % 3}.5,{i % 2},{(i % 4) * 10},s{1 + i % 2}" for i in range(60)]
 
@@ -345,10 +345,9 @@ def test_a_nan_validation_metric_never_becomes_the_best(tiny_config, caplog):
 
 # --- interrupts --------------------------------------------------------------------------------------------
 def _train_cmd(run_dir, world, extra=()):
-    return [sys.executable, "-m", "recsys", "train", "-c", os.path.join(REPO, "configs", "wide_deep_synthetic.yaml"),
-            "--data", world, "--run-dir", run_dir, "--set", "train.epochs=2", "--set", "data.batch_size=128",
-            "--set", "train.checkpoint_every_steps=5", "--set", "train.progress=false", "--set", "tensorboard=false",
-            "--set", "model.embedding_dim=8", "--set", "model.params={hidden: [16]}", *extra]
+    # a shorter run than the kill -9 test's: 2 epochs of batch 128 with a small tower
+    return train_cmd(run_dir, world, ["--set", "train.epochs=2", "--set", "data.batch_size=128",
+                                      "--set", "model.params={hidden: [16]}", *extra])
 
 
 def test_ctrl_c_says_interrupted_and_resume_is_bitwise(tmp_path, tiny_world):
