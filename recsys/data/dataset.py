@@ -15,6 +15,7 @@ splits), never on chunking, rank or world size.
 import logging
 import os
 import threading
+from dataclasses import replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -207,8 +208,9 @@ class Dataset:
     @staticmethod
     def _keyed_table(reader: SourceReader, key: str, what: str,
                      read_key: Callable[[pa.Array, Where, str], Any]) -> Tuple[pa.Table, pd.Index, List[RawChunk]]:
-        """A whole side table with its unique keys (``read_key`` of each chunk's key column); a missing key
-        column, a missing key or a repeated key names its file (and row)."""
+        """A whole side table without its key column, its unique keys (``read_key`` of each chunk's key column,
+        so an int64 key in one Parquet file and text in the next agree) and its chunks; a missing key column, a
+        missing key or a repeated key names its file (and row)."""
         chunks, keys = list(reader.chunks()), []
         for c in chunks:
             if key not in c.table.column_names:
@@ -231,7 +233,7 @@ class Dataset:
             raise Where(chunk.file, chunk.file_row).error(
                 f"{what} {shown} repeats (first at {first_chunk.file}, row "
                 f"{first_chunk.file_row + first_row + 1})", key, row)
-        return concat_chunks(chunks), index, chunks
+        return concat_chunks([replace(c, table=c.table.drop_columns([key])) for c in chunks]), index, chunks
 
     def _side_tables(self) -> List[Tuple[str, pd.Index, pa.Table]]:
         if self._joins is None:
@@ -242,7 +244,7 @@ class Dataset:
                 reader = SourceReader(fs, self.root, columns=None, chunk_rows=self.chunk_rows,
                                       string_columns=list(j.columns or ()) + [j.on])
                 table, keys, _ = self._keyed_table(reader, j.on, "join key", key_text)
-                self._joins.append((j.on, keys, table.drop_columns([j.on])))
+                self._joins.append((j.on, keys, table))
         return self._joins
 
     def _side_tables_by_row(self) -> List[Tuple[pd.Index, Dict[str, np.ndarray], float]]:

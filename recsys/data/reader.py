@@ -78,18 +78,19 @@ def concat_chunks(chunks: Sequence["RawChunk"]) -> pa.Table:
     Parquet file, text in the next) name the second file and the column."""
     if not chunks:
         return pa.table({})
-    tables = [c.table for c in chunks]
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        pass
     first = chunks[0]
     types = dict(zip(first.table.schema.names, first.table.schema.types))
-    for c in chunks[1:]:
+    for c in chunks[1:]:  # the same columns (no silent null-filling of a column a file lacks)
         for name in sorted(set(types) ^ set(c.table.schema.names)):
             where = "here" if name in c.table.schema.names else f"in {first.file}"
             raise DataError(f"column only {where} (the files of one table must have the same columns)",
                             file=c.file, column=name)
+    try:  # int32 in one file and int64 in the next are fine
+        return pa.concat_tables([c.table.select(first.table.schema.names) for c in chunks],
+                                promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    for c in chunks[1:]:
         for name, t in zip(c.table.schema.names, c.table.schema.types):
             if t != types[name]:
                 raise DataError(f"type {t} here but {types[name]} in {first.file} (the files of one table must "
