@@ -87,7 +87,7 @@ def users_as(values: List[str]) -> List[str]:
 CSV = "\n".join(GOOD_ROWS) + "\n"
 TWO_FILES = chain(text("parts/a.csv", CSV), text("parts/b.csv", CSV))
 USER_INT = edit("spec.yaml", "{name: user, group: user", "{name: user, group: user, dtype: int")
-STANDARDIZE_ON_TIME = chain(
+TIME_SPLIT = chain(  # rows at times >= 10 are validation rows
     edit("spec.yaml", "user: user", "user: user\ntime: ts"),
     edit("config.yaml", "split: {valid: 0.0, test: 0.0}", "split: {kind: time, valid_from: 10, test_from: 100}"),
 )
@@ -201,6 +201,11 @@ CASES = [
              setup={"file": "parts"},
              before=chain(parquet("parts/a.parquet", table(user=[12, 13, 14, 12])),
                           parquet("parts/b.parquet", table(user=["12", "13", "14", "15"])))),
+    DataCase("unseen id after dropped rows names its file row", ["{data}", "column 'user'", "row 5",
+                                                                 "'q' is not in the fitted vocabulary"],
+             rows=[HEADER + ",ts", "a,1,x,1.5,1,30.5,s1,1", "b,2,y,2.0,0,0,s1,2", "c,3,,0.5,1,12,s2,3",
+                   "zz,2,x,3.0,0,0,s2,20", "q,1,x,1.0,0,0,s1,21"],  # rows 3-4 are another scenario, dropped
+             setup={"oov": "error"}, args=["--set", "data.scenarios=[0]"], before=TIME_SPLIT),
     # --- numbers beyond float32 -----------------------------------------------------------------------------
     DataCase("dense value beyond float32", ["{data}", "column 'price'", "row 1", "dense value 1e+39 overflows float32"],
              rows=with_cell(1, "price", "1e39")),
@@ -211,11 +216,11 @@ CASES = [
     DataCase("standardized value beyond float32", ["{data}", "column 'price'", "row 5", "standardized value",
                                                    "overflows float32"],
              rows=time_rows(["0", "1e-30", "0", "1e-30", "1e10"]),
-             before=chain(STANDARDIZE_ON_TIME, edit("spec.yaml", "{name: price}", "{name: price, transform: standardize}"))),
+             before=chain(TIME_SPLIT, edit("spec.yaml", "{name: price}", "{name: price, transform: standardize}"))),
     DataCase("log1p_standardize value beyond float32", ["{data}", "column 'price'", "row 5", "standardized value",
                                                         "overflows float32"],
              rows=time_rows(["0", "1e-37", "0", "1e-37", "1e10"]),
-             before=chain(STANDARDIZE_ON_TIME,
+             before=chain(TIME_SPLIT,
                           edit("spec.yaml", "{name: price}", "{name: price, transform: log1p_standardize}"))),
     # --- headers and specs ----------------------------------------------------------------------------------
     DataCase("duplicate CSV column", ["{data}", "column 'price'", "repeats in the file's header"],
@@ -238,6 +243,19 @@ CASES = [
              before=edit("spec.yaml", "{name: user, group: user", "{name: user, encoding: hash, num_embeddings: -4, group: user")),
     DataCase("scenario value declared twice", ["spec.yaml", "'scenario.values'", "'s1' twice"],
              before=edit("spec.yaml", "values: [s1, s2]", "values: [s1, s2, s1]")),
+    DataCase("delimiter longer than one character", ["spec.yaml", "'source.delimiter' must be one character"],
+             rows=[r.replace(",", "::") for r in GOOD_ROWS], setup={"delimiter": "::"}),
+    DataCase("unknown text encoding", ["spec.yaml", "'source.encoding'", "'utf-9'"],
+             before=edit("spec.yaml", "extra_columns: allow}", "extra_columns: allow, encoding: utf-9}")),
+    DataCase("file-label pattern that is no regular expression", ["spec.yaml", "'source.file_label.pattern'"],
+             before=edit("spec.yaml", "extra_columns: allow}",
+                         'extra_columns: allow, file_label: {column: region, pattern: "(["}}')),
+    DataCase("bucket boundaries out of order", ["spec.yaml", "'derived[0].boundaries'", "must increase"],
+             before=edit("spec.yaml", "dense:\n", "derived:\n  - {name: band, op: bucketize, column: price, "
+                                                  "boundaries: [3, 1, 2]}\ndense:\n  - {name: band}\n")),
+    DataCase("column name with surrounding spaces", ["{data}", "column 'price'", "missing column",
+                                                     "the file has ' price', with surrounding spaces"],
+             rows=[HEADER.replace("price", " price")] + GOOD_ROWS[1:]),
     # --- nested values --------------------------------------------------------------------------------------
     DataCase("list in a scenario column", ["{data}", "column 'scene'", "row 1", "nested value ['s1']"],
              setup={"file": "data.parquet"},
@@ -309,6 +327,8 @@ CASES = [
     DataCase("side columns: row id beyond int64", ["sc.csv", "column 'row_id'", "row 2", "does not fit"],
              before=chain(SIDE_COLUMNS, text("sc.csv", "row_id,share\n0,1\n99999999999999999999,1\n1,1\n"))),
     # --- timestamps -----------------------------------------------------------------------------------------
+    DataCase("infinite timestamp", ["{data}", "column 'ts'", "row 2", "non-finite timestamp inf"],
+             rows=with_column("ts", ["1", "inf", "3", "4"]), before=edit("spec.yaml", "user: user", "user: user\ntime: ts")),
     DataCase("timestamp that is neither a number nor ISO 8601", ["{data}", "column 'ts'", "row 2", "'yesterday'"],
              rows=with_column("ts", ["1", "yesterday", "3", "4"]),
              before=edit("spec.yaml", "user: user", "user: user\ntime: ts")),

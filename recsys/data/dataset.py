@@ -346,8 +346,11 @@ class Dataset:
         if not self.spec.time:
             return None
         t = to_seconds(table.column(self.spec.time), where, self.spec.time)
-        if np.isnan(t).any():
-            raise where.error("missing timestamp", self.spec.time, int(np.flatnonzero(np.isnan(t))[0]))
+        bad = ~np.isfinite(t)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise where.error("missing timestamp" if np.isnan(t[i]) else f"non-finite timestamp {t[i]}",
+                              self.spec.time, i)
         return t
 
     def _split_of(self, row_ids: np.ndarray, time: Optional[np.ndarray], is_test_source: bool) -> np.ndarray:
@@ -658,7 +661,7 @@ class Dataset:
                         continue
                     if not keep.all():
                         table, row_ids, split = table.filter(pa.array(keep)), row_ids[keep], split[keep]
-                        where = Where(where.file, where.first_row)  # rows now counted among the kept ones
+                        where = Where(where.file, where.first_row, np.flatnonzero(keep))  # errors name file rows
                 yield self._encode(table, where, row_ids).pack(), split
 
     def read(self, rank: int = 0, world_size: int = 1, splits: Sequence[str] = SPLITS) -> Dict[str, Columns]:

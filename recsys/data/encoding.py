@@ -28,15 +28,24 @@ _HASH_KEY = "recsys-hash-v1\0\0"  # 16 bytes, fixed so hashed ids are stable acr
 
 
 class Where:
-    """Location of a chunk for error messages: file and the 0-based row of the chunk's first row."""
+    """Location of a chunk for error messages: file, the 0-based file row of the chunk's first row and, for a
+    chunk some of whose rows were dropped (other scenarios or splits), the positions of the rows it kept."""
 
-    def __init__(self, file: str, first_row: int) -> None:
+    def __init__(self, file: str, first_row: int, kept: Optional[np.ndarray] = None) -> None:
         self.file = file
         self.first_row = first_row
+        self.kept = kept
+
+    def row(self, index: int) -> int:
+        """The 1-based data row of the file that holds the chunk's row ``index``."""
+        return self.first_row + int(index if self.kept is None else self.kept[index]) + 1
+
+    def at(self, index: int) -> "Where":
+        """A one-row chunk: its row ``index``."""
+        return Where(self.file, self.row(index) - 1)
 
     def error(self, message: str, column: Optional[str] = None, index: Optional[int] = None) -> DataError:
-        row = None if index is None else self.first_row + int(index) + 1
-        return DataError(message, file=self.file, column=column, row=row)
+        return DataError(message, file=self.file, column=column, row=None if index is None else self.row(index))
 
 
 INT64_MAX = int(np.iinfo(np.int64).max)
@@ -352,10 +361,10 @@ class SparseEncoder:
         if self.spec.multi_hot:
             flat, offsets = _split_multi_hot(arr, self.spec.separator)
             try:
-                return self._normalise(flat, where), offsets
+                return self._normalise(flat, Where(where.file, -1)), offsets  # "rows" are token positions
             except DataError as e:
                 # report the row that holds the bad token, not the token's position
-                bad_token = int(e.row) - where.first_row - 1 if e.row is not None else 0
+                bad_token = int(e.row) if e.row is not None else 0
                 row = int(np.searchsorted(offsets, bad_token, side="right")) - 1
                 raise where.error(f"multi-hot cell does not parse: {str(e).split(': ', 1)[-1]}", self.column, row)
         arr = plain(arr)
@@ -520,17 +529,21 @@ class DenseEncoder:
                 i = _first(neg)
                 raise where.error(f"log1p transform needs values > -1, got {x[i]}", self.column, i)
             x = np.log1p(x)
-        to_float32(x, where, self.column, "dense value", hint="; rescale the column or use a 'log1p' transform")
         return x
+
+    def _float32(self, x: np.ndarray, where: Where) -> np.ndarray:
+        return to_float32(x, where, self.column, "dense value", hint="; rescale the column or use a 'log1p' transform")
 
     def fit(self, arr: pa.Array, where: Where, mask: Optional[np.ndarray] = None,
             encoded: Optional[np.ndarray] = None) -> None:
         """Validate every row; accumulate statistics of rows where ``mask`` holds (all when None) and remember
         the extremes of rows where ``encoded`` holds (rows some split will encode; all when None)."""
         x = self._pre(arr, where)
-        seen = x if encoded is None else np.where(encoded, x, np.nan)
-        if not np.isnan(seen).all():
-            for i in (int(np.nanargmin(seen)), int(np.nanargmax(seen))):
+        self._float32(x, where)
+        if self.standardizes and len(x) and (encoded is None or encoded.any()):
+            low = x if encoded is None else np.where(encoded, x, np.inf)
+            high = x if encoded is None else np.where(encoded, x, -np.inf)
+            for i in (int(low.argmin()), int(high.argmax())):
                 self._extremes.append((float(x[i]), where, i))
             self._extremes = [min(self._extremes, key=lambda e: e[0]), max(self._extremes, key=lambda e: e[0])]
         if mask is not None:
@@ -549,7 +562,7 @@ class DenseEncoder:
             self.mean = self._mean
             self.std = float(np.sqrt(self._m2 / self._n)) or 1.0
             for value, where, i in self._extremes:
-                self._standardized(np.array([value]), Where(where.file, where.first_row + i))
+                self._standardized(np.array([value]), where.at(i))
         self._extremes = []
 
     def _standardized(self, x: np.ndarray, where: Where) -> np.ndarray:
@@ -558,9 +571,7 @@ class DenseEncoder:
 
     def transform(self, arr: pa.Array, where: Where) -> np.ndarray:
         x = self._pre(arr, where)
-        if self.standardizes:
-            return self._standardized(x, where)
-        return x.astype(np.float32)
+        return self._standardized(x, where) if self.standardizes else self._float32(x, where)
 
     def state(self) -> Dict[str, Any]:
         return {"mean": self.mean, "std": self.std}

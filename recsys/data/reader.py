@@ -184,6 +184,9 @@ class SourceReader:
                     if d in names[0] and d != self.spec.delimiter:
                         hint = f"; the header is one column {names[0]!r}: is the delimiter {d!r}?"
                         break
+            padded = [n for n in names if n != n.strip() and n.strip() == missing[0]]
+            if padded:
+                hint = f"; the file has {padded[0]!r}, with surrounding spaces"
             shown = ", ".join(list(names)[:20])
             raise DataError(f"missing column (file has: {shown}){hint}", file=path, column=missing[0])
         if self.spec.extra_columns == "error":

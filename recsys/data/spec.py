@@ -27,8 +27,10 @@ Encoding policies:
     ``identity``: the column already holds integer ids; any id outside ``[0, num_embeddings)`` is an error.
 """
 
+import codecs
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional
 
@@ -285,10 +287,9 @@ class DatasetSpec:
             if d.transform.startswith("log1p") and d.fill <= -1:
                 raise ConfigError(f"{source}: 'dense[{i}].fill' of '{d.name}' is {d.fill:g}, but the "
                                   f"'{d.transform}' transform needs values > -1")
-        for key, fs in [("source", self.source)] + ([("test_source", self.test_source)] if self.test_source else []):
-            repeated = _first_repeat(fs.columns or [])
-            if repeated is not None:
-                raise ConfigError(f"{source}: '{key}.columns' names column '{repeated}' twice")
+        files = [("source", self.source)] + ([("test_source", self.test_source)] if self.test_source else [])
+        for key, fs in files + [(f"joins[{i}]", j) for i, j in enumerate(self.joins)]:
+            _check_file_options(source, key, fs)
         for t in self.tasks:
             if t.depends_on is not None and t.depends_on not in task_names:
                 raise ConfigError(f"{source}: task '{t.name}': depends_on '{t.depends_on}' is not a task")
@@ -319,15 +320,39 @@ class DatasetSpec:
                 if task.kind == "regression" and task.eval_threshold is None:
                     raise ConfigError(f"{source}: history task '{name}' is a regression task without "
                                       "'eval_threshold' (which defines its positives)")
-        for d in self.derived:
+        for i, d in enumerate(self.derived):
             if d.op in ("greater", "bucketize") and not d.column:
                 raise ConfigError(f"{source}: derived '{d.name}': op '{d.op}' needs 'column'")
             if d.op == "greater" and d.value is None:
                 raise ConfigError(f"{source}: derived '{d.name}': op 'greater' needs 'value'")
             if d.op == "bucketize" and not d.boundaries:
                 raise ConfigError(f"{source}: derived '{d.name}': op 'bucketize' needs 'boundaries'")
+            if d.op == "bucketize" and any(b >= a for a, b in zip(d.boundaries[1:], d.boundaries)):
+                raise ConfigError(f"{source}: 'derived[{i}].boundaries' of '{d.name}' must "
+                                  f"increase, got {d.boundaries}")
             if d.op in ("first_nonzero", "cross") and len(d.columns) < (1 if d.op == "first_nonzero" else 2):
                 raise ConfigError(f"{source}: derived '{d.name}': op '{d.op}' needs 'columns'")
+
+
+def _check_file_options(source: str, key: str, fs: Any) -> None:
+    """Options of a :class:`FileSpec` or :class:`JoinSpec` that pyarrow would otherwise refuse with a traceback
+    (or, for repeated names, read ambiguously)."""
+    if len(fs.delimiter) != 1:
+        raise ConfigError(f"{source}: '{key}.delimiter' must be one character, got {fs.delimiter!r} (convert files "
+                          "with a longer separator, such as MovieLens-1M's '::', first)")
+    try:
+        codecs.lookup(fs.encoding)
+    except LookupError:
+        raise ConfigError(f"{source}: '{key}.encoding' is not a known text encoding: {fs.encoding!r}") from None
+    repeated = _first_repeat(fs.columns or [])
+    if repeated is not None:
+        raise ConfigError(f"{source}: '{key}.columns' names column '{repeated}' twice")
+    label = getattr(fs, "file_label", None)
+    if label is not None:
+        try:
+            re.compile(label.pattern)
+        except re.error as e:
+            raise ConfigError(f"{source}: '{key}.file_label.pattern' is not a regular expression ({e})") from None
 
 
 def _first_repeat(items: List[str]) -> Optional[str]:
