@@ -261,9 +261,11 @@ class SourceReader:
         reader may report a later row first, and without its number); None when none is found."""
         read_opts, parse_opts, bad_row = self._csv_options(path, use_threads=False)
         try:
-            for _ in pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts):
+            names = pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts).schema.names
+            text = pa_csv.ConvertOptions(column_types={n: pa.string() for n in names})  # no type-inference stops
+            for _ in pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=text):
                 pass
-        except (pa.ArrowInvalid, UnicodeDecodeError, OSError):
+        except (pa.ArrowInvalid, UnicodeDecodeError, OSError, StopIteration):
             pass
         return bad_row.get("row")
 
