@@ -348,8 +348,7 @@ class SparseEncoder:
         under ``hash``, canonical decimal text) for integer ids, ``string`` otherwise."""
         flat = plain(flat)
         refuse_nested(flat, where, self.column, "id")
-        numeric = any(f(flat.type) for f in (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal,
-                                              pa.types.is_boolean))
+        numeric = any(f(flat.type) for f in (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal))
         if self.spec.encoding == "identity" or self.spec.dtype == "int" or (self.spec.dtype == "auto" and numeric):
             if self.spec.encoding == "hash":
                 return int_text(flat, where, self.column)

@@ -25,6 +25,12 @@ Encoding policies:
     frequent values are kept) or is fitted when omitted.
     ``hash``: values hashed into ``num_embeddings`` buckets (no fitting; collisions possible).
     ``identity``: the column already holds integer ids; any id outside ``[0, num_embeddings)`` is an error.
+
+Id types (``dtype``): integer ids stay exact 64-bit integers end to end (never a float round trip, so 64-bit
+hashes stay distinct); an id beyond int64 is an error, except under ``hash``, which hashes its decimal text.
+``int`` reads CSV text and Parquet integers alike (``"12"`` and 12 are one id); ``string`` reads both as text;
+``auto`` (default) keeps CSV cells as text and Parquet columns as they are, and refuses a vocabulary whose files
+disagree (integers in one file, text in another), naming the second file: declare ``int`` or ``string`` then.
 """
 
 import codecs
