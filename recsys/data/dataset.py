@@ -15,7 +15,8 @@ splits), never on chunking, rank or world size.
 import logging
 import os
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from dataclasses import replace
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pandas as pd
@@ -31,13 +32,16 @@ from recsys.data.encoding import (
     SparseEncoder,
     Where,
     _to_numpy,
+    key_text,
     load_encoders,
     save_encoders,
     to_float,
+    to_float32,
     to_int,
+    to_seconds,
 )
 from recsys.data.history import LabelHistory, history_keys, value_keys
-from recsys.data.reader import RawChunk, SourceReader, list_files
+from recsys.data.reader import RawChunk, SourceReader, concat_chunks, list_files
 from recsys.data.spec import DatasetSpec, DerivedSpec, FileSpec, load_spec
 from recsys.errors import ConfigError, DataError
 from recsys.schema import DenseFeature, Schema, SparseFeature, Task
@@ -135,6 +139,7 @@ class Dataset:
         if len(set(names)) != len(names):
             raise ConfigError(f"data.side_columns: column names repeat: {names}")
         self._side: Optional[List[Tuple[pd.Index, Dict[str, np.ndarray], float]]] = None
+        self._fit_files: Optional[List[List[Any]]] = None  # fingerprint of the files the fit pass read
 
     @classmethod
     def from_config(cls, cfg: Config, progress: bool = False) -> "Dataset":
@@ -200,21 +205,46 @@ class Dataset:
         cols = self._source_columns() if columns is None else columns
         return SourceReader(fs, self.root, columns=cols, chunk_rows=self.chunk_rows, string_columns=sorted(cols))
 
+    @staticmethod
+    def _keyed_table(reader: SourceReader, key: str, what: str,
+                     read_key: Callable[[pa.Array, Where, str], Any]) -> Tuple[pa.Table, pd.Index, List[RawChunk]]:
+        """A whole side table without its key column, its unique keys (``read_key`` of each chunk's key column,
+        so an int64 key in one Parquet file and text in the next agree) and its chunks; a missing key column, a
+        missing key or a repeated key names its file (and row)."""
+        chunks, keys = list(reader.chunks()), []
+        for c in chunks:
+            if key not in c.table.column_names:
+                raise DataError(f"missing {what} column", file=c.file, column=key)
+            k = read_key(c.table.column(key), Where(c.file, c.file_row), key)
+            keys.append(k if isinstance(k, np.ndarray) else _to_numpy(k))
+        index = pd.Index(np.concatenate(keys) if keys else np.zeros(0, np.int64))
+        if not index.is_unique:
+            starts = np.cumsum([0] + [c.table.num_rows for c in chunks])
+
+            def place(pos: int) -> Tuple[RawChunk, int]:
+                k = int(np.searchsorted(starts, pos, side="right")) - 1
+                return chunks[k], pos - int(starts[k])
+
+            again = int(np.flatnonzero(index.duplicated())[0])
+            first_chunk, first_row = place(int(np.flatnonzero(index == index[again])[0]))
+            chunk, row = place(again)
+            value = index[again]
+            shown = repr(value) if isinstance(value, str) else str(value)
+            raise Where(chunk.file, chunk.file_row).error(
+                f"{what} {shown} repeats (first at {first_chunk.file}, row "
+                f"{first_chunk.file_row + first_row + 1})", key, row)
+        return concat_chunks([replace(c, table=c.table.drop_columns([key])) for c in chunks]), index, chunks
+
     def _side_tables(self) -> List[Tuple[str, pd.Index, pa.Table]]:
         if self._joins is None:
             self._joins = []
             for j in self.spec.joins:
                 fs = j.file_spec()
+                # the key is read as text from CSV: exact for any width, and what the source's CSV cells are
                 reader = SourceReader(fs, self.root, columns=None, chunk_rows=self.chunk_rows,
-                                      string_columns=j.columns or ())
-                table = reader.read_all()
-                if j.on not in table.column_names:
-                    raise DataError("missing join key column", file=reader.files[0], column=j.on)
-                keys = pd.Index(_to_numpy(table.column(j.on)).astype(str))
-                if not keys.is_unique:
-                    dup = keys[keys.duplicated()][0]
-                    raise DataError(f"join key {dup!r} repeats", file=reader.files[0], column=j.on)
-                self._joins.append((j.on, keys, table.drop_columns([j.on])))
+                                      string_columns=list(j.columns or ()) + [j.on])
+                table, keys, _ = self._keyed_table(reader, j.on, "join key", key_text)
+                self._joins.append((j.on, keys, table))
         return self._joins
 
     def _side_tables_by_row(self) -> List[Tuple[pd.Index, Dict[str, np.ndarray], float]]:
@@ -222,22 +252,23 @@ class Dataset:
         if self._side is None:
             self._side = []
             for sc in self.side_columns:
-                reader = SourceReader(FileSpec(sc.path), "", columns={sc.key, *sc.columns}, chunk_rows=self.chunk_rows)
-                table = reader.read_all()
-                where = Where(reader.files[0], 0)
-                keys = pd.Index(to_int(table.column(sc.key), where, sc.key))
-                if not keys.is_unique:
-                    raise DataError(f"row id {keys[keys.duplicated()][0]} repeats", file=reader.files[0], column=sc.key)
-                values = {}
-                for c in sc.columns:
-                    col = table.column(c)
-                    if pa.types.is_boolean(col.type):
-                        col = pc.cast(col, pa.int8())
-                    v = to_float(col, where, c)
-                    if np.isnan(v).any():
-                        raise where.error("missing value", c, int(np.flatnonzero(np.isnan(v))[0]))
-                    values[c] = v.astype(np.float32)
-                self._side.append((keys, values, float(sc.fill)))
+                reader = SourceReader(FileSpec(sc.path), "", columns={sc.key, *sc.columns}, chunk_rows=self.chunk_rows,
+                                      string_columns=[sc.key])
+                _, keys, chunks = self._keyed_table(reader, sc.key, "row id", to_int)
+                values: Dict[str, List[np.ndarray]] = {c: [] for c in sc.columns}
+                for chunk in chunks:
+                    where = Where(chunk.file, chunk.file_row)
+                    for c in sc.columns:
+                        col = chunk.table.column(c)
+                        if pa.types.is_boolean(col.type):
+                            col = pc.cast(col, pa.int8())
+                        v = to_float(col, where, c)
+                        bad = ~np.isfinite(v)
+                        if bad.any():
+                            i = int(np.flatnonzero(bad)[0])
+                            raise where.error("missing value" if np.isnan(v[i]) else f"non-finite value {v[i]}", c, i)
+                        values[c].append(to_float32(v, where, c, "value"))
+                self._side.append((keys, {c: np.concatenate(v) for c, v in values.items()}, float(sc.fill)))
         return self._side
 
     def _extras(self, row_ids: np.ndarray) -> Dict[str, np.ndarray]:
@@ -266,7 +297,7 @@ class Dataset:
         for (key, index, side), join in zip(self._side_tables(), self.spec.joins):
             if key not in table.column_names:
                 raise where.error("join key column is missing", key)
-            pos = index.get_indexer(_to_numpy(table.column(key)).astype(str))
+            pos = index.get_indexer(_to_numpy(key_text(table.column(key), where, key)))
             if (pos < 0).any():
                 i = int(np.flatnonzero(pos < 0)[0])
                 raise where.error(f"value {table.column(key)[i].as_py()!r} has no match in {join.path}", key, i)
@@ -314,9 +345,12 @@ class Dataset:
     def _time(self, table: pa.Table, where: Where) -> Optional[np.ndarray]:
         if not self.spec.time:
             return None
-        t = to_float(table.column(self.spec.time), where, self.spec.time)
-        if np.isnan(t).any():
-            raise where.error("missing timestamp", self.spec.time, int(np.flatnonzero(np.isnan(t))[0]))
+        t = to_seconds(table.column(self.spec.time), where, self.spec.time)
+        bad = ~np.isfinite(t)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise where.error("missing timestamp" if np.isnan(t[i]) else f"non-finite timestamp {t[i]}",
+                              self.spec.time, i)
         return t
 
     def _split_of(self, row_ids: np.ndarray, time: Optional[np.ndarray], is_test_source: bool) -> np.ndarray:
@@ -359,7 +393,7 @@ class Dataset:
                 i = int(np.flatnonzero(y < 0)[0])
                 raise where.error(f"label of task '{t.name}' must be >= 0 for the log_mse loss, got {y[i]:g}",
                                   t.source_column, i)
-            labels[t.name] = y.astype(np.float32)
+            labels[t.name] = to_float32(y, where, t.source_column, f"label of task '{t.name}'")
         for t in self.spec.tasks:
             if t.depends_on and t.kind == "binary":
                 orphan = (labels[t.name] > 0) & (labels[t.depends_on] <= 0)
@@ -377,7 +411,7 @@ class Dataset:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise where.error(f"sample weight must be finite and >= 0, got {w[i]}", self.spec.weight, i)
-        return w.astype(np.float32)
+        return to_float32(w, where, self.spec.weight, "sample weight")
 
     def _oracle(self, table: pa.Table, where: Where) -> Dict[str, np.ndarray]:
         out = {}
@@ -387,7 +421,7 @@ class Dataset:
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise where.error(f"oracle value {p[i]} is not a probability", column, i)
-            out[task] = p.astype(np.float32)
+            out[task] = to_float32(p, where, column, "oracle value")
         return out
 
     def _task_kind(self, name: str) -> str:
@@ -506,7 +540,7 @@ class Dataset:
         if not self.spec.time:
             raise ConfigError(f"spec '{self.spec.name}': a time split needs 'time' (a timestamp column)")
         reader = self._reader(self.spec.source, {self.spec.time})
-        times = [to_float(c.table.column(self.spec.time), Where(c.file, c.file_row), self.spec.time)
+        times = [to_seconds(c.table.column(self.spec.time), Where(c.file, c.file_row), self.spec.time)
                  for c in reader.chunks(0, self.max_rows)]
         t = np.concatenate(times)
         test = 0.0 if self.spec.test_source is not None else self.split.test
@@ -520,6 +554,7 @@ class Dataset:
             user_spec = next(s for s in self.spec.sparse if s.name == self.spec.user)
             if user_spec.multi_hot:
                 raise ConfigError(f"spec '{self.spec.name}': the user feature '{self.spec.user}' must be single-hot")
+        files = self._fingerprint()
         counts = {s: 0 for s in SPLITS}
         rows = {}
         for fs, is_test in self._sources():
@@ -541,7 +576,7 @@ class Dataset:
                     for enc in self.sparse:
                         enc.fit(table.column(enc.column), where, train)
                     for enc in self.dense:
-                        enc.fit(table.column(enc.column), where, train)
+                        enc.fit(table.column(enc.column), where, train, encoded=split >= 0)
                     seen += table.num_rows
                     bar.update(table.num_rows)
             rows[is_test] = seen
@@ -552,6 +587,7 @@ class Dataset:
         self.source_rows = rows[False]
         self.test_rows = rows.get(True)
         self.split_counts = counts
+        self._fit_files = files
         self.fitted = True
 
     def _require_fitted(self) -> None:
@@ -571,15 +607,36 @@ class Dataset:
         return known
 
     def _fingerprint(self) -> List[List[Any]]:
-        """Name, size and modification time of every data file (to tell whether saved row counts apply)."""
+        """Name, size and modification time of every data file (to tell whether saved row counts apply); a
+        file that vanishes while it is listed is left out."""
         out = []
         for f in self.files():
-            st = os.stat(f)
+            try:
+                st = os.stat(f)
+            except FileNotFoundError:
+                continue
             out.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
         return out
 
+    def _check_files_unchanged(self) -> None:
+        """The files must be those the encoders were fitted and the rows counted on: a file deleted, changed or
+        added since would silently shift every rank's share of the rows (or drop them)."""
+        if self._fit_files is None:
+            return
+        now = {f[0]: f for f in self._fingerprint()}
+        fitted = {f[0] for f in self._fit_files}
+        for entry in self._fit_files:
+            if entry[0] not in now:
+                raise DataError("no such file (it vanished after the fit pass read it)", file=entry[0])
+            if now[entry[0]] != list(entry):
+                raise DataError("changed after the fit pass read it (size or modification time); run again on "
+                                "data that stays put", file=entry[0])
+        for path in sorted(set(now) - fitted):
+            raise DataError("appeared after the fit pass; run again on data that stays put", file=path)
+
     def _rank_chunks(self, rank: int, world_size: int) -> Iterator[Tuple[RawChunk, bool]]:
         self._require_fitted()
+        self._check_files_unchanged()
         for fs, is_test in self._sources():
             start, stop = rank_range(self._rows_of(fs, is_test), rank, world_size)
             for chunk in self._reader(fs).chunks(start, stop):
@@ -604,7 +661,7 @@ class Dataset:
                         continue
                     if not keep.all():
                         table, row_ids, split = table.filter(pa.array(keep)), row_ids[keep], split[keep]
-                        where = Where(where.file, where.first_row)  # rows now counted among the kept ones
+                        where = Where(where.file, where.first_row, np.flatnonzero(keep))  # errors name file rows
                 yield self._encode(table, where, row_ids).pack(), split
 
     def read(self, rank: int = 0, world_size: int = 1, splits: Sequence[str] = SPLITS) -> Dict[str, Columns]:
@@ -736,6 +793,7 @@ class Dataset:
         # encoders fitted on other files (scoring new data with a trained model): count the new files' rows
         self.source_rows, self.test_rows = (extra["source_rows"], extra["test_rows"]) if same_files else (None, None)
         self.split_counts = extra.get("split_counts", {}) if same_files else {}
+        self._fit_files = extra.get("files") if same_files else None
         self.fitted = True
 
     def files(self) -> List[str]:

@@ -1,8 +1,14 @@
 """Streaming CSV/Parquet reading with pyarrow: chunks of rows with their file and row positions.
 
 Only the columns the spec needs are read. Parquet row groups outside a rank's row range are skipped without
-being decoded. Every failure (missing file or column, empty file, corrupt Parquet, malformed CSV, wrong text
-encoding) becomes a one-line :class:`DataError` naming the file.
+being decoded. Every failure (missing, vanished or unreadable file, missing or repeated column, empty file,
+corrupt Parquet, malformed CSV, wrong text encoding) becomes a one-line :class:`DataError` naming the file
+(and, for a malformed CSV line, its 1-based data row: the header is not counted, a quoted value spanning lines
+is one row, blank lines are skipped).
+
+CSV is read as RFC 4180: quoted values may hold the delimiter and newlines (``newlines_in_values``, so a
+quoted newline never desynchronises the block reader); a UTF-8 byte order mark and CRLF line ends are accepted.
+Parquet dictionary (pandas categorical) and view columns are read as plain values.
 """
 
 import glob
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Set
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -42,6 +49,10 @@ def list_files(spec: FileSpec, root: str) -> List[str]:
             os.path.join(path, f) for f in os.listdir(path)
             if f.endswith(DATA_EXTENSIONS) and not f.startswith((".", "_"))
         )
+        for f in files:
+            if os.path.isdir(f):  # e.g. a Spark output folder named like a file: its parts would be skipped
+                raise DataError("is a folder, not a data file (give a glob such as 'data/*/*.parquet' to read the "
+                                "files inside it)", file=f)
     elif os.path.isfile(path):
         files = [path]
     else:
@@ -49,6 +60,53 @@ def list_files(spec: FileSpec, root: str) -> List[str]:
     if not files:
         raise DataError("no data files found", file=path)
     return files
+
+
+def open_error(path: str, e: OSError) -> DataError:
+    """One line for a file that cannot be opened: gone since it was listed, a folder, or unreadable."""
+    if not os.path.lexists(path):
+        return DataError("no such file (it was listed, then vanished before it was read)", file=path)
+    if os.path.isdir(path):
+        return DataError("is a folder, not a data file", file=path)
+    if isinstance(e, PermissionError):
+        return DataError("cannot read (permission denied)", file=path)
+    return DataError(f"cannot read ({str(e).splitlines()[0] if str(e) else type(e).__name__})", file=path)
+
+
+def concat_chunks(chunks: Sequence["RawChunk"]) -> pa.Table:
+    """The tables of ``chunks`` as one; files that disagree on the columns or their types (an int64 key in one
+    Parquet file, text in the next) name the second file and the column."""
+    if not chunks:
+        return pa.table({})
+    first = chunks[0]
+    types = dict(zip(first.table.schema.names, first.table.schema.types))
+    for c in chunks[1:]:  # the same columns (no silent null-filling of a column a file lacks)
+        for name in sorted(set(types) ^ set(c.table.schema.names)):
+            where = "here" if name in c.table.schema.names else f"in {first.file}"
+            raise DataError(f"column only {where} (the files of one table must have the same columns)",
+                            file=c.file, column=name)
+    try:  # int32 in one file and int64 in the next are fine
+        return pa.concat_tables([c.table.select(first.table.schema.names) for c in chunks],
+                                promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    for c in chunks[1:]:
+        for name, t in zip(c.table.schema.names, c.table.schema.types):
+            if t != types[name]:
+                raise DataError(f"type {t} here but {types[name]} in {first.file} (the files of one table must "
+                                "agree on column types)", file=c.file, column=name)
+    raise DataError("cannot concatenate the files of this table", file=first.file)
+
+
+def _plain_columns(table: pa.Table) -> pa.Table:
+    """Dictionary-encoded (pandas categorical) and view columns as plain arrays, so every kernel takes them."""
+    for i, t in enumerate(table.schema.types):
+        if pa.types.is_dictionary(t):
+            table = table.set_column(i, table.field(i).name, pc.cast(table.column(i), t.value_type))
+        elif pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+            target = pa.string() if pa.types.is_string_view(t) else pa.binary()
+            table = table.set_column(i, table.field(i).name, pc.cast(table.column(i), target))
+    return table
 
 
 def file_format(spec: FileSpec, path: str) -> str:
@@ -110,6 +168,12 @@ class SourceReader:
 
     def _check_columns(self, path: str, names: Sequence[str]) -> None:
         wanted = self._file_columns()
+        seen: Set[str] = set()
+        for name in names:
+            if name in seen and (wanted is None or name in wanted):
+                raise DataError("column name repeats in the file's header (which one is meant?)", file=path,
+                                column=name)
+            seen.add(name)
         if wanted is None:
             return
         missing = sorted(wanted - set(names))
@@ -120,6 +184,9 @@ class SourceReader:
                     if d in names[0] and d != self.spec.delimiter:
                         hint = f"; the header is one column {names[0]!r}: is the delimiter {d!r}?"
                         break
+            padded = [n for n in names if n != n.strip() and n.strip() == missing[0]]
+            if padded:
+                hint = f"; the file has {padded[0]!r}, with surrounding spaces"
             shown = ", ".join(list(names)[:20])
             raise DataError(f"missing column (file has: {shown}){hint}", file=path, column=missing[0])
         if self.spec.extra_columns == "error":
@@ -128,7 +195,9 @@ class SourceReader:
                 raise DataError("column not used by the spec (extra_columns: error; set it to allow to ignore)",
                                 file=path, column=extra[0])
 
-    def _csv(self, path: str):
+    def _csv_options(self, path: str, use_threads: bool = True):
+        """Read and parse options of a CSV file; ``bad_row`` receives the first malformed row the parser
+        reports."""
         spec = self.spec
         bad_row: Dict[str, object] = {}
 
@@ -140,19 +209,26 @@ class SourceReader:
         if spec.columns:
             read_opts = pa_csv.ReadOptions(
                 column_names=spec.columns, skip_rows=1 if spec.header else 0,
-                encoding=spec.encoding, block_size=block_size,
+                encoding=spec.encoding, block_size=block_size, use_threads=use_threads,
             )
         elif spec.header:
-            read_opts = pa_csv.ReadOptions(encoding=spec.encoding, block_size=block_size)
+            read_opts = pa_csv.ReadOptions(encoding=spec.encoding, block_size=block_size, use_threads=use_threads)
         else:
             raise DataError("'header: false' needs the column names in 'columns' in the spec", file=path)
-        parse_opts = pa_csv.ParseOptions(delimiter=spec.delimiter, invalid_row_handler=on_invalid)
+        parse_opts = pa_csv.ParseOptions(delimiter=spec.delimiter, invalid_row_handler=on_invalid,
+                                         newlines_in_values=True)
+        return read_opts, parse_opts, bad_row
+
+    def _csv(self, path: str):
+        read_opts, parse_opts, bad_row = self._csv_options(path)
         # header check before the convert options pin column types to names that might not exist
         try:
             probe = pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts)
             names = probe.schema.names
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
             raise self._csv_error(path, e, bad_row) from None
+        except OSError as e:
+            raise open_error(path, e) from None
         except StopIteration:
             names = []
         self._check_columns(path, names)
@@ -167,6 +243,8 @@ class SourceReader:
             reader = pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
             raise self._csv_error(path, e, bad_row) from None
+        except OSError as e:
+            raise open_error(path, e) from None
         while True:
             try:
                 batch = reader.read_next_batch()
@@ -174,18 +252,36 @@ class SourceReader:
                 return
             except (pa.ArrowInvalid, UnicodeDecodeError) as e:
                 raise self._csv_error(path, e, bad_row) from None
+            except OSError as e:
+                raise open_error(path, e) from None
             yield pa.Table.from_batches([batch])
+
+    def _first_malformed_row(self, path: str):
+        """The first malformed row of a CSV file in file order, found by a single-threaded parse (the threaded
+        reader may report a later row first, and without its number); None when none is found."""
+        read_opts, parse_opts, bad_row = self._csv_options(path, use_threads=False)
+        try:
+            names = pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts).schema.names
+            text = pa_csv.ConvertOptions(column_types={n: pa.string() for n in names})  # no type-inference stops
+            for _ in pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=text):
+                pass
+        except (pa.ArrowInvalid, UnicodeDecodeError, OSError, StopIteration):
+            pass
+        return bad_row.get("row")
 
     def _csv_error(self, path: str, e: Exception, bad_row: Dict[str, object]) -> DataError:
         row = bad_row.get("row")
         msg = str(e).splitlines()[0]
         if row is not None:
+            row = self._first_malformed_row(path) or row
+            # pyarrow numbers rows (records) from 1 with the header line as row 1; data rows exclude it
             number = getattr(row, "number", None)
+            data_row = None if number is None or number < 0 else number - (1 if self.spec.header else 0)
             text = getattr(row, "text", "")
             return DataError(
                 f"malformed CSV line: expected {row.expected_columns} fields with delimiter "
                 f"{self.spec.delimiter!r}, got {row.actual_columns}: {text[:80]!r}",
-                file=path, row=number,
+                file=path, row=data_row,
             )
         if isinstance(e, UnicodeDecodeError) or "UTF8" in msg or "utf8" in msg.lower():
             return DataError(f"text is not valid {self.spec.encoding} (set 'encoding' in the spec)", file=path)
@@ -194,8 +290,12 @@ class SourceReader:
         return DataError(f"cannot read CSV: {msg}", file=path)
 
     def _parquet_file(self, path: str) -> pq.ParquetFile:
+        if not os.path.isfile(path):
+            raise open_error(path, FileNotFoundError(path))
         try:
             return pq.ParquetFile(path)
+        except PermissionError as e:
+            raise open_error(path, e) from None
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"not a readable Parquet file ({str(e).splitlines()[0]})", file=path) from None
 
@@ -267,7 +367,7 @@ class SourceReader:
                 for batch in pf.iter_batches(
                     batch_size=self.chunk_rows, row_groups=[g for g, _ in groups], columns=cols
                 ):
-                    yield pa.Table.from_batches([batch]), row
+                    yield _plain_columns(pa.Table.from_batches([batch])), row
                     row += batch.num_rows
             except (pa.ArrowInvalid, OSError) as e:
                 raise DataError(f"corrupt or truncated Parquet ({str(e).splitlines()[0]})", file=path) from None
@@ -279,5 +379,4 @@ class SourceReader:
 
     def read_all(self) -> pa.Table:
         """The whole table in memory (side tables for joins)."""
-        tables = [c.table for c in self.chunks()]
-        return pa.concat_tables(tables) if tables else pa.table({})
+        return concat_chunks(list(self.chunks()))

@@ -25,14 +25,27 @@ Encoding policies:
     frequent values are kept) or is fitted when omitted.
     ``hash``: values hashed into ``num_embeddings`` buckets (no fitting; collisions possible).
     ``identity``: the column already holds integer ids; any id outside ``[0, num_embeddings)`` is an error.
+
+Id types (``dtype``): integer ids stay exact 64-bit integers end to end (never a float round trip, so 64-bit
+hashes stay distinct); an id beyond int64 is an error, except under ``hash``, which hashes its decimal text.
+``int`` reads CSV text and Parquet integers alike (``"12"`` and 12 are one id); ``string`` reads both as text;
+``auto`` (default) keeps CSV cells as text and Parquet columns as they are, and refuses a vocabulary whose files
+disagree (integers in one file, text in another), naming the second file: declare ``int`` or ``string`` then.
 """
 
+import codecs
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional
 
+import numpy as np
+
 from recsys.config import from_dict, read_yaml
 from recsys.errors import ConfigError
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # models train in float32: larger values overflow to inf
 
 
 @dataclass
@@ -260,11 +273,29 @@ class DatasetSpec:
         if not self.tasks:
             raise ConfigError(f"{source}: at least one task is needed")
         task_names = [t.name for t in self.tasks]
-        for s in self.sparse:
-            if s.encoding in ("hash", "identity") and not s.num_embeddings:
+        for i, s in enumerate(self.sparse):
+            if s.encoding in ("hash", "identity") and s.num_embeddings is None:
                 raise ConfigError(f"{source}: sparse '{s.name}': encoding '{s.encoding}' needs num_embeddings")
+            if s.num_embeddings is not None and s.num_embeddings < 1:
+                raise ConfigError(f"{source}: 'sparse[{i}].num_embeddings' of '{s.name}' must be positive, got "
+                                  f"{s.num_embeddings}")
+            if not s.separator:
+                raise ConfigError(f"{source}: 'sparse[{i}].separator' of '{s.name}' must not be empty (a multi-hot "
+                                  "cell is split at it)")
             if s.multi_hot and s.encoding == "identity" and s.dtype == "string":
                 raise ConfigError(f"{source}: sparse '{s.name}': identity ids must be integers")
+        for i, d in enumerate(self.dense):
+            if d.fill is None:
+                continue
+            if not math.isfinite(d.fill) or abs(d.fill) > FLOAT32_MAX:
+                raise ConfigError(f"{source}: 'dense[{i}].fill' of '{d.name}' must be a finite float32 number, got "
+                                  f"{d.fill} (it replaces missing and non-finite values)")
+            if d.transform.startswith("log1p") and d.fill <= -1:
+                raise ConfigError(f"{source}: 'dense[{i}].fill' of '{d.name}' is {d.fill:g}, but the "
+                                  f"'{d.transform}' transform needs values > -1")
+        files = [("source", self.source)] + ([("test_source", self.test_source)] if self.test_source else [])
+        for key, fs in files + [(f"joins[{i}]", j) for i, j in enumerate(self.joins)]:
+            _check_file_options(source, key, fs)
         for t in self.tasks:
             if t.depends_on is not None and t.depends_on not in task_names:
                 raise ConfigError(f"{source}: task '{t.name}': depends_on '{t.depends_on}' is not a task")
@@ -278,6 +309,11 @@ class DatasetSpec:
         ]:
             if (cat.values is None) == (cat.num is None):
                 raise ConfigError(f"{source}: '{where}' needs exactly one of 'values' or 'num'")
+            repeated = _first_repeat([str(v) for v in cat.values or []])
+            if repeated is not None:
+                raise ConfigError(f"{source}: '{where}.values' declares {repeated!r} twice")
+            if cat.num is not None and cat.num < 1:
+                raise ConfigError(f"{source}: '{where}.num' must be positive, got {cat.num}")
             if cat.names is not None and len(cat.names) != cat.size():
                 raise ConfigError(f"{source}: '{where}.names' must have one name per value")
         if self.history is not None:
@@ -290,15 +326,48 @@ class DatasetSpec:
                 if task.kind == "regression" and task.eval_threshold is None:
                     raise ConfigError(f"{source}: history task '{name}' is a regression task without "
                                       "'eval_threshold' (which defines its positives)")
-        for d in self.derived:
+        for i, d in enumerate(self.derived):
             if d.op in ("greater", "bucketize") and not d.column:
                 raise ConfigError(f"{source}: derived '{d.name}': op '{d.op}' needs 'column'")
             if d.op == "greater" and d.value is None:
                 raise ConfigError(f"{source}: derived '{d.name}': op 'greater' needs 'value'")
             if d.op == "bucketize" and not d.boundaries:
                 raise ConfigError(f"{source}: derived '{d.name}': op 'bucketize' needs 'boundaries'")
+            if d.op == "bucketize" and any(b >= a for a, b in zip(d.boundaries[1:], d.boundaries)):
+                raise ConfigError(f"{source}: 'derived[{i}].boundaries' of '{d.name}' must "
+                                  f"increase, got {d.boundaries}")
             if d.op in ("first_nonzero", "cross") and len(d.columns) < (1 if d.op == "first_nonzero" else 2):
                 raise ConfigError(f"{source}: derived '{d.name}': op '{d.op}' needs 'columns'")
+
+
+def _check_file_options(source: str, key: str, fs: Any) -> None:
+    """Options of a :class:`FileSpec` or :class:`JoinSpec` that pyarrow would otherwise refuse with a traceback
+    (or, for repeated names, read ambiguously)."""
+    if len(fs.delimiter) != 1:
+        raise ConfigError(f"{source}: '{key}.delimiter' must be one character, got {fs.delimiter!r} (convert files "
+                          "with a longer separator, such as MovieLens-1M's '::', first)")
+    try:
+        codecs.lookup(fs.encoding)
+    except LookupError:
+        raise ConfigError(f"{source}: '{key}.encoding' is not a known text encoding: {fs.encoding!r}") from None
+    repeated = _first_repeat(fs.columns or [])
+    if repeated is not None:
+        raise ConfigError(f"{source}: '{key}.columns' names column '{repeated}' twice")
+    label = getattr(fs, "file_label", None)
+    if label is not None:
+        try:
+            re.compile(label.pattern)
+        except re.error as e:
+            raise ConfigError(f"{source}: '{key}.file_label.pattern' is not a regular expression ({e})") from None
+
+
+def _first_repeat(items: List[str]) -> Optional[str]:
+    seen = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
 
 
 def load_spec(path: str) -> DatasetSpec:
