@@ -5,7 +5,7 @@ checkpoints of earlier runs are loaded by state-dict key. So a refactoring of th
 model and option set, (1) the key names, shapes and dtypes of the state dict, (2) the order in which parameters
 draw their initial values from the RNG and (3) how many numbers the build draws. The expected fingerprints below
 were computed from the code before the models were recomposed from shared blocks; a change of them is a change
-of behaviour and must be deliberate (recompute with ``python tests/test_model_init.py``).
+of behaviour and must be deliberate (recompute with ``python tests/test_model_init.py > tests/model_init_fingerprints.json``).
 
 The schema mirrors the synthetic live-streaming world (configs/datasets/synthetic.yaml) with small tables; the
 cases are every registered model with its defaults, every model of the benchmark grids and shipped configs, and
@@ -15,6 +15,7 @@ optional parts switched off).
 
 import hashlib
 import json
+import os
 import sys
 from typing import Any, Dict, List, Tuple
 
@@ -164,108 +165,10 @@ CASES: List[Tuple[str, str, Dict[str, Any]]] = [
     ("wide_deep/prelu", "wide_deep", {"hidden": [16], "activation": "prelu", "norm": "batch", "use_dense": False}),
 ]
 
-# name -> [digest of the state-dict keys, shapes and dtypes; weighted sum of the initial values; next random]
-EXPECTED: Dict[str, List[Any]] = {
-    "calibration4cvr/defaults": ["159f5762f168e259", 358.8478916091546, 0.375795841217041],
-    "cbmr/defaults": ["0ce1303cc75f2f7c", -1684.3474376819272, 0.07995027303695679],
-    "dcn/defaults": ["0005fc193fee6436", 197.60962780118837, 0.7209955453872681],
-    "dcn_mts/defaults": ["4fca4c08f9ad536f", 578.3655197674218, 0.631477415561676],
-    "deepfm/defaults": ["a069b35d31c5a3b1", -78.13962967037128, 0.11210626363754272],
-    "deepfm_mts/defaults": ["b5064c531b0ae7a1", 1102.9396319236396, 0.16025781631469727],
-    "dffm/defaults": ["8550ebc7d24c8b93", 293.1021347313213, 0.2858274579048157],
-    "dnn/defaults": ["2aa115d602faab5e", -24.17660798874215, 0.5966153740882874],
-    "dnn_mts/defaults": ["00a7ee85affe1d91", 587.8059720550759, 0.249886155128479],
-    "esmm/defaults": ["7ed0a595c2714870", 638.7484401451926, 0.10280925035476685],
-    "hmoe/defaults": ["7d362549c028f745", 1167.2326422858496, 0.5897674560546875],
-    "mmoe/defaults": ["c0fa51cebf941958", 436.76652169484817, 0.15381473302841187],
-    "multicbmr/defaults": ["3321d371ce89a1f3", 2728.5395865615246, 0.7316885590553284],
-    "pepnet/defaults": ["e1f5b6f84c5cccdb", 1776.715526254865, 0.8127583861351013],
-    "ple/defaults": ["4bb9bea7839206ca", 3447.938397356811, 0.93146151304245],
-    "shared_bottom/defaults": ["4ed1d4406a648f41", 171.86002135746182, 0.3281116485595703],
-    "single_task/defaults": ["b9d5a25e0d2c534b", -363.1880617772066, 0.1574561595916748],
-    "ssim/defaults": ["167968d958b54abb", 587.8059720550759, 0.249886155128479],
-    "ssim_search/defaults": ["17adb9c444d443f4", 635.336515574053, 0.4362325668334961],
-    "stan/defaults": ["53a329ba4c158a03", 24100.897167357067, 0.39728277921676636],
-    "star/defaults": ["796cf0abae30b043", 18030729.133162703, 0.9082358479499817],
-    "wide_deep/defaults": ["c23551128527d23d", -37.294056907071806, 0.11210626363754272],
-    "calibration4cvr/ctr_mlp": ["b0478c8d4b259d36", -256.70551445312344, 0.2062009572982788],
-    "calibration4cvr/ctr_scaled": ["7371651dcbcdd18c", 101.68838070708853, 0.5605663657188416],
-    "calibration4cvr/cvr_se": ["159f5762f168e259", 358.8478916091546, 0.375795841217041],
-    "calibration4cvr/cvr_se_concat": ["2724021ef189558a", 648.3424693431534, 0.42422646284103394],
-    "cbmr/grid": ["0ce1303cc75f2f7c", -1684.3474376819272, 0.07995027303695679],
-    "cbmr/dropout": ["0ce1303cc75f2f7c", -1684.3474376819272, 0.07995027303695679],
-    "cbmr/senet": ["21061aa84c9b4669", 1867.6006094017039, 0.8146032691001892],
-    "cbmr/mlpcb_only": ["17bb68bda2d94461", 810.2468770520024, 0.5188015699386597],
-    "cbmr/k2": ["04037348fe9b26dc", 865.5737512267907, 0.6429383754730225],
-    "cbmr/relu": ["0ce1303cc75f2f7c", -485.8474376819271, 0.07995027303695679],
-    "cbmr/embcb_only": ["ca5852efc35b6028", -290.8826448784059, 0.6481058597564697],
-    "cbmr/parallel": ["25af7360b6dd2f62", -955.821765026268, 0.7461579442024231],
-    "dcn/grid": ["0005fc193fee6436", 197.60962780118837, 0.7209955453872681],
-    "dcn_mts/grid": ["4fca4c08f9ad536f", 578.3655197674218, 0.631477415561676],
-    "deepfm/grid": ["a069b35d31c5a3b1", -78.13962967037128, 0.11210626363754272],
-    "deepfm_mts/grid": ["b5064c531b0ae7a1", 1102.9396319236396, 0.16025781631469727],
-    "dffm/grid": ["8550ebc7d24c8b93", 293.1021347313213, 0.2858274579048157],
-    "dnn/grid": ["2aa115d602faab5e", -24.17660798874215, 0.5966153740882874],
-    "dnn_mts/grid": ["00a7ee85affe1d91", 587.8059720550759, 0.249886155128479],
-    "esmm/grid": ["7ed0a595c2714870", 638.7484401451926, 0.10280925035476685],
-    "hmoe/grid": ["7d362549c028f745", 1167.2326422858496, 0.5897674560546875],
-    "mmoe/grid": ["c0fa51cebf941958", 436.76652169484817, 0.15381473302841187],
-    "multicbmr/uncalibrated": ["8df5f52d48c47673", 640.1254629149981, 0.3885490298271179],
-    "multicbmr/config": ["3321d371ce89a1f3", 2728.5395865615246, 0.7316885590553284],
-    "pepnet/grid": ["e1f5b6f84c5cccdb", 1776.715526254865, 0.8127583861351013],
-    "ple/grid": ["4bb9bea7839206ca", 3447.938397356811, 0.93146151304245],
-    "shared_bottom/grid": ["4ed1d4406a648f41", 171.86002135746182, 0.3281116485595703],
-    "single_task/grid": ["b9d5a25e0d2c534b", -363.1880617772066, 0.1574561595916748],
-    "ssim/dcn_mts": ["001d6cd810410eaa", 578.3655197674218, 0.631477415561676],
-    "ssim/deepfm_mts": ["be58820b122b5b0b", 1102.9396319236396, 0.16025781631469727],
-    "ssim/dnn_mts": ["167968d958b54abb", 587.8059720550759, 0.249886155128479],
-    "ssim/hmoe": ["2184e8b707eb3e71", 1167.2326422858496, 0.5897674560546875],
-    "ssim/star": ["7b276b032416dac5", 18030729.133162703, 0.9082358479499817],
-    "ssim_search/config": ["17adb9c444d443f4", 635.336515574053, 0.4362325668334961],
-    "stan/beta": ["53a329ba4c158a03", 24100.897167357067, 0.39728277921676636],
-    "stan/none": ["c2ebacf257b9c110", 1484.0510633480321, 0.39728277921676636],
-    "stan/prediction": ["c2ebacf257b9c110", 1484.0510633480321, 0.39728277921676636],
-    "stan/no_branch": ["0d7c7654d556b69c", 1850.8081035492473, 0.7164982557296753],
-    "stan/config": ["53a329ba4c158a03", 24100.897167357067, 0.39728277921676636],
-    "star/grid": ["796cf0abae30b043", 18030729.133162703, 0.9082358479499817],
-    "wide_deep/grid": ["c23551128527d23d", -37.294056907071806, 0.11210626363754272],
-    "wide_deep/dropout": ["c23551128527d23d", -37.294056907071806, 0.11210626363754272],
-    "wide_deep/movielens": ["7ddad6e99a6994f6", 529.5574897512231, 0.6649481654167175],
-    "wide_deep/billion": ["9709c0ab6de25567", 328.37353164190336, 0.5865796208381653],
-    "calibration4cvr/prelu_scaled": ["f0b588cede488693", 577.5934682504984, 0.6573095321655273],
-    "calibration4cvr/prelu_se": ["975dc9a6b964159c", 163.3532945287102, 0.7257372140884399],
-    "calibration4cvr/no_pos": ["fee06830ca3f7037", 970.7997720044845, 0.5653232336044312],
-    "cbmr/prelu_batch": ["122a6aa18192332e", 6268.926081813611, 0.1986018419265747],
-    "dcn/v2": ["63dc3accc71f9bba", 360.220682994508, 0.08136934041976929],
-    "dcn/v2_low_rank": ["2af7b1502761220d", -27.259216754751233, 0.6354199051856995],
-    "dcn_mts/v2_prelu": ["3b871f7984e3ba07", 732.6257896585989, 0.9462472200393677],
-    "deepfm/batch": ["b0535cace664310e", 5991.960981499295, 0.8130016922950745],
-    "deepfm_mts/prelu": ["6ebdc4525dd86b02", 1757.7273361530943, 0.29341208934783936],
-    "dffm/variant": ["7d2e23bb286f2db1", 19792.21337424413, 0.17228639125823975],
-    "dnn/prelu_layer": ["6e391231db6261c8", 1445.332984229997, 0.9119057059288025],
-    "dnn/no_dense": ["38fed0e8d9849285", 0.4638983791228384, 0.061957478523254395],
-    "dnn_mts/prelu_dropout": ["c0865845d9da16ed", 2175.0943759332554, 0.4912532567977905],
-    "dnn_mts/no_tower": ["462452ab34b741f7", -87.18536311001695, 0.8872712850570679],
-    "esmm/variant": ["b0546d3e808879fc", -79.26173883782353, 0.2609345316886902],
-    "hmoe/prelu": ["d84860076fc2e139", 407.58385120545125, 0.24406832456588745],
-    "mmoe/prelu": ["7cec13a86efe99b2", -234.62195016205396, 0.666782021522522],
-    "mmoe/linear_towers": ["44384db4c44f6653", 211.05716611674794, 0.462393581867218],
-    "multicbmr/expert_specific": ["367f9b45d20b8719", 5845.277337529011, 0.8293482065200806],
-    "multicbmr/no_wide": ["63004e6e53b9a4bb", 4072.3110543258417, 0.7543519735336304],
-    "pepnet/field_dim": ["370e4138325f9d27", 165.58482160794026, 0.8196347951889038],
-    "pepnet/no_epnet": ["85f1406cd2d4002c", 286.6095368278942, 0.916326642036438],
-    "pepnet/no_ppnet": ["93d080b6e16784cd", -84.40361274292133, 0.6177793741226196],
-    "ple/prelu": ["255a05b67b31fdb9", 726.8717617270588, 0.3442530632019043],
-    "shared_bottom/prelu": ["c40a69d68e8b94d1", -83.62710620162761, 0.2142515778541565],
-    "single_task/variant": ["b9be65cc5d836b9e", 403.245088495734, 0.1642342209815979],
-    "single_task/no_bias": ["2adf6bbfb5a4a939", 143.65658922159398, 0.48610931634902954],
-    "ssim_search/star": ["38c5f42a19725502", 729160.3052817003, 0.004477381706237793],
-    "stan/mmoe": ["33de2d2c4312d30f", 23976.721341744982, 0.9460910558700562],
-    "stan/mmoe_no_branch": ["2dcb7278848d77aa", 1450.4666466825124, 0.48552197217941284],
-    "stan/levels": ["6d083767445ebd13", 31066.285977497235, 0.36870068311691284],
-    "star/prelu": ["bee55e530883744a", 749006.5995807635, 0.3345707654953003],
-    "wide_deep/prelu": ["12e1b67ffdc11811", 1596.237868289205, 0.3945157527923584],
-}
+# case -> [digest of the state-dict keys, shapes and dtypes; weighted sum of the initial values; next random]
+EXPECTED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_init_fingerprints.json")
+with open(EXPECTED_FILE) as f:
+    EXPECTED: Dict[str, List[Any]] = json.load(f)
 
 
 def fingerprint(name: str, params: Dict[str, Any]) -> List[Any]:
@@ -299,8 +202,6 @@ def test_initial_weights_and_keys_unchanged(case, model, params):
     assert after == pytest.approx(expected[2], rel=1e-12), f"{case}: the build draws a different count of numbers"
 
 
-if __name__ == "__main__":  # print EXPECTED from the current code
-    sys.stdout.write("EXPECTED: Dict[str, List[Any]] = {\n")
-    for case, model, params in CASES:
-        sys.stdout.write(f"    {json.dumps(case)}: {json.dumps(fingerprint(model, params))},\n")
-    sys.stdout.write("}\n")
+if __name__ == "__main__":  # print the fingerprints of the current code (the content of EXPECTED_FILE)
+    json.dump({case: fingerprint(model, params) for case, model, params in CASES}, sys.stdout, indent=1)
+    sys.stdout.write("\n")
