@@ -18,7 +18,14 @@ from recsys.modules.experts import EXPERT_BACKBONES, PLE, MMoE, MMoEOptions, PLE
 from recsys.modules.mlp import MLP, MLPOptions, mlp_layers
 from recsys.modules.multitask import TaskTowers, TowerOptions, task_towers
 from recsys.modules.scenario import ScenarioLinear, ScenarioMLP, StarLinear, StarMLP
-from recsys.modules.sparse import FeatureInput, SparseArch, check_features, first_order_logits, wide_width
+from recsys.modules.sparse import (
+    FeatureInput,
+    SparseArch,
+    check_features,
+    dense_first_order,
+    first_order_logits,
+    wide_width,
+)
 from recsys.schema import Schema
 
 
@@ -75,6 +82,9 @@ def test_wide_part_is_the_first_order_columns_plus_the_dense_map():
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(first_order_logits(emb, ["user"], 2, None, batch.dense), emb.wide["user"][:, :2])
     assert [wide_width(t) for t in (1, 4, 5)] == [4, 4, 8]
+    linear = dense_first_order(FeatureInput(SCHEMA), 3)
+    assert isinstance(linear, nn.Linear) and (linear.in_features, linear.out_features) == (2, 3)
+    assert dense_first_order(FeatureInput(SCHEMA, use_dense=False), 3) is None
 
 
 # ---- the one MLP layer loop

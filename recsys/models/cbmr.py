@@ -41,6 +41,7 @@ from recsys.modules.sparse import (
     FeatureInput,
     FeatureOptions,
     check_features,
+    dense_first_order,
     first_order_logits,
     wide_width,
 )
@@ -260,7 +261,7 @@ class MultiCBMR(RankingModel):
                 for t in self.tasks
             })
         self.wide = config.wide
-        self.wide_dense = nn.Linear(schema.dense_dim, T) if (config.wide and self.sparse_arch.use_dense) else None
+        self.wide_dense = dense_first_order(self.sparse_arch, T) if config.wide else None
 
     def _expert_scales(self, scales: Tuple[torch.Tensor, ...], e: int) -> List[torch.Tensor]:
         """Expert e's scales for its layers from a task's gate outputs (sliced when expert-specific)."""

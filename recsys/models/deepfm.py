@@ -28,7 +28,14 @@ from recsys.models.multi_scenario import MultiScenarioModel, ScenarioTowerOption
 from recsys.modules.interaction import FactorizationMachine
 from recsys.modules.mlp import MLPOptions, NormOptions
 from recsys.modules.multitask import TaskHeads
-from recsys.modules.sparse import Embeddings, FeatureInput, FeatureOptions, first_order_logits, wide_width
+from recsys.modules.sparse import (
+    Embeddings,
+    FeatureInput,
+    FeatureOptions,
+    dense_first_order,
+    first_order_logits,
+    wide_width,
+)
 from recsys.schema import Schema
 
 
@@ -71,7 +78,7 @@ class FMModel(RankingModel):
         dims = set(self.sparse_arch.field_dims())
         if len(dims) != 1:
             raise ConfigError(f"model.params.features: FM needs equal embedding widths, got {sorted(dims)}")
-        self.dense_linear = nn.Linear(schema.dense_dim, len(self.tasks)) if self.sparse_arch.use_dense else None
+        self.dense_linear = dense_first_order(self.sparse_arch, len(self.tasks))
         self.fm = FactorizationMachine()
         self.fm_scale = nn.Parameter(torch.ones(len(self.tasks)))
         self.instance_dim = self.sparse_arch.width

@@ -12,14 +12,20 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-from torch import nn
 
 from recsys.config import Width
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, register_model
 from recsys.modules.mlp import MLPOptions, NormOptions
 from recsys.modules.multitask import TaskHeads
-from recsys.modules.sparse import Embeddings, FeatureInput, check_features, first_order_logits, wide_width
+from recsys.modules.sparse import (
+    Embeddings,
+    FeatureInput,
+    check_features,
+    dense_first_order,
+    first_order_logits,
+    wide_width,
+)
 from recsys.schema import Schema
 
 
@@ -63,7 +69,7 @@ class WideDeep(RankingModel):
         self.wide_features = check_features(schema, config.wide_features, "wide_features")
         self.deep = config.mlp(self.sparse_arch.width, config.hidden, norm=config.norm)
         self.heads = TaskHeads(self.deep.output_dim, self.tasks)
-        self.wide_dense = nn.Linear(schema.dense_dim, len(self.tasks)) if self.sparse_arch.use_dense else None
+        self.wide_dense = dense_first_order(self.sparse_arch, len(self.tasks))
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
         emb = self.sparse_arch(batch.sparse)

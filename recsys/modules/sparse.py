@@ -6,7 +6,8 @@ feature embeddings by name or group from :class:`Embeddings`; no model creates a
 
 :class:`FeatureInput` is the input block of almost every model: the SparseArch plus the model's main input, the
 chosen features' embeddings concatenated with the dense features (``features`` and ``use_dense`` of
-:class:`FeatureOptions`). :func:`first_order_logits` is the wide (first-order) part of Wide&Deep-like models.
+:class:`FeatureOptions`). :func:`first_order_logits` (with :func:`dense_first_order`) is the wide (first-order)
+part of Wide&Deep, DeepFM and MultiCBMR.
 
 Shapes: B batch, F features, D embedding width, Dd dense features, W wide width, T tasks.
 """
@@ -234,6 +235,12 @@ class FeatureInput(SparseArch):
         self.features = check_features(schema, features, option)
         self.use_dense = use_dense and schema.dense_dim > 0
         self.width = self.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
+
+
+def dense_first_order(arch: SparseArch, num_tasks: int) -> Optional[nn.Linear]:
+    """The dense features' first-order weights ([B, Dd] -> [B, T]) of a wide part, or None when ``arch``'s main
+    input has no dense features."""
+    return nn.Linear(arch.schema.dense_dim, num_tasks) if arch.use_dense else None
 
 
 def first_order_logits(emb: Embeddings, names: Sequence[str], num_tasks: int, dense_linear: Optional[nn.Module],
