@@ -126,6 +126,9 @@ class TaskTowers(nn.Module):
 class TaskHeads(nn.Module):
     """One linear output per task over a shared representation: [B, D] -> ``{task: [B]}``.
 
+    The towers of a network that is shared up to its output layer (DNN, Wide&Deep): towers without hidden layers
+    over one input, each a plain ``nn.Linear`` (state-dict keys ``heads.<task>.weight``).
+
     Example::
 
         heads = TaskHeads(64, ["ctr", "cvr"])

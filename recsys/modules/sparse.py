@@ -231,8 +231,9 @@ class FeatureInput(SparseArch):
         init_scale: Optional[float] = None,
         device: Optional[torch.device] = None,
     ) -> None:
+        chosen = check_features(schema, features, option)  # before any table is built
         super().__init__(schema, wide_dim=wide_dim, init_scale=init_scale, device=device)
-        self.features = check_features(schema, features, option)
+        self.features = chosen
         self.use_dense = use_dense and schema.dense_dim > 0
         self.width = self.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
 
