@@ -170,13 +170,19 @@ def model_class(name: str) -> Type[RankingModel]:
     return _REGISTRY[name]
 
 
-def build_model(model: ModelConfig, schema: Schema, source: str = "config") -> RankingModel:
+def build_model(model: ModelConfig, schema: Schema, source: str = "config",
+                where: str = "model.params") -> RankingModel:
     """The registered model ``model.name`` with ``model.params`` checked against its config dataclass.
+
+    Args:
+        model: name and options.
+        schema: the data's schema.
+        source, where: the file and key errors name (a model nested in another: ``model.params.backbone_params``).
 
     Example::
 
         model = build_model(ModelConfig(name="wide_deep", params={"hidden": [128, 64]}), schema)
     """
     cls = model_class(model.name)
-    params = from_dict(cls.Config, model.params, where="model.params", source=source)
+    params = from_dict(cls.Config, model.params, where=where, source=source)
     return cls(schema, params)

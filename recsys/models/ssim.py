@@ -28,13 +28,23 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 
-from recsys.config import Fraction, NonNegativeFloat, OptimizerConfig, PositiveFloat, PositiveInt, Width, from_dict
+from recsys.config import (
+    Fraction,
+    ModelConfig,
+    NonNegativeFloat,
+    OptimizerConfig,
+    PositiveFloat,
+    PositiveInt,
+    Width,
+    from_dict,
+)
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import (
     OptimizerGroup,
     RankingModel,
     Requirements,
+    build_model,
     model_class,
     model_names,
     register_model,
@@ -52,12 +62,13 @@ MASK_KEY = "ssim/mask"
 
 def build_backbone(name: str, params: Dict[str, Any], schema: Schema) -> MultiScenarioModel:
     """The multi-scenario model ``name`` with ``params`` (checked against its config dataclass)."""
-    cls = model_class(name)
-    if not issubclass(cls, MultiScenarioModel):
+    if not issubclass(model_class(name), MultiScenarioModel):
         options = [n for n in model_names() if issubclass(model_class(n), MultiScenarioModel)]
         raise ConfigError(f"model.params.backbone: '{name}' has no per-scenario towers; SSIM wraps one of "
                           f"{', '.join(options)}")
-    return cls(schema, from_dict(cls.Config, params, where="model.params.backbone_params"))
+    model = build_model(ModelConfig(name=name, params=dict(params)), schema, where="model.params.backbone_params")
+    assert isinstance(model, MultiScenarioModel)
+    return model
 
 
 class _SSIMWrapper(RankingModel):
