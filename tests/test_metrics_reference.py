@@ -258,7 +258,8 @@ def reference_report(schema: Schema, p: Predictions) -> Dict[str, float]:
             if task.kind == "binary":
                 m["auc"] = tm_auc(s, y)
                 clipped = torch.from_numpy(np.clip(s.astype(np.float64), 1e-7, 1 - 1e-7))
-                m["logloss"] = float(torch.nn.functional.binary_cross_entropy(clipped, torch.from_numpy(y.astype(np.float64))))
+                truth = torch.from_numpy(y.astype(np.float64))
+                m["logloss"] = float(torch.nn.functional.binary_cross_entropy(clipped, truth))
                 m["pos_rate"] = float(y.astype(np.float64).mean())
                 m["calibration"] = float(s.astype(np.float64).mean() / m["pos_rate"])
                 m["oracle_auc"] = tm_auc(p.oracle[task.name][rows], y)
