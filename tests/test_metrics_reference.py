@@ -196,7 +196,8 @@ def test_ndcg_with_ties_ignores_row_order():
     relevance = rng.choice([0.0, 1.0, 3.0], 2000).astype(np.float32)
     perm = rng.permutation(2000)
     for k in NDCG_KS:
-        assert grouped_ndcg(users, scores, relevance, k) == grouped_ndcg(users[perm], scores[perm], relevance[perm], k)
+        assert grouped_ndcg(users, scores, relevance, k) == pytest.approx(
+            grouped_ndcg(users[perm], scores[perm], relevance[perm], k), rel=1e-12)
 
 
 def test_auc_and_ndcg_match_sklearn_when_installed():
@@ -290,3 +291,26 @@ def test_report_equals_a_slice_by_slice_torchmetrics_reference():
         assert got[key] == pytest.approx(value, abs=TOL, rel=1e-12, nan_ok=True), key
     # every user counts: grouping is by the raw-user key, although all rows share one encoded user
     assert got["ctr/gauc_users"] > 20
+
+
+def test_rows_too_wide_for_one_sort_key_take_the_gather_path_with_the_same_metrics():
+    """(user, score, slice code, row) keys over 63 bits sort row indices and gather instead; same numbers."""
+    from recsys.train.metrics import _Order, _user_metrics
+
+    rng = np.random.default_rng(8)
+    n = 3000
+    users = rng.integers(0, 200, n)
+    scores = np.round(rng.random(n), 2).astype(np.float32)
+    relevance = rng.choice([0.0, 1.0, 3.0], n).astype(np.float32)
+    codes = {"scenario": rng.integers(0, 3, n).astype(np.int16)}
+
+    def metrics(u: np.ndarray) -> Dict[str, float]:
+        view, ideal = _Order(scores, codes, users=u, relevance=relevance), _Order(relevance, codes, users=u)
+        ideal_parts = ideal.parts("scenario")
+        return {f"{c}/{k}": v for c, rows in view.parts("scenario").items()
+                for k, v in _user_metrics(rows, ideal_parts[c], NDCG_KS, with_gauc=False).items()}
+
+    wide = users << 12  # 20-bit users: 20 + 32 + 2 + 12 row bits > 63, without the row 54 bits
+    assert metrics(wide) == pytest.approx(metrics(users), abs=TOL)
+    with pytest.raises(ValueError, match="too many for one 63-bit sort key"):
+        metrics(users << 40)

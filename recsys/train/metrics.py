@@ -50,7 +50,7 @@ over runs of equal keys (numpy, no per-user Python loop).
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -223,125 +223,285 @@ def _all_gather(parts: List[Predictions]) -> Predictions:
     return _from_columns({name: np.concatenate(v) for name, v in gathered.items()})
 
 
-# --- sorting: one order per score column, reused by every slice ----------------------------------------------
-def _index_bits(n: int) -> int:
-    return max(int(n - 1).bit_length(), 1)
+# --- sorting: each score column sorted once, as packed int64 keys ---------------------------------------------
+# numpy sorts plain int64 values several times faster than it argsorts floats, and sorted keys that carry the
+# row's user, score, slice codes and label need no gather afterwards (random gathers dominate at 10^7 rows)
+def _bits(values: np.ndarray) -> int:
+    """Bits holding the largest of non-negative ints ``values``."""
+    return max(int(values.max()).bit_length(), 1) if len(values) else 1
 
 
-def _descending_order(values: np.ndarray) -> np.ndarray:
-    """Row indices by value, largest first (tied values in any order: every metric here treats a run of ties
-    as one block).
+def _score_key(values: np.ndarray) -> Tuple[np.ndarray, int, Callable[[np.ndarray], np.ndarray]]:
+    """(key, bits, decode): an int64 key per value, smaller for larger values and equal for equal values, the
+    bits it takes, and the function mapping keys back to values. float32 (models' scores, labels): the float's
+    bits made order-preserving (32 bits); other dtypes: dense ranks."""
+    if values.dtype == np.float32:
+        raw = (values + np.float32(0.0)).view(np.int32)  # + 0.0: -0.0 becomes 0.0, its equal
+        negative = raw < 0
+        if negative.any():  # negative floats' bits order them backwards
+            raw[negative] ^= 0x7FFFFFFF
+        key = 0x7FFFFFFF - raw.astype(np.int64)  # signed ints in the floats' order, reversed
 
-    float32 values (what models' scores and labels are) are sorted as one int64 array of
-    ``order-preserving bits << index bits | index``: numpy sorts plain int64 values several times faster than
-    it argsorts floats."""
-    n = len(values)
-    bits = _index_bits(n)
-    if values.dtype == np.float32 and 32 + bits <= 63:
-        raw = values.view(np.int32).astype(np.int64)
-        ordered = np.where(raw < 0, raw ^ 0x7FFFFFFF, raw)  # signed ints in the floats' order
-        packed = ((0x7FFFFFFF - ordered) << bits) | np.arange(n, dtype=np.int64)
-        packed.sort()
-        return packed & ((1 << bits) - 1)
-    return np.ascontiguousarray(np.argsort(np.asarray(values, dtype=np.float64))[::-1])
+        def decode(k: np.ndarray) -> np.ndarray:
+            ordered = 0x7FFFFFFF - k
+            return np.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered).astype(np.int32).view(np.float32)
+
+        return key, 32, decode
+    uniques, inverse = np.unique(values, return_inverse=True)
+    top = len(uniques) - 1
+    return (top - inverse.reshape(-1)).astype(np.int64), _bits(np.array([top])), lambda k: uniques[top - k]
+
+
+def _pack(fields: Sequence[Tuple[np.ndarray, int]]) -> np.ndarray:
+    """One int64 per row holding the fields' bits side by side, the first field most significant (so sorting
+    the keys sorts the rows by the fields in turn); at most 63 bits in all."""
+    packed = np.zeros(len(fields[0][0]), dtype=np.int64)
+    for values, bits in fields:
+        packed <<= bits
+        packed |= values
+    return packed
 
 
 def _stable_by(codes: np.ndarray, order: np.ndarray) -> np.ndarray:
     """``order`` stably sorted by ``codes[order]`` (non-negative ints): grouped by code, ``order`` kept inside."""
-    n = len(order)
     c = codes[order].astype(np.int64)
-    bits = _index_bits(n)
-    if n and int(c.max()).bit_length() + bits <= 63:
-        packed = (c << bits) | np.arange(n, dtype=np.int64)
-        packed.sort()
-        return order[packed & ((1 << bits) - 1)]
-    return order[np.argsort(c, kind="stable")]
+    index_bits = _bits(np.array([len(order)]))
+    if _bits(c) + index_bits > 63:
+        return order[np.argsort(c, kind="stable")]
+    packed = _pack([(c, _bits(c)), (np.arange(len(order), dtype=np.int64), index_bits)])
+    packed.sort()
+    return order[packed & ((1 << index_bits) - 1)]
 
 
-def _run_starts(*keys: np.ndarray) -> np.ndarray:
-    """True at row 0 and wherever one of the (sorted) key columns changes."""
-    n = len(keys[0])
-    starts = np.zeros(n, dtype=bool)
-    if n:
-        starts[0] = True
-        for k in keys:
-            starts[1:] |= k[1:] != k[:-1]
+def _run_starts(keys: np.ndarray) -> np.ndarray:
+    """True at row 0 and wherever the (sorted) ``keys`` change."""
+    starts = np.ones(len(keys), dtype=bool)
+    np.not_equal(keys[1:], keys[:-1], out=starts[1:])
     return starts
 
 
-# --- segment kernels on sorted rows ----------------------------------------------------------------------------
-def _auc_terms(segment_start: np.ndarray, block_start: np.ndarray,
-               positive: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per segment (rows sorted by score descending within each segment; ``block_start`` marks runs of tied
-    scores and includes ``segment_start``): Mann-Whitney ``U`` (ties half), positives ``P`` and negatives ``N``."""
-    n = len(positive)
-    b0 = np.flatnonzero(block_start)
-    size = np.diff(np.append(b0, n)).astype(np.float64)
-    pos = np.add.reduceat(positive.astype(np.float64), b0)
-    neg = size - pos
-    first_block = np.flatnonzero(segment_start[b0])
-    segment_of_block = np.cumsum(segment_start[b0]) - 1
-    p_seg = np.add.reduceat(pos, first_block)
-    n_seg = np.add.reduceat(neg, first_block)
-    neg_through = np.cumsum(neg)  # negatives up to and including each block, over all segments
-    neg_before_segment = (neg_through - neg)[first_block]
-    neg_below = n_seg[segment_of_block] - (neg_through - neg_before_segment[segment_of_block])
-    u = np.add.reduceat(pos * (neg_below + 0.5 * neg), first_block)
-    return u, p_seg, n_seg
+class _Rows:
+    """Sorted rows as packed keys (fields ``layout``, most significant first) plus ``columns`` read by row."""
+
+    def __init__(self, keys: np.ndarray, layout: Sequence[Tuple[str, int]], columns: Dict[str, np.ndarray],
+                 decode: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.keys, self.layout, self.columns, self.decode = keys, layout, columns, decode
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _shift(self, name: str) -> int:
+        """Bits below field ``name``."""
+        names = [f for f, _ in self.layout]
+        return sum(bits for _, bits in self.layout[names.index(name) + 1:])
+
+    def field(self, name: str) -> np.ndarray:
+        bits = dict(self.layout)[name]
+        return (self.keys >> self._shift(name)) & ((1 << bits) - 1)
+
+    def starts(self, name: str) -> np.ndarray:
+        """Where the fields down to ``name`` (e.g. user, then score) change: segment or tie-run starts."""
+        return _run_starts(self.keys >> self._shift(name))
+
+    def take(self, index: np.ndarray) -> "_Rows":
+        return _Rows(self.keys[index], self.layout, {k: v[index] for k, v in self.columns.items()}, self.decode)
 
 
+class _Order:
+    """Rows sorted by score (descending), or by (user, score descending), carrying the rows' partition codes
+    and ``positive`` labels in their keys, and ``relevance`` (read by row index) alongside.
+
+    Example::
+
+        view = _Order(scores, {"scenario": codes}, positive=labels > 0.5)
+        for code, rows in view.parts("scenario").items(): ...   # each scenario's rows, still by score
+    """
+
+    def __init__(self, scores: np.ndarray, codes: Mapping[str, np.ndarray], users: Optional[np.ndarray] = None,
+                 positive: Optional[np.ndarray] = None, relevance: Optional[np.ndarray] = None) -> None:
+        key, key_bits, decode = _score_key(scores)
+        n = len(key)
+        fields = [("user", users, _bits(users))] if users is not None else []
+        fields.append(("score", key, key_bits))
+        fields += [(f"codes/{name}", c, _bits(c)) for name, c in codes.items()]
+        fields += [("positive", positive, 1)] if positive is not None else []
+        index = [("row", np.arange(n, dtype=np.int64), _bits(np.array([n])))] if relevance is not None else []
+        columns: Dict[str, np.ndarray] = {}
+        if sum(bits for _, _, bits in fields + index) <= 63:
+            keys = _pack([(values, bits) for _, values, bits in fields + index])
+            keys.sort()
+            if index:
+                columns["relevance"] = relevance[keys & ((1 << index[0][2]) - 1)]
+                keys >>= index[0][2]
+        else:  # too wide with the row index: sort row indices, gather, then pack
+            if sum(bits for _, _, bits in fields) > 63:
+                raise ValueError(f"{n} evaluation rows of {_bits(users) if users is not None else 0}-bit users: "
+                                 "too many for one 63-bit sort key")
+            order = _stable_by(key, np.arange(n, dtype=np.int64))
+            order = _stable_by(users, order) if users is not None else order
+            keys = _pack([(values[order], bits) for _, values, bits in fields])
+            if relevance is not None:
+                columns["relevance"] = relevance[order]
+        self.rows = _Rows(keys, [(name, bits) for name, _, bits in fields], columns, decode)
+        self.codes = list(codes)
+
+    def parts(self, column: Optional[str]) -> Dict[int, _Rows]:
+        """The rows of each code of partition ``column`` (all rows under code 0 for None), order kept: one
+        stable sort by code (radix for small codes), then contiguous ranges."""
+        if column is None:
+            return {0: self.rows}
+        name = f"codes/{column}"
+        codes = self.rows.field(name).astype(np.int16 if dict(self.rows.layout)[name] < 16 else np.int64)
+        counts = np.bincount(codes)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        moved = self.rows.take(np.argsort(codes, kind="stable"))
+        return {int(c): moved.take(slice(bounds[c], bounds[c + 1])) for c in np.flatnonzero(counts)}
+
+
+# --- runs of sorted rows: the segment sums every metric is made of ---------------------------------------------
 def _discount_sums(k: int) -> np.ndarray:
     """``D[p] = sum of 1 / log2(i + 2) for i < min(p, k)``, for p = 0..k."""
     return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k, dtype=np.float64) + 2.0))])
 
 
-def _dcg(user_start: np.ndarray, block_start: np.ndarray, relevance: np.ndarray,
-         ks: Sequence[int]) -> List[np.ndarray]:
-    """Per user and k, the tie-averaged DCG@k of rows sorted by score descending within each user
-    (``block_start`` marks runs of tied scores and includes ``user_start``)."""
-    n = len(relevance)
-    b0 = np.flatnonzero(block_start)
-    u0 = np.flatnonzero(user_start)
-    size = np.diff(np.append(b0, n))
-    user_of_block = np.cumsum(user_start[b0]) - 1
-    first_block = np.flatnonzero(user_start[b0])
-    start = b0 - u0[user_of_block]  # the block's first position in its user's ranking (0-based)
-    stop = start + size
-    mean_gain = np.add.reduceat(relevance.astype(np.float64), b0) / size
-    out = []
-    for k in ks:
-        d = _discount_sums(k)
-        gain = mean_gain * (d[np.minimum(stop, k)] - d[np.minimum(start, k)])
-        out.append(np.add.reduceat(gain, first_block))
+class _Runs:
+    """Sorted rows' segments (users; one segment when ``segment_start`` is None) and runs of tied scores, and
+    sums over them.
+
+    Args:
+        segment_start: True where a segment starts, or None.
+        block_start: True where a run of tied scores starts (every segment start is one).
+    """
+
+    def __init__(self, segment_start: Optional[np.ndarray], block_start: np.ndarray) -> None:
+        n = len(block_start)
+        if segment_start is None:
+            self.row_segment = None
+            self.first = np.zeros(1, dtype=np.int64)
+        else:
+            self.row_segment = np.cumsum(segment_start) - 1
+            self.first = np.flatnonzero(segment_start)
+        self.size = np.diff(np.append(self.first, n))
+        self.block_first = np.flatnonzero(block_start)
+        self.block_size = np.diff(np.append(self.block_first, n))
+        self.tied = len(self.block_first) < n
+        self._block_start = block_start
+
+    def __len__(self) -> int:
+        """Number of segments."""
+        return len(self.first)
+    def _sum_by_segment(self, rows: np.ndarray, values: Optional[np.ndarray] = None) -> np.ndarray:
+        """Per segment, the sum of ``values`` (1 when None) over the rows at indices ``rows``."""
+        if self.row_segment is None:
+            return np.array([float(len(rows)) if values is None else np.sum(values, dtype=np.float64)])
+        return np.bincount(self.row_segment[rows], weights=values, minlength=len(self)).astype(np.float64)
+
+    def positives(self, positive: np.ndarray) -> np.ndarray:
+        """Per segment, the number of rows where ``positive`` holds."""
+        return self._sum_by_segment(np.flatnonzero(positive))
+
+    def _tied_rows(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(rows in runs of two or more tied scores, the middle sorted index of each one's run)."""
+        tied = np.flatnonzero(self.block_size > 1)
+        rows = _run_rows(self.block_first[tied], self.block_size[tied])
+        middle = np.repeat(self.block_first[tied] + (self.block_size[tied] - 1) / 2.0, self.block_size[tied])
+        return rows, middle
+
+    def mann_whitney(self, positive: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per segment: ``U`` (positive-negative pairs ordered right, ties half), positives, negatives.
+
+        ``U = sum over positives of their rank from the segment's bottom - P (P + 1) / 2``; a row at sorted index
+        ``i`` of a segment ending before ``end`` has rank ``end - i``, a tied row the mean ``end - middle`` of its
+        run (only the rows of tied runs are corrected, so ties cost nothing where there are none)."""
+        rows = np.flatnonzero(positive)
+        p = self._sum_by_segment(rows)
+        index_sum = self._sum_by_segment(rows, rows.astype(np.float64))
+        if self.tied:
+            tied, middle = self._tied_rows()
+            hit = positive[tied] != 0
+            index_sum += self._sum_by_segment(tied[hit], middle[hit] - tied[hit])
+        u = p * (self.first + self.size) - index_sum - p * (p + 1) / 2
+        return u, p, self.size - p
+
+    def dcg(self, relevance: np.ndarray, ks: Sequence[int]) -> List[np.ndarray]:
+        """Per k, each segment's DCG@k, the gains of a run of ties averaged over the positions it covers.
+
+        Only the runs reaching into a segment's top ``max(ks)`` positions are read: O(segments x k), not O(rows)."""
+        head = _run_rows(self.first, np.minimum(self.size, max(ks)))  # every segment's top rows
+        if self.tied:  # the runs of those rows, each once (a run's head rows are adjacent)
+            block = np.searchsorted(self.block_first, head, side="right") - 1
+            block = block[_run_starts(block)]
+        else:
+            block = head
+        first, size = self.block_first[block], self.block_size[block]
+        segment_first = self.first[self.row_segment[first]] if self.row_segment is not None else 0
+        start = first - segment_first  # the run's first position in its segment (0-based, best first)
+        rows = _run_rows(first, size) if self.tied else first
+        rel = relevance[rows].astype(np.float64)
+        out = []
+        for k in ks:
+            d = _discount_sums(k)
+            weight = (d[np.minimum(start + size, k)] - d[np.minimum(start, k)]) / size
+            out.append(self._sum_by_segment(rows, rel * (np.repeat(weight, size) if self.tied else weight)))
+        return out
+
+
+def _run_rows(first: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """The row indices of runs starting at ``first`` with ``size`` rows each, run after run."""
+    offsets = np.cumsum(size) - size
+    return np.repeat(first - offsets, size) + np.arange(int(size.sum()), dtype=np.int64)
+
+
+# --- the metrics, on sorted rows and on plain arrays -----------------------------------------------------------
+def _auc_of(rows: Optional[_Rows]) -> float:
+    """AUC of rows sorted by score."""
+    if rows is None or len(rows) == 0:
+        return float("nan")
+    u, p, n = _Runs(None, rows.starts("score")).mann_whitney(rows.field("positive"))
+    return float(u[0] / (p[0] * n[0])) if p[0] > 0 and n[0] > 0 else float("nan")
+
+
+def _user_metrics(rows: _Rows, ideal: Optional[_Rows], ks: Sequence[int], with_gauc: bool) -> Dict[str, float]:
+    """``gauc`` and ``gauc_users`` (with ``with_gauc``), ``ndcg@k`` and ``ndcg_skipped`` of rows sorted by
+    (user, score descending); ``ideal``: the same rows by (user, relevance descending) for graded relevance
+    (None: the relevance is ``positive``)."""
+    runs = _Runs(rows.starts("user"), rows.starts("score"))
+    out: Dict[str, float] = {}
+    if with_gauc:
+        u, p, n = runs.mann_whitney(rows.field("positive"))
+        valid = (p > 0) & (n > 0)
+        size = p[valid] + n[valid]
+        out["gauc"] = float(np.sum(u[valid] / (p[valid] * n[valid]) * size) / np.sum(size)) if valid.any() \
+            else float("nan")
+        out["gauc_users"] = int(valid.sum())
+    if not ks:
+        return out
+    relevance = rows.field("positive") if ideal is None else rows.columns["relevance"]
+    positives = runs.positives(relevance > 0)
+    if ideal is not None:
+        ideal_relevance = ideal.decode(ideal.field("score"))
+        idcg = _Runs(ideal.starts("user"), ideal.starts("score")).dcg(ideal_relevance, ks)
+    else:  # binary relevance: the ideal ranking puts the user's positives first
+        idcg = [_discount_sums(k)[np.minimum(positives, k).astype(np.int64)] for k in ks]
+    has_positive = positives > 0
+    for k, d, i in zip(ks, runs.dcg(relevance, ks), idcg):
+        out[f"ndcg@{k}"] = float(np.mean(d[has_positive] / i[has_positive])) if has_positive.any() else float("nan")
+    out["ndcg_skipped"] = float((~has_positive).sum())
     return out
 
 
-# --- the metrics, on plain arrays ------------------------------------------------------------------------------
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC (a tie between a positive and a negative counts half); NaN when only one class is present."""
-    scores = np.asarray(scores)
-    positive = np.asarray(labels) > 0.5
-    order = _descending_order(scores)
-    return _auc_sorted(scores[order], positive[order])
-
-
-def _auc_sorted(scores: np.ndarray, positive: np.ndarray) -> float:
-    if len(scores) == 0:
-        return float("nan")
-    segment = np.zeros(len(scores), dtype=bool)
-    segment[0] = True
-    u, p, n = _auc_terms(segment, _run_starts(scores), positive)
-    return float(u[0] / (p[0] * n[0])) if p[0] > 0 and n[0] > 0 else float("nan")
+    return _auc_of(_Order(np.asarray(scores), {}, positive=np.asarray(labels) > 0.5).rows)
 
 
 def _cross_entropy(probs: np.ndarray, labels: np.ndarray, eps: float = LOGLOSS_EPS) -> np.ndarray:
     p = np.clip(np.asarray(probs, np.float64), eps, 1 - eps)
-    y = np.asarray(labels, np.float64)
-    return -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    return -np.log(np.where(np.asarray(labels) > 0.5, p, 1 - p))
 
 
 def logloss(probs: np.ndarray, labels: np.ndarray, eps: float = LOGLOSS_EPS) -> float:
-    """Mean binary cross-entropy of ``probs`` clipped to ``[eps, 1 - eps]``; NaN for no rows."""
+    """Mean binary cross-entropy of ``probs`` clipped to ``[eps, 1 - eps]`` (binary labels); NaN for no rows."""
     if len(labels) == 0:
         return float("nan")
     return float(_cross_entropy(probs, labels, eps).mean())
@@ -354,197 +514,134 @@ def _codes(groups: np.ndarray) -> np.ndarray:
 def grouped_auc(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Tuple[float, int]:
     """GAUC: the impression-weighted mean of per-group AUC over groups having both classes.
     Returns (gauc, number of groups used)."""
-    view = _UserOrder(np.asarray(scores), np.asarray(labels) > 0.5, None, _codes(groups), {})
-    gauc, used, _ = view.gauc(view.all())
-    return gauc, used
+    view = _Order(np.asarray(scores), {}, users=_codes(groups), positive=np.asarray(labels) > 0.5)
+    m = _user_metrics(view.rows, None, (), with_gauc=True)
+    return m["gauc"], int(m["gauc_users"])
 
 
 def grouped_ndcg(groups: np.ndarray, scores: np.ndarray, relevance: np.ndarray, k: int) -> Tuple[float, int]:
     """NDCG@k per group (tie-averaged, see the module docstring), averaged over groups with a positive
     relevance. Returns (ndcg, number of groups skipped for having none)."""
-    relevance = np.asarray(relevance)
-    view = _UserOrder(np.asarray(scores), relevance > 0, relevance, _codes(groups), {})
-    values, skipped = view.ndcg(view.all(), (k,))
-    return values[0], skipped
+    users, relevance = _codes(groups), np.asarray(relevance)
+    view = _Order(np.asarray(scores), {}, users=users, relevance=relevance)
+    m = _user_metrics(view.rows, _Order(relevance, {}, users=users).rows, (k,), with_gauc=False)
+    return m[f"ndcg@{k}"], int(m["ndcg_skipped"])
 
 
-# --- sorted views of one task's rows, sliced by scenario / evaluation group ------------------------------------
-Slice = Tuple[str, Optional[str], int]  # (key suffix, partition column or None for all rows, value)
+# --- one task's rows sorted once, split by scenario / evaluation group -----------------------------------------
+@dataclass
+class _Partition:
+    """The slices of one categorical column (``None``: all rows, one slice): ``{code: key suffix}``."""
 
-
-class _ScoreOrder:
-    """Rows of one score column sorted by score (descending), with their labels and partition columns."""
-
-    def __init__(self, scores: np.ndarray, positive: np.ndarray, partitions: Mapping[str, np.ndarray]) -> None:
-        order = _descending_order(scores)
-        self.scores, self.positive = scores[order], positive[order]
-        self.partitions = {k: v[order] for k, v in partitions.items()}
-
-    def auc(self, sl: Slice) -> float:
-        _, column, value = sl
-        if column is None:
-            return _auc_sorted(self.scores, self.positive)
-        keep = self.partitions[column] == value
-        return _auc_sorted(self.scores[keep], self.positive[keep])
-
-
-class _UserOrder:
-    """Rows of one score column sorted by (user, score descending) and, for graded relevance, also by
-    (user, relevance descending); GAUC and NDCG of any slice are segment sums over a selection of them."""
-
-    def __init__(self, scores: np.ndarray, positive: np.ndarray, relevance: Optional[np.ndarray],
-                 users: np.ndarray, partitions: Mapping[str, np.ndarray]) -> None:
-        order = _stable_by(users, _descending_order(scores))
-        self.users, self.scores, self.positive = users[order], scores[order], positive[order]
-        self.partitions = {k: v[order] for k, v in partitions.items()}
-        self.graded = relevance is not None
-        if relevance is not None:
-            self.relevance = relevance[order].astype(np.float64)
-            ideal = _stable_by(users, _descending_order(relevance))
-            self.ideal_users, self.ideal_relevance = users[ideal], relevance[ideal].astype(np.float64)
-            self.ideal_partitions = {k: v[ideal] for k, v in partitions.items()}
-
-    @staticmethod
-    def all() -> Slice:
-        return ("", None, 0)
-
-    def _select(self, sl: Slice, ideal: bool = False) -> Optional[np.ndarray]:
-        _, column, value = sl
-        if column is None:
-            return None
-        return (self.ideal_partitions if ideal else self.partitions)[column] == value
-
-    def _rows(self, sl: Slice, *names: str) -> List[np.ndarray]:
-        keep = self._select(sl)
-        arrays = [getattr(self, n) for n in names]
-        return arrays if keep is None else [a[keep] for a in arrays]
-
-    def gauc(self, sl: Slice) -> Tuple[float, int, int]:
-        """(GAUC, users with both classes, users) of the slice."""
-        users, scores, positive = self._rows(sl, "users", "scores", "positive")
-        if len(users) == 0:
-            return float("nan"), 0, 0
-        user_start = _run_starts(users)
-        u, p, n = _auc_terms(user_start, _run_starts(users, scores), positive)
-        valid = (p > 0) & (n > 0)
-        if not valid.any():
-            return float("nan"), 0, len(u)
-        size = p[valid] + n[valid]
-        return float(np.sum(u[valid] / (p[valid] * n[valid]) * size) / np.sum(size)), int(valid.sum()), len(u)
-
-    def ndcg(self, sl: Slice, ks: Sequence[int]) -> Tuple[List[float], int]:
-        """([NDCG@k for k in ks], users skipped for having no positive) of the slice."""
-        names = ("users", "scores", "relevance") if self.graded else ("users", "scores", "positive")
-        users, scores, relevance = self._rows(sl, *names)
-        if len(users) == 0:
-            return [float("nan")] * len(ks), 0
-        user_start = _run_starts(users)
-        dcg = _dcg(user_start, _run_starts(users, scores), relevance, ks)
-        u0 = np.flatnonzero(user_start)
-        positives = np.add.reduceat((relevance > 0).astype(np.int64), u0)
-        if self.graded:
-            keep = self._select(sl, ideal=True)
-            ideal_users = self.ideal_users if keep is None else self.ideal_users[keep]
-            ideal_relevance = self.ideal_relevance if keep is None else self.ideal_relevance[keep]
-            ideal_start = _run_starts(ideal_users)
-            idcg = _dcg(ideal_start, _run_starts(ideal_users, ideal_relevance), ideal_relevance, ks)
-        else:  # binary relevance: the ideal ranking puts the user's positives first
-            idcg = [_discount_sums(k)[np.minimum(positives, k)] for k in ks]
-        has_positive = positives > 0
-        skipped = int((~has_positive).sum())
-        if not has_positive.any():
-            return [float("nan")] * len(ks), skipped
-        return [float(np.mean(d[has_positive] / i[has_positive])) for d, i in zip(dcg, idcg)], skipped
+    column: Optional[str]
+    suffixes: Dict[int, str]
 
 
 # --- reports -------------------------------------------------------------------------------------------------
-def _mean(x: np.ndarray) -> float:
-    return float(np.mean(x, dtype=np.float64)) if len(x) else float("nan")
+def _sums(codes: Optional[np.ndarray], values: np.ndarray, size: int) -> np.ndarray:
+    """Sum of ``values`` per code (one code for None)."""
+    if codes is None:
+        return np.array([np.sum(values, dtype=np.float64)])
+    return np.bincount(codes, weights=values, minlength=size)
 
 
-def _task_reports(task: Task, p: Predictions, users: Optional[np.ndarray], slices: Sequence[Slice],
-                  partitions: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def _task_reports(task: Task, p: Predictions, users: Optional[np.ndarray], partitions: Sequence[_Partition],
+                  codes: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
     """``{slice suffix: {metric: value}}`` of one task (see the module docstring)."""
     rows = np.flatnonzero(p.labels[task.depends_on] > 0.5) if task.depends_on is not None else None
 
     def task_rows(a: np.ndarray) -> np.ndarray:
         return a if rows is None else a[rows]
 
-    y = task_rows(p.labels[task.name]).astype(np.float64)
+    label = task_rows(p.labels[task.name])
+    y = label.astype(np.float64)
     s = task_rows(p.scores[task.name])
-    parts = {k: task_rows(v) for k, v in partitions.items()}
+    task_codes = {k: task_rows(v) for k, v in codes.items()}
     binary = task.kind == "binary"
     positive = y > 0.5 if binary else (y > task.eval_threshold if task.eval_threshold is not None else None)
-    by_score = _ScoreOrder(s, positive, parts) if positive is not None else None
-    oracle = _ScoreOrder(task_rows(p.oracle[task.name]), positive, parts) if binary and task.name in p.oracle else None
-    ctcvr = oracle_ctcvr = None
+    # score orders for the AUCs, each on its rows: the task's rows, or all rows for CTCVR
+    aucs: Dict[str, _Order] = {}
+    if positive is not None:
+        aucs["auc"] = _Order(s, task_codes, positive=positive)
+    if binary and task.name in p.oracle:
+        aucs["oracle_auc"] = _Order(task_rows(p.oracle[task.name]), task_codes, positive=positive)
     if binary and task.depends_on is not None:
-        parent, converted = task.depends_on, p.labels[task.name] > 0.5  # on all rows: p(parent) * p(task)
-        ctcvr = _ScoreOrder(p.scores[parent] * p.scores[task.name], converted, partitions)
+        parent, converted = task.depends_on, p.labels[task.name] > 0.5  # p(parent) * p(task) on all rows
+        aucs["ctcvr_auc"] = _Order(p.scores[parent] * p.scores[task.name], codes, positive=converted)
         if parent in p.oracle and task.name in p.oracle:
-            oracle_ctcvr = _ScoreOrder(p.oracle[parent] * p.oracle[task.name], converted, partitions)
-    if binary:
-        per_row = _cross_entropy(s, y)
-    else:
-        per_row = np.asarray(s, np.float64) - y
-    by_user = None
+            aucs["oracle_ctcvr_auc"] = _Order(p.oracle[parent] * p.oracle[task.name], codes, positive=converted)
+    by_user = ideal = None
     if users is not None and len(y):
-        by_user = _UserOrder(s, y > 0.5 if binary else y > 0, None if binary else y, task_rows(users), parts)
+        if binary:
+            by_user = _Order(s, task_codes, users=task_rows(users), positive=positive)
+        else:  # graded relevance: the label, by score and (for the ideal ranking) by itself
+            by_user = _Order(s, task_codes, users=task_rows(users), relevance=label)
+            ideal = _Order(label, task_codes, users=task_rows(users))
+    # per-row terms of the means
+    if binary:
+        terms = {"logloss": _cross_entropy(s, y), "pos_rate": y, "score": np.asarray(s, np.float64)}
+    else:
+        err = np.asarray(s, np.float64) - y
+        terms = {"rmse": err * err, "mae": np.abs(err)}
 
     out: Dict[str, Dict[str, float]] = {}
-    for sl in slices:
-        suffix, column, value = sl
-        keep = None if column is None else parts[column] == value
-        yk, sk, rk = (y, s, per_row) if keep is None else (y[keep], s[keep], per_row[keep])
-        m: Dict[str, float] = {"count": float(len(yk))}
-        if binary:
-            m["auc"] = by_score.auc(sl)
-            m["logloss"] = _mean(rk)
-            m["pos_rate"] = _mean(yk)
-            m["calibration"] = _mean(sk) / m["pos_rate"] if len(yk) and m["pos_rate"] > 0 else float("nan")
-            if oracle is not None:
-                m["oracle_auc"] = oracle.auc(sl)
-            if ctcvr is not None:
-                m["ctcvr_auc"] = ctcvr.auc(sl)
-                if oracle_ctcvr is not None:
-                    m["oracle_ctcvr_auc"] = oracle_ctcvr.auc(sl)
-        else:
-            m["rmse"] = float(np.sqrt(_mean(rk**2)))
-            m["mae"] = _mean(np.abs(rk))
-            if by_score is not None:
-                m["auc"] = by_score.auc(sl)
-        if by_user is not None and len(yk):
+    for part in partitions:
+        column = task_codes.get(part.column) if part.column is not None else None
+        width = int(column.max()) + 1 if column is not None and len(column) else 1
+        counts = np.bincount(column, minlength=width) if column is not None else np.array([len(y)])
+        sums = {k: _sums(column, v, width) for k, v in terms.items()}
+        auc_parts = {k: v.parts(part.column) for k, v in aucs.items()}
+        user_parts = by_user.parts(part.column) if by_user is not None else {}
+        ideal_parts = ideal.parts(part.column) if ideal is not None else {}
+        for code, suffix in part.suffixes.items():
+            count = float(counts[code]) if code < len(counts) else 0.0
+            total = {k: (float(v[code]) if code < len(v) else 0.0) for k, v in sums.items()}
+            m: Dict[str, float] = {"count": count}
             if binary:
-                m["gauc"], used, _ = by_user.gauc(sl)
-                m["gauc_users"] = used
-            values, skipped = by_user.ndcg(sl, NDCG_KS)
-            for k, v in zip(NDCG_KS, values):
-                m[f"ndcg@{k}"] = v
-            m["ndcg_skipped"] = float(skipped)
-        out[suffix] = m
+                m["auc"] = _auc_of(auc_parts["auc"].get(code))
+                m["logloss"] = _ratio(total["logloss"], count)
+                m["pos_rate"] = _ratio(total["pos_rate"], count)
+                m["calibration"] = _ratio(total["score"], total["pos_rate"]) if count else float("nan")
+                for name in ("oracle_auc", "ctcvr_auc", "oracle_ctcvr_auc"):
+                    if name in auc_parts:
+                        m[name] = _auc_of(auc_parts[name].get(code))
+            else:
+                m["rmse"] = float(np.sqrt(_ratio(total["rmse"], count)))
+                m["mae"] = _ratio(total["mae"], count)
+                if "auc" in auc_parts:
+                    m["auc"] = _auc_of(auc_parts["auc"].get(code))
+            if code in user_parts:
+                m.update(_user_metrics(user_parts[code], ideal_parts.get(code), NDCG_KS, with_gauc=binary))
+            out[suffix] = m
     return out
 
 
 def evaluate(schema: Schema, preds: Predictions) -> Dict[str, float]:
     """Every metric for every task, overall and per scenario / evaluation group (see module docstring)."""
     with_user = schema.user_feature is not None and bool((preds.user >= 0).any())
-    slices: List[Slice] = [("", None, 0)]
-    partitions: Dict[str, np.ndarray] = {}
-    if schema.num_scenarios > 1:
-        partitions["scenario"] = preds.scenario
-        slices += [(f"scenario={schema.scenario_name(i)}", "scenario", i) for i in range(schema.num_scenarios)]
-    for name, values in schema.eval_groups:
-        if name in preds.groups:
-            partitions[name] = preds.groups[name]
-            slices += [(f"{name}={v}", name, i) for i, v in enumerate(values)]
-    slices = [sl for sl in slices if sl[1] is None or bool((partitions[sl[1]] == sl[2]).any())]
+    partitions = [_Partition(None, {0: ""})]
+    codes: Dict[str, np.ndarray] = {}
+    columns = [("scenario", preds.scenario, [schema.scenario_name(i) for i in range(schema.num_scenarios)])]
+    columns = columns if schema.num_scenarios > 1 else []
+    columns += [(name, preds.groups[name], values) for name, values in schema.eval_groups if name in preds.groups]
+    for name, column, values in columns:
+        column = np.where((column >= 0) & (column < len(values)), column, len(values))  # others: in no slice
+        present = np.bincount(column, minlength=len(values) + 1)
+        # small codes: the stable sorts splitting rows by code are radix sorts
+        codes[name] = column.astype(np.int16 if len(values) < 2**15 else np.int64)
+        partitions.append(_Partition(name, {i: f"{name}={v}" for i, v in enumerate(values) if present[i]}))
     users = _codes(preds.users) if with_user else None
-    per_task = {t.name: _task_reports(t, preds, users, slices, partitions) for t in schema.tasks}
+    per_task = {t.name: _task_reports(t, preds, users, partitions, codes) for t in schema.tasks}
     report: Dict[str, float] = {"rows": float(len(preds))}
-    for suffix, _, _ in slices:
-        for task in schema.tasks:
-            for metric, value in per_task[task.name][suffix].items():
-                report[f"{task.name}/{metric}" + (f"/{suffix}" if suffix else "")] = value
+    for part in partitions:
+        for suffix in part.suffixes.values():
+            for task in schema.tasks:
+                for metric, value in per_task[task.name][suffix].items():
+                    report[f"{task.name}/{metric}" + (f"/{suffix}" if suffix else "")] = value
     return report
 
 
