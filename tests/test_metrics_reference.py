@@ -314,3 +314,14 @@ def test_rows_too_wide_for_one_sort_key_take_the_gather_path_with_the_same_metri
     assert metrics(wide) == pytest.approx(metrics(users), abs=TOL)
     with pytest.raises(ValueError, match="too many for one 63-bit sort key"):
         metrics(users << 40)
+
+
+def test_float32_sort_keys_order_and_decode_every_float():
+    from recsys.train.metrics import _score_key
+
+    values = np.array([3.5, -0.0, 0.0, -1e-45, 1e-45, -2.0, np.inf, -np.inf, 1.0, -3.5, 2.0], np.float32)
+    key, bits, decode = _score_key(values)
+    assert bits == 32 and key.min() >= 0 and key.max() < 2**32
+    np.testing.assert_array_equal(np.argsort(key, kind="stable"), np.argsort(-values, kind="stable"))
+    assert key[1] == key[2]  # -0.0 == 0.0
+    np.testing.assert_array_equal(decode(key), values + np.float32(0.0))

@@ -32,7 +32,7 @@ Definitions (the tests check each against torchmetrics on data with many tied sc
         **Tied scores** share their positions: each row of a run of tied scores gets the mean gain of the run
         times the discounts of the positions the run covers (sklearn's ``ndcg_score`` default and
         ``_tie_average_dcg`` in current torchmetrics). That is the expected DCG over every order of the tied
-        rows, so the value never depends on row order. torchmetrics 1.0.3's ``RetrievalNormalizedDCG`` (what
+        rows, so the value does not depend on row order. torchmetrics 1.0.3's ``RetrievalNormalizedDCG`` (what
         this project pins) orders ties by an unstable ``argsort`` instead, so its value with ties depends on the
         sort; the tests check that ours equals it averaged over all orders of the tied rows, and equals it
         exactly where no scores tie.
@@ -42,10 +42,13 @@ Users are told apart by ``Predictions.user_key``, a 64-bit key of the raw user v
 user unseen in training shares the encoded OOV row, but keeps its own key. Predictions without keys (built by
 hand) fall back to the encoded ``user``.
 
-Computation: the report is a function of the set of rows alone (no collective, no dependence on row order), so
-it is the same on any number of ranks. Per task and score column the rows are sorted once, by score and by
-(user, score); every slice is a selection of those sorted rows, and every metric is a handful of segment sums
-over runs of equal keys (numpy, no per-user Python loop).
+Computation: the report is a function of the set of rows alone (no collective; row order changes float
+rounding at most), so it is the same on any number of ranks. Per task and score column the rows are sorted
+once, by score or by (user, score), as packed int64 keys that carry the row's slice codes and label (numpy sorts
+int64 values several times faster than it argsorts floats, and nothing needs gathering afterwards); each
+scenario's and group's rows are split off in that order; every metric is then a handful of segment sums over
+runs of equal keys (no per-user Python loop): ties cost extra work only where scores tie, NDCG@k reads only each
+user's top k rows. benchmarks/evaluation.py measures it.
 """
 
 import zlib
@@ -236,15 +239,15 @@ def _score_key(values: np.ndarray) -> Tuple[np.ndarray, int, Callable[[np.ndarra
     bits it takes, and the function mapping keys back to values. float32 (models' scores, labels): the float's
     bits made order-preserving (32 bits); other dtypes: dense ranks."""
     if values.dtype == np.float32:
-        raw = (values + np.float32(0.0)).view(np.int32)  # + 0.0: -0.0 becomes 0.0, its equal
-        negative = raw < 0
-        if negative.any():  # negative floats' bits order them backwards
-            raw[negative] ^= 0x7FFFFFFF
-        key = 0x7FFFFFFF - raw.astype(np.int64)  # signed ints in the floats' order, reversed
+        key = values.view(np.int32).astype(np.int64)
+        negative = key < 0
+        if negative.any():  # negative floats' bits count backwards; + 1 makes -0.0 (bits -2^31) key 0 like 0.0
+            key[negative] = (key[negative] ^ 0x7FFFFFFF) + 1
+        np.subtract(0x7FFFFFFF, key, out=key)  # ints in the floats' order, reversed
 
         def decode(k: np.ndarray) -> np.ndarray:
             ordered = 0x7FFFFFFF - k
-            return np.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered).astype(np.int32).view(np.float32)
+            return np.where(ordered < 0, (ordered - 1) ^ 0x7FFFFFFF, ordered).astype(np.int32).view(np.float32)
 
         return key, 32, decode
     uniques, inverse = np.unique(values, return_inverse=True)
@@ -255,8 +258,8 @@ def _score_key(values: np.ndarray) -> Tuple[np.ndarray, int, Callable[[np.ndarra
 def _pack(fields: Sequence[Tuple[np.ndarray, int]]) -> np.ndarray:
     """One int64 per row holding the fields' bits side by side, the first field most significant (so sorting
     the keys sorts the rows by the fields in turn); at most 63 bits in all."""
-    packed = np.zeros(len(fields[0][0]), dtype=np.int64)
-    for values, bits in fields:
+    packed = fields[0][0].astype(np.int64)
+    for values, bits in fields[1:]:
         packed <<= bits
         packed |= values
     return packed
@@ -346,16 +349,27 @@ class _Order:
         self.codes = list(codes)
 
     def parts(self, column: Optional[str]) -> Dict[int, _Rows]:
-        """The rows of each code of partition ``column`` (all rows under code 0 for None), order kept: one
-        stable sort by code (radix for small codes), then contiguous ranges."""
+        """The rows of each code of partition ``column`` (all rows under code 0 for None), order kept, as
+        contiguous ranges."""
         if column is None:
             return {0: self.rows}
-        name = f"codes/{column}"
-        codes = self.rows.field(name).astype(np.int16 if dict(self.rows.layout)[name] < 16 else np.int64)
-        counts = np.bincount(codes)
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        moved = self.rows.take(np.argsort(codes, kind="stable"))
-        return {int(c): moved.take(slice(bounds[c], bounds[c + 1])) for c in np.flatnonzero(counts)}
+        rows, name = self.rows, f"codes/{column}"
+        width, code_bits = sum(bits for _, bits in rows.layout), dict(rows.layout)[name]
+        code = rows.field(name)
+        if not rows.columns and width + code_bits <= 63:
+            # the keys again, the code on top: sorted, the rows are by code and in this order within a code
+            # (rows of equal keys are interchangeable); a value sort, faster than an argsort and a gather
+            keys = code << width
+            keys |= rows.keys
+            keys.sort()
+            bounds = np.searchsorted(keys, np.arange((1 << code_bits) + 1, dtype=np.int64) << width)
+            moved = _Rows(keys, rows.layout, {}, rows.decode)
+        else:  # columns to carry along: a stable sort by code (radix for small codes) and a gather
+            code = code.astype(np.int16 if code_bits < 16 else np.int64)
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(code, minlength=1 << code_bits))])
+            moved = rows.take(np.argsort(code, kind="stable"))
+        return {c: moved.take(slice(bounds[c], bounds[c + 1])) for c in range(len(bounds) - 1)
+                if bounds[c + 1] > bounds[c]}
 
 
 # --- runs of sorted rows: the segment sums every metric is made of ---------------------------------------------
@@ -383,13 +397,13 @@ class _Runs:
             self.first = np.flatnonzero(segment_start)
         self.size = np.diff(np.append(self.first, n))
         self.block_first = np.flatnonzero(block_start)
-        self.block_size = np.diff(np.append(self.block_first, n))
         self.tied = len(self.block_first) < n
-        self._block_start = block_start
+        self.block_size = np.diff(np.append(self.block_first, n)) if self.tied else None  # rows per run of ties
 
     def __len__(self) -> int:
         """Number of segments."""
         return len(self.first)
+
     def _sum_by_segment(self, rows: np.ndarray, values: Optional[np.ndarray] = None) -> np.ndarray:
         """Per segment, the sum of ``values`` (1 when None) over the rows at indices ``rows``."""
         if self.row_segment is None:
@@ -415,7 +429,7 @@ class _Runs:
         run (only the rows of tied runs are corrected, so ties cost nothing where there are none)."""
         rows = np.flatnonzero(positive)
         p = self._sum_by_segment(rows)
-        index_sum = self._sum_by_segment(rows, rows.astype(np.float64))
+        index_sum = self._sum_by_segment(rows, rows)
         if self.tied:
             tied, middle = self._tied_rows()
             hit = positive[tied] != 0
@@ -433,7 +447,8 @@ class _Runs:
             block = block[_run_starts(block)]
         else:
             block = head
-        first, size = self.block_first[block], self.block_size[block]
+        first = self.block_first[block]
+        size = self.block_size[block] if self.tied else np.ones(len(block), dtype=np.int64)
         segment_first = self.first[self.row_segment[first]] if self.row_segment is not None else 0
         start = first - segment_first  # the run's first position in its segment (0-based, best first)
         rows = _run_rows(first, size) if self.tied else first

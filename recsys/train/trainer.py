@@ -50,9 +50,8 @@ from recsys.train.metrics import (
     evaluate,
     format_table,
     metric_mode,
-    untrained_tasks,
-    without_tasks,
 )
+from recsys.train.metrics import untrained_tasks, without_tasks
 from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
 from recsys.train.sharding import shard
 
@@ -433,7 +432,6 @@ class Trainer:
     def _finish(self) -> Dict[str, Any]:
         if self.state.best_checkpoint and os.path.isdir(self.state.best_checkpoint):
             self.load(self.state.best_checkpoint, restore_loop=False)
-        untrained = untrained_tasks(self.loss.weights)  # loss weight 0: their metrics are no results
         result: Dict[str, Any] = {
             "model": self.cfg.model.name,
             "dataset": self.dataset.spec.name,
@@ -442,11 +440,14 @@ class Trainer:
             "stopped_early": self.state.stopped_early,
             "train_seconds": round(self.state.train_seconds, 2),
             "train_samples_per_sec": round(self.state.samples / max(self.state.train_seconds, 1e-9), 1),
-            "valid": without_tasks(self.evaluate("valid"), untrained) if self._split_rows("valid") else {},
-            "test": without_tasks(self.evaluate("test"), untrained) if self._split_rows("test") else {},
-            "untrained_tasks": untrained,
+            "valid": self.evaluate("valid") if self._split_rows("valid") else {},
+            "test": self.evaluate("test") if self._split_rows("test") else {},
+            "untrained_tasks": untrained_tasks(self.loss.weights),
             "history": self.state.history,
         }
+        untrained = result["untrained_tasks"]  # loss weight 0: their metrics are no results
+        for split in ("valid", "test"):
+            result[split] = without_tasks(result[split], untrained)
         if self.is_main:
             write_json_atomic(os.path.join(self.run_dir, "metrics.json"), result)
             write_text_atomic(os.path.join(self.run_dir, "metrics.md"), "\n\n".join(
