@@ -300,5 +300,23 @@ def test_untrained_heads_are_marked_in_metrics_json_md_and_the_console(tmp_path,
     assert "| cvr | all | untrained (loss weight 0) |" in capsys.readouterr().out
 
 
+# --- the evaluation benchmark ---------------------------------------------------------------------------------
+def test_evaluation_benchmark_tiny_with_a_baseline(tmp_path):
+    from benchmarks import evaluation
+
+    in_git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode == 0
+    baseline = ["--baseline", "HEAD", "--baseline-max-rows", "3000"] if in_git else []
+    assert evaluation.main(["--rows", "3000", "--users", "300", "--rounds", "2", "--out", str(tmp_path)]
+                           + baseline) == 0
+    result = json.load(open(tmp_path / "evaluation.json"))
+    current = result["current"]["3000"]
+    assert len(current["rounds"]) == 2 and current["rows_per_cpu_s"]["median"] > 0
+    if in_git:  # the committed implementation, loaded from git, computes the same numbers
+        assert result["baseline"]["ref"] == "HEAD" and len(result["baseline"]["3000"]["rounds"]) == 1
+        assert max(result["baseline_differences"]["3000"].values()) < 1e-9
+    md = open(tmp_path / "evaluation.md").read()
+    assert "| current | 3,000 |" in md and "Command: `" in md and "Load average" in md
+
+
 if __name__ == "__main__":  # one rank of test_two_ranks_report_what_one_rank_reports, under torchrun
     two_rank_worker(sys.argv[1])
