@@ -137,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.is_main:
         print(format_table(trainer.schema, result["test"] or result["valid"],
                            title=f"{cfg.model.name} on {trainer.dataset.spec.name}: "
-                                 f"{'test' if result['test'] else 'valid'}"))
+                                 f"{'test' if result['test'] else 'valid'}", untrained=result["untrained_tasks"]))
         log.info("run folder: %s", cfg.run_dir)
     return 0
 
@@ -145,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
     from recsys.io import write_json_atomic
-    from recsys.train.metrics import format_table
+    from recsys.train.metrics import format_table, untrained_tasks
     from recsys.train.trainer import Trainer
 
     if args.out:
@@ -156,7 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     trainer.load(path, restore_loop=False, model_only=True)
     report = trainer.evaluate(args.split)
     if trainer.is_main:
-        print(format_table(trainer.schema, report, title=f"{cfg.model.name}: {args.split} ({path})"))
+        print(format_table(trainer.schema, report, title=f"{cfg.model.name}: {args.split} ({path})",
+                           untrained=untrained_tasks(trainer.loss.weights)))
         if args.out:
             write_json_atomic(args.out, report)
     return 0

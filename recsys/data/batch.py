@@ -5,7 +5,9 @@ Shapes (B = batch size, Dd = number of dense features, F = number of sparse feat
     sparse: KeyedJaggedTensor with F keys (schema order) and stride B
     labels: {task: [B] float32}
     scenario: [B] int64 in [0, num_scenarios)
-    user: [B] int64, the user's encoded id (-1 when the data has no user)
+    user: [B] int64, the user's encoded id (-1 when the data has no user); what models read
+    user_key: [B] int64, a 64-bit key of the raw user value (the bits of recsys.data.history.value_keys), or
+        empty: tells users apart in evaluation (GAUC, NDCG) where unseen users share one encoded id
     weights: [B] float32 sample weights
     row_id: [B] int64 stable instance id; -1 marks padding rows that only keep ranks in step
     groups: {name: [B] int64} evaluation-only breakdowns (e.g. lifecycle stage)
@@ -52,6 +54,7 @@ class Batch(Pipelineable):
     time: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.float64))
     history: Dict[str, torch.Tensor] = field(default_factory=dict)
     extras: Dict[str, torch.Tensor] = field(default_factory=dict)
+    user_key: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
     @property
     def size(self) -> int:
@@ -71,6 +74,7 @@ class Batch(Pipelineable):
             time=fn(self.time),
             history=_map(self.history, fn),
             extras=_map(self.extras, fn),
+            user_key=fn(self.user_key),
         )
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
@@ -80,7 +84,7 @@ class Batch(Pipelineable):
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
-        tensors = [self.dense, self.scenario, self.user, self.weights, self.row_id, self.time]
+        tensors = [self.dense, self.scenario, self.user, self.weights, self.row_id, self.time, self.user_key]
         tensors += list(self.labels.values()) + list(self.groups.values()) + list(self.oracle.values())
         tensors += list(self.history.values())
         tensors += list(self.extras.values())

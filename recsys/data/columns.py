@@ -65,6 +65,7 @@ class Columns:
     time: Optional[np.ndarray] = None  # float64 [n]
     history: Dict[str, np.ndarray] = field(default_factory=dict)  # float32 [n] each (recsys.data.history)
     extras: Dict[str, np.ndarray] = field(default_factory=dict)  # float32 [n], side columns joined by row id
+    user_key: Optional[np.ndarray] = None  # int64 [n], raw-user keys (see Batch.user_key)
     # single-hot ids stored row-major [n, F1] (``sparse`` then holds column views of it): a batch gathers each
     # row's ids with one contiguous read instead of F1 scattered ones
     packed: Optional[np.ndarray] = None
@@ -105,6 +106,7 @@ class Columns:
             time=None if self.time is None else self.time[idx],
             history={k: v[idx] for k, v in self.history.items()},
             extras={k: v[idx] for k, v in self.extras.items()},
+            user_key=None if self.user_key is None else self.user_key[idx],
         )
 
     def mask(self, keep: np.ndarray) -> "Columns":
@@ -146,6 +148,7 @@ class Columns:
             time=None if first.time is None else cat("time"),
             history={k: cat("history", k) for k in first.history},
             extras={k: cat("extras", k) for k in first.extras},
+            user_key=None if first.user_key is None else cat("user_key"),
         )
 
     def nbytes(self) -> int:
@@ -195,6 +198,8 @@ class Columns:
             time=torch.from_numpy(self.time) if self.time is not None else torch.empty(0, dtype=torch.float64),
             history={k: torch.from_numpy(v) for k, v in self.history.items()},
             extras={k: torch.from_numpy(v) for k, v in self.extras.items()},
+            user_key=(torch.from_numpy(self.user_key) if self.user_key is not None
+                      else torch.empty(0, dtype=torch.int64)),
         )
 
 

@@ -448,8 +448,9 @@ class Dataset:
         if self.spec.user:
             user_col = sparse[self.spec.user]
             user = user_col if not isinstance(user_col, Ragged) else user_col.values[user_col.offsets[:-1]]
+            user_key = self._user_keys(table, where)
         else:
-            user = np.full(n, -1, dtype=np.int64)
+            user, user_key = np.full(n, -1, dtype=np.int64), None
         return Columns(
             dense=dense,
             sparse=sparse,
@@ -462,8 +463,9 @@ class Dataset:
             groups={k: e.transform(table.column(e.spec.column), where) for k, e in self.groups.items()},
             oracle=self._oracle(table, where),
             time=self._time(table, where),
-            history=self._history_of(table, where),
+            history=self._history_of(table, where, user_key),
             extras=self._extras(row_ids),
+            user_key=None if user_key is None else user_key.view(np.int64),
         )
 
     # --- label history (recsys.data.history) -------------------------------------------------------------
@@ -519,10 +521,10 @@ class Dataset:
             {name: (np.concatenate(a), np.concatenate(p)) for name, (a, p) in events.items()},
         )
 
-    def _history_of(self, table: pa.Table, where: Where) -> Dict[str, np.ndarray]:
+    def _history_of(self, table: pa.Table, where: Where, user_keys: np.ndarray) -> Dict[str, np.ndarray]:
         if self.spec.history is None:
             return {}
-        return self.label_history().query(self._user_keys(table, where), self._time(table, where))
+        return self.label_history().query(user_keys, self._time(table, where))
 
     # --- passes ------------------------------------------------------------------------------------------
     def _sources(self) -> List[Tuple[FileSpec, bool]]:
@@ -691,6 +693,7 @@ class Dataset:
             time=np.zeros(0) if self.spec.time else None,
             history={k: np.zeros(0, np.float32) for k in (history_keys(self.history_tasks) if self.spec.history else ())},
             extras={c: np.zeros(0, np.float32) for sc in self.side_columns for c in sc.columns},
+            user_key=z if self.spec.user else None,
         )
 
     # --- schema and state --------------------------------------------------------------------------------

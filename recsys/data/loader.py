@@ -36,6 +36,7 @@ def padding_columns(like: Columns, rows: int = 1) -> Columns:
         time=None if like.time is None else np.zeros(rows),
         history={k: zf.copy() for k in like.history},
         extras={k: zf.copy() for k in like.extras},
+        user_key=None if like.user_key is None else zi.copy(),
     )
 
 

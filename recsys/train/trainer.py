@@ -59,6 +59,7 @@ from recsys.train.metrics import (
     metric_mode,
     undefined_metric,
 )
+from recsys.train.metrics import untrained_tasks, without_tasks
 from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
 from recsys.train.run_folder import RunFolder, check_free_space, check_resume_identity, flatten, run_identity
 from recsys.train.sharding import shard
@@ -575,12 +576,16 @@ class Trainer:
             "train_samples_per_sec": round(self.state.samples / max(self.state.train_seconds, 1e-9), 1),
             "valid": self.evaluate("valid") if self._split_rows("valid") else {},
             "test": self.evaluate("test") if self._split_rows("test") else {},
+            "untrained_tasks": untrained_tasks(self.loss.weights),
             "history": self.state.history,
         }
+        untrained = result["untrained_tasks"]  # loss weight 0: their metrics are no results
+        for split in ("valid", "test"):
+            result[split] = without_tasks(result[split], untrained)
         if self.is_main:
             write_json_atomic(os.path.join(self.run_dir, "metrics.json"), result)
             write_text_atomic(os.path.join(self.run_dir, "metrics.md"), "\n\n".join(
-                format_table(self.schema, result[split], title=f"{self.cfg.model.name}: {split}")
+                format_table(self.schema, result[split], title=f"{self.cfg.model.name}: {split}", untrained=untrained)
                 for split in ("valid", "test") if result[split]) + "\n")
             if self.writer is not None:
                 for key, v in result["test"].items():
