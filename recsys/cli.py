@@ -145,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
     from recsys.io import write_json_atomic
-    from recsys.train.metrics import format_table, untrained_tasks
+    from recsys.train.metrics import format_table, untrained_tasks, without_tasks
     from recsys.train.trainer import Trainer
 
     if args.out:
@@ -155,11 +155,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, fit_data=False)
     trainer.load(path, restore_loop=False, model_only=True)
     report = trainer.evaluate(args.split)
+    untrained = untrained_tasks(trainer.loss.weights)
     if trainer.is_main:
         print(format_table(trainer.schema, report, title=f"{cfg.model.name}: {args.split} ({path})",
-                           untrained=untrained_tasks(trainer.loss.weights)))
-        if args.out:
-            write_json_atomic(args.out, report)
+                           untrained=untrained))
+        if args.out:  # as in metrics.json: an untrained head's numbers are no results
+            write_json_atomic(args.out, {**without_tasks(report, untrained), "untrained_tasks": untrained})
     return 0
 
 
