@@ -27,7 +27,6 @@ import warnings
 from typing import Iterator, Optional, TextIO, Tuple, Type
 
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger("recsys")
 
@@ -148,13 +147,27 @@ class BarSafeHandler(logging.StreamHandler):
 
 @contextlib.contextmanager
 def bar_safe_logging(enabled: bool) -> Iterator[None]:
-    """While bars may be drawn (``enabled`` and stderr is a terminal), console handlers of the root and
-    ``recsys`` loggers print through ``tqdm.write`` (for handlers a Python API user set up)."""
+    """While bars may be drawn (``enabled`` and stderr is a terminal), the console handlers of the root and
+    ``recsys`` loggers (a Python API user's ``logging.basicConfig``, say) print through ``tqdm.write``: each is
+    swapped for a :class:`BarSafeHandler` on the same stream, with its level, formatter and filters."""
     if not (enabled and is_terminal()):
         yield
         return
-    with logging_redirect_tqdm(loggers=[logging.root, log]):
+    swapped = []
+    for logger in (logging.root, log):
+        for i, handler in enumerate(logger.handlers):
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
+                safe = BarSafeHandler(handler.stream)
+                safe.setLevel(handler.level)
+                safe.setFormatter(handler.formatter)
+                safe.filters = list(handler.filters)
+                logger.handlers[i] = safe
+                swapped.append((logger, i, handler))
+    try:
         yield
+    finally:
+        for logger, i, handler in swapped:
+            logger.handlers[i] = handler
 
 
 def _count(n: float, unit_scale: bool) -> str:

@@ -116,6 +116,29 @@ def test_bars_on_a_terminal_end_at_100_percent_and_log_lines_are_not_glued(monke
     assert "100%" in final and "100/100" in final, final
 
 
+def test_a_python_users_console_handler_prints_above_the_bars(monkeypatch):
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    logger = logging.getLogger("recsys")
+    plain = logging.StreamHandler(sys.stderr)  # as logging.basicConfig makes it
+    logger.addHandler(plain)
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    try:
+        with console.bar_safe_logging(True):
+            assert type(logger.handlers[-1]) is BarSafeHandler
+            with Progress("epoch 1/1", total=10, unit="step", enabled=True, leave=True) as bar:
+                for i in range(10):
+                    bar.update()
+                    if i == 4:
+                        logger.info("step 5: valid ctr/auc = 0.7")
+        assert logger.handlers[-1] is plain
+    finally:
+        logger.removeHandler(plain)
+    segments = re.split(r"[\r\n]", term.getvalue())
+    assert segments.count("step 5: valid ctr/auc = 0.7") == 1
+
+
 def test_library_warnings_are_hidden_where_raised_and_shown_on_request(caplog):
     def raise_all():
         warnings.warn_explicit("Please use DTensor instead and we are deprecating ShardedTensor.", FutureWarning,

@@ -60,6 +60,8 @@ PROJECTOR_ROWS = 500
 # config keys that say where things are or how they are shown, not how the model was trained
 NOT_HPARAMS = ("data.spec", "data.path", "data.side_columns", "run_dir", "tensorboard", "train.progress",
                "train.log_every_steps", "train.keep_checkpoints", "train.task_weights", "model.params")
+# what tells runs apart first: listed first, and the five columns shown by default, in the HParams tab
+KEY_HPARAMS = ("dataset", "model.embedding_dim", "model.name", "model.params", "train.task_weights")
 
 
 def run_name(run_dir: str) -> str:
@@ -172,11 +174,10 @@ def hparam_metrics(schema: Schema, metric: str, skip_tasks: Iterable[str], oracl
     metric, then the overall test metrics (:data:`HPARAM_METRICS`) each trained task can have."""
     skip = set(skip_tasks)
     tags = [f"{VALID}/best/{metric}"]
-    for task in schema.tasks:
-        if task.name in skip:
-            continue
-        for name in HPARAM_METRICS:
-            if undefined_metric(f"{task.name}/{name}", schema.tasks, schema.user_feature is not None, oracle) is None:
+    for name in HPARAM_METRICS:  # each task's AUC first: the tab shows five metrics by default
+        for task in schema.tasks:
+            if task.name not in skip and undefined_metric(f"{task.name}/{name}", schema.tasks,
+                                                          schema.user_feature is not None, oracle) is None:
                 tags.append(f"{TEST}/{task.name}/{name}")
     return tags
 
@@ -188,9 +189,15 @@ def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summa
 
 
 def experiment_summary(hparams: Iterable[str], metrics: Sequence[str]) -> summary_pb2.Summary:
-    """The HParams tab's experiment: the hyper-parameter names and the metrics' tags."""
-    return hp.hparams_config_pb([hp.HParam(name) for name in hparams],
-                                [hp.Metric(tag, display_name=tag.split("/", 1)[1]) for tag in metrics])
+    """The HParams tab's experiment: the hyper-parameter names (:data:`KEY_HPARAMS` marked as the ones that
+    differ between runs, so the tab lists and shows them first) and the metrics' tags."""
+    infos = [api_pb2.HParamInfo(name=name, differs=name in KEY_HPARAMS) for name in hparams]
+    shown = {VALID: "valid", TEST: "test"}
+    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag),
+                                       display_name=" ".join(shown.get(p, p) for p in tag.split("/", 1)))
+                    for tag in metrics]
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos, time_created_secs=time.time())
+    return _hparams_summary(hp_metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
 
 def session_end_summary(status: int = api_pb2.STATUS_SUCCESS) -> summary_pb2.Summary:
