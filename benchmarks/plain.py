@@ -30,6 +30,9 @@ def _copy_contract(target: SparseArch, arch: SparseArch) -> None:
     target.wide_dim = arch.wide_dim
     target._keys = dict(arch._keys)
     target._wide_keys = dict(arch._wide_keys)
+    target.features = list(arch.features)  # the main input (FeatureInput's choice of features and dense)
+    target.use_dense = arch.use_dense
+    target.width = arch.width
 
 
 class PlainSparseArch(SparseArch):

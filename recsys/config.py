@@ -377,7 +377,7 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
         if number is None:
             raise bad()
         if not math.isfinite(number):
-            raise ConfigError(f"{source}: '{where}' must be a finite number, got {shown(value)}")
+            raise _OutOfRange(f"{source}: '{where}' must be a finite number, got {shown(value)}")
         return number
     if tp is str:
         if isinstance(value, str):

@@ -3,7 +3,9 @@
 import numpy as np
 import torch
 
+from recsys.config import ModelConfig
 from recsys.data.columns import Columns, Ragged
+from recsys.models import build_model
 from recsys.schema import DenseFeature, Schema, SparseFeature, Task
 
 SCHEMA = Schema(
@@ -45,6 +47,20 @@ def materialise(model, scale: float = 0.3):
     for p in ebc.parameters():
         torch.nn.init.uniform_(p, -scale, scale)
     return model
+
+
+def build(name: str, params: dict, seed: int = 0) -> torch.nn.Module:
+    """The registered model ``name`` on :data:`SCHEMA`, built after ``torch.manual_seed(seed)``, materialised."""
+    torch.manual_seed(seed)
+    return materialise(build_model(ModelConfig(name=name, params=params), SCHEMA))
+
+
+def grads_of(model, batch) -> dict:
+    """The model's outputs on ``batch``, after back-propagating their sum from zeroed gradients."""
+    model.zero_grad()
+    out = model(batch)
+    sum(v.sum() for v in out.values()).backward()
+    return out
 
 
 def table_grad(model, table: str) -> torch.Tensor:

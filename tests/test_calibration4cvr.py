@@ -40,7 +40,7 @@ def test_ctr_calibrates_cvr_but_not_the_reverse():
 
 def test_position_goes_through_the_pos_nets_only():
     model = make_model("calibration4cvr", dict(SMALL, pos_calibration=False))
-    assert model.features == ["user", "item"] and model.pos.calibration is None
+    assert model.sparse_arch.features == ["user", "item"] and model.pos.calibration is None
     out = model(funnel_batch(32, seed=3))
     out["cvr"].sum().backward()
     assert table_grads(model)["position"].abs().sum() > 0
@@ -50,7 +50,7 @@ def test_position_goes_through_the_pos_nets_only():
     model(funnel_batch(32, seed=3))["cvr"].sum().backward()
     assert table_grads(model)["position"].abs().sum() == 0
     none = make_model("calibration4cvr", dict(SMALL, bias_features=[]))
-    assert none.pos is None and none.features == ["user", "item", "position"]
+    assert none.pos is None and none.sparse_arch.features == ["user", "item", "position"]
 
 
 def test_cvr_embedding_grad_scales_the_cvr_loss_gradient_into_the_tables():

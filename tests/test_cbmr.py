@@ -5,26 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from calib_helpers import SCHEMA, make_batch, materialise, table_grad
-from recsys.config import ModelConfig
-from recsys.models import build_model
+from calib_helpers import SCHEMA, build, grads_of, make_batch, table_grad
 from recsys.models.cbmr import CBMR, MultiCBMR
 from recsys.modules.calibration import EmbCB, MlpCB
 from recsys.train.losses import MultiTaskLoss, TrainModule
-
-
-def build(name, params, seed=0):
-    torch.manual_seed(seed)
-    return materialise(build_model(ModelConfig(name=name, params=params), SCHEMA))
-
-
-def grads_of(model, batch):
-    model.zero_grad()
-    out = model(batch)
-    sum(v.sum() for v in out.values()).backward()
-    return out
 
 
 def test_cbmr_outputs_per_task_and_gradients_reach_id_tables_and_gate_nets():
@@ -164,7 +149,7 @@ def test_multicbmr_without_mlpcb_is_mmoe_with_a_wide_part():
     batch = make_batch()
     out = model(batch)
     emb = model.sparse_arch(batch.sparse)
-    x = torch.cat([emb.concat(model.features), batch.dense], dim=1)
+    x = torch.cat([emb.concat(model.sparse_arch.features), batch.dense], dim=1)
     wide = emb.wide_sum(model.wide_features)[:, :2] + model.wide_dense(batch.dense)
     experts = torch.stack([e(x) for e in model.experts], dim=1)
     for i, t in enumerate(model.tasks):

@@ -25,7 +25,7 @@ def test_dcn_reads_cross_and_deep_outputs(params):
     model = make("dcn", {"hidden": [16], "cross_layers": 2, **params})
     batch = scenario_batch(n=5, seed=1)
     out = model(batch)
-    x, h = model._bottom(batch)
+    x, h = model.bottom(batch)
     assert h.shape == (5, x.shape[1] + 16)
     torch.testing.assert_close(h[:, : x.shape[1]], model.cross(x))
     sum(v.sum() for v in out.values()).backward()

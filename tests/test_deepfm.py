@@ -43,7 +43,7 @@ def test_deepfm_mts_shares_the_shallow_part_and_splits_the_towers():
     views = model.scenario_views(batch).outputs["ctr"]
     assert views.shape == (6, S)
     emb = model.sparse_arch(batch.sparse)
-    towers = model.towers(model.bottom(model._deep_input(emb, batch)))[:, :, 0]
+    towers = model.towers(model.bottom(model.sparse_arch.main_input(emb, batch)))[:, :, 0]
     # views differ exactly by the towers: the first-order and FM terms are the same for every scenario
     torch.testing.assert_close(views - views[:, :1], towers - towers[:, :1])
     model(batch)["ctr"].sum().backward()

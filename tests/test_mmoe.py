@@ -21,7 +21,7 @@ def test_mmoe_output_is_the_tower_of_the_gated_mixture():
     model.eval()
     batch = funnel_batch(6, seed=2)
     out = model(batch)
-    x = torch.cat([model.sparse_arch(batch.sparse).concat(model.features), batch.dense], dim=1)
+    x = torch.cat([model.sparse_arch(batch.sparse).concat(model.sparse_arch.features), batch.dense], dim=1)
     experts = torch.stack([e(x) for e in model.mmoe.experts.experts], dim=1)       # [B, E, H]
     for t in FUNNEL.task_names:
         gate = torch.softmax(model.mmoe.gates[t].linear(x), dim=-1)                 # [B, E]

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from calib_helpers import materialise
 from recsys.config import ModelConfig
 from recsys.data.columns import Columns, Ragged
 from recsys.models import build_model, model_names
@@ -31,19 +32,10 @@ def tiny_batch(n=6, seed=0):
     return cols.to_batch(SCHEMA.feature_names)
 
 
-def materialise(model):
-    """Unsharded use (tests): move the meta-device EBC to real memory and initialise it."""
-    ebc = model.sparse_arch.ebc
-    ebc.to_empty(device="cpu")
-    for p in ebc.parameters():
-        torch.nn.init.uniform_(p, -0.1, 0.1)
-    return model
-
-
 @pytest.mark.parametrize("name", ["wide_deep", "dnn"])
 def test_outputs_per_task_and_gradients(name):
     torch.manual_seed(0)
-    model = materialise(build_model(ModelConfig(name=name, params={"hidden": [16, 8]}), SCHEMA))
+    model = materialise(build_model(ModelConfig(name=name, params={"hidden": [16, 8]}), SCHEMA), 0.1)
     batch = tiny_batch()
     out = model(batch)
     assert set(out) == {"ctr", "stay"} and all(v.shape == (6,) for v in out.values())
@@ -61,7 +53,7 @@ def test_outputs_per_task_and_gradients(name):
 
 def test_wide_part_is_linear_in_wide_weights():
     torch.manual_seed(0)
-    model = materialise(build_model(ModelConfig(name="wide_deep", params={"hidden": [8]}), SCHEMA))
+    model = materialise(build_model(ModelConfig(name="wide_deep", params={"hidden": [8]}), SCHEMA), 0.1)
     batch = tiny_batch()
     base = model(batch)["ctr"].detach()
     with torch.no_grad():

@@ -2,26 +2,12 @@
 
 import torch
 
-from calib_helpers import SCHEMA, make_batch, materialise, table_grad
-from recsys.config import ModelConfig
-from recsys.models import build_model
+from calib_helpers import SCHEMA, build, grads_of, make_batch, table_grad
 from recsys.models.pepnet import PEPNet
 
 
-def build(params, seed=0):
-    torch.manual_seed(seed)
-    return materialise(build_model(ModelConfig(name="pepnet", params=params), SCHEMA))
-
-
-def backward(model, batch):
-    model.zero_grad()
-    out = model(batch)
-    sum(v.sum() for v in out.values()).backward()
-    return out
-
-
 def test_pepnet_defaults_follow_the_schema_groups():
-    model = build({"hidden": [16, 8]})
+    model = build("pepnet", {"hidden": [16, 8]})
     assert isinstance(model, PEPNet)
     assert model.domain_features == ["scene"]
     assert model.prior_features == ["user", "host", "item"]
@@ -31,9 +17,9 @@ def test_pepnet_defaults_follow_the_schema_groups():
 
 
 def test_pepnet_outputs_and_gradients_reach_tables_and_gates():
-    model = build({"hidden": [16, 8]})
+    model = build("pepnet", {"hidden": [16, 8]})
     batch = make_batch()
-    out = backward(model, batch)
+    out = grads_of(model, batch)
     assert set(out) == {"ctr", "stay"} and all(v.shape == (8,) for v in out.values())
     for table in ("user", "host", "item", "tags", "scene"):
         assert table_grad(model, table).abs().sum() > 0, table
@@ -44,18 +30,18 @@ def test_pepnet_outputs_and_gradients_reach_tables_and_gates():
 
 
 def test_pepnet_stop_gradient_leaves_the_main_embeddings_to_the_main_path():
-    stop = build({"hidden": [16, 8]})
-    free = build({"hidden": [16, 8], "stop_gradient": False})
+    stop = build("pepnet", {"hidden": [16, 8]})
+    free = build("pepnet", {"hidden": [16, 8], "stop_gradient": False})
     free.load_state_dict(stop.state_dict())
     batch = make_batch()
-    backward(stop, batch)
-    backward(free, batch)
+    grads_of(stop, batch)
+    grads_of(free, batch)
     g_stop, g_free = table_grad(stop, "tags").clone(), table_grad(free, "tags").clone()
     # 'tags' is neither a prior nor a domain feature: with stop-gradient it learns only through the towers,
     # i.e. exactly as if the gates' outputs were constants
     hooks = [free.epnet.gate.register_forward_hook(lambda m, i, o: o.detach()),
              free.ppnet.register_forward_hook(lambda m, i, o: tuple(t.detach() for t in o))]
-    backward(free, batch)
+    grads_of(free, batch)
     for h in hooks:
         h.remove()
     g_const = table_grad(free, "tags")
@@ -64,7 +50,7 @@ def test_pepnet_stop_gradient_leaves_the_main_embeddings_to_the_main_path():
 
 
 def test_pepnet_gates_are_per_sample_and_per_task():
-    model = build({"hidden": [16, 8]})
+    model = build("pepnet", {"hidden": [16, 8]})
     batch = make_batch(n=12)
     model(batch)
     ep = model.epnet._last
@@ -75,10 +61,10 @@ def test_pepnet_gates_are_per_sample_and_per_task():
 
 
 def test_pepnet_switches_off_to_per_task_towers():
-    model = build({"hidden": [16, 8], "epnet": False, "ppnet": False})
+    model = build("pepnet", {"hidden": [16, 8], "epnet": False, "ppnet": False})
     assert model.epnet is None and model.ppnet is None
     batch = make_batch()
     out = model(batch)
-    x = torch.cat([model.sparse_arch(batch.sparse).concat(model.features), batch.dense], dim=1)
+    x = torch.cat([model.sparse_arch(batch.sparse).concat(model.sparse_arch.features), batch.dense], dim=1)
     for t in model.tasks:
         torch.testing.assert_close(out[t], model.towers[t](x).squeeze(-1))

@@ -9,7 +9,7 @@ def test_ple_one_level_without_shared_experts_is_per_task_towers():
     model.eval()
     batch = funnel_batch(10, seed=1)
     out = model(batch)
-    x = torch.cat([model.sparse_arch(batch.sparse).concat(model.features), batch.dense], dim=1)
+    x = torch.cat([model.sparse_arch(batch.sparse).concat(model.sparse_arch.features), batch.dense], dim=1)
     cgc = model.ple.levels[0]
     for t in FUNNEL.task_names:
         own = cgc.specific[t].experts[0](x)   # the task's single expert, weighed 1 by its one-way softmax gate

@@ -9,7 +9,7 @@ def test_shared_bottom_outputs_equal_tower_of_bottom():
     batch = funnel_batch(9, seed=1)
     out = model(batch)
     assert list(out) == FUNNEL.task_names and all(v.shape == (9,) for v in out.values())
-    x = torch.cat([model.sparse_arch(batch.sparse).concat(model.features), batch.dense], dim=1)
+    x = torch.cat([model.sparse_arch(batch.sparse).concat(model.sparse_arch.features), batch.dense], dim=1)
     h = model.bottom(x)
     for t in FUNNEL.task_names:
         torch.testing.assert_close(out[t], model.towers.towers[t](h).squeeze(-1))

@@ -10,11 +10,11 @@ from recsys.models import build_model
 def test_bias_net_is_added_to_each_task_logit():
     model = make_model("single_task", {"hidden": [8], "bias_hidden": [4]})
     model.eval()
-    assert model.bias_features == ["position"] and "position" not in model.features
+    assert model.bias_features == ["position"] and "position" not in model.sparse_arch.features
     batch = funnel_batch(10, seed=1)
     out = model(batch)
     emb = model.sparse_arch(batch.sparse)
-    x = torch.cat([emb.concat(model.features), batch.dense], dim=1)
+    x = torch.cat([emb.concat(model.sparse_arch.features), batch.dense], dim=1)
     b = emb.concat(["position"])
     for t in FUNNEL.task_names:
         main = model.towers.towers[t](x).squeeze(-1)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from calib_helpers import materialise
 from recsys.config import ModelConfig
 from recsys.data.columns import Columns, Ragged
 from recsys.data.history import history_keys
@@ -55,13 +56,8 @@ def tiny_batch(n=8, seed=0, users=None):
 
 
 def stan(schema=SCHEMA, **params):
-    model = build_model(ModelConfig(name="stan", params={"expert_hidden": [16, 8], "tower_hidden": [8],
-                                                         "preference_hidden": [8], **params}), schema)
-    ebc = model.sparse_arch.ebc
-    ebc.to_empty(device="cpu")
-    for p in ebc.parameters():
-        torch.nn.init.uniform_(p, -0.1, 0.1)
-    return model
+    return materialise(build_model(ModelConfig(name="stan", params={
+        "expert_hidden": [16, 8], "tower_hidden": [8], "preference_hidden": [8], **params}), schema), 0.1)
 
 
 @pytest.mark.parametrize("backbone", ["ple", "mmoe"])

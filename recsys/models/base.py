@@ -22,6 +22,7 @@ from recsys.config import ModelConfig, OptimizerConfig, from_dict
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.index import Requirements  # noqa: F401 - defined without torch for the index; models import it here
+from recsys.modules.sparse import check_features
 from recsys.schema import Schema, Task
 
 
@@ -123,16 +124,8 @@ class RankingModel(nn.Module):
 
     # helpers for subclasses
     def check_features(self, names: Optional[Sequence[str]], what: str) -> List[str]:
-        """``names`` (all sparse features when None), each checked against the schema."""
-        if names is None:
-            return self.schema.feature_names
-        known = self.schema.feature_names
-        for n in names:
-            if n not in known:
-                close = difflib.get_close_matches(n, known, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"model.params.{what}: '{n}' is not a sparse feature{hint}")
-        return list(names)
+        """``names`` (all sparse features when None), each checked against the schema (``model.params.<what>``)."""
+        return check_features(self.schema, names, what)
 
 
 M = TypeVar("M", bound=Type[RankingModel])

@@ -20,19 +20,19 @@ from typing import Dict, List, Literal, Optional
 
 import torch
 
-from recsys.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Width
-from recsys.modules.mlp import Activation
+from recsys.config import NonNegativeInt, PositiveInt, Probability, Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
-from recsys.models.base import RankingModel, Requirements, register_model
+from recsys.models.base import register_model
+from recsys.models.funnel import FunnelModel, SharedInputFunnelOptions, split_bias_features
 from recsys.modules.cvr_calibration import CalibratedPair
-from recsys.modules.multitask import GradScale, TaskTowers, check_ratio, ctr_sample_weights, funnel_tasks
-from recsys.modules.sparse import SparseArch
+from recsys.modules.multitask import GradScale
+from recsys.modules.sparse import FeatureInput, FeatureOptions
 from recsys.schema import Schema
 
 
 @dataclass
-class Calibration4CVRConfig:
+class Calibration4CVRConfig(SharedInputFunnelOptions, FeatureOptions):
     """Options of :class:`Calibration4CVR`.
 
     Args:
@@ -65,18 +65,10 @@ class Calibration4CVRConfig:
     bias_features: List[str] = field(default_factory=lambda: ["position"])
     pos_hidden: List[Width] = field(default_factory=lambda: [16])
     pos_calibration: bool = True
-    features: Optional[List[str]] = None
-    use_dense: bool = True
-    extra_hidden: List[Width] = field(default_factory=lambda: [64])
-    activation: Activation = "relu"
-    dropout: Fraction = 0.0
-    cvr_task: Optional[str] = None
-    cvr_embedding_grad: NonNegativeFloat = 1.0
-    ctr_cvr_ratio: Optional[PositiveFloat] = None
 
 
 @register_model("calibration4cvr")
-class Calibration4CVR(RankingModel):
+class Calibration4CVR(FunnelModel):
     """CTR and CVR networks over shared embeddings, the CVR network calibrated by the CTR network.
 
     Shapes: B batch, F main features, P bias features, D embedding dim, Dd dense.
@@ -90,29 +82,20 @@ class Calibration4CVR(RankingModel):
         model.main.calibration.scale                # the learned factor in (0, 1)
     """
 
-    requirements = Requirements(min_tasks=2, funnel=True)
-
     Config = Calibration4CVRConfig
 
     def __init__(self, schema: Schema, config: Calibration4CVRConfig) -> None:
         super().__init__(schema, config)
-        self.ctr, self.cvr = funnel_tasks(schema, "calibration4cvr", config.cvr_task)
-        check_ratio(config.ctr_cvr_ratio, "calibration4cvr")
         depth = min(len(config.ctr_hidden), len(config.cvr_hidden))
         if not 0 <= config.calibrate_layer < depth:
             raise ConfigError(f"model.params.calibrate_layer must be in [0, {depth}) for ctr_hidden "
                               f"{config.ctr_hidden} and cvr_hidden {config.cvr_hidden}, got {config.calibrate_layer}")
         if config.bias_features and not config.pos_hidden:
             raise ConfigError("model.params.pos_hidden needs at least one layer when bias_features are given")
-        self.bias_features = self.check_features(config.bias_features, "bias_features")
-        main = config.features if config.features is not None else [
-            f for f in schema.feature_names if f not in self.bias_features]
-        self.features = self.check_features(main, "features")
-        if not self.features:
-            raise ConfigError("model 'calibration4cvr': no sparse feature left for the main networks")
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        width = self.sparse_arch.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
+        main, self.bias_features = split_bias_features(schema, config.features, config.bias_features,
+                                                       "calibration4cvr")
+        self.sparse_arch = FeatureInput(schema, main, config.use_dense)
+        width = self.sparse_arch.width
         self.cvr_grad = GradScale(config.cvr_embedding_grad)
         pair = dict(structure=config.structure, calibration_dim=config.calibration_dim,
                     se_reduction=config.se_reduction, ctr_grad=config.ctr_grad_from_cvr,
@@ -124,29 +107,14 @@ class Calibration4CVR(RankingModel):
             p = self.sparse_arch.output_dim(self.bias_features)
             layer = len(config.pos_hidden) - 1 if config.pos_calibration else None
             self.pos = CalibratedPair(p, p, config.pos_hidden, config.pos_hidden, layer, **pair)
-        self.others = [t for t in self.tasks if t not in (self.ctr, self.cvr)]
-        self.extra = (TaskTowers({t: width for t in self.others}, config.extra_hidden, config.activation,
-                                 config.dropout) if self.others else None)
+        self.extra = self.extra_towers(width, config)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
-        emb = self.sparse_arch(batch.sparse)
-        x = emb.concat(self.features)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x, emb = self.sparse_arch.read(batch)
         main = self.main(x, self.cvr_grad(x))
         ctr, cvr = main[0], main[1]
         if self.pos is not None:
             b = emb.concat(self.bias_features)
             pos = self.pos(b, self.cvr_grad(b))
             ctr, cvr = ctr + pos[0], cvr + pos[1]
-        out = {self.ctr: ctr, self.cvr: cvr}
-        if self.extra is not None:
-            extra = self.extra({t: x for t in self.others})
-            for t in self.others:
-                out[t] = extra[t]
-        return {t: out[t] for t in self.tasks}
-
-    def loss_weights(self, batch: Batch, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        if self.config.ctr_cvr_ratio is None:
-            return {}
-        return {self.ctr: ctr_sample_weights(batch, self.ctr, self.config.ctr_cvr_ratio)}
+        return self.funnel_outputs(ctr, cvr, x)

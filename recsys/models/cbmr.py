@@ -28,15 +28,23 @@ from typing import Dict, List, Literal, Optional, Tuple
 import torch
 from torch import nn
 
-from recsys.config import Fraction, PositiveFloat, Width
+from recsys.config import PositiveFloat, Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, Requirements, register_model
-from recsys.models.wide_deep import WideDeep, WideDeepConfig, wide_width
+from recsys.models.wide_deep import WideDeep, WideDeepConfig
 from recsys.modules.calibration import EmbCB, MlpCB, scaled_mlp
-from recsys.modules.experts import SoftmaxGate, mix
-from recsys.modules.mlp import Activation, MLP
-from recsys.modules.sparse import Embeddings, SparseArch
+from recsys.modules.experts import MMoEOptions, expert_mlps, mix, softmax_gates
+from recsys.modules.multitask import task_towers
+from recsys.modules.sparse import (
+    Embeddings,
+    FeatureInput,
+    FeatureOptions,
+    check_features,
+    dense_first_order,
+    first_order_logits,
+    wide_width,
+)
 from recsys.schema import Schema
 
 
@@ -66,13 +74,12 @@ class EmbCBConfig:
 
 
 @dataclass
-class MlpCBConfig:
+class MlpCBConfig(FeatureOptions):
     """MlpCB options (see :class:`~recsys.modules.calibration.MlpCB`).
 
     Args:
         enabled: use MlpCB.
-        features: sparse features the gates read (default: all of the schema).
-        use_dense: the gates also read the dense features.
+        features, use_dense: what the gates read (default: every sparse feature and the dense features).
         scene_input: make sure the scene id feature (``schema.scenario_feature``) is among the gate inputs.
         hidden: width of each gate's hidden layer.
         gamma: scales in (0, gamma).
@@ -82,8 +89,6 @@ class MlpCBConfig:
     """
 
     enabled: bool = True
-    features: Optional[List[str]] = None
-    use_dense: bool = True
     scene_input: bool = True
     hidden: Width = 128
     gamma: PositiveFloat = 2.0
@@ -161,24 +166,19 @@ class CBMR(WideDeep):
 
     def __init__(self, schema: Schema, config: CBMRConfig) -> None:
         super().__init__(schema, config)
-        dims = [schema.feature(n).embedding_dim for n in self.deep_features]
-        self.embcb = build_embcb(config.embcb, dims)
+        self.embcb = build_embcb(config.embcb, self.sparse_arch.field_dims())
         self.gate_inputs: Optional[GateInputs] = None
         self.mlpcb: Optional[MlpCB] = None
         if config.mlpcb.enabled:
             if not config.hidden:
                 raise ConfigError("model.params.hidden: MlpCB needs at least one hidden layer to calibrate")
-            self.gate_inputs = GateInputs(self, config.mlpcb, self.deep_features, self.use_dense)
+            self.gate_inputs = GateInputs(self, config.mlpcb, self.sparse_arch.features, self.sparse_arch.use_dense)
             m = config.mlpcb
             self.mlpcb = MlpCB(self.gate_inputs.dim, self.deep.hidden_dims, hidden=m.hidden, gamma=m.gamma,
                                serial=m.serial, stop_gradient=m.stop_gradient)
 
     def deep_forward(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
-        x = emb.concat(self.deep_features)
-        if self.embcb is not None:
-            x = self.embcb(x)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x = self.sparse_arch.main_input(emb, batch, self.embcb)
         if self.mlpcb is None or self.gate_inputs is None:
             return self.deep(x)
         own, main = self.gate_inputs(emb, batch)
@@ -186,12 +186,11 @@ class CBMR(WideDeep):
 
 
 @dataclass
-class MultiCBMRConfig:
+class MultiCBMRConfig(MMoEOptions, FeatureOptions):
     """Options of :class:`MultiCBMR`.
 
     Args:
-        num_experts: E shared experts.
-        expert_hidden: widths of each expert MLP.
+        num_experts, expert_hidden: the shared experts (:class:`~recsys.modules.experts.MMoEOptions`).
         tower_hidden: widths of each task tower before its output layer.
         dropout, activation: expert and tower MLP options.
         features: sparse features of the experts' input (default: all).
@@ -202,15 +201,9 @@ class MultiCBMRConfig:
         expert_specific: the task's gates give every expert its own scales (E times wider expert gates).
     """
 
-    num_experts: Width = 4
-    expert_hidden: List[Width] = field(default_factory=lambda: [256, 128])
     tower_hidden: List[Width] = field(default_factory=lambda: [64])
-    dropout: Fraction = 0.0
-    activation: Activation = "relu"
-    features: Optional[List[str]] = None
     wide: bool = True
     wide_features: Optional[List[str]] = None
-    use_dense: bool = True
     embcb: EmbCBConfig = field(default_factory=EmbCBConfig)
     mlpcb: MlpCBConfig = field(default_factory=MlpCBConfig)
     expert_specific: bool = False
@@ -240,31 +233,26 @@ class MultiCBMR(RankingModel):
         super().__init__(schema, config)
         if config.num_experts < 1 or not config.expert_hidden:
             raise ConfigError("model.params: MultiCBMR needs at least one expert with at least one layer")
-        self.features = self.check_features(config.features, "features")
-        self.wide_features = self.check_features(config.wide_features, "wide_features")
         T = len(self.tasks)
-        self.sparse_arch = SparseArch(schema, wide_dim=wide_width(T) if config.wide else 0)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        in_dim = self.sparse_arch.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
-        self.embcb = build_embcb(config.embcb, [schema.feature(n).embedding_dim for n in self.features])
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense,
+                                        wide_dim=wide_width(T) if config.wide else 0)
+        self.wide_features = check_features(schema, config.wide_features, "wide_features")
+        in_dim = self.sparse_arch.width
+        self.embcb = build_embcb(config.embcb, self.sparse_arch.field_dims())
         self.num_experts = config.num_experts
-        self.experts = nn.ModuleList(
-            MLP(in_dim, config.expert_hidden, activation=config.activation, dropout=config.dropout)
-            for _ in range(config.num_experts)
-        )
-        self.expert_gates = nn.ModuleDict({t: SoftmaxGate(in_dim, config.num_experts) for t in self.tasks})
-        self.towers = nn.ModuleDict({
-            t: MLP(config.expert_hidden[-1], config.tower_hidden, output_dim=1, activation=config.activation,
-                   dropout=config.dropout)
-            for t in self.tasks
-        })
+        # the MMoE's experts and gates, driven here: every expert layer is scaled by each task's own gates
+        self.experts = expert_mlps(in_dim, config.num_experts, config.expert_hidden, config.activation,
+                                   config.dropout)
+        self.expert_gates = softmax_gates({t: in_dim for t in self.tasks}, config.num_experts)
+        self.towers = task_towers({t: config.expert_hidden[-1] for t in self.tasks}, config.tower_hidden,
+                                  config.activation, config.dropout)
         self.expert_layers = len(config.expert_hidden)
         self.expert_specific = config.expert_specific
         self.gate_inputs: Optional[GateInputs] = None
         self.mlpcb: Optional[nn.ModuleDict] = None
         if config.mlpcb.enabled:
             m = config.mlpcb
-            self.gate_inputs = GateInputs(self, m, self.features, self.use_dense)
+            self.gate_inputs = GateInputs(self, m, self.sparse_arch.features, self.sparse_arch.use_dense)
             width = config.num_experts if config.expert_specific else 1
             dims = [h * width for h in config.expert_hidden] + list(config.tower_hidden)
             self.mlpcb = nn.ModuleDict({
@@ -273,7 +261,7 @@ class MultiCBMR(RankingModel):
                 for t in self.tasks
             })
         self.wide = config.wide
-        self.wide_dense = nn.Linear(schema.dense_dim, T) if (config.wide and self.use_dense) else None
+        self.wide_dense = dense_first_order(self.sparse_arch, T) if config.wide else None
 
     def _expert_scales(self, scales: Tuple[torch.Tensor, ...], e: int) -> List[torch.Tensor]:
         """Expert e's scales for its layers from a task's gate outputs (sliced when expert-specific)."""
@@ -288,19 +276,12 @@ class MultiCBMR(RankingModel):
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
         emb = self.sparse_arch(batch.sparse)
-        x = emb.concat(self.features)
-        if self.embcb is not None:
-            x = self.embcb(x)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x = self.sparse_arch.main_input(emb, batch, self.embcb)
         # an expert's first block does not depend on the scales applied after it: compute it once
         first = [self.experts[e].blocks[0](x) for e in range(self.num_experts)]
         own, main = self.gate_inputs(emb, batch) if self.gate_inputs is not None else (None, None)
-        wide = None
-        if self.wide:
-            wide = emb.wide_sum(self.wide_features)
-            if self.wide_dense is not None:
-                wide = wide[:, : len(self.tasks)] + self.wide_dense(batch.dense)
+        wide = (first_order_logits(emb, self.wide_features, len(self.tasks), self.wide_dense, batch.dense)
+                if self.wide else None)
         out: Dict[str, torch.Tensor] = {}
         for i, t in enumerate(self.tasks):
             if self.mlpcb is not None:

@@ -14,23 +14,23 @@ layer per task gives the logits (the parallel structure of both papers).
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional
+from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 
-from recsys.config import Fraction, PositiveInt, Width
+from recsys.config import PositiveInt, Width
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, register_model
-from recsys.models.multi_scenario import MultiScenarioModel, ScenarioViews, task_views
+from recsys.models.multi_scenario import MultiScenarioModel, ScenarioTowerOptions, ScenarioViews, task_views
 from recsys.modules.interaction import cross_network
-from recsys.modules.mlp import Activation, MLP, Norm, TaskHeads
-from recsys.modules.scenario import ScenarioMLP
+from recsys.modules.mlp import MLPOptions, NormOptions
+from recsys.modules.multitask import TaskHeads
+from recsys.modules.sparse import FeatureInput, FeatureOptions
 from recsys.schema import Schema
-from recsys.modules.sparse import SparseArch
 
 
 @dataclass
-class DCNConfig:
+class DCNConfig(MLPOptions, NormOptions, FeatureOptions):
     """Options of :class:`DCN`.
 
     Args:
@@ -39,54 +39,45 @@ class DCNConfig:
         low_rank: rank of DCN-V2's low-rank cross weights (None: full rank).
         hidden: widths of the deep MLP.
         dropout, activation, norm: MLP options.
-        features: sparse features read (default: all).
-        use_dense: feed dense features.
+        features, use_dense: x_0 (:class:`~recsys.modules.sparse.FeatureOptions`).
     """
 
     cross_layers: PositiveInt = 3
     version: Literal["v1", "v2"] = "v1"
     low_rank: Optional[Width] = None
     hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
-    dropout: Fraction = 0.0
-    activation: Activation = "relu"
-    norm: Norm = "none"
-    features: Optional[List[str]] = None
-    use_dense: bool = True
 
 
 @dataclass
-class DCNMTSConfig(DCNConfig):
+class DCNMTSConfig(DCNConfig, ScenarioTowerOptions):
     """Options of :class:`DCNMTS`: those of DCN (``hidden`` is the deep part of the shared bottom) plus
     ``tower_hidden``, the widths of each scenario's tower."""
 
     hidden: List[Width] = field(default_factory=lambda: [256, 128])
-    tower_hidden: List[Width] = field(default_factory=lambda: [64])
 
 
-class _DCNBottom:
-    """Embeddings, cross network and deep MLP in parallel: [B, F * D + Dd] -> [B, F * D + Dd + H]."""
+class CrossDeepModel(RankingModel):
+    """What DCN and DCN MT-S share: x_0, and a cross network and an MLP reading it in parallel.
 
-    def _build_bottom(self, schema: Schema, config: DCNConfig) -> int:
-        self.features = self.check_features(config.features, "features")  # type: ignore[attr-defined]
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        in_dim = self.sparse_arch.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
+    Shapes: x_0 [B, E] -> ``bottom``: [cross(x_0) [B, E] ; deep(x_0) [B, H]] = [B, E + H] (``bottom_dim``).
+    """
+
+    def __init__(self, schema: Schema, config: DCNConfig) -> None:
+        super().__init__(schema, config)
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        in_dim = self.instance_dim = self.sparse_arch.width
         self.cross = cross_network(in_dim, config.cross_layers, config.version, config.low_rank)
-        self.deep = MLP(in_dim, config.hidden, activation=config.activation, dropout=config.dropout,
-                        norm=config.norm)
-        self.instance_dim = in_dim
-        return in_dim + self.deep.output_dim
+        self.deep = config.mlp(in_dim, config.hidden, norm=config.norm)
+        self.bottom_dim = in_dim + self.deep.output_dim
 
-    def _bottom(self, batch: Batch):
-        """(x_0 [B, E], concatenated cross and deep outputs [B, E + H])."""
-        x = self.sparse_arch(batch.sparse).concat(self.features)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+    def bottom(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(x_0 [B, E], the concatenated cross and deep outputs [B, E + H])."""
+        x, _ = self.sparse_arch.read(batch)
         return x, torch.cat([self.cross(x), self.deep(x)], dim=1)
 
 
 @register_model("dcn")
-class DCN(_DCNBottom, RankingModel):
+class DCN(CrossDeepModel):
     """DCN / DCN-V2 over a schema.
 
     Shapes: x_0 [B, E] -> cross [B, E] | deep [B, H] -> heads -> ``{task: [B]}``.
@@ -101,14 +92,14 @@ class DCN(_DCNBottom, RankingModel):
 
     def __init__(self, schema: Schema, config: DCNConfig) -> None:
         super().__init__(schema, config)
-        self.heads = TaskHeads(self._build_bottom(schema, config), self.tasks)
+        self.heads = TaskHeads(self.bottom_dim, self.tasks)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
-        return self.heads(self._bottom(batch)[1])
+        return self.heads(self.bottom(batch)[1])
 
 
 @register_model("dcn_mts")
-class DCNMTS(_DCNBottom, MultiScenarioModel):
+class DCNMTS(CrossDeepModel, MultiScenarioModel):
     """DCN with scenario-specific towers over the cross and deep outputs (MT-S).
 
     Shapes: [B, E + H] -> towers [B, S, T] -> ``{task: [B, S]}``.
@@ -123,10 +114,8 @@ class DCNMTS(_DCNBottom, MultiScenarioModel):
 
     def __init__(self, schema: Schema, config: DCNMTSConfig) -> None:
         super().__init__(schema, config)
-        width = self._build_bottom(schema, config)
-        self.towers = ScenarioMLP(width, schema.num_scenarios, config.tower_hidden, output_dim=len(self.tasks),
-                                  activation=config.activation, dropout=config.dropout)
+        self.towers = self.scenario_towers(self.bottom_dim, config)
 
     def scenario_views(self, batch: Batch) -> ScenarioViews:
-        x, h = self._bottom(batch)
+        x, h = self.bottom(batch)
         return ScenarioViews(task_views(self.towers(h), self.tasks), x)

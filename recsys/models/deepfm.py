@@ -15,26 +15,32 @@ at 1; the pairwise sum itself is shared).
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import nn
 
-from recsys.config import Fraction, Width
+from recsys.config import Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, register_model
-from recsys.models.multi_scenario import MultiScenarioModel, ScenarioViews, task_views
-from recsys.models.wide_deep import wide_width
+from recsys.models.multi_scenario import MultiScenarioModel, ScenarioTowerOptions, ScenarioViews, task_views
 from recsys.modules.interaction import FactorizationMachine
-from recsys.modules.mlp import Activation, MLP, Norm, TaskHeads
-from recsys.modules.scenario import ScenarioMLP
-from recsys.modules.sparse import Embeddings, SparseArch
+from recsys.modules.mlp import MLPOptions, NormOptions
+from recsys.modules.multitask import TaskHeads
+from recsys.modules.sparse import (
+    Embeddings,
+    FeatureInput,
+    FeatureOptions,
+    dense_first_order,
+    first_order_logits,
+    wide_width,
+)
 from recsys.schema import Schema
 
 
 @dataclass
-class DeepFMConfig:
+class DeepFMConfig(MLPOptions, NormOptions, FeatureOptions):
     """Options of :class:`DeepFM`.
 
     Args:
@@ -45,15 +51,10 @@ class DeepFMConfig:
     """
 
     hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
-    dropout: Fraction = 0.0
-    activation: Activation = "relu"
-    norm: Norm = "none"
-    features: Optional[List[str]] = None
-    use_dense: bool = True
 
 
 @dataclass
-class DeepFMMTSConfig(DeepFMConfig):
+class DeepFMMTSConfig(DeepFMConfig, ScenarioTowerOptions):
     """Options of :class:`DeepFMMTS`: those of DeepFM (``hidden`` is the shared bottom) plus the towers.
 
     Args:
@@ -61,43 +62,36 @@ class DeepFMMTSConfig(DeepFMConfig):
     """
 
     hidden: List[Width] = field(default_factory=lambda: [256, 128])
-    tower_hidden: List[Width] = field(default_factory=lambda: [64])
 
 
-class _DeepFMParts:
-    """The parts DeepFM and its MT-S variant share: embeddings, first-order weights, FM, deep input."""
+class FMModel(RankingModel):
+    """What DeepFM and DeepFM MT-S share: the embeddings with first-order (wide) weights, the dense features'
+    linear map and FM's pairwise term with a learned scale per task.
 
-    sparse_arch: SparseArch
-    features: List[str]
-    tasks: List[str]
+    Shapes: ``shallow``: [B, T]; the deep input x is [B, F * D + Dd] (``sparse_arch.width``).
+    """
 
-    def _build_shallow(self, schema: Schema, config: DeepFMConfig) -> int:
-        """Build the first-order and FM parts; returns the deep input width."""
-        self.features = self.check_features(config.features, "features")  # type: ignore[attr-defined]
-        dims = {schema.feature(n).embedding_dim for n in self.features}
+    def __init__(self, schema: Schema, config: DeepFMConfig) -> None:
+        super().__init__(schema, config)
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense,
+                                        wide_dim=wide_width(len(self.tasks)))
+        dims = set(self.sparse_arch.field_dims())
         if len(dims) != 1:
             raise ConfigError(f"model.params.features: FM needs equal embedding widths, got {sorted(dims)}")
-        self.sparse_arch = SparseArch(schema, wide_dim=wide_width(len(self.tasks)))
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        self.dense_linear = nn.Linear(schema.dense_dim, len(self.tasks)) if self.use_dense else None
+        self.dense_linear = dense_first_order(self.sparse_arch, len(self.tasks))
         self.fm = FactorizationMachine()
         self.fm_scale = nn.Parameter(torch.ones(len(self.tasks)))
-        return self.sparse_arch.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
+        self.instance_dim = self.sparse_arch.width
 
-    def _shallow(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
+    def shallow(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
         """[B, T]: first-order terms plus the scaled FM term, per task."""
-        first = emb.wide_sum(self.features)[:, : len(self.tasks)]
-        if self.dense_linear is not None:
-            first = first + self.dense_linear(batch.dense)
-        return first + self.fm(emb.stack(self.features)).unsqueeze(1) * self.fm_scale
-
-    def _deep_input(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
-        x = emb.concat(self.features)
-        return torch.cat([x, batch.dense], dim=1) if self.use_dense else x
+        features = self.sparse_arch.features
+        first = first_order_logits(emb, features, len(self.tasks), self.dense_linear, batch.dense)
+        return first + self.fm(emb.stack(features)).unsqueeze(1) * self.fm_scale
 
 
 @register_model("deepfm")
-class DeepFM(_DeepFMParts, RankingModel):
+class DeepFM(FMModel):
     """DeepFM over a schema.
 
     Shapes: B batch, F features, D embedding width, Dd dense features, T tasks.
@@ -113,20 +107,18 @@ class DeepFM(_DeepFMParts, RankingModel):
 
     def __init__(self, schema: Schema, config: DeepFMConfig) -> None:
         super().__init__(schema, config)
-        in_dim = self._build_shallow(schema, config)
-        self.deep = MLP(in_dim, config.hidden, activation=config.activation, dropout=config.dropout,
-                        norm=config.norm)
+        self.deep = config.mlp(self.sparse_arch.width, config.hidden, norm=config.norm)
         self.heads = TaskHeads(self.deep.output_dim, self.tasks)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
         emb = self.sparse_arch(batch.sparse)
-        shallow = self._shallow(emb, batch)
-        deep = self.heads(self.deep(self._deep_input(emb, batch)))
+        shallow = self.shallow(emb, batch)
+        deep = self.heads(self.deep(self.sparse_arch.main_input(emb, batch)))
         return {t: deep[t] + shallow[:, i] for i, t in enumerate(self.tasks)}
 
 
 @register_model("deepfm_mts")
-class DeepFMMTS(_DeepFMParts, MultiScenarioModel):
+class DeepFMMTS(FMModel, MultiScenarioModel):
     """DeepFM with scenario-specific towers on the deep part (MT-S).
 
     Shapes: deep bottom [B, H] -> towers [B, S, T] + shared first-order/FM [B, 1, T] -> ``{task: [B, S]}``.
@@ -141,14 +133,10 @@ class DeepFMMTS(_DeepFMParts, MultiScenarioModel):
 
     def __init__(self, schema: Schema, config: DeepFMMTSConfig) -> None:
         super().__init__(schema, config)
-        in_dim = self.instance_dim = self._build_shallow(schema, config)
-        self.bottom = MLP(in_dim, config.hidden, activation=config.activation, dropout=config.dropout,
-                          norm=config.norm)
-        self.towers = ScenarioMLP(self.bottom.output_dim, schema.num_scenarios, config.tower_hidden,
-                                  output_dim=len(self.tasks), activation=config.activation, dropout=config.dropout)
+        self.bottom = config.mlp(self.sparse_arch.width, config.hidden, norm=config.norm)
+        self.towers = self.scenario_towers(self.bottom.output_dim, config)
 
     def scenario_views(self, batch: Batch) -> ScenarioViews:
-        emb = self.sparse_arch(batch.sparse)
-        x = self._deep_input(emb, batch)
-        stacked = self.towers(self.bottom(x)) + self._shallow(emb, batch).unsqueeze(1)
+        x, emb = self.sparse_arch.read(batch)
+        stacked = self.towers(self.bottom(x)) + self.shallow(emb, batch).unsqueeze(1)
         return ScenarioViews(task_views(stacked, self.tasks), x)

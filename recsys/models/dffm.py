@@ -18,18 +18,19 @@ from typing import Dict, List, Optional
 
 import torch
 
-from recsys.config import Fraction, Width
+from recsys.config import Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.interaction import DomainFacilitatedInteraction
-from recsys.modules.mlp import Activation, MLP, Norm, TaskHeads
-from recsys.modules.sparse import SparseArch
+from recsys.modules.mlp import MLPOptions, NormOptions
+from recsys.modules.multitask import TaskHeads
+from recsys.modules.sparse import FeatureInput, check_features
 from recsys.schema import Schema
 
 
 @dataclass
-class DFFMConfig:
+class DFFMConfig(MLPOptions, NormOptions):
     """Options of :class:`DFFM`.
 
     Args:
@@ -47,9 +48,6 @@ class DFFMConfig:
     micro_out: Width = 2
     domain_features: Optional[List[str]] = None
     interaction_features: Optional[List[str]] = None
-    dropout: Fraction = 0.0
-    activation: Activation = "relu"
-    norm: Norm = "none"
     use_dense: bool = True
 
 
@@ -73,32 +71,30 @@ class DFFM(RankingModel):
     def __init__(self, schema: Schema, config: DFFMConfig) -> None:
         super().__init__(schema, config)
         default_domain = [f.name for f in schema.features_in(["scenario"])]
-        self.domain_features = self.check_features(
-            config.domain_features if config.domain_features is not None else default_domain, "domain_features")
+        self.domain_features = check_features(
+            schema, config.domain_features if config.domain_features is not None else default_domain,
+            "domain_features")
         if not self.domain_features:
             raise ConfigError("model.params.domain_features: DFFM needs a domain embedding, but the schema has no "
                               "'scenario'-group feature; name the domain features")
         default_fields = [n for n in schema.feature_names if n not in self.domain_features]
-        self.fields = self.check_features(
-            config.interaction_features if config.interaction_features is not None else default_fields,
+        self.fields = check_features(
+            schema, config.interaction_features if config.interaction_features is not None else default_fields,
             "interaction_features")
         dims = {schema.feature(n).embedding_dim for n in self.fields}
         if len(dims) != 1:
             raise ConfigError(f"model.params.interaction_features: DFFI needs equal embedding widths, got "
                               f"{sorted(dims)}")
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
+        # the MLP reads every embedding, the field pairs' interactions and the dense features
+        self.sparse_arch = FeatureInput(schema, None, config.use_dense)
         self.dffi = DomainFacilitatedInteraction(len(self.fields), dims.pop(),
                                                  self.sparse_arch.output_dim(self.domain_features),
                                                  hidden=config.micro_hidden, out_dim=config.micro_out)
-        in_dim = (self.sparse_arch.output_dim(schema.feature_names) + self.dffi.output_dim
-                  + (schema.dense_dim if self.use_dense else 0))
-        self.mlp = MLP(in_dim, config.hidden, activation=config.activation, dropout=config.dropout,
-                       norm=config.norm)
+        self.mlp = config.mlp(self.sparse_arch.width + self.dffi.output_dim, config.hidden, norm=config.norm)
         self.heads = TaskHeads(self.mlp.output_dim, self.tasks)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
         emb = self.sparse_arch(batch.sparse)
         pairs = self.dffi(emb.stack(self.fields), emb.concat(self.domain_features))
-        parts = [emb.concat(self.schema.feature_names), pairs] + ([batch.dense] if self.use_dense else [])
-        return self.heads(self.mlp(torch.cat(parts, dim=1)))
+        x = torch.cat([emb.concat(self.sparse_arch.features), pairs], dim=1)
+        return self.heads(self.mlp(self.sparse_arch.with_dense(x, batch)))

@@ -8,30 +8,31 @@ the DNN backbone SSIM wraps.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
-from recsys.config import Fraction, Width
+from recsys.config import Width
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, register_model
-from recsys.models.multi_scenario import MultiScenarioModel, ScenarioViews, task_views
-from recsys.modules.mlp import Activation, MLP, Norm, TaskHeads
-from recsys.modules.scenario import ScenarioMLP
-from recsys.modules.sparse import SparseArch
+from recsys.models.multi_scenario import MultiScenarioModel, ScenarioTowerOptions, ScenarioViews, task_views
+from recsys.modules.mlp import MLPOptions, NormOptions
+from recsys.modules.multitask import TaskHeads
+from recsys.modules.sparse import FeatureInput, FeatureOptions
 from recsys.schema import Schema
 
 
 @dataclass
-class DNNConfig:
-    """Options of :class:`DNN`: MLP widths and options, the features used, and whether dense features enter."""
+class DNNConfig(MLPOptions, NormOptions, FeatureOptions):
+    """Options of :class:`DNN`.
+
+    Args:
+        hidden: widths of the MLP.
+        activation, dropout, norm: MLP options (:class:`~recsys.modules.mlp.MLPOptions`, ``NormOptions``).
+        features, use_dense: its input (:class:`~recsys.modules.sparse.FeatureOptions`).
+    """
 
     hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
-    dropout: Fraction = 0.0
-    activation: Activation = "relu"
-    norm: Norm = "none"
-    features: Optional[List[str]] = None
-    use_dense: bool = True
 
 
 @register_model("dnn")
@@ -47,39 +48,21 @@ class DNN(RankingModel):
 
     def __init__(self, schema: Schema, config: DNNConfig) -> None:
         super().__init__(schema, config)
-        self.features = self.check_features(config.features, "features")
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        in_dim = self.sparse_arch.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
-        self.mlp = MLP(in_dim, config.hidden, activation=config.activation, dropout=config.dropout, norm=config.norm)
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        self.mlp = config.mlp(self.sparse_arch.width, config.hidden, norm=config.norm)
         self.heads = TaskHeads(self.mlp.output_dim, self.tasks)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
-        x = self.sparse_arch(batch.sparse).concat(self.features)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x, _ = self.sparse_arch.read(batch)
         return self.heads(self.mlp(x))
 
 
 @dataclass
-class DNNMTSConfig:
-    """Options of :class:`DNNMTS`.
-
-    Args:
-        hidden: widths of the shared bottom MLP.
-        tower_hidden: widths of each scenario's tower (its output layer has one unit per task).
-        dropout, activation, norm: MLP options (norm applies to the bottom).
-        features: sparse features read (default: all).
-        use_dense: feed dense features.
-    """
+class DNNMTSConfig(DNNConfig, ScenarioTowerOptions):
+    """Options of :class:`DNNMTS`: those of :class:`DNNConfig` (``hidden`` and ``norm`` are the shared bottom's)
+    plus ``tower_hidden`` (:class:`~recsys.models.multi_scenario.ScenarioTowerOptions`)."""
 
     hidden: List[Width] = field(default_factory=lambda: [256, 128])
-    tower_hidden: List[Width] = field(default_factory=lambda: [64])
-    dropout: Fraction = 0.0
-    activation: Activation = "relu"
-    norm: Norm = "none"
-    features: Optional[List[str]] = None
-    use_dense: bool = True
 
 
 @register_model("dnn_mts")
@@ -99,18 +82,11 @@ class DNNMTS(MultiScenarioModel):
 
     def __init__(self, schema: Schema, config: DNNMTSConfig) -> None:
         super().__init__(schema, config)
-        self.features = self.check_features(config.features, "features")
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        in_dim = self.instance_dim = self.sparse_arch.output_dim(self.features) + (
-            schema.dense_dim if self.use_dense else 0)
-        self.bottom = MLP(in_dim, config.hidden, activation=config.activation, dropout=config.dropout,
-                          norm=config.norm)
-        self.towers = ScenarioMLP(self.bottom.output_dim, schema.num_scenarios, config.tower_hidden,
-                                  output_dim=len(self.tasks), activation=config.activation, dropout=config.dropout)
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        self.instance_dim = self.sparse_arch.width
+        self.bottom = config.mlp(self.instance_dim, config.hidden, norm=config.norm)
+        self.towers = self.scenario_towers(self.bottom.output_dim, config)
 
     def scenario_views(self, batch: Batch) -> ScenarioViews:
-        x = self.sparse_arch(batch.sparse).concat(self.features)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x, _ = self.sparse_arch.read(batch)
         return ScenarioViews(task_views(self.towers(self.bottom(x)), self.tasks), x)

@@ -15,21 +15,21 @@ The funnel's tasks come from the schema (the binary task with ``depends_on`` and
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
-from recsys.config import Fraction, NonNegativeFloat, PositiveFloat, Width
-from recsys.modules.mlp import Activation
+from recsys.config import Width
 from recsys.data.batch import Batch
-from recsys.models.base import RankingModel, Requirements, register_model
-from recsys.modules.multitask import GradScale, TaskTowers, check_ratio, ctr_sample_weights, funnel_tasks
-from recsys.modules.sparse import SparseArch
+from recsys.models.base import register_model
+from recsys.models.funnel import FunnelModel, SharedInputFunnelOptions
+from recsys.modules.multitask import GradScale, TaskTowers
+from recsys.modules.sparse import FeatureInput, FeatureOptions
 from recsys.schema import Schema
 
 
 @dataclass
-class ESMMConfig:
+class ESMMConfig(SharedInputFunnelOptions, FeatureOptions):
     """Options of :class:`ESMM`.
 
     Args:
@@ -45,18 +45,10 @@ class ESMMConfig:
     """
 
     hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
-    extra_hidden: List[Width] = field(default_factory=lambda: [64])
-    activation: Activation = "relu"
-    dropout: Fraction = 0.0
-    features: Optional[List[str]] = None
-    use_dense: bool = True
-    cvr_task: Optional[str] = None
-    cvr_embedding_grad: NonNegativeFloat = 1.0
-    ctr_cvr_ratio: Optional[PositiveFloat] = None
 
 
 @register_model("esmm")
-class ESMM(RankingModel):
+class ESMM(FunnelModel):
     """ESMM over a schema with a click -> conversion funnel.
 
     Shapes: B batch, F features, D embedding dim, Dd dense features.
@@ -69,38 +61,18 @@ class ESMM(RankingModel):
         out = model(batch)             # {"ctr": [B], "cvr": [B], ...}: logits of pCTR and pCVR
     """
 
-    requirements = Requirements(min_tasks=2, funnel=True)
-
     Config = ESMMConfig
     dependent_loss = "joint"
 
     def __init__(self, schema: Schema, config: ESMMConfig) -> None:
         super().__init__(schema, config)
-        self.ctr, self.cvr = funnel_tasks(schema, "esmm", config.cvr_task)
-        check_ratio(config.ctr_cvr_ratio, "esmm")
-        self.features = self.check_features(config.features, "features")
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        width = self.sparse_arch.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        width = self.sparse_arch.width
         self.cvr_grad = GradScale(config.cvr_embedding_grad)
         self.towers = TaskTowers({self.ctr: width, self.cvr: width}, config.hidden, config.activation, config.dropout)
-        self.others = [t for t in self.tasks if t not in (self.ctr, self.cvr)]
-        self.extra = (TaskTowers({t: width for t in self.others}, config.extra_hidden, config.activation,
-                                 config.dropout) if self.others else None)
+        self.extra = self.extra_towers(width, config)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
-        x = self.sparse_arch(batch.sparse).concat(self.features)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x, _ = self.sparse_arch.read(batch)
         logits = self.towers({self.ctr: x, self.cvr: self.cvr_grad(x)})
-        out = {self.ctr: logits[self.ctr], self.cvr: logits[self.cvr]}
-        if self.extra is not None:
-            extra = self.extra({t: x for t in self.others})
-            for t in self.others:
-                out[t] = extra[t]
-        return {t: out[t] for t in self.tasks}
-
-    def loss_weights(self, batch: Batch, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        if self.config.ctr_cvr_ratio is None:
-            return {}
-        return {self.ctr: ctr_sample_weights(batch, self.ctr, self.config.ctr_cvr_ratio)}
+        return self.funnel_outputs(logits[self.ctr], logits[self.cvr], x)

@@ -7,41 +7,30 @@ Shared expert MLPs over the embeddings and dense features; each task has a softm
 gets a gate and a tower (:class:`~recsys.modules.experts.MMoE`).
 """
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict
 
 import torch
 
-from recsys.config import Fraction, Width
-from recsys.modules.mlp import Activation
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.experts import MMoE as MMoELayer
-from recsys.modules.multitask import TaskTowers
-from recsys.modules.sparse import SparseArch
+from recsys.modules.experts import MMoEOptions
+from recsys.modules.multitask import TowerOptions
+from recsys.modules.sparse import FeatureInput, FeatureOptions
 from recsys.schema import Schema
 
 
 @dataclass
-class MMoEConfig:
+class MMoEConfig(MMoEOptions, TowerOptions, FeatureOptions):
     """Options of :class:`MMoE`.
 
     Args:
-        num_experts: shared experts.
-        expert_hidden: widths of each expert MLP.
-        tower: hidden widths of each task tower.
+        num_experts, expert_hidden: the shared experts (:class:`~recsys.modules.experts.MMoEOptions`).
+        tower: hidden widths of each task tower (:class:`~recsys.modules.multitask.TowerOptions`).
         activation, dropout: MLP options.
-        features: sparse features (default: all).
-        use_dense: feed dense features to experts and gates.
+        features, use_dense: the input of experts and gates (:class:`~recsys.modules.sparse.FeatureOptions`).
     """
-
-    num_experts: Width = 4
-    expert_hidden: List[Width] = field(default_factory=lambda: [256, 128])
-    tower: List[Width] = field(default_factory=lambda: [64])
-    activation: Activation = "relu"
-    dropout: Fraction = 0.0
-    features: Optional[List[str]] = None
-    use_dense: bool = True
 
 
 @register_model("mmoe")
@@ -64,18 +53,11 @@ class MMoE(RankingModel):
 
     def __init__(self, schema: Schema, config: MMoEConfig) -> None:
         super().__init__(schema, config)
-        self.features = self.check_features(config.features, "features")
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        width = self.sparse_arch.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
-        self.mmoe = MMoELayer(width, self.tasks, config.num_experts, config.expert_hidden, config.activation,
-                              config.dropout)
-        self.towers = TaskTowers({t: self.mmoe.output_dim for t in self.tasks}, config.tower, config.activation,
-                                 config.dropout)
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        self.mmoe = MMoELayer.from_options(self.sparse_arch.width, self.tasks, config)
+        self.towers = config.towers(self.mmoe.output_dim, self.tasks)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
-        x = self.sparse_arch(batch.sparse).concat(self.features)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x, _ = self.sparse_arch.read(batch)
         logits = self.towers(self.mmoe(x))
         return {t: logits[t] for t in self.tasks}

@@ -11,13 +11,28 @@ Models following it: ``dnn_mts``, ``deepfm_mts``, ``dcn_mts`` (shared bottom, sc
 one; neither are MT models (``dnn``, ``deepfm``, ``dcn``), whose prediction ignores the scenario identity.
 """
 
-from typing import Dict, NamedTuple
+from dataclasses import dataclass, field
+from typing import Dict, List, NamedTuple
 
 import torch
 
+from recsys.config import Width
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, Requirements
-from recsys.modules.scenario import select_scenario
+from recsys.modules.mlp import MLPOptions
+from recsys.modules.scenario import ScenarioMLP, select_scenario
+
+
+@dataclass
+class ScenarioTowerOptions(MLPOptions):
+    """Scenario towers of a model config (flat ``model.params`` keys).
+
+    Args:
+        tower_hidden: widths of each scenario's tower (its output layer has one unit per task).
+        activation, dropout: tower MLP options (:class:`~recsys.modules.mlp.MLPOptions`).
+    """
+
+    tower_hidden: List[Width] = field(default_factory=lambda: [64])
 
 
 class ScenarioViews(NamedTuple):
@@ -53,6 +68,11 @@ class MultiScenarioModel(RankingModel):
     @property
     def num_scenarios(self) -> int:
         return self.schema.num_scenarios
+
+    def scenario_towers(self, in_dim: int, options: ScenarioTowerOptions) -> ScenarioMLP:
+        """One tower per scenario over [B, in_dim], one output per task: [B, in_dim] -> [B, S, T] (MT-S)."""
+        return ScenarioMLP(in_dim, self.num_scenarios, options.tower_hidden, output_dim=len(self.tasks),
+                           activation=options.activation, dropout=options.dropout)
 
     def scenario_views(self, batch: Batch) -> ScenarioViews:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -17,20 +17,20 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional
 
 import torch
-from torch import nn
 
-from recsys.config import Fraction, PositiveFloat, Width
+from recsys.config import PositiveFloat, Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, register_model
 from recsys.modules.calibration import EPNet, MlpCB, scaled_mlp
-from recsys.modules.mlp import Activation, MLP
-from recsys.modules.sparse import SparseArch
+from recsys.modules.mlp import MLPOptions
+from recsys.modules.multitask import task_towers
+from recsys.modules.sparse import FeatureInput, FeatureOptions, check_features
 from recsys.schema import Schema
 
 
 @dataclass
-class PEPNetConfig:
+class PEPNetConfig(MLPOptions, FeatureOptions):
     """Options of :class:`PEPNet`.
 
     Args:
@@ -48,12 +48,8 @@ class PEPNetConfig:
     """
 
     hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
-    dropout: Fraction = 0.0
-    activation: Activation = "relu"
-    features: Optional[List[str]] = None
     domain_features: Optional[List[str]] = None
     prior_features: Optional[List[str]] = None
-    use_dense: bool = True
     epnet: bool = True
     ppnet: bool = True
     gate_hidden: Width = 128
@@ -82,27 +78,21 @@ class PEPNet(RankingModel):
         super().__init__(schema, config)
         if not config.hidden:
             raise ConfigError("model.params.hidden: PEPNet needs at least one tower layer")
-        self.features = self.check_features(config.features, "features")
-        self.domain_features = (self.check_features(config.domain_features, "domain_features")
+        self.domain_features = (check_features(schema, config.domain_features, "domain_features")
                                 if config.domain_features is not None else
                                 [f.name for f in schema.features_in(["scenario"])])
-        self.prior_features = (self.check_features(config.prior_features, "prior_features")
+        self.prior_features = (check_features(schema, config.prior_features, "prior_features")
                                if config.prior_features is not None else
                                [f.name for f in schema.features_in(["user", "item", "host"])])
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        main_dim = self.sparse_arch.output_dim(self.features)
-        in_dim = main_dim + (schema.dense_dim if self.use_dense else 0)
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        in_dim = self.sparse_arch.width
         self.epnet: Optional[EPNet] = None
         if config.epnet:
             self.epnet = EPNet(self.sparse_arch.output_dim(self.domain_features),
-                               [schema.feature(n).embedding_dim for n in self.features], hidden=config.gate_hidden,
-                               gamma=config.gamma, granularity=config.epnet_granularity,
+                               self.sparse_arch.field_dims(),
+                               hidden=config.gate_hidden, gamma=config.gamma, granularity=config.epnet_granularity,
                                stop_gradient=config.stop_gradient)
-        self.towers = nn.ModuleDict({
-            t: MLP(in_dim, config.hidden, output_dim=1, activation=config.activation, dropout=config.dropout)
-            for t in self.tasks
-        })
+        self.towers = task_towers({t: in_dim for t in self.tasks}, config.hidden, config.activation, config.dropout)
         self.hidden = list(config.hidden)
         self.ppnet: Optional[MlpCB] = None
         if config.ppnet:
@@ -113,12 +103,11 @@ class PEPNet(RankingModel):
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
         emb = self.sparse_arch(batch.sparse)
-        x = emb.concat(self.features)
+        x = emb.concat(self.sparse_arch.features)
         if self.epnet is not None:
             domain = emb.concat(self.domain_features) if self.domain_features else None
             x = self.epnet(domain, x)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x = self.sparse_arch.with_dense(x, batch)
         out: Dict[str, torch.Tensor] = {}
         if self.ppnet is None:
             for t in self.tasks:
@@ -127,6 +116,7 @@ class PEPNet(RankingModel):
         prior = emb.concat(self.prior_features) if self.prior_features else None
         scales = self.ppnet(prior, x)
         for i, t in enumerate(self.tasks):
+            # PPNet's gates cover every task: layer l's scales [B, T * H_l], task i's slice is its own
             mine = [scales[layer][:, i * h:(i + 1) * h] for layer, h in enumerate(self.hidden)]
             out[t] = scaled_mlp(self.towers[t], x, mine).squeeze(-1)
         return out

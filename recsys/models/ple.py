@@ -9,45 +9,31 @@ shared input of the next level. The top level's per-task mixtures feed the task 
 (:class:`~recsys.modules.experts.PLE`). Every schema task gets experts, gates and a tower.
 """
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict
 
 import torch
 
-from recsys.config import Fraction, NonNegativeInt, PositiveInt, Width
-from recsys.modules.mlp import Activation
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.modules.experts import PLE as PLELayers
-from recsys.modules.multitask import TaskTowers
-from recsys.modules.sparse import SparseArch
+from recsys.modules.experts import PLEOptions
+from recsys.modules.multitask import TowerOptions
+from recsys.modules.sparse import FeatureInput, FeatureOptions
 from recsys.schema import Schema
 
 
 @dataclass
-class PLEConfig:
+class PLEConfig(PLEOptions, TowerOptions, FeatureOptions):
     """Options of :class:`PLE`.
 
     Args:
-        levels: extraction levels (1 = CGC).
-        specific_experts: task-specific experts per task and level.
-        shared_experts: shared experts per level (0: no shared experts).
-        expert_hidden: widths of each expert MLP.
-        tower: hidden widths of each task tower.
+        levels, specific_experts, shared_experts, expert_hidden: the extraction levels
+            (:class:`~recsys.modules.experts.PLEOptions`).
+        tower: hidden widths of each task tower (:class:`~recsys.modules.multitask.TowerOptions`).
         activation, dropout: MLP options.
-        features: sparse features (default: all).
-        use_dense: feed dense features to the first level.
+        features, use_dense: the input of the first level (:class:`~recsys.modules.sparse.FeatureOptions`).
     """
-
-    levels: PositiveInt = 2
-    specific_experts: PositiveInt = 1
-    shared_experts: NonNegativeInt = 1
-    expert_hidden: List[Width] = field(default_factory=lambda: [256, 128])
-    tower: List[Width] = field(default_factory=lambda: [64])
-    activation: Activation = "relu"
-    dropout: Fraction = 0.0
-    features: Optional[List[str]] = None
-    use_dense: bool = True
 
 
 @register_model("ple")
@@ -69,18 +55,11 @@ class PLE(RankingModel):
 
     def __init__(self, schema: Schema, config: PLEConfig) -> None:
         super().__init__(schema, config)
-        self.features = self.check_features(config.features, "features")
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        width = self.sparse_arch.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
-        self.ple = PLELayers(width, self.tasks, config.levels, config.specific_experts, config.shared_experts,
-                             config.expert_hidden, config.activation, config.dropout)
-        self.towers = TaskTowers({t: self.ple.output_dim for t in self.tasks}, config.tower, config.activation,
-                                 config.dropout)
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        self.ple = PLELayers.from_options(self.sparse_arch.width, self.tasks, config)
+        self.towers = config.towers(self.ple.output_dim, self.tasks)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
-        x = self.sparse_arch(batch.sparse).concat(self.features)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x, _ = self.sparse_arch.read(batch)
         logits = self.towers(self.ple(x))
         return {t: logits[t] for t in self.tasks}

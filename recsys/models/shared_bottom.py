@@ -8,37 +8,30 @@ a tower; losses follow the schema (a task with ``depends_on`` is trained where i
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
-from recsys.config import Fraction, Width
+from recsys.config import Width
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, Requirements, register_model
-from recsys.modules.mlp import Activation, MLP
-from recsys.modules.multitask import TaskTowers
-from recsys.modules.sparse import SparseArch
+from recsys.modules.multitask import TowerOptions
+from recsys.modules.sparse import FeatureInput, FeatureOptions
 from recsys.schema import Schema
 
 
 @dataclass
-class SharedBottomConfig:
+class SharedBottomConfig(TowerOptions, FeatureOptions):
     """Options of :class:`SharedBottom`.
 
     Args:
         bottom: widths of the shared bottom MLP.
-        tower: hidden widths of each task tower.
+        tower: hidden widths of each task tower (:class:`~recsys.modules.multitask.TowerOptions`).
         activation, dropout: MLP options.
-        features: sparse features (default: all).
-        use_dense: feed dense features to the bottom.
+        features, use_dense: the bottom's input (:class:`~recsys.modules.sparse.FeatureOptions`).
     """
 
     bottom: List[Width] = field(default_factory=lambda: [256, 128])
-    tower: List[Width] = field(default_factory=lambda: [64])
-    activation: Activation = "relu"
-    dropout: Fraction = 0.0
-    features: Optional[List[str]] = None
-    use_dense: bool = True
 
 
 @register_model("shared_bottom")
@@ -60,18 +53,12 @@ class SharedBottom(RankingModel):
 
     def __init__(self, schema: Schema, config: SharedBottomConfig) -> None:
         super().__init__(schema, config)
-        self.features = self.check_features(config.features, "features")
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        width = self.sparse_arch.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
-        self.bottom = MLP(width, config.bottom, activation=config.activation, dropout=config.dropout)
-        self.towers = TaskTowers({t: self.bottom.output_dim for t in self.tasks}, config.tower, config.activation,
-                                 config.dropout)
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        self.bottom = config.mlp(self.sparse_arch.width, config.bottom)
+        self.towers = config.towers(self.bottom.output_dim, self.tasks)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
-        x = self.sparse_arch(batch.sparse).concat(self.features)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x, _ = self.sparse_arch.read(batch)
         h = self.bottom(x)
         logits = self.towers({t: h for t in self.tasks})
         return {t: logits[t] for t in self.tasks}

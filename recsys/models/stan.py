@@ -27,28 +27,30 @@ from typing import Dict, List, Literal, Optional
 import torch
 from torch import nn
 
-from recsys.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Width
+from recsys.config import NonNegativeFloat, NonNegativeInt, PositiveInt, Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, Requirements, register_model
-from recsys.modules.experts import MMoE, PLE
+from recsys.modules.experts import EXPERT_BACKBONES, MMoEOptions, PLEOptions
 from recsys.modules.lifecycle import PREFERENCE, BetaTracker, EmbeddingProjector, UserStateBranch, state_loss
-from recsys.modules.mlp import MLP
-from recsys.modules.sparse import SparseArch
+from recsys.modules.multitask import task_towers
+from recsys.modules.sparse import FeatureInput, FeatureOptions, check_features
 from recsys.schema import Schema
 
 
 @dataclass
-class STANConfig:
+class STANConfig(MMoEOptions, PLEOptions, FeatureOptions):
     """Options of :class:`STAN`.
 
     Args:
         backbone: ``ple`` (CGC levels with task-specific and shared experts) or ``mmoe``.
         expert_hidden: widths of each expert MLP.
-        num_experts: MMoE's shared experts.
-        levels, specific_experts, shared_experts: PLE's extraction levels and experts per task / shared.
+        num_experts: MMoE's shared experts (:class:`~recsys.modules.experts.MMoEOptions`).
+        levels, specific_experts, shared_experts: PLE's extraction levels and experts per task / shared
+            (:class:`~recsys.modules.experts.PLEOptions`).
         tower_hidden: hidden widths of each task tower (input: backbone output and ``s_k``).
         dropout: expert, tower and state-branch dropout.
+        activation: of every MLP (experts, towers, preference heads).
         features: sparse features of the backbone (default: all).
         use_dense: feed dense features to the backbone.
         state_branch: add the user-state branch (False: the plain backbone).
@@ -62,14 +64,8 @@ class STANConfig:
 
     backbone: Literal["ple", "mmoe"] = "ple"
     expert_hidden: List[Width] = field(default_factory=lambda: [128, 64])
-    num_experts: Width = 4
     levels: PositiveInt = 1
-    specific_experts: PositiveInt = 1
-    shared_experts: NonNegativeInt = 1
     tower_hidden: List[Width] = field(default_factory=lambda: [64])
-    dropout: Fraction = 0.0
-    features: Optional[List[str]] = None
-    use_dense: bool = True
     state_branch: bool = True
     user_features: Optional[List[str]] = None
     attention_heads: PositiveInt = 2
@@ -104,18 +100,8 @@ class STAN(RankingModel):
 
     def __init__(self, schema: Schema, config: STANConfig) -> None:
         super().__init__(schema, config)
-        self.features = self.check_features(config.features, "features")
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        in_dim = self.sparse_arch.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
-        if config.backbone == "ple":
-            self.backbone: nn.Module = PLE(in_dim, self.tasks, levels=config.levels,
-                                           specific_experts=config.specific_experts,
-                                           shared_experts=config.shared_experts, expert_hidden=config.expert_hidden,
-                                           dropout=config.dropout)
-        else:
-            self.backbone = MMoE(in_dim, self.tasks, num_experts=config.num_experts,
-                                 expert_hidden=config.expert_hidden, dropout=config.dropout)
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        self.backbone = EXPERT_BACKBONES[config.backbone](self.sparse_arch.width, self.tasks, config)
         self.weighting = config.loss_weighting if config.state_branch else "none"
         self.state_loss_weight = config.state_loss_weight
         self.state: Optional[UserStateBranch] = None
@@ -124,17 +110,16 @@ class STAN(RankingModel):
         state_dim = 0
         if config.state_branch:
             self._check_state_inputs(schema, config)
-            self.user_features = self.check_features(
-                config.user_features if config.user_features is not None else self.sparse_arch.names_in(["user"]),
-                "user_features",
-            )
+            self.user_features = check_features(
+                schema, config.user_features if config.user_features is not None else
+                self.sparse_arch.names_in(["user"]), "user_features")
             dims = {schema.feature(n).embedding_dim for n in self.user_features}
             if len(dims) != 1:
                 raise ConfigError(f"model.params.user_features: the state branch needs equal embedding widths, "
                                   f"got {sorted(dims)}")
             self.state = UserStateBranch(len(self.user_features), dims.pop(), self.tasks,
                                          heads=config.attention_heads, head_hidden=config.preference_hidden,
-                                         dropout=config.dropout)
+                                         dropout=config.dropout, activation=config.activation)
             state_dim = self.state.output_dim
             if self.weighting == "beta":
                 assert schema.user_feature is not None
@@ -147,10 +132,8 @@ class STAN(RankingModel):
                 })
         elif config.loss_weighting != "beta" and config.loss_weighting != "none":
             raise ConfigError("model.params.loss_weighting needs the state branch (state_branch: true)")
-        self.towers = nn.ModuleDict({
-            t: MLP(self.backbone.output_dim + state_dim, config.tower_hidden, output_dim=1, dropout=config.dropout)
-            for t in self.tasks
-        })
+        self.towers = task_towers({t: self.backbone.output_dim + state_dim for t in self.tasks}, config.tower_hidden,
+                                  config.activation, config.dropout)
 
     def _check_state_inputs(self, schema: Schema, config: STANConfig) -> None:
         if schema.user_feature is None:
@@ -163,10 +146,7 @@ class STAN(RankingModel):
             )
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
-        emb = self.sparse_arch(batch.sparse)
-        x = emb.concat(self.features)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x, emb = self.sparse_arch.read(batch)
         reps = self.backbone(x)
         out: Dict[str, torch.Tensor] = {}
         if self.state is None:

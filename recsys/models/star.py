@@ -21,18 +21,18 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from recsys.config import Fraction, Probability, Width
+from recsys.config import Probability, Width
 from recsys.data.batch import Batch
 from recsys.models.base import register_model
 from recsys.models.multi_scenario import MultiScenarioModel, ScenarioViews, task_views
-from recsys.modules.mlp import Activation, MLP
+from recsys.modules.mlp import MLP, MLPOptions
 from recsys.modules.scenario import PartitionedNorm, StarMLP
-from recsys.modules.sparse import SparseArch
+from recsys.modules.sparse import FeatureInput, FeatureOptions, check_features
 from recsys.schema import Schema
 
 
 @dataclass
-class STARConfig:
+class STARConfig(MLPOptions, FeatureOptions):
     """Options of :class:`STAR`.
 
     Args:
@@ -48,13 +48,9 @@ class STARConfig:
     """
 
     hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
-    dropout: Fraction = 0.0
-    activation: Activation = "relu"
     aux_hidden: List[Width] = field(default_factory=lambda: [32])
     aux_features: Optional[List[str]] = None
     scenario_dim: Width = 8
-    features: Optional[List[str]] = None
-    use_dense: bool = True
     pn_momentum: Probability = 0.1
 
 
@@ -76,14 +72,11 @@ class STAR(MultiScenarioModel):
     def __init__(self, schema: Schema, config: STARConfig) -> None:
         super().__init__(schema, config)
         s, t = schema.num_scenarios, len(self.tasks)
-        self.features = self.check_features(config.features, "features")
         default_aux = [f.name for f in schema.features_in(["scenario", "context"])]
-        self.aux_features = self.check_features(
-            config.aux_features if config.aux_features is not None else default_aux, "aux_features")
-        self.sparse_arch = SparseArch(schema)
-        self.use_dense = config.use_dense and schema.dense_dim > 0
-        in_dim = self.instance_dim = self.sparse_arch.output_dim(self.features) + (
-            schema.dense_dim if self.use_dense else 0)
+        self.aux_features = check_features(
+            schema, config.aux_features if config.aux_features is not None else default_aux, "aux_features")
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        in_dim = self.instance_dim = self.sparse_arch.width
         self.norm = PartitionedNorm(in_dim, s, momentum=config.pn_momentum)
         self.star = StarMLP(in_dim, config.hidden, s, output_dim=t, activation=config.activation,
                             dropout=config.dropout)
@@ -92,10 +85,7 @@ class STAR(MultiScenarioModel):
                        output_dim=t, activation=config.activation)
 
     def scenario_views(self, batch: Batch) -> ScenarioViews:
-        emb = self.sparse_arch(batch.sparse)
-        x = emb.concat(self.features)
-        if self.use_dense:
-            x = torch.cat([x, batch.dense], dim=1)
+        x, emb = self.sparse_arch.read(batch)
         main = self.star(self.norm(x, batch.scenario, batch.weights))  # [B, S, T]
         b, s = x.shape[0], self.num_scenarios
         aux_in = self.scenario_embedding.unsqueeze(0).expand(b, -1, -1)  # [B, S, Ds]

@@ -12,18 +12,25 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-from torch import nn
 
-from recsys.config import Fraction, Width
+from recsys.config import Width
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel, register_model
-from recsys.modules.mlp import Activation, MLP, Norm, TaskHeads
-from recsys.modules.sparse import Embeddings, SparseArch
+from recsys.modules.mlp import MLPOptions, NormOptions
+from recsys.modules.multitask import TaskHeads
+from recsys.modules.sparse import (
+    Embeddings,
+    FeatureInput,
+    check_features,
+    dense_first_order,
+    first_order_logits,
+    wide_width,
+)
 from recsys.schema import Schema
 
 
 @dataclass
-class WideDeepConfig:
+class WideDeepConfig(MLPOptions, NormOptions):
     """Options of :class:`WideDeep`.
 
     Args:
@@ -35,17 +42,9 @@ class WideDeepConfig:
     """
 
     hidden: List[Width] = field(default_factory=lambda: [256, 128, 64])
-    dropout: Fraction = 0.0
-    activation: Activation = "relu"
-    norm: Norm = "none"
     deep_features: Optional[List[str]] = None
     wide_features: Optional[List[str]] = None
     use_dense: bool = True
-
-
-def wide_width(num_tasks: int) -> int:
-    """Width of the wide tables: one column per task, rounded up to FBGEMM's multiple of 4."""
-    return max(4, -(-num_tasks // 4) * 4)
 
 
 @register_model("wide_deep")
@@ -65,17 +64,12 @@ class WideDeep(RankingModel):
 
     def __init__(self, schema: Schema, config: WideDeepConfig) -> None:
         super().__init__(schema, config)
-        self.deep_features = self.check_features(config.deep_features, "deep_features")
-        self.wide_features = self.check_features(config.wide_features, "wide_features")
-        self.sparse_arch = SparseArch(schema, wide_dim=wide_width(len(self.tasks)))
-        dense_dim = schema.dense_dim if config.use_dense else 0
-        self.use_dense = config.use_dense and dense_dim > 0
-        self.deep = MLP(
-            self.sparse_arch.output_dim(self.deep_features) + dense_dim, config.hidden,
-            activation=config.activation, dropout=config.dropout, norm=config.norm,
-        )
+        self.sparse_arch = FeatureInput(schema, config.deep_features, config.use_dense, option="deep_features",
+                                        wide_dim=wide_width(len(self.tasks)))
+        self.wide_features = check_features(schema, config.wide_features, "wide_features")
+        self.deep = config.mlp(self.sparse_arch.width, config.hidden, norm=config.norm)
         self.heads = TaskHeads(self.deep.output_dim, self.tasks)
-        self.wide_dense = nn.Linear(dense_dim, len(self.tasks)) if self.use_dense else None
+        self.wide_dense = dense_first_order(self.sparse_arch, len(self.tasks))
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
         emb = self.sparse_arch(batch.sparse)
@@ -85,14 +79,8 @@ class WideDeep(RankingModel):
 
     def deep_forward(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
         """The deep part up to the task heads: [B, H] (subclasses change it, e.g. CBMR's calibrations)."""
-        deep_in = emb.concat(self.deep_features)
-        if self.use_dense:
-            deep_in = torch.cat([deep_in, batch.dense], dim=1)
-        return self.deep(deep_in)
+        return self.deep(self.sparse_arch.main_input(emb, batch))
 
     def wide_logits(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
-        """The wide part: [B, >= T], column i is task i's first-order logit."""
-        wide = emb.wide_sum(self.wide_features)
-        if self.wide_dense is not None:
-            wide = wide[:, : len(self.tasks)] + self.wide_dense(batch.dense)
-        return wide
+        """The wide part: [B, T], column i is task i's first-order logit."""
+        return first_order_logits(emb, self.wide_features, len(self.tasks), self.wide_dense, batch.dense)

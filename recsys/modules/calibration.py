@@ -12,6 +12,11 @@
   (stop-gradient) main embeddings, scaling the main embeddings per field.
 * :func:`scaled_mlp` - runs an :class:`~recsys.modules.mlp.MLP` multiplying each hidden block's output by a scale.
 
+Every gate here (GateNU, EmbCB's excitation after its squeeze, and the squeeze-and-excitation of
+:mod:`recsys.modules.cvr_calibration`) is ``Linear -> activation -> Linear -> gate_output``: they share
+:func:`gate_output`, and EmbCB and EPNet share how field weights scale the embeddings (:func:`scale_fields`). Each
+keeps its own layer names, which are the state-dict keys of trained checkpoints.
+
 Shapes: B batch, F fields (sparse features), D embedding width (``sum D`` = total width of the concatenated
 embeddings, widths may differ per field), G gate input width, H_l width of the l-th hidden layer, K shared
 vectors of EmbCB.
@@ -29,15 +34,38 @@ from torch import nn
 from recsys.modules.mlp import MLP
 
 OUTPUT_ACTIVATIONS = ("scaled_sigmoid", "sigmoid", "relu")
+GRANULARITIES = ("field", "field_dim")
 HISTOGRAM_ROWS = 256  # rows of the last batch kept for histograms (enough for the shape, cheap to log)
 
 
-def _output_activation(name: str, x: torch.Tensor, gamma: float) -> torch.Tensor:
+def gate_output(name: str, x: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """The output activation of a gate (GateNU, EmbCB, the squeeze-and-excitation of
+    :mod:`recsys.modules.cvr_calibration`): ``gamma * sigmoid`` (``scaled_sigmoid``), ``sigmoid`` or ``relu``."""
     if name == "scaled_sigmoid":
         return gamma * torch.sigmoid(x)
     if name == "sigmoid":
         return torch.sigmoid(x)
-    return torch.relu(x)
+    if name == "relu":
+        return torch.relu(x)
+    raise ValueError(f"gate output activation must be one of {OUTPUT_ACTIVATIONS}, got {name!r}")
+
+
+def field_columns(field_dims: Sequence[int]) -> torch.Tensor:
+    """[sum D] int64: the field of every column of the concatenated embeddings (to broadcast per-field weights)."""
+    return torch.cat([torch.full((d,), f, dtype=torch.long) for f, d in enumerate(field_dims)])
+
+
+def scale_fields(x: torch.Tensor, weights: torch.Tensor, columns: torch.Tensor, granularity: str) -> torch.Tensor:
+    """``x`` [B, sum D] times ``weights``: [B, F] broadcast over each field's columns (``field``, ``columns`` from
+    :func:`field_columns`) or [B, sum D] (``field_dim``)."""
+    if granularity == "field":
+        weights = weights.index_select(1, columns)
+    return x * weights
+
+
+def _check_granularity(owner: str, granularity: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"{owner} granularity must be field or field_dim, got {granularity!r}")
 
 
 class GateNU(nn.Module):
@@ -68,7 +96,7 @@ class GateNU(nn.Module):
         self.gamma = gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * torch.sigmoid(self.out(torch.relu(self.hidden(x))))
+        return gate_output("scaled_sigmoid", self.out(torch.relu(self.hidden(x))), self.gamma)
 
 
 class EmbCB(nn.Module):
@@ -134,8 +162,7 @@ class EmbCB(nn.Module):
             raise ValueError(f"EmbCB interaction_activation must be linear or relu, got {interaction_activation!r}")
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"EmbCB output_activation must be one of {OUTPUT_ACTIVATIONS}, got {output_activation!r}")
-        if granularity not in ("field", "field_dim"):
-            raise ValueError(f"EmbCB granularity must be field or field_dim, got {granularity!r}")
+        _check_granularity("EmbCB", granularity)
         if num_vectors < 1 or hidden < 1 or not field_dims:
             raise ValueError("EmbCB needs at least one field, one shared vector and a positive hidden width")
         self.field_dims = [int(d) for d in field_dims]
@@ -162,9 +189,7 @@ class EmbCB(nn.Module):
         nn.init.zeros_(self.fc_out.bias)
         if output_activation == "relu":
             nn.init.ones_(self.fc_out.bias)  # start at weight 1 like the sigmoid variants; it still collapses
-        # column -> field index, to broadcast per-field weights over each field's dims
-        index = torch.cat([torch.full((d,), f, dtype=torch.long) for f, d in enumerate(self.field_dims)])
-        self.register_buffer("column_field", index, persistent=False)
+        self.register_buffer("column_field", field_columns(self.field_dims), persistent=False)
         self.register_buffer("field_width", torch.tensor(self.field_dims, dtype=torch.float32), persistent=False)
         self._last: Optional[torch.Tensor] = None
 
@@ -192,14 +217,12 @@ class EmbCB(nn.Module):
     def field_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The calibration weights: [B, F] (``field``) or [B, sum D] (``field_dim``)."""
         h = torch.relu(self.fc_hidden(self.squeeze(x)))
-        return _output_activation(self.output_activation, self.fc_out(h), self.gamma)
+        return gate_output(self.output_activation, self.fc_out(h), self.gamma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.field_weights(x)
         self._last = w.detach()
-        if self.granularity == "field":
-            w = w.index_select(1, self.column_field)
-        return x * w
+        return scale_fields(x, w, self.column_field, self.granularity)
 
     def tensorboard_stats(self) -> "dict[str, torch.Tensor]":
         """Mean, variance and fraction of exact zeros of the last batch's weights (the ReLU collapse shows as a
@@ -336,15 +359,13 @@ class EPNet(nn.Module):
     def __init__(self, domain_dim: int, field_dims: Sequence[int], hidden: int = 128, gamma: float = 2.0,
                  granularity: str = "field", stop_gradient: bool = True) -> None:
         super().__init__()
-        if granularity not in ("field", "field_dim"):
-            raise ValueError(f"EPNet granularity must be field or field_dim, got {granularity!r}")
+        _check_granularity("EPNet", granularity)
         self.field_dims = [int(d) for d in field_dims]
         self.granularity = granularity
         self.stop_gradient = stop_gradient
         out = len(self.field_dims) if granularity == "field" else sum(self.field_dims)
         self.gate = GateNU(domain_dim + sum(self.field_dims), out, hidden, gamma)
-        index = torch.cat([torch.full((d,), f, dtype=torch.long) for f, d in enumerate(self.field_dims)])
-        self.register_buffer("column_field", index, persistent=False)
+        self.register_buffer("column_field", field_columns(self.field_dims), persistent=False)
         self._last: Optional[torch.Tensor] = None
 
     def forward(self, domain: Optional[torch.Tensor], main: torch.Tensor) -> torch.Tensor:
@@ -352,9 +373,7 @@ class EPNet(nn.Module):
         x = gate_main if domain is None else torch.cat([domain, gate_main], dim=1)
         w = self.gate(x)
         self._last = w.detach()
-        if self.granularity == "field":
-            w = w.index_select(1, self.column_field)
-        return main * w
+        return scale_fields(main, w, self.column_field, self.granularity)
 
     def tensorboard_stats(self) -> "dict[str, torch.Tensor]":
         if self._last is None:

@@ -21,6 +21,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from recsys.modules.calibration import gate_output
 from recsys.modules.mlp import MLP, make_activation
 from recsys.modules.multitask import GradScale
 
@@ -104,7 +105,7 @@ class SqueezeExcitation(nn.Module):
         self.excite = nn.Linear(hidden, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.excite(self.squeeze(x)))
+        return gate_output("sigmoid", self.excite(self.squeeze(x)))
 
 
 class SECalibration(nn.Module):

@@ -7,15 +7,27 @@
   mixes its own and the shared experts; in multi-level PLE a shared gate mixes all experts for the next level.
 
 All return ``{task: [B, H]}`` (the inputs of the task towers) and keep the last gate weights for
-``tensorboard_stats()``. Shapes: B batch, D input width, E experts, H expert output width.
+``tensorboard_stats()``. Models that drive experts themselves (MultiCBMR scales every expert layer per task) build
+them with the same :func:`expert_mlps` and :func:`softmax_gates`. :class:`MMoEOptions` and :class:`PLEOptions` are
+the flat config keys of the two; :data:`EXPERT_BACKBONES` picks one by name.
+
+Shapes: B batch, D input width, E experts, H expert output width.
 """
 
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from recsys.modules.mlp import MLP
+from recsys.config import NonNegativeInt, PositiveInt, Width
+from recsys.modules.mlp import MLP, MLPOptions
+
+
+def expert_mlps(in_dim: int, num: int, hidden: Sequence[int], activation: str = "relu",
+                dropout: float = 0.0) -> nn.ModuleList:
+    """``num`` independent expert MLPs over the same [B, D] input (each [B, D] -> [B, hidden[-1]])."""
+    return nn.ModuleList(MLP(in_dim, hidden, activation=activation, dropout=dropout) for _ in range(num))
 
 
 class ExpertGroup(nn.Module):
@@ -24,9 +36,7 @@ class ExpertGroup(nn.Module):
     def __init__(self, in_dim: int, num: int, hidden: Sequence[int], activation: str = "relu",
                  dropout: float = 0.0) -> None:
         super().__init__()
-        self.experts = nn.ModuleList(
-            MLP(in_dim, hidden, activation=activation, dropout=dropout) for _ in range(num)
-        )
+        self.experts = expert_mlps(in_dim, num, hidden, activation, dropout)
         self.output_dim = hidden[-1]
 
     def __len__(self) -> int:
@@ -45,6 +55,11 @@ class SoftmaxGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.linear(x), dim=-1)
+
+
+def softmax_gates(in_dims: Mapping[str, int], num_experts: int) -> nn.ModuleDict:
+    """One :class:`SoftmaxGate` per name (task or scenario) over ``num_experts``, reading ``in_dims[name]``."""
+    return nn.ModuleDict({name: SoftmaxGate(d, num_experts) for name, d in in_dims.items()})
 
 
 def mix(gate: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
@@ -73,7 +88,7 @@ class MMoE(nn.Module):
         super().__init__()
         self.tasks = list(tasks)
         self.experts = ExpertGroup(in_dim, num_experts, expert_hidden, activation, dropout)
-        self.gates = nn.ModuleDict({t: SoftmaxGate(in_dim, num_experts) for t in self.tasks})
+        self.gates = softmax_gates({t: in_dim for t in self.tasks}, num_experts)
         self.output_dim = self.experts.output_dim
         self._last_gates: Dict[str, torch.Tensor] = {}
 
@@ -85,6 +100,11 @@ class MMoE(nn.Module):
             self._last_gates[t] = g.detach()
             out[t] = mix(g, experts)
         return out
+
+    @classmethod
+    def from_options(cls, in_dim: int, tasks: Sequence[str], options: "MMoEOptions") -> "MMoE":
+        """The MMoE a model config's :class:`MMoEOptions` describe."""
+        return cls(in_dim, tasks, options.num_experts, options.expert_hidden, options.activation, options.dropout)
 
     def gate_weights(self) -> Dict[str, torch.Tensor]:
         """The last forward's gate weights per task, [B, E]."""
@@ -121,9 +141,7 @@ class CGC(nn.Module):
         })
         self.shared = (ExpertGroup(in_dims["shared"], shared_experts, expert_hidden, activation, dropout)
                        if shared_experts > 0 else None)
-        self.gates = nn.ModuleDict({
-            t: SoftmaxGate(in_dims[t], specific_experts + shared_experts) for t in self.tasks
-        })
+        self.gates = softmax_gates({t: in_dims[t] for t in self.tasks}, specific_experts + shared_experts)
         self.shared_gate = (SoftmaxGate(in_dims["shared"], specific_experts * len(self.tasks) + shared_experts)
                             if shared_output else None)
         self.output_dim = expert_hidden[-1]
@@ -180,6 +198,12 @@ class PLE(nn.Module):
         self.levels = nn.ModuleList(layers)
         self.output_dim = expert_hidden[-1]
 
+    @classmethod
+    def from_options(cls, in_dim: int, tasks: Sequence[str], options: "PLEOptions") -> "PLE":
+        """The PLE a model config's :class:`PLEOptions` describe."""
+        return cls(in_dim, tasks, options.levels, options.specific_experts, options.shared_experts,
+                   options.expert_hidden, options.activation, options.dropout)
+
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         inputs: Dict[str, torch.Tensor] = {name: x for name in self.tasks + ["shared"]}
         out: Optional[Dict[str, torch.Tensor]] = None
@@ -190,3 +214,43 @@ class PLE(nn.Module):
                 inputs["shared"] = out["shared"]
         assert out is not None
         return {t: out[t] for t in self.tasks}
+
+
+@dataclass
+class MMoEOptions(MLPOptions):
+    """MMoE options of a model config (flat ``model.params`` keys).
+
+    Args:
+        num_experts: shared experts.
+        expert_hidden: widths of each expert MLP.
+        activation, dropout: expert MLP options (:class:`~recsys.modules.mlp.MLPOptions`).
+    """
+
+    num_experts: Width = 4
+    expert_hidden: List[Width] = field(default_factory=lambda: [256, 128])
+
+
+@dataclass
+class PLEOptions(MLPOptions):
+    """PLE options of a model config (flat ``model.params`` keys).
+
+    Args:
+        levels: extraction levels (1 = CGC).
+        specific_experts: task-specific experts per task and level.
+        shared_experts: shared experts per level (0: no shared experts).
+        expert_hidden: widths of each expert MLP.
+        activation, dropout: expert MLP options (:class:`~recsys.modules.mlp.MLPOptions`).
+    """
+
+    levels: PositiveInt = 2
+    specific_experts: PositiveInt = 1
+    shared_experts: NonNegativeInt = 1
+    expert_hidden: List[Width] = field(default_factory=lambda: [256, 128])
+
+
+# the multi-task expert backbones a model may choose by name: ``EXPERT_BACKBONES[name](in_dim, tasks, config)``
+# with a config that has the backbone's options (MMoEOptions, PLEOptions); each maps [B, D] -> {task: [B, H]}
+EXPERT_BACKBONES: Dict[str, Callable[[int, Sequence[str], Any], nn.Module]] = {
+    "mmoe": MMoE.from_options,
+    "ple": PLE.from_options,
+}

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributions import Beta
 
-from recsys.modules.mlp import MLP
+from recsys.modules.multitask import task_towers
 
 
 PREFERENCE = "preference/"  # output key prefix of the preference heads' logits
@@ -62,6 +62,7 @@ class UserStateBranch(nn.Module):
         heads: attention heads (must divide D).
         head_hidden: hidden widths of each preference head.
         dropout: attention and head dropout.
+        activation: of the preference heads' hidden layers.
 
     Shapes: [B, F, D] -> ``{task: [B, F * D]}`` (``s_k``) and ``{"preference/<task>": [B]}`` (logits).
 
@@ -73,7 +74,7 @@ class UserStateBranch(nn.Module):
     """
 
     def __init__(self, num_features: int, dim: int, tasks: Sequence[str], heads: int = 2,
-                 head_hidden: Sequence[int] = (32,), dropout: float = 0.0) -> None:
+                 head_hidden: Sequence[int] = (32,), dropout: float = 0.0, activation: str = "relu") -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention heads ({heads}) must divide the embedding width ({dim})")
@@ -82,9 +83,7 @@ class UserStateBranch(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.output_dim = num_features * dim
         self.units = nn.ModuleDict({t: TaskAttentionUnit(self.output_dim) for t in self.tasks})
-        self.heads = nn.ModuleDict({
-            t: MLP(self.output_dim, head_hidden, output_dim=1, dropout=dropout) for t in self.tasks
-        })
+        self.heads = task_towers({t: self.output_dim for t in self.tasks}, head_hidden, activation, dropout)
 
     def represent(self, u: torch.Tensor) -> torch.Tensor:
         """``U'`` flattened: [B, F, D] -> [B, F * D]."""

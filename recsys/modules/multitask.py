@@ -1,17 +1,24 @@
-"""Blocks shared by the multi-task CTR/CVR models: the funnel's tasks read from the schema, per-task towers, a
+"""Blocks shared by the multi-task models: per-task towers and heads, the funnel's tasks read from the schema, a
 gradient-scaling op and the CTR:CVR sample ratio.
+
+:func:`task_towers` is the one tower builder: one MLP per task ending in a single output. :class:`TaskTowers` runs
+them on per-task inputs; models that act between tower layers (PEPNet's and MultiCBMR's gates, STAN's state
+embedding) hold its ``ModuleDict`` themselves. :class:`TaskHeads` is the tower without hidden layers over one
+shared representation (the output layer of single-network models such as DNN and Wide&Deep).
 
 Shapes: B batch, D input width, H tower width.
 """
 
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from recsys.config import Width
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
-from recsys.modules.mlp import MLP
+from recsys.modules.mlp import MLP, MLPOptions
 from recsys.schema import Schema
 
 
@@ -81,6 +88,17 @@ class GradScale(nn.Module):
         return f"scale={self.scale}"
 
 
+def task_towers(in_dims: Mapping[str, int], hidden: Sequence[int], activation: str = "relu",
+                dropout: float = 0.0) -> nn.ModuleDict:
+    """The tower builder: ``{task: MLP(in_dims[task], hidden, output_dim=1)}`` (``hidden=[]``: a linear output).
+
+    Shapes: each tower [B, D_task] -> [B, 1].
+    """
+    return nn.ModuleDict({
+        t: MLP(d, hidden, output_dim=1, activation=activation, dropout=dropout) for t, d in in_dims.items()
+    })
+
+
 class TaskTowers(nn.Module):
     """One MLP tower per task, each ending in a single output: ``{task: [B, D_task]} -> {task: [B]}``.
 
@@ -99,12 +117,46 @@ class TaskTowers(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         self.tasks: List[str] = list(in_dims)
-        self.towers = nn.ModuleDict({
-            t: MLP(d, hidden, output_dim=1, activation=activation, dropout=dropout) for t, d in in_dims.items()
-        })
+        self.towers = task_towers(in_dims, hidden, activation, dropout)
 
     def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {t: self.towers[t](inputs[t]).squeeze(-1) for t in self.tasks}
+
+
+class TaskHeads(nn.Module):
+    """One linear output per task over a shared representation: [B, D] -> ``{task: [B]}``.
+
+    The towers of a network that is shared up to its output layer (DNN, Wide&Deep): towers without hidden layers
+    over one input, each a plain ``nn.Linear`` (state-dict keys ``heads.<task>.weight``).
+
+    Example::
+
+        heads = TaskHeads(64, ["ctr", "cvr"])
+        logits = heads(mlp(x))        # {"ctr": [B], "cvr": [B]}
+    """
+
+    def __init__(self, in_dim: int, tasks: Sequence[str]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict({t: nn.Linear(in_dim, 1) for t in tasks})
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {t: head(x).squeeze(-1) for t, head in self.heads.items()}
+
+
+@dataclass
+class TowerOptions(MLPOptions):
+    """Task towers of a model config (flat ``model.params`` keys).
+
+    Args:
+        tower: hidden widths of each task tower.
+        activation, dropout: tower MLP options (:class:`~recsys.modules.mlp.MLPOptions`).
+    """
+
+    tower: List[Width] = field(default_factory=lambda: [64])
+
+    def towers(self, in_dim: int, tasks: Sequence[str]) -> TaskTowers:
+        """One tower per task, all reading inputs of width ``in_dim``."""
+        return TaskTowers({t: in_dim for t in tasks}, self.tower, self.activation, self.dropout)
 
 
 def check_ratio(ratio: Optional[float], model: str) -> None:

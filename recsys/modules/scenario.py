@@ -15,13 +15,13 @@ Shapes: B batch, S scenarios, D input width, H hidden width, O outputs.
 """
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence, Type
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.modules.mlp import make_activation
+from recsys.modules.mlp import mlp_layers
 
 
 def select_scenario(views: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
@@ -52,8 +52,8 @@ class ScenarioLinear(nn.Module):
 
 
 class ScenarioMLP(nn.Module):
-    """One MLP per scenario (``Linear -> activation -> [dropout]`` blocks and an optional linear output), all
-    evaluated on every row.
+    """One MLP per scenario (``Linear -> [norm] -> activation -> [dropout]`` blocks and an optional linear output),
+    all evaluated on every row: :func:`~recsys.modules.mlp.mlp_layers` over per-scenario linear layers.
 
     Args:
         in_dim: input width D.
@@ -61,8 +61,11 @@ class ScenarioMLP(nn.Module):
         hidden: hidden widths of each scenario's MLP (may be empty).
         output_dim: width O of a final linear layer without activation (None: the last hidden layer is the output).
         activation, dropout: as in :class:`~recsys.modules.mlp.MLP`.
+        norm: ``none`` or ``layer`` (batch statistics per scenario are :class:`PartitionedNorm`'s job).
+        layer: the linear layer, built as ``layer(in, out, num_scenarios)``: :class:`ScenarioLinear` (independent
+            weights per scenario) or :class:`StarLinear` (shared times per-scenario weights).
 
-    Shapes: [B, D] -> [B, S, O].
+    Shapes: [B, D] (``ScenarioLinear`` only) or [B, S, D] -> [B, S, O].
 
     Example::
 
@@ -72,18 +75,14 @@ class ScenarioMLP(nn.Module):
     """
 
     def __init__(self, in_dim: int, num_scenarios: int, hidden: Sequence[int], output_dim: Optional[int] = None,
-                 activation: str = "relu", dropout: float = 0.0) -> None:
+                 activation: str = "relu", dropout: float = 0.0, norm: str = "none",
+                 layer: Type[nn.Module] = ScenarioLinear) -> None:
         super().__init__()
-        layers: List[nn.Module] = []
-        width = in_dim
-        for h in hidden:
-            layers += [ScenarioLinear(width, h, num_scenarios), make_activation(activation)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        if output_dim is not None:
-            layers.append(ScenarioLinear(width, output_dim, num_scenarios))
-            width = output_dim
+        if norm == "batch":
+            raise ValueError("batch norm of scenario views is not defined; use PartitionedNorm")
+        blocks, output, width = mlp_layers(in_dim, hidden, output_dim, activation, dropout, norm,
+                                           linear=lambda i, o: layer(i, o, num_scenarios))
+        layers = [m for block in blocks for m in block] + ([output] if output is not None else [])
         if not layers:
             raise ValueError("ScenarioMLP needs hidden layers or an output_dim")
         self.layers = nn.ModuleList(layers)
@@ -182,8 +181,9 @@ class StarLinear(nn.Module):
         return torch.einsum("bsi,sio->bso", x, self.effective_weight()) + self.shared_bias + self.scenario_bias
 
 
-class StarMLP(nn.Module):
-    """Stacked :class:`StarLinear` layers with activations (and dropout), plus a star-topology output layer.
+class StarMLP(ScenarioMLP):
+    """STAR's star-topology FC network: :class:`ScenarioMLP` over :class:`StarLinear` layers, with an output
+    layer.
 
     Shapes: [B, S, D] -> [B, S, O].
 
@@ -195,22 +195,7 @@ class StarMLP(nn.Module):
 
     def __init__(self, in_dim: int, hidden: Sequence[int], num_scenarios: int, output_dim: int,
                  activation: str = "relu", dropout: float = 0.0) -> None:
-        super().__init__()
-        layers: List[nn.Module] = []
-        width = in_dim
-        for h in hidden:
-            layers += [StarLinear(width, h, num_scenarios), make_activation(activation)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(StarLinear(width, output_dim, num_scenarios))
-        self.layers = nn.ModuleList(layers)
-        self.output_dim = output_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        super().__init__(in_dim, num_scenarios, hidden, output_dim, activation, dropout, layer=StarLinear)
 
 
 class LabelSpaceMixer(nn.Module):

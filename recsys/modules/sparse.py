@@ -3,10 +3,18 @@
 One EBC per model means DistributedModelParallel shards a single module with FBGEMM's fused table-batched
 kernels, and TrainPipelineSparseDist can overlap its input distribution with the previous batch. Models pick
 feature embeddings by name or group from :class:`Embeddings`; no model creates a second table.
+
+:class:`FeatureInput` is the input block of almost every model: the SparseArch plus the model's main input, the
+chosen features' embeddings concatenated with the dense features (``features`` and ``use_dense`` of
+:class:`FeatureOptions`). :func:`first_order_logits` (with :func:`dense_first_order`) is the wide (first-order)
+part of Wide&Deep, DeepFM and MultiCBMR.
+
+Shapes: B batch, F features, D embedding width, Dd dense features, W wide width, T tasks.
 """
 
+import difflib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -14,9 +22,33 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys.data.batch import Batch
+from recsys.errors import ConfigError
 from recsys.schema import Schema
 
 WIDE_SUFFIX = "__wide"
+
+
+def check_features(schema: Schema, names: Optional[Sequence[str]], option: str) -> List[str]:
+    """``names`` (all sparse features of ``schema`` when None), each checked against the schema.
+
+    Raises:
+        ConfigError: naming ``model.params.<option>`` and the closest feature name.
+    """
+    known = schema.feature_names
+    if names is None:
+        return known
+    for n in names:
+        if n not in known:
+            close = difflib.get_close_matches(n, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"model.params.{option}: '{n}' is not a sparse feature{hint}")
+    return list(names)
+
+
+def wide_width(num_tasks: int) -> int:
+    """Width of the wide tables: one column per task, rounded up to FBGEMM's multiple of 4."""
+    return max(4, -(-num_tasks // 4) * 4)
 
 
 @dataclass
@@ -53,6 +85,10 @@ class SparseArch(nn.Module):
             sqrt(1 / rows))`` (torchrec's default is sqrt(1 / rows), large for tiny tables).
         device: build the tables here; ``meta`` (the default) allocates nothing and lets DMP materialise the
             shards on their ranks.
+
+    Attributes:
+        features, use_dense, width: the main input :meth:`read` returns (here every feature and no dense
+            features, [B, F * D]; :class:`FeatureInput` chooses them).
 
     Example::
 
@@ -99,6 +135,10 @@ class SparseArch(nn.Module):
             f.name: (f"{f.name}@{f.table_name}" if shared else f.name) for f in schema.sparse
         }
         self._wide_keys = {f.name: f"{f.name}@{f.table_name}{WIDE_SUFFIX}" for f in schema.sparse} if wide_dim else {}
+        # the main input (:meth:`read`): every feature, no dense features (FeatureInput chooses)
+        self.features: List[str] = schema.feature_names
+        self.use_dense = False
+        self.width = self.output_dim(self.features)
 
     @property
     def feature_names(self) -> List[str]:
@@ -109,7 +149,12 @@ class SparseArch(nn.Module):
         return [f.name for f in self.schema.features_in(groups)]
 
     def output_dim(self, names: Sequence[str]) -> int:
-        return sum(self.schema.feature(n).embedding_dim for n in names)
+        """Width of ``names``' concatenated embeddings."""
+        return sum(self.field_dims(names))
+
+    def field_dims(self, names: Optional[Sequence[str]] = None) -> List[int]:
+        """The embedding width of each of ``names`` (default: the main input's ``features``)."""
+        return [self.schema.feature(n).embedding_dim for n in (self.features if names is None else names)]
 
     def forward(self, features: KeyedJaggedTensor) -> Embeddings:
         pooled = self.ebc(features).to_dict()
@@ -117,3 +162,91 @@ class SparseArch(nn.Module):
             features={name: pooled[key] for name, key in self._keys.items()},
             wide={name: pooled[key] for name, key in self._wide_keys.items()},
         )
+
+    def read(self, batch: Batch) -> Tuple[torch.Tensor, Embeddings]:
+        """(the main input x [B, E]: the embeddings of ``features`` concatenated, then the dense features when
+        ``use_dense``; the embeddings of every feature)."""
+        emb = self(batch.sparse)
+        return self.main_input(emb, batch), emb
+
+    def main_input(self, emb: Embeddings, batch: Batch, calibrate: Optional[nn.Module] = None) -> torch.Tensor:
+        """x [B, E] from embeddings already looked up; ``calibrate`` ([B, F * D] -> [B, F * D], e.g. EmbCB)
+        rescales the concatenated embeddings before the dense features are appended."""
+        x = emb.concat(self.features)
+        return self.with_dense(calibrate(x) if calibrate is not None else x, batch)
+
+    def with_dense(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """[B, N] -> [B, N + Dd]: ``x`` (e.g. calibrated embeddings) with the dense features appended if used."""
+        return torch.cat([x, batch.dense], dim=1) if self.use_dense else x
+
+
+@dataclass
+class FeatureOptions:
+    """What a model's main input reads; flat keys of a model's ``model.params``.
+
+    Args:
+        features: sparse features (default: all).
+        use_dense: append the dense features.
+    """
+
+    features: Optional[List[str]] = None
+    use_dense: bool = True
+
+
+class FeatureInput(SparseArch):
+    """A model's :class:`SparseArch` and its main input ``x = [embeddings of features ; dense]``.
+
+    A model assigns it to ``self.sparse_arch`` (the tables keep their checkpoint keys). Called with the batch's
+    KeyedJaggedTensor it returns all :class:`Embeddings` like a SparseArch; :meth:`read` gives the main input
+    and the embeddings, which further parts of a model read by name (wide weights, bias or gate features).
+
+    Args:
+        schema: the features.
+        features: the main input's sparse features, in order (None: all); checked against the schema.
+        use_dense: append the dense features (when the schema has any).
+        option: the config key of ``features`` in error messages.
+        wide_dim, init_scale, device: as in :class:`SparseArch`.
+
+    Attributes:
+        features: the main input's features. use_dense: whether dense features are appended.
+        width: E = sum of their embedding widths (+ Dd).
+
+    Shapes: batch -> (x [B, E], embeddings).
+
+    Example::
+
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
+        self.mlp = MLP(self.sparse_arch.width, [128, 64])
+        ...
+        x, emb = self.sparse_arch.read(batch)      # [B, E]
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        features: Optional[Sequence[str]] = None,
+        use_dense: bool = True,
+        option: str = "features",
+        wide_dim: int = 0,
+        init_scale: Optional[float] = None,
+        device: Optional[torch.device] = None,
+    ) -> None:
+        chosen = check_features(schema, features, option)  # before any table is built
+        super().__init__(schema, wide_dim=wide_dim, init_scale=init_scale, device=device)
+        self.features = chosen
+        self.use_dense = use_dense and schema.dense_dim > 0
+        self.width = self.output_dim(self.features) + (schema.dense_dim if self.use_dense else 0)
+
+
+def dense_first_order(arch: SparseArch, num_tasks: int) -> Optional[nn.Linear]:
+    """The dense features' first-order weights ([B, Dd] -> [B, T]) of a wide part, or None when ``arch``'s main
+    input has no dense features."""
+    return nn.Linear(arch.schema.dense_dim, num_tasks) if arch.use_dense else None
+
+
+def first_order_logits(emb: Embeddings, names: Sequence[str], num_tasks: int, dense_linear: Optional[nn.Module],
+                       dense: torch.Tensor) -> torch.Tensor:
+    """[B, T]: each task's first-order (wide) logit, its column of the wide tables summed over ``names``, plus
+    ``dense_linear(dense)`` ([B, Dd] -> [B, T]) when given."""
+    wide = emb.wide_sum(names)[:, :num_tasks]
+    return wide if dense_linear is None else wide + dense_linear(dense)
