@@ -323,12 +323,13 @@ def test_projector_takes_the_largest_named_table_of_each_group():
     from recsys.train.board import projector_tables
     from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-    schema = Schema(sparse=(SparseFeature("user_id", 100, 8, group="user"), SparseFeature("item_id", 50, 8, group="item"),
-                            SparseFeature("item_hash", 500, 8, group="item"), SparseFeature("host_id", 9, 8, group="host")),
-                    user_feature="user_id")
+    features = (SparseFeature("user_id", 100, 8, group="user"), SparseFeature("item_id", 50, 8, group="item"),
+                SparseFeature("item_hash", 500, 8, group="item"), SparseFeature("host_id", 9, 8, group="host"))
+    schema = Schema(sparse=features, user_feature="user_id")
 
     def table(name, feature, dim):
-        return name, ("ebc", EmbeddingBagConfig(num_embeddings=10, embedding_dim=dim, name=name, feature_names=[feature]))
+        config = EmbeddingBagConfig(num_embeddings=10, embedding_dim=dim, name=name, feature_names=[feature])
+        return name, ("ebc", config)
 
     tables = dict([table("user_id", "user_id", 8), table("user_id__wide", "user_id", 1),
                    table("item_id", "item_id", 8), table("item_hash", "item_hash", 8)])

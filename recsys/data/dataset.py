@@ -104,7 +104,7 @@ class Dataset:
         split: train/valid/test split policy.
         chunk_rows: rows per read chunk.
         max_rows: read only the first ``max_rows`` rows of the source.
-        progress: show tqdm bars for passes over the files.
+        progress: show the progress of passes over the files (bars on a terminal, see recsys.console.Progress).
         scenarios: keep only the rows of these scenario indices (every split, and the fitting of encoders).
         side_columns: per-row side columns joined by row id into ``Columns.extras`` (see
             :class:`~recsys.config.SideColumnsConfig`); rows the side table does not list get its ``fill``.

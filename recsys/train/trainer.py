@@ -45,6 +45,18 @@ from recsys.errors import ConfigError, RecsysError
 from recsys.io import write_json_atomic, write_parquet_atomic, write_text_atomic
 from recsys.models.base import RankingModel, build_model, check_requirements
 from recsys.train import checkpoint as ckpt
+from recsys.train.board import (
+    TEST,
+    TRAIN,
+    VALID,
+    RunBoard,
+    gather_rows,
+    hparam_metrics,
+    hparam_values,
+    projector_rows,
+    projector_tables,
+    run_name,
+)
 from recsys.train.dist import (
     all_reduce_int,
     barrier,
@@ -64,18 +76,6 @@ from recsys.train.metrics import (
     undefined_metric,
 )
 from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
-from recsys.train.board import (
-    TEST,
-    TRAIN,
-    VALID,
-    RunBoard,
-    gather_rows,
-    hparam_metrics,
-    hparam_values,
-    projector_rows,
-    projector_tables,
-    run_name,
-)
 from recsys.train.run_folder import RunFolder, check_free_space, check_resume_identity, flatten, run_identity
 from recsys.train.sharding import shard
 
@@ -416,7 +416,8 @@ class Trainer:
         if not self.training:
             raise RecsysError("this trainer was built for evaluation (fit_data=False); it cannot train")
         try:
-            return self._fit()
+            with bar_safe_logging(self.cfg.train.progress and self.is_main), quiet_library():  # backward's warnings
+                return self._fit()
         finally:
             self.close()
 
@@ -432,50 +433,49 @@ class Trainer:
         window_start, window_samples = time.perf_counter(), 0
         stop = False
         show = cfg.progress and self.is_main
-        with bar_safe_logging(show), quiet_library():  # the library warnings of backward passes
-            while self.state.epoch < cfg.epochs and not stop:
-                loader.set_epoch(self.state.epoch, self.state.batch_in_epoch)
-                epoch = _EpochTally(f"epoch {self.state.epoch + 1}/{cfg.epochs}", self._eval_seconds)
-                with Progress(epoch.name, loader.num_batches, unit="step", enabled=show,
-                              initial=self.state.batch_in_epoch, leave=True) as bar:
-                    for out in self._steps(loader):
-                        self.state.step += 1
-                        self.state.batch_in_epoch += 1
-                        n = int((out.batch.row_id >= 0).sum())
-                        self.state.samples += n
-                        window_samples += n
-                        epoch.add(self._check_finite(out), n)
-                        epoch_end = self.state.batch_in_epoch >= loader.num_batches
-                        last = epoch_end or (cfg.max_steps is not None and self.state.step >= cfg.max_steps)
-                        if self.state.step % cfg.log_every_steps == 0 or epoch_end:
-                            now = time.perf_counter()
-                            loss, rate = self._log_train(out, window_samples / max(now - window_start, 1e-9))
-                            bar.note(f"loss {loss:.4f}, {rate:,.0f} samples/s")
-                            window_start, window_samples = now, 0
-                        bar.update()
-                        if last:  # the epoch's line comes before its validation's
-                            bar.close()
-                            self._log_epoch(epoch)
-                        if self.state.step % eval_every == 0 or epoch_end:
-                            if epoch_end:
-                                self.state.epoch += 1
-                                self.state.batch_in_epoch = 0
+        while self.state.epoch < cfg.epochs and not stop:
+            loader.set_epoch(self.state.epoch, self.state.batch_in_epoch)
+            epoch = _EpochTally(f"epoch {self.state.epoch + 1}/{cfg.epochs}", self._eval_seconds)
+            with Progress(epoch.name, loader.num_batches, unit="step", enabled=show,
+                          initial=self.state.batch_in_epoch, leave=True) as bar:
+                for out in self._steps(loader):
+                    self.state.step += 1
+                    self.state.batch_in_epoch += 1
+                    n = int((out.batch.row_id >= 0).sum())
+                    self.state.samples += n
+                    window_samples += n
+                    epoch.add(self._check_finite(out), n)
+                    epoch_end = self.state.batch_in_epoch >= loader.num_batches
+                    last = epoch_end or (cfg.max_steps is not None and self.state.step >= cfg.max_steps)
+                    if self.state.step % cfg.log_every_steps == 0 or epoch_end:
+                        now = time.perf_counter()
+                        loss, rate = self._log_train(out, window_samples / max(now - window_start, 1e-9))
+                        bar.note(f"loss {loss:.4f}, {rate:,.0f} samples/s")
+                        window_start, window_samples = now, 0
+                    bar.update()
+                    if last:  # the epoch's line comes before its validation's
+                        bar.close()
+                        self._log_epoch(epoch)
+                    if self.state.step % eval_every == 0 or epoch_end:
+                        if epoch_end:
+                            self.state.epoch += 1
+                            self.state.batch_in_epoch = 0
+                        self._detach_pipeline()
+                        stop = self._validate(metric, mode)
+                        window_start, window_samples = time.perf_counter(), 0  # samples/s without evaluations
+                        if stop:
+                            break
+                    elif cfg.checkpoint_every_steps and self.state.step % cfg.checkpoint_every_steps == 0:
+                        self._detach_pipeline()
+                        self.save()
+                    if cfg.max_steps is not None and self.state.step >= cfg.max_steps:
+                        if not epoch_end:
                             self._detach_pipeline()
                             stop = self._validate(metric, mode)
-                            window_start = time.perf_counter()  # samples/s without the evaluation
-                            if stop:
-                                break
-                        elif cfg.checkpoint_every_steps and self.state.step % cfg.checkpoint_every_steps == 0:
-                            self._detach_pipeline()
-                            self.save()
-                        if cfg.max_steps is not None and self.state.step >= cfg.max_steps:
-                            if not epoch_end:
-                                self._detach_pipeline()
-                                stop = self._validate(metric, mode)
-                            stop = True
-                            break
-                if not epoch.logged:  # early stopping in the middle of an epoch
-                    self._log_epoch(epoch)
+                        stop = True
+                        break
+            if not epoch.logged:  # early stopping in the middle of an epoch
+                self._log_epoch(epoch)
         self.state.train_seconds += time.perf_counter() - start - self._eval_seconds
         return self._finish()
 
@@ -652,7 +652,7 @@ class Trainer:
             out[f"{TRAIN}/grad_norm/before_clip"] = float(before)
         return out
 
-    def _log_epoch(self, epoch: "_EpochTally") -> None:
+    def _log_epoch(self, epoch: _EpochTally) -> None:
         """The epoch's console line: steps, time, mean loss and samples/s of the global batch. Collective."""
         epoch.logged = True
         if not epoch.steps or epoch.loss is None:
