@@ -49,6 +49,7 @@ from benchmarks.plain import mlp_twin, plain_twin
 from benchmarks.workloads import CriteoWorkload, LiveWorkload, Workload
 from recsys.cli import setup_logging
 from recsys.config import EmbeddingOptimizerConfig, ModelConfig, OptimizerConfig, ShardingConfig
+from recsys.console import is_terminal
 from recsys.models import build_model, model_names
 from recsys.modules.sparse import SparseArch
 from recsys.train.dist import init_distributed
@@ -649,7 +650,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cells = build_grid(opts)
     out_cells = []
     method = ""
-    for cell in tqdm(cells, desc="throughput", unit="cell"):
+    for cell in tqdm(cells, desc="throughput", unit="cell", disable=not is_terminal()):  # bars only on a terminal
         row: Dict[str, Any] = {"tag": cell.tag, "workload": cell.workload.name, "model": cell.model,
                                "batch_size": cell.batch_size, "description": cell.workload.description,
                                "vocab_cap": getattr(cell.workload, "vocab_cap", None)}

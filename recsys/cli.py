@@ -42,15 +42,22 @@ def command(name: str):
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """recsys's messages on stderr (rank 0 from INFO, other ranks from WARNING), printed above any progress
+    bar. ``verbose``: everything at DEBUG, the full sharding plan, and the library warnings
+    :mod:`recsys.console` otherwise hides (DeprecationWarnings included)."""
+    from recsys.console import BarSafeHandler, show_library_warnings
+
     rank = int(os.environ.get("RANK", "0"))
     level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=logging.DEBUG if verbose else level, format="%(message)s", stream=sys.stderr)
-    if not verbose:
+    handler = BarSafeHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else level, handlers=[handler])
+    show_library_warnings(verbose)
+    if verbose:
+        warnings.simplefilter("default")  # library DeprecationWarnings too, once per place
+    else:
         for noisy in ("torchrec", "fbgemm_gpu", "torch", "root", "torchx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore", category=UserWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     # "root" above is the root logger itself (and an earlier import may have configured it): recsys's own
     # messages keep their level (INFO on rank 0)

@@ -185,13 +185,14 @@ class TrainConfig:
         max_steps: stop after this many steps in total (overrides epochs when reached first).
         seed: seeds model init and data order.
         eval_every_steps: validate every N steps (default: at the end of each epoch).
-        log_every_steps: TensorBoard scalar interval.
+        log_every_steps: interval of the TensorBoard training scalars and of the loss beside the progress bar.
         grad_clip_norm: clip the dense gradients' norm (the fused embedding update has no gradient to clip).
         pipeline: ``sparse_dist`` overlaps input distribution with compute (TrainPipelineSparseDist);
             ``plain`` is a simple loop; ``auto`` picks ``sparse_dist`` on GPU.
         checkpoint_every_steps: also checkpoint every N steps (default: after each evaluation).
         keep_checkpoints: how many recent checkpoints to keep besides the best.
-        progress: show tqdm progress bars.
+        progress: show progress: tqdm bars when stderr is a terminal, else a plain line every 30 s (see
+            :mod:`recsys.console`).
     """
 
     epochs: PositiveInt = 1

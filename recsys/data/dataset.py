@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from recsys.config import Config, SideColumnsConfig, SplitConfig
+from recsys.console import Progress
 from recsys.data.columns import Columns, Ragged
 from recsys.data.encoding import (
     CategoryEncoder,
@@ -41,7 +41,7 @@ from recsys.data.encoding import (
     to_seconds,
 )
 from recsys.data.history import LabelHistory, history_keys, value_keys
-from recsys.data.reader import RawChunk, SourceReader, concat_chunks, list_files
+from recsys.data.reader import RawChunk, SourceReader, concat_chunks, file_format, list_files
 from recsys.data.spec import DatasetSpec, DerivedSpec, FileSpec, load_spec
 from recsys.errors import ConfigError, DataError
 from recsys.schema import DenseFeature, Schema, SparseFeature, Task
@@ -68,6 +68,28 @@ def hash_uniform(x: np.ndarray, seed: int) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4", ".br", ".zip", ".xz")
+
+
+def _count_lines(path: str, block: int = 1 << 24) -> Optional[int]:
+    """Lines of a text file (a last line without a line break counts), at disk speed; None when the file is
+    compressed or cannot be read (the pass itself then reports what is wrong)."""
+    if path.lower().endswith(COMPRESSED):
+        return None
+    lines, last = 0, b"\n"
+    try:
+        with open(path, "rb") as f:
+            while True:
+                data = f.read(block)
+                if not data:
+                    break
+                lines += data.count(b"\n")
+                last = data[-1:]
+    except OSError:
+        return None
+    return lines + (last != b"\n")
+
+
 def rank_range(total: int, rank: int, world_size: int) -> Tuple[int, int]:
     """The contiguous share ``[start, stop)`` of ``total`` rows read by ``rank``."""
     return total * rank // world_size, total * (rank + 1) // world_size
@@ -82,7 +104,7 @@ class Dataset:
         split: train/valid/test split policy.
         chunk_rows: rows per read chunk.
         max_rows: read only the first ``max_rows`` rows of the source.
-        progress: show tqdm bars for passes over the files.
+        progress: show the progress of passes over the files (bars on a terminal, see recsys.console.Progress).
         scenarios: keep only the rows of these scenario indices (every split, and the fitting of encoders).
         side_columns: per-row side columns joined by row id into ``Columns.extras`` (see
             :class:`~recsys.config.SideColumnsConfig`); rows the side table does not list get its ``fill``.
@@ -533,8 +555,28 @@ class Dataset:
             out.append((self.spec.test_source, True))
         return out
 
-    def _bar(self, desc: str, total: Optional[int]):
-        return tqdm(total=total, desc=desc, unit="row", unit_scale=True, disable=not self.progress, leave=False)
+    def _bar(self, desc: str, total: Optional[int], estimated: bool = False) -> Progress:
+        return Progress(desc, total, unit="row", enabled=self.progress, unit_scale=True, estimated=estimated)
+
+    @staticmethod
+    def _pass_rows(reader: SourceReader, stop: Optional[int]) -> Tuple[Optional[int], bool]:
+        """Rows a first pass over ``reader`` will see, known cheaply, for its progress bar, and whether that is an
+        estimate: Parquet files from their metadata, CSV files by counting lines (quoted fields may hold line
+        breaks); None for compressed CSV."""
+        total, estimated = 0, False
+        for path in reader.files:
+            if file_format(reader.spec, path) == "parquet":
+                try:
+                    total += reader.count_rows(path)
+                except DataError:  # the pass itself says what is wrong, in its order
+                    return None, False
+                continue
+            lines = _count_lines(path)
+            if lines is None:
+                return None, False
+            total += max(lines - (1 if reader.spec.header else 0), 0)
+            estimated = True
+        return (total if stop is None else min(total, stop)), estimated
 
     def _fit_time_cuts(self) -> None:
         if self.split.kind != "time" or (self.valid_from is not None and self.test_from is not None):
@@ -563,7 +605,7 @@ class Dataset:
             reader = self._reader(fs)
             stop = self.max_rows if not is_test else None
             seen = 0
-            with self._bar(f"fit {os.path.basename(fs.path)}", stop) as bar:
+            with self._bar("fit" + (" test source" if is_test else ""), *self._pass_rows(reader, stop)) as bar:
                 for chunk in reader.chunks(0, stop):
                     table, where = self._prepare(chunk)
                     self._check_rows(table, where)
@@ -648,7 +690,10 @@ class Dataset:
                         only: Optional[int] = None) -> Iterator[Tuple[Columns, np.ndarray]]:
         """Encoded chunks of this rank with each row's split; with ``only``, rows of other splits are dropped
         before encoding (the fit pass has already validated them)."""
-        total = sum(self._rows_of(fs, t) for fs, t in self._sources()) // world_size
+        total = 0
+        for fs, is_test in self._sources():
+            start, stop = rank_range(self._rows_of(fs, is_test), rank, world_size)
+            total += stop - start
         with self._bar(desc, total) as bar:
             for chunk, is_test in self._rank_chunks(rank, world_size):
                 table, where = self._prepare(chunk)
