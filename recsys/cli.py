@@ -23,9 +23,9 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from typing import Callable, Dict, List, Optional, Sequence
 
+from recsys.console import setup_logging
 from recsys.errors import RecsysError
 
 log = logging.getLogger("recsys")
@@ -39,29 +39,6 @@ def command(name: str):
         return fn
 
     return wrap
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """recsys's messages on stderr (rank 0 from INFO, other ranks from WARNING), printed above any progress
-    bar. ``verbose``: everything at DEBUG, the full sharding plan, and the library warnings
-    :mod:`recsys.console` otherwise hides (DeprecationWarnings included)."""
-    from recsys.console import BarSafeHandler, show_library_warnings
-
-    rank = int(os.environ.get("RANK", "0"))
-    level = logging.INFO if rank == 0 else logging.WARNING
-    handler = BarSafeHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else level, handlers=[handler])
-    show_library_warnings(verbose)
-    if verbose:
-        warnings.simplefilter("default")  # library DeprecationWarnings too, once per place
-    else:
-        for noisy in ("torchrec", "fbgemm_gpu", "torch", "root", "torchx"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    # "root" above is the root logger itself (and an earlier import may have configured it): recsys's own
-    # messages keep their level (INFO on rank 0)
-    logging.getLogger("recsys").setLevel(logging.DEBUG if verbose else level)
 
 
 def _config(args: argparse.Namespace):
@@ -236,7 +213,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 @command("ssim")
 def cmd_ssim(args: argparse.Namespace) -> int:
-    from recsys.train import ssim
+    from recsys.workflows import ssim
 
     if args.phase == "search":
         result = ssim.run_search(_config(args))

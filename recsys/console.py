@@ -21,6 +21,7 @@ Example::
 
 import contextlib
 import logging
+import os
 import sys
 import time
 import warnings
@@ -274,3 +275,23 @@ class Progress:
         elif self.lines and self._lines_printed:  # a long pass: its last line says how it ended
             self._line()
 
+
+def setup_logging(verbose: bool = False) -> None:
+    """recsys's messages on stderr (rank 0 from INFO, other ranks from WARNING), printed above any progress
+    bar. ``verbose``: everything at DEBUG, the full sharding plan, and the library warnings
+    :mod:`recsys.console` otherwise hides (DeprecationWarnings included)."""
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.INFO if rank == 0 else logging.WARNING
+    handler = BarSafeHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else level, handlers=[handler])
+    show_library_warnings(verbose)
+    if verbose:
+        warnings.simplefilter("default")  # library DeprecationWarnings too, once per place
+    else:
+        for noisy in ("torchrec", "fbgemm_gpu", "torch", "root", "torchx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    # "root" above is the root logger itself (and an earlier import may have configured it): recsys's own
+    # messages keep their level (INFO on rank 0)
+    logging.getLogger("recsys").setLevel(logging.DEBUG if verbose else level)

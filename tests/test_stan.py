@@ -299,6 +299,6 @@ def test_resume_mid_epoch_restores_the_tracker_bitwise(tiny_config):
     resumed.fit()
     final = Trainer(tiny_config(model="stan", extra=extra, run="b"), resume=True)
     assert torch.equal(tracker_state(final), tracker_state(reference))
-    a, b = final._forward_all("test").gather(), reference._forward_all("test").gather()
+    a, b = final.predictions("test"), reference.predictions("test")
     for task in ("ctr", "stay", "cvr"):
         np.testing.assert_array_equal(a.scores[task][np.argsort(a.row_id)], b.scores[task][np.argsort(b.row_id)])

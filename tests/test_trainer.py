@@ -19,7 +19,7 @@ def table_weights(trainer: Trainer, table: str) -> torch.Tensor:
 
 
 def scores(trainer: Trainer, split: str = "test"):
-    preds = trainer._forward_all(split).gather()
+    preds = trainer.predictions(split)
     order = np.argsort(preds.row_id)
     return {t: preds.scores[t][order] for t in trainer.schema.task_names}
 
@@ -81,7 +81,7 @@ def test_pipeline_matches_plain_loop(tiny_config):
     plain.fit()
     piped = Trainer(tiny_config(extra=["train.pipeline=sparse_dist"], run="piped"))
     piped.fit()
-    assert piped._pipeline is not None
+    assert piped.stepper.pipeline_started
     a, b = scores(plain), scores(piped)
     for task in a:
         np.testing.assert_allclose(a[task], b[task], rtol=1e-5, atol=1e-6)

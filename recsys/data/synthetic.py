@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 STAGES = ("new", "wandering", "sticky", "loyal")
 SCENES = ("feed", "follow", "nearby", "search")
 TENURE_BOUNDARIES = (1, 3, 7, 14, 30, 60, 120)
+# run-config overrides that turn the world's other tasks (stay time, conversion) off: CTR models as CBMR's paper
+# trains them (the demo and the cbmr_ctr grid)
+CTR_ONLY = ["train.task_weights.stay=0", "train.task_weights.cvr=0"]
 
 
 @dataclass

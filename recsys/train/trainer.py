@@ -65,7 +65,7 @@ from recsys.train.dist import (
     init_distributed,
     on_main,
 )
-from recsys.train.losses import MultiTaskLoss, TrainModule
+from recsys.train.assembly import Stepper, assemble, eval_batches
 from recsys.train.metrics import (
     PredictionCollector,
     Predictions,
@@ -76,9 +76,7 @@ from recsys.train.metrics import (
     undefined_metric,
 )
 from recsys.train.metrics import untrained_tasks, without_tasks
-from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
 from recsys.train.run_folder import RunFolder, check_free_space, check_resume_identity, flatten, run_identity
-from recsys.train.sharding import shard
 
 log = logging.getLogger("recsys.train")
 
@@ -209,16 +207,13 @@ class Trainer:
             self._check_metric_defined()
 
         torch.manual_seed(config.train.seed)
-        self.model = model if model is not None else build_model(config.model, self.schema, source="config")
-        self.loss = MultiTaskLoss(self.schema, config.train.task_weights, self.model.dependent_loss)
-        module = TrainModule(self.model, self.loss)
-        fuse_embedding_optimizer(module, config.train.embedding_optimizer, self.device.type)
-        self.dmp = shard(module, config.sharding, self.device, config.data.batch_size, seed=config.train.seed)
-        groups = {name: (g.params, g.optimizer) for name, g in self.model.optimizer_groups().items()}
-        self.optimizer = build_optimizer(self.dmp, config.train.dense_optimizer, config.train.grad_clip_norm,
-                                         groups, embedding=config.train.embedding_optimizer)
+        model = model if model is not None else build_model(config.model, self.schema, source="config")
+        self.setup = assemble(model, self.schema, config.train, config.sharding, self.device,
+                              config.data.batch_size, seed=config.train.seed)
+        self.model, self.loss = self.setup.model, self.setup.loss
+        self.dmp, self.optimizer = self.setup.dmp, self.setup.optimizer
+        self.stepper = Stepper(self.setup, self.device, pipeline=self._use_pipeline())
         self.state = TrainState()
-        self._pipeline = None
         self._eval_seconds = 0.0
         self._warned_undefined = False
         self._identity: Optional[Dict[str, Any]] = None
@@ -382,33 +377,8 @@ class Trainer:
         choice = self.cfg.train.pipeline
         return choice == "sparse_dist" or (choice == "auto" and self.device.type == "cuda")
 
-    def _steps(self, loader: BatchLoader) -> Iterator[Any]:
-        """Run the optimizer over ``loader``; yields each step's StepOutput."""
-        if self._use_pipeline():
-            from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-
-            if self._pipeline is None:
-                self._pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, self.device)
-            else:
-                self._pipeline.attach(self.dmp)
-            it = iter(loader)
-            while True:
-                try:
-                    yield self._pipeline.progress(it)
-                except StopIteration:
-                    return
-        else:
-            for batch in loader:
-                batch = batch.to(self.device, non_blocking=True)
-                self.optimizer.zero_grad()
-                loss, out = self.dmp(batch)
-                loss.backward()
-                self.optimizer.step()
-                yield out
-
     def _detach_pipeline(self) -> None:
-        if self._pipeline is not None:
-            self._pipeline.detach()
+        self.stepper.detach()
 
     def fit(self) -> Dict[str, Any]:
         """Train with periodic validation and early stopping, restore the best checkpoint, evaluate valid and
@@ -439,7 +409,7 @@ class Trainer:
             epoch = _EpochTally(f"epoch {self.state.epoch + 1}/{cfg.epochs}", self._eval_seconds)
             with Progress(epoch.name, loader.num_batches, unit="step", enabled=show,
                           initial=self.state.batch_in_epoch, leave=True) as bar:
-                for out in self._steps(loader):
+                for out in self.stepper.steps(loader):
                     self.state.step += 1
                     self.state.batch_in_epoch += 1
                     n = int((out.batch.row_id >= 0).sum())
@@ -729,20 +699,22 @@ class Trainer:
         return result
 
     # --- evaluation and prediction -----------------------------------------------------------------------
-    def _forward_all(self, split: str) -> PredictionCollector:
-        self.dmp.eval()
-        collector = PredictionCollector(self.schema)
+    def scan(self, split: str) -> Iterator[Tuple[Any, Any]]:
+        """``(batch, StepOutput)`` of every batch of ``split`` (this rank's rows, padding included: its
+        ``row_id`` is -1), the model in eval mode without gradients. For workflows that need more of the model
+        than its scores (e.g. SSIM's selection scores); collective, so every rank must run it to the end."""
+        self._detach_pipeline()
         loader = self.eval_loader(split)
-        try:
-            with torch.no_grad(), Progress(f"eval {split}", len(loader), unit="batch",
-                                           enabled=self.cfg.train.progress and self.is_main) as bar:
-                for batch in loader:
-                    batch = batch.to(self.device, non_blocking=True)
-                    _, out = self.dmp(batch)
-                    collector.add(out.outputs, batch)
-                    bar.update()
-        finally:
-            self.dmp.train()
+        with Progress(f"eval {split}", len(loader), unit="batch",
+                      enabled=self.cfg.train.progress and self.is_main) as bar:
+            for batch, out in eval_batches(self.dmp, loader, self.device):
+                yield batch, out
+                bar.update()
+
+    def _forward_all(self, split: str) -> PredictionCollector:
+        collector = PredictionCollector(self.schema)
+        for batch, out in self.scan(split):
+            collector.add(out.outputs, batch)
         return collector
 
     def _check_split(self, split: str) -> None:
@@ -756,7 +728,6 @@ class Trainer:
     def predictions(self, split: str = "test") -> Predictions:
         """Every row of ``split`` scored by the current model (all ranks' rows, on every rank)."""
         self._check_split(split)
-        self._detach_pipeline()
         return self._forward_all(split).gather()
 
     def evaluate(self, split: str = "test") -> Dict[str, float]:
