@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from recsys.config import Config, SideColumnsConfig, SplitConfig
 from recsys.data.columns import Columns, Ragged
+from recsys.data.record import RecordLayout
 from recsys.data.encoding import (
     CategoryEncoder,
     DenseEncoder,
@@ -681,20 +682,21 @@ class Dataset:
         for cols, _ in self._encoded_chunks(rank, world_size, f"stream {split}", only=SPLITS.index(split)):
             yield cols
 
+    def layout(self) -> RecordLayout:
+        """The keys, optional fields, widths and sparse features of this dataset's encoded rows."""
+        s = self.spec
+        return RecordLayout(
+            keys={"labels": [t.name for t in s.tasks], "groups": list(self.groups), "oracle": list(s.oracle),
+                  "history": history_keys(self.history_tasks) if s.history else [],
+                  "extras": [c for sc in self.side_columns for c in sc.columns]},
+            present=frozenset(name for name, wanted in (("time", s.time), ("user_key", s.user)) if wanted),
+            widths={"dense": len(self.dense)},
+            sparse=[(e.name, e.spec.multi_hot) for e in self.sparse],
+        )
+
     def empty(self) -> Columns:
         """A zero-row Columns with the right fields."""
-        z = np.zeros(0, dtype=np.int64)
-        return Columns(
-            dense=np.zeros((0, len(self.dense)), np.float32),
-            sparse={e.name: (Ragged(z, np.zeros(1, np.int64)) if e.spec.multi_hot else z) for e in self.sparse},
-            labels={t.name: np.zeros(0, np.float32) for t in self.spec.tasks},
-            scenario=z, user=z, weights=np.zeros(0, np.float32), row_id=z,
-            groups={k: z for k in self.groups}, oracle={k: np.zeros(0, np.float32) for k in self.spec.oracle},
-            time=np.zeros(0) if self.spec.time else None,
-            history={k: np.zeros(0, np.float32) for k in (history_keys(self.history_tasks) if self.spec.history else ())},
-            extras={c: np.zeros(0, np.float32) for sc in self.side_columns for c in sc.columns},
-            user_key=z if self.spec.user else None,
-        )
+        return Columns.blank(self.layout(), 0)
 
     # --- schema and state --------------------------------------------------------------------------------
     def outline(self):
