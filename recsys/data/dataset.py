@@ -139,21 +139,13 @@ class Dataset:
 
     @property
     def valid_from(self) -> Optional[float]:
-        """Timestamp from which rows are validation rows (time splits)."""
+        """Timestamp from which rows are validation rows (time splits; see :class:`Splitter`)."""
         return self.splitter.valid_from
-
-    @valid_from.setter
-    def valid_from(self, value: Optional[float]) -> None:
-        self.splitter.valid_from = value
 
     @property
     def test_from(self) -> Optional[float]:
         """Timestamp from which rows are test rows (time splits)."""
         return self.splitter.test_from
-
-    @test_from.setter
-    def test_from(self, value: Optional[float]) -> None:
-        self.splitter.test_from = value
 
     @property
     def history_tasks(self) -> List[str]:
@@ -474,7 +466,7 @@ class Dataset:
         self._load_extra(state["extra"])
 
     def _load_extra(self, extra: Dict[str, Any]) -> None:
-        self.valid_from, self.test_from = extra["valid_from"], extra["test_from"]
+        self.splitter.valid_from, self.splitter.test_from = extra["valid_from"], extra["test_from"]
         same_files = extra.get("files") == fingerprint(self.files()) and extra.get("max_rows") == self.max_rows
         # encoders fitted on other files (scoring new data with a trained model): count the new files' rows
         self.source_rows, self.test_rows = (extra["source_rows"], extra["test_rows"]) if same_files else (None, None)

@@ -141,6 +141,12 @@ class RecordLayout:
     widths: Mapping[str, int]
     sparse: Sequence[Tuple[str, bool]]
 
+    def __post_init__(self) -> None:  # one spelling, so that layouts compare equal
+        self.keys = {k: tuple(v) for k, v in self.keys.items()}
+        self.present = frozenset(self.present)
+        self.widths = dict(self.widths)
+        self.sparse = tuple((name, bool(multi_hot)) for name, multi_hot in self.sparse)
+
 
 def tree_map(record: Any, fn: Callable[[Any, RowField], Any], sparse: Optional[Callable[[Any], Any]] = None,
              into: Optional[Type[R]] = None, absent: Callable[[RowField], Any] = lambda f: None, **given: Any) -> R:
@@ -236,6 +242,6 @@ def layout_of(record: Any, multi_hot: Callable[[Any], bool]) -> RecordLayout:
             widths[name] = value.shape[1]
         elif f.layout == "sparse":
             sparse = [(k, multi_hot(v)) for k, v in value.items()]
-        elif value is not None:
+        elif f.optional and value is not None:
             present.add(name)
     return RecordLayout(keys, frozenset(present), widths, sparse)

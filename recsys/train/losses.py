@@ -28,7 +28,7 @@ from torch import nn
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.schema import Schema, Task
-from recsys.task_losses import TASK_LOSSES, loss_of  # noqa: F401 - TASK_LOSSES: the table, found from here too
+from recsys.task_losses import loss_of
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
