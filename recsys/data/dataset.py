@@ -8,7 +8,9 @@ Two passes over the files:
 2. :meth:`Dataset.read` (in memory) or :meth:`Dataset.stream` (chunk by chunk) encodes the rows of a rank's
    contiguous share of the files and routes them to train/valid/test.
 
-A spec asking for ``history`` adds one pass over the training rows (:meth:`Dataset.label_history`).
+Rows carry their per-user label history only when asked (``history=True``: the trainer asks when the model's
+requirements say it reads ``Batch.history``, only STAN does); that adds one pass over the training rows
+(:meth:`Dataset.label_history`). The spec's ``history`` section only chooses its tasks.
 
 The concerns live in their own modules, which this class wires together: which columns are read
 (:mod:`~recsys.data.lineage`), side tables and side columns (:mod:`~recsys.data.joins`), derived columns
@@ -42,7 +44,14 @@ from recsys.data.encoding import (
     to_seconds,
 )
 from recsys.data.fingerprint import Fingerprint, check_unchanged, fingerprint
-from recsys.data.history import LabelHistory, history_events, history_keys, history_tasks, value_keys
+from recsys.data.history import (
+    LabelHistory,
+    history_events,
+    history_keys,
+    history_possible,
+    history_tasks,
+    value_keys,
+)
 from recsys.data.joins import Joins, SideColumns
 from recsys.data.lineage import check_no_label_leak, source_columns
 from recsys.data.outline import declared_sizes, outline_of, schema_of
@@ -74,6 +83,8 @@ class Dataset:
         scenarios: keep only the rows of these scenario indices (every split, and the fitting of encoders).
         side_columns: per-row side columns joined by row id into ``Columns.extras`` (see
             :class:`~recsys.config.SideColumnsConfig`); rows the side table does not list get its ``fill``.
+        history: rows carry their label history (``Columns.history``): True when a model reads it, False
+            never, None as the spec says (its ``history`` section); see :meth:`use_history`.
 
     Example::
 
@@ -93,6 +104,7 @@ class Dataset:
         progress: bool = False,
         scenarios: Optional[Sequence[int]] = None,
         side_columns: Sequence[SideColumnsConfig] = (),
+        history: Optional[bool] = None,
     ) -> None:
         self.spec = spec
         self.root = spec.data_root(root)
@@ -124,10 +136,20 @@ class Dataset:
         self.side_columns = list(side_columns)
         self.side = SideColumns(self.side_columns, chunk_rows)
         self._fit_files: Optional[Fingerprint] = None  # the files the fit pass read
+        self.with_history = False
+        self.use_history(history)
+
+    def use_history(self, wanted: Optional[bool]) -> None:
+        """Whether encoded rows carry their per-user label history: ``True`` when the model reads it (and the
+        spec has ``user`` and ``time``, without which there is none to build), ``False`` never (no extra pass,
+        no per-row state), ``None`` when the spec has a ``history`` section."""
+        if wanted is None:
+            wanted = self.spec.history is not None
+        self.with_history = bool(wanted) and history_possible(self.spec)
 
     @classmethod
-    def from_config(cls, cfg: "Config", progress: bool = False) -> "Dataset":
-        """The dataset of a run config's ``data`` section."""
+    def from_config(cls, cfg: "Config", progress: bool = False, history: Optional[bool] = None) -> "Dataset":
+        """The dataset of a run config's ``data`` section (``history``: see :meth:`use_history`)."""
         if not cfg.data.spec:
             raise ConfigError("config: 'data.spec' (path of a dataset spec YAML) is required")
         spec = load_spec(cfg.resolve(cfg.data.spec))
@@ -135,7 +157,7 @@ class Dataset:
         side = [SideColumnsConfig(cfg.resolve(sc.path), list(sc.columns), sc.key, sc.fill)
                 for sc in cfg.data.side_columns]
         return cls(spec, root, cfg.data.split, cfg.data.chunk_rows, cfg.data.max_rows, progress,
-                   scenarios=cfg.data.scenarios, side_columns=side)
+                   scenarios=cfg.data.scenarios, side_columns=side, history=history)
 
     @property
     def valid_from(self) -> Optional[float]:
@@ -149,8 +171,8 @@ class Dataset:
 
     @property
     def history_tasks(self) -> List[str]:
-        """Tasks whose per-user label history rows carry (``Columns.history``)."""
-        return history_tasks(self.spec)
+        """Tasks whose per-user label history rows carry (``Columns.history``; none without history)."""
+        return history_tasks(self.spec) if self.with_history else []
 
     # --- per chunk ---------------------------------------------------------------------------------------
     def _reader(self, fs: FileSpec, columns: Optional[set] = None) -> SourceReader:
@@ -232,7 +254,7 @@ class Dataset:
         s = self.spec
         return RecordLayout(
             keys={"labels": [t.name for t in s.tasks], "groups": list(self.groups), "oracle": list(s.oracle),
-                  "history": history_keys(self.history_tasks) if s.history else [], "extras": self.side.names},
+                  "history": history_keys(self.history_tasks) if self.with_history else [], "extras": self.side.names},
             present=frozenset(name for name, wanted in (("time", s.time), ("user_key", s.user)) if wanted),
             widths={"dense": len(self.dense)},
             sparse=[(e.name, e.spec.multi_hot) for e in self.sparse],
@@ -280,7 +302,7 @@ class Dataset:
         )
 
     def _history_of(self, table: pa.Table, where: Where, user_keys: np.ndarray) -> Dict[str, np.ndarray]:
-        if self.spec.history is None:
+        if not self.with_history:
             return {}
         return self.label_history().query(user_keys, self._time(table, where))
 

@@ -43,7 +43,7 @@ from recsys.data.dataset import SPLITS, Dataset
 from recsys.data.loader import BatchLoader
 from recsys.errors import ConfigError, RecsysError
 from recsys.io import write_json_atomic, write_parquet_atomic, write_text_atomic
-from recsys.models.base import RankingModel, build_model, check_requirements
+from recsys.models.base import RankingModel, build_model, check_requirements, model_class
 from recsys.train import checkpoint as ckpt
 from recsys.train.board import (
     TEST,
@@ -192,6 +192,9 @@ class Trainer:
         config = self.cfg
         show = config.train.progress and self.is_main
         self.dataset = dataset or Dataset.from_config(config, progress=show)
+        # the label history (a pass over the files and per-row state) only for a model that reads it
+        reader = type(model) if model is not None else model_class(config.model.name)
+        self.dataset.use_history(reader.requirements.history)
         if model is None:
             check_requirements(config.model.name, self.dataset.outline())  # before any data is read
         self.metric, self.metric_mode = self._early_stopping_metric()  # a bad metric name fails before any read
