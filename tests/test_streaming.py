@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from recsys.data.batch import Batch
+from recsys.data.columns import Columns
 from recsys.data.dataset import Dataset
 from recsys.data.loader import BatchLoader
 from recsys.data.spec import load_spec
+from recsys.data.split_cache import SplitCache
 from recsys.train.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,3 +114,66 @@ def test_label_history_only_for_a_model_that_reads_it(tiny_config):
     assert set(batch.history) == {"count", "ctr/count", "ctr/mean", "stay/count", "stay/mean", "cvr/count",
                                   "cvr/mean"}
     assert torch.all(batch.history["count"] >= batch.history["ctr/count"])
+
+
+def test_evaluation_split_cache_gives_the_streamed_rows_and_is_rebuilt_when_stale(fitted, tmp_path, tiny_world):
+    names = fitted.schema(8).feature_names
+    folder = str(tmp_path / "cache" / "valid")
+    streamed = list(BatchLoader(lambda: fitted.stream("valid"), names, 128))
+    first = list(BatchLoader(lambda: fitted.cached_stream("valid", folder), names, 128))  # writes through
+    assert os.path.isfile(os.path.join(folder, "cache.json"))
+    assert not any(name.endswith(".pkl") or name.endswith(".npy") for name in os.listdir(folder))
+    calls = []
+    original = fitted.stream
+    fitted.stream = lambda *a, **k: calls.append(a) or original(*a, **k)  # noqa: E731
+    try:
+        again = list(BatchLoader(lambda: fitted.cached_stream("valid", folder), names, 128))
+        assert calls == []  # read back, not decoded again
+        assert_same_batches(streamed, first)
+        assert_same_batches(streamed, again)
+        # another key (here the rank's share; likewise changed files or refitted encoders) rebuilds it
+        list(BatchLoader(lambda: fitted.cached_stream("valid", folder, rank=0, world_size=2), names, 128))
+        assert len(calls) == 1
+    finally:
+        fitted.stream = original
+    # an interrupted pass leaves no cache
+    broken = str(tmp_path / "cache" / "test")
+    it = fitted.cached_stream("test", broken)
+    next(it)
+    it.close()
+    assert not os.path.exists(os.path.join(broken, "cache.json"))
+
+
+def test_multi_hot_and_history_columns_survive_the_cache(tiny_world, tmp_path):
+    ds = Dataset(load_spec(SYNTHETIC), root=tiny_world, chunk_rows=700, history=True)
+    ds.fit()
+    names = ds.schema(8).feature_names
+    folder = str(tmp_path / "c")
+    streamed = list(ds.stream("test"))
+    list(ds.cached_stream("test", folder))
+    cached = list(SplitCacheReader(ds, folder))
+    a, b = Columns.concat(streamed), Columns.concat(cached)
+    assert len(a) == len(b) and set(a.history) == set(b.history) and a.history
+    assert_same_batches([a.to_batch(names)], [b.to_batch(names)])
+    for k in a.history:
+        np.testing.assert_array_equal(a.history[k], b.history[k])
+    np.testing.assert_array_equal(a.time, b.time)
+    np.testing.assert_array_equal(a.user_key, b.user_key)
+    np.testing.assert_array_equal(a.oracle["ctr"], b.oracle["ctr"])
+    np.testing.assert_array_equal(a.groups["stage"], b.groups["stage"])
+
+
+def SplitCacheReader(ds: Dataset, folder: str):
+    """The cache's chunks, failing if it would encode again."""
+    def refuse():
+        raise AssertionError("the cache should have been ready")
+    return SplitCache(folder, ds.cache_key("test")).chunks(refuse, rows=333)
+
+
+def test_streamed_training_evaluates_from_the_cache(tiny_config):
+    trainer = Trainer(tiny_config(extra=["data.in_memory=false", "train.max_steps=2"]))
+    report = trainer.fit()
+    cache = os.path.join(trainer.run_dir, "cache")
+    assert sorted(os.listdir(cache)) == ["test.rank0of1", "valid.rank0of1"]
+    memory = Trainer(tiny_config(extra=["train.max_steps=2"], run="memory")).fit()
+    assert report["test"]["ctr/auc"] == pytest.approx(memory["test"]["ctr/auc"], abs=1e-6)

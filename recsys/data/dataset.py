@@ -20,6 +20,7 @@ oracle values and timestamps (:mod:`~recsys.data.validation`), id and dense enco
 (:mod:`~recsys.data.outline`) and file fingerprints (:mod:`~recsys.data.fingerprint`).
 """
 
+import dataclasses
 import logging
 import os
 import threading
@@ -58,6 +59,7 @@ from recsys.data.outline import declared_sizes, outline_of, schema_of
 from recsys.data.reader import RawChunk, SourceReader, list_files
 from recsys.data.record import RecordLayout
 from recsys.data.spec import DatasetSpec, FileSpec, load_spec
+from recsys.data.split_cache import SplitCache, array_digest
 from recsys.data.splits import SPLITS, TEST_ROW_OFFSET, Splitter, hash_uniform, rank_range, splitmix64
 from recsys.errors import ConfigError, DataError
 from recsys.schema import DataOutline, Schema
@@ -433,6 +435,29 @@ class Dataset:
         """This rank's rows of one split, chunk by chunk (for data larger than memory)."""
         for cols, _ in self._encoded_chunks(rank, world_size, f"stream {split}", only=SPLITS.index(split)):
             yield cols
+
+    def cached_stream(self, split: str, folder: str, rank: int = 0, world_size: int = 1) -> Iterator[Columns]:
+        """:meth:`stream`, encoded once: the first pass writes the rows through to ``folder`` (see
+        :class:`~recsys.data.split_cache.SplitCache`), later passes read them back; a cache of other files,
+        encoders or settings is rebuilt."""
+        cache = SplitCache(folder, self.cache_key(split, rank, world_size))
+        return cache.chunks(lambda: self.stream(split, rank, world_size), self.chunk_rows)
+
+    def cache_key(self, split: str, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
+        """Everything the encoded rows of ``split`` on ``rank`` depend on: the files (fingerprint), the spec, the
+        fitted encoders (their vocabularies by digest), the split and share, scenarios, side columns, history."""
+        self._require_fitted()
+        side = [dataclasses.asdict(sc) for sc in self.side_columns]
+        return {
+            "split": split, "rank": rank, "world_size": world_size, "max_rows": self.max_rows,
+            "files": fingerprint(self.files()), "side_files": fingerprint([sc.path for sc in self.side_columns]),
+            "spec": dataclasses.asdict(self.spec), "split_config": dataclasses.asdict(self.split),
+            "cuts": [self.valid_from, self.test_from], "scenarios": self.scenarios, "side": side,
+            "history": self.history_tasks,
+            "encoders": {"sparse": {e.name: e.state() for e in self.sparse},
+                         "dense": {e.spec.name: e.state() for e in self.dense}},
+            "vocabularies": array_digest([e.vocab for e in self.sparse]),
+        }
 
     # --- schema and state --------------------------------------------------------------------------------
     def outline(self) -> DataOutline:

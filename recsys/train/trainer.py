@@ -20,6 +20,8 @@ Run folder::
         checkpoints/       step-XXXXXXXX/ (DCP, see recsys.train.checkpoint)
         metrics.json       final validation and test reports
         metrics.md         the same as markdown tables
+        cache/             valid/test rows encoded once by a streamed run (data.in_memory: false), keyed by the
+                           data's fingerprint and the encoders (see recsys.data.split_cache)
 """
 
 import logging
@@ -82,6 +84,7 @@ log = logging.getLogger("recsys.train")
 
 RUN_CONFIG = "config.yaml"
 RUN_SPEC = "spec.yaml"
+EVAL_CACHE = "cache"  # encoded evaluation splits of streamed runs (recsys/data/split_cache.py)
 
 
 @dataclass
@@ -354,7 +357,12 @@ class Trainer:
         part = self._data()[split]
         if part is not None:
             return part
-        return lambda: self.dataset.stream(split, self.dist.rank, self.dist.world_size)
+        rank, world = self.dist.rank, self.dist.world_size
+        if split == "train":
+            return lambda: self.dataset.stream(split, rank, world)
+        # evaluation splits are read again every evaluation: encoded once, then read back from the run folder
+        folder = os.path.join(self.run_dir, EVAL_CACHE, f"{split}.rank{rank}of{world}")
+        return lambda: self.dataset.cached_stream(split, folder, rank, world)
 
     def train_loader(self) -> BatchLoader:
         """Shuffled training batches; every rank runs the same number of steps."""
