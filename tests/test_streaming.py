@@ -61,7 +61,7 @@ def test_stream_gives_the_in_memory_batches_for_a_seed(fitted, drop_last):
     # evaluation order: streamed in small windows, still the rows of memory in order
     for split in ("valid", "test"):
         a = list(BatchLoader(fitted.read()[split], names, 300))
-        b = list(BatchLoader(lambda: fitted.stream(split), names, 300, shuffle_buffer_chunks=2))
+        b = list(BatchLoader(lambda split=split: fitted.stream(split), names, 300, shuffle_buffer_chunks=2))
         assert_same_batches(a, b)
 
 

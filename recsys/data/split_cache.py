@@ -178,7 +178,7 @@ class SplitCache:
         for start in range(0, manifest["rows"], rows):
             stop = min(start + rows, manifest["rows"])
 
-            def read(name: str) -> np.ndarray:
+            def read(name: str, start: int = start, stop: int = stop) -> np.ndarray:
                 return self._slice(name, arrays, start, stop)
 
             sparse: Dict[str, Any] = {}
