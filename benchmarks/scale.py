@@ -156,8 +156,9 @@ def markdown(result: Dict[str, Any]) -> str:
         for c in size["cells"]:
             s = c["seconds"]
             steps = f" ({c['steps']} steps)" if size.get("max_steps") else ""
+            generated = "-" if size.get("generate_seconds") is None else f"{size['generate_seconds']:.0f}"
             lines.append(
-                f"| {size['rows']:,}{steps} | {c['mode']} | {size['generate_seconds']:.0f} | {s['fit']:.1f} | "
+                f"| {size['rows']:,}{steps} | {c['mode']} | {generated} | {s['fit']:.1f} | "
                 f"{s['read']:.1f} | {s['train']:.1f} | {s['eval']:.1f} | {c['loop_samples_per_sec']:,.0f} | "
                 f"{c['end_to_end_samples_per_sec']:,.0f} | {c['end_to_end_ratio']:.2f}x | "
                 f"{100 * c['loader_wait_share']:.1f}% | {c['peak_rss_bytes'] / 2**30:.2f} GiB |")
@@ -167,6 +168,10 @@ def markdown(result: Dict[str, Any]) -> str:
                       f"{enc['index_in_seconds']:.3f} s with the per-chunk `pc.index_in` hash rebuild (before), "
                       f"{enc['prebuilt_seconds']:.4f} s with the prebuilt index (after; {enc['speedup']:.0f}x, "
                       f"built once in {enc['build_seconds']:.2f} s)."]
+    runs = result.get("runs")
+    if runs:
+        lines += ["", "Runs (sizes were added by later runs): " + "; ".join(f"`{r['command']}` ({r['date']})"
+                                                                          for r in runs)]
     goals = result.get("goals")
     if goals:
         lines += ["", "Goals:", ""] + [f"- {g}" for g in goals]
@@ -203,6 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--ids", type=float, default=1e5, help="users and items of every world (hosts: a tenth)")
     p.add_argument("--encoder-ids", type=float, default=1e7, help="vocabulary size of the lookup timing (0: skip)")
     p.add_argument("--out", default=RESULTS)
+    p.add_argument("--append", action="store_true",
+                   help="add these sizes to the sizes of an existing scale.json in --out (each run keeps its command)")
     p.add_argument("--cell", nargs=3, metavar=("DATA", "MODE", "MAX_STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.cell:  # a child process: one run, its JSON on stdout's last line
@@ -219,7 +226,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     limit_rows, limit_steps = (float(x) for x in args.max_steps_above.split(":")) if args.max_steps_above else (0, 0)
     result: Dict[str, Any] = {"environment": environment(), "batch_size": args.batch_size, "ids": int(args.ids),
                               "sizes": []}
-    if args.encoder_ids:
+    path = os.path.join(args.out, "scale.json")
+    if args.append and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            earlier = json.load(f)
+        result["runs"] = earlier.get("runs", [earlier["environment"]]) + [result["environment"]]
+        result["sizes"] = earlier["sizes"]
+        result.setdefault("encoder", earlier.get("encoder"))
+    if args.encoder_ids and not args.append:
         result["encoder"] = encoder_chunk(int(args.encoder_ids))
         print(json.dumps(result["encoder"]), flush=True)
     for size in (int(float(s)) for s in args.sizes.split(",")):
@@ -229,7 +243,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             t = time.perf_counter()
             generate(world_config(size, int(args.ids)), data, progress=False)
             entry = {"rows": size, "generate_seconds": time.perf_counter() - t, "cells": [],
-                     "max_steps": int(limit_steps) if limit_rows and size > limit_rows else None}
+                     "max_steps": int(limit_steps) if limit_rows and size > limit_rows else None,
+                     "command": result["environment"]["command"]}
             for mode in args.modes.split(","):
                 if mode == "memory" and size > args.memory_up_to:
                     continue
@@ -242,7 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     result["goals"] = goals(result)
-    write_json(os.path.join(args.out, "scale.json"), result)
+    write_json(path, result)
     md = markdown(result)
     write_text(os.path.join(args.out, "scale.md"), md)
     print(md)
