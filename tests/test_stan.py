@@ -201,7 +201,7 @@ def test_ablations_and_refusals():
     assert stan(loss_weighting="prediction").tracker is None
     assert stan(loss_weighting="none").loss_weights(tiny_batch(), out) == {}
     no_history = Schema(sparse=SCHEMA.sparse, tasks=SCHEMA.tasks, user_feature="user")
-    with pytest.raises(ConfigError, match="history: {}"):
+    with pytest.raises(ConfigError, match="label history, missing for"):
         stan(no_history)
     with pytest.raises(ConfigError, match="equal embedding widths"):
         stan(Schema(sparse=(SparseFeature("user", 20, 8, group="user"), SparseFeature("age", 5, 4, group="user")),

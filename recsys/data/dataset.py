@@ -8,7 +8,9 @@ Two passes over the files:
 2. :meth:`Dataset.read` (in memory) or :meth:`Dataset.stream` (chunk by chunk) encodes the rows of a rank's
    contiguous share of the files and routes them to train/valid/test.
 
-A spec asking for ``history`` adds one pass over the training rows (:meth:`Dataset.label_history`).
+Rows carry their per-user label history only when asked (``history=True``: the trainer asks when the model's
+requirements say it reads ``Batch.history``, only STAN does); that adds one pass over the training rows
+(:meth:`Dataset.label_history`). The spec's ``history`` section only chooses its tasks.
 
 The concerns live in their own modules, which this class wires together: which columns are read
 (:mod:`~recsys.data.lineage`), side tables and side columns (:mod:`~recsys.data.joins`), derived columns
@@ -18,6 +20,7 @@ oracle values and timestamps (:mod:`~recsys.data.validation`), id and dense enco
 (:mod:`~recsys.data.outline`) and file fingerprints (:mod:`~recsys.data.fingerprint`).
 """
 
+import dataclasses
 import logging
 import os
 import threading
@@ -42,13 +45,21 @@ from recsys.data.encoding import (
     to_seconds,
 )
 from recsys.data.fingerprint import Fingerprint, check_unchanged, fingerprint
-from recsys.data.history import LabelHistory, history_events, history_keys, history_tasks, value_keys
+from recsys.data.history import (
+    LabelHistory,
+    history_events,
+    history_keys,
+    history_possible,
+    history_tasks,
+    value_keys,
+)
 from recsys.data.joins import Joins, SideColumns
 from recsys.data.lineage import check_no_label_leak, source_columns
 from recsys.data.outline import declared_sizes, outline_of, schema_of
 from recsys.data.reader import RawChunk, SourceReader, list_files
 from recsys.data.record import RecordLayout
 from recsys.data.spec import DatasetSpec, FileSpec, load_spec
+from recsys.data.split_cache import SplitCache, array_digest
 from recsys.data.splits import SPLITS, TEST_ROW_OFFSET, Splitter, hash_uniform, rank_range, splitmix64
 from recsys.errors import ConfigError, DataError
 from recsys.schema import DataOutline, Schema
@@ -74,6 +85,8 @@ class Dataset:
         scenarios: keep only the rows of these scenario indices (every split, and the fitting of encoders).
         side_columns: per-row side columns joined by row id into ``Columns.extras`` (see
             :class:`~recsys.config.SideColumnsConfig`); rows the side table does not list get its ``fill``.
+        history: rows carry their label history (``Columns.history``): True when a model reads it, False
+            never, None as the spec says (its ``history`` section); see :meth:`use_history`.
 
     Example::
 
@@ -93,6 +106,7 @@ class Dataset:
         progress: bool = False,
         scenarios: Optional[Sequence[int]] = None,
         side_columns: Sequence[SideColumnsConfig] = (),
+        history: Optional[bool] = None,
     ) -> None:
         self.spec = spec
         self.root = spec.data_root(root)
@@ -124,11 +138,22 @@ class Dataset:
         self.side_columns = list(side_columns)
         self.side = SideColumns(self.side_columns, chunk_rows)
         self._fit_files: Optional[Fingerprint] = None  # the files the fit pass read
+        self.with_history = False
+        self.use_history(history)
+
+    def use_history(self, wanted: Optional[bool]) -> None:
+        """Whether encoded rows carry their per-user label history: ``True`` when the model reads it (and the
+        spec has ``user`` and ``time``, without which there is none to build), ``False`` never (no extra pass,
+        no per-row state), ``None`` when the spec has a ``history`` section."""
+        if wanted is None:
+            wanted = self.spec.history is not None
+        self.with_history = bool(wanted) and history_possible(self.spec)
 
     @classmethod
-    def from_config(cls, cfg: "Config", progress: bool = False, spec: Optional[DatasetSpec] = None) -> "Dataset":
+    def from_config(cls, cfg: "Config", progress: bool = False, spec: Optional[DatasetSpec] = None,
+                    history: Optional[bool] = None) -> "Dataset":
         """The dataset of a run config's ``data`` section; ``spec`` (a spec built in code, checked here) instead
-        of the YAML file ``data.spec`` names."""
+        of the YAML file ``data.spec`` names; ``history``: see :meth:`use_history`."""
         if spec is not None:
             spec.validate("dataset spec")
         elif not cfg.data.spec:
@@ -139,7 +164,7 @@ class Dataset:
         side = [SideColumnsConfig(cfg.resolve(sc.path), list(sc.columns), sc.key, sc.fill)
                 for sc in cfg.data.side_columns]
         return cls(spec, root, cfg.data.split, cfg.data.chunk_rows, cfg.data.max_rows, progress,
-                   scenarios=cfg.data.scenarios, side_columns=side)
+                   scenarios=cfg.data.scenarios, side_columns=side, history=history)
 
     @property
     def valid_from(self) -> Optional[float]:
@@ -153,8 +178,8 @@ class Dataset:
 
     @property
     def history_tasks(self) -> List[str]:
-        """Tasks whose per-user label history rows carry (``Columns.history``)."""
-        return history_tasks(self.spec)
+        """Tasks whose per-user label history rows carry (``Columns.history``; none without history)."""
+        return history_tasks(self.spec) if self.with_history else []
 
     # --- per chunk ---------------------------------------------------------------------------------------
     def _reader(self, fs: FileSpec, columns: Optional[set] = None) -> SourceReader:
@@ -236,7 +261,7 @@ class Dataset:
         s = self.spec
         return RecordLayout(
             keys={"labels": [t.name for t in s.tasks], "groups": list(self.groups), "oracle": list(s.oracle),
-                  "history": history_keys(self.history_tasks) if s.history else [], "extras": self.side.names},
+                  "history": history_keys(self.history_tasks) if self.with_history else [], "extras": self.side.names},
             present=frozenset(name for name, wanted in (("time", s.time), ("user_key", s.user)) if wanted),
             widths={"dense": len(self.dense)},
             sparse=[(e.name, e.spec.multi_hot) for e in self.sparse],
@@ -284,7 +309,7 @@ class Dataset:
         )
 
     def _history_of(self, table: pa.Table, where: Where, user_keys: np.ndarray) -> Dict[str, np.ndarray]:
-        if self.spec.history is None:
+        if not self.with_history:
             return {}
         return self.label_history().query(user_keys, self._time(table, where))
 
@@ -415,6 +440,29 @@ class Dataset:
         """This rank's rows of one split, chunk by chunk (for data larger than memory)."""
         for cols, _ in self._encoded_chunks(rank, world_size, f"stream {split}", only=SPLITS.index(split)):
             yield cols
+
+    def cached_stream(self, split: str, folder: str, rank: int = 0, world_size: int = 1) -> Iterator[Columns]:
+        """:meth:`stream`, encoded once: the first pass writes the rows through to ``folder`` (see
+        :class:`~recsys.data.split_cache.SplitCache`), later passes read them back; a cache of other files,
+        encoders or settings is rebuilt."""
+        cache = SplitCache(folder, self.cache_key(split, rank, world_size))
+        return cache.chunks(lambda: self.stream(split, rank, world_size), self.chunk_rows)
+
+    def cache_key(self, split: str, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
+        """Everything the encoded rows of ``split`` on ``rank`` depend on: the files (fingerprint), the spec, the
+        fitted encoders (their vocabularies by digest), the split and share, scenarios, side columns, history."""
+        self._require_fitted()
+        side = [dataclasses.asdict(sc) for sc in self.side_columns]
+        return {
+            "split": split, "rank": rank, "world_size": world_size, "max_rows": self.max_rows,
+            "files": fingerprint(self.files()), "side_files": fingerprint([sc.path for sc in self.side_columns]),
+            "spec": dataclasses.asdict(self.spec), "split_config": dataclasses.asdict(self.split),
+            "cuts": [self.valid_from, self.test_from], "scenarios": self.scenarios, "side": side,
+            "history": self.history_tasks,
+            "encoders": {"sparse": {e.name: e.state() for e in self.sparse},
+                         "dense": {e.spec.name: e.state() for e in self.dense}},
+            "vocabularies": array_digest([e.vocab for e in self.sparse]),
+        }
 
     # --- schema and state --------------------------------------------------------------------------------
     def outline(self) -> DataOutline:

@@ -12,6 +12,7 @@ column and 1-based data row.
 
 import json
 import os
+import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -301,6 +302,63 @@ def _split_multi_hot(arr: pa.Array, separator: str) -> Tuple[pa.Array, np.ndarra
     return flat, offsets
 
 
+class VocabIndex:
+    """A fitted vocabulary's hash index, built once: the position of each value in it, vectorised.
+
+    ``pc.index_in(value_set=vocab)`` hashes the whole vocabulary again on every call (seconds per chunk at 10^7
+    ids); this keeps one pandas hash engine per vocabulary (integer ids probe it directly, text probes it once per
+    distinct value of a chunk), so a chunk costs a probe per value.
+
+    Args:
+        vocab: the vocabulary (int64 or text), distinct values in row order (row ``i + 1`` holds ``vocab[i]``).
+
+    Example::
+
+        index = VocabIndex(pa.array([30, 10, 20]))
+        index.positions(pa.array([10, 99, 30]))    # array([ 1, -1,  0])
+    """
+
+    def __init__(self, vocab: pa.Array) -> None:
+        self.vocab = vocab
+        self._engines: Dict[bool, pd.Index] = {}  # integer engine (False) and text engine (True), built on demand
+        self._lock = threading.Lock()  # streams encode in loader threads: build each engine once
+
+    def _engine(self, text: bool) -> pd.Index:
+        with self._lock:
+            if text not in self._engines:
+                if text:
+                    values = self.vocab if _is_text(self.vocab) else pc.cast(self.vocab, pa.string())
+                    engine = pd.Index(pd.array(values, dtype="string[pyarrow]"))
+                else:
+                    engine = pd.Index(_to_numpy(self.vocab).astype(np.int64, copy=False))
+                engine.get_indexer(engine[:1])  # builds the hash table now, not in the first chunk's timing
+                self._engines[text] = engine
+            return self._engines[text]
+
+    def positions(self, values: pa.Array) -> np.ndarray:
+        """int64 positions of ``values`` in the vocabulary, -1 where absent (nulls too). Values of another type
+        than the vocabulary's are cast to it, or both compare as text when that cast fails."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if not len(self.vocab):
+            return np.full(len(values), -1, dtype=np.int64)
+        integer = pa.types.is_integer(self.vocab.type)
+        if values.type != self.vocab.type:
+            try:
+                values = pc.cast(values, self.vocab.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                values, integer = pc.cast(values, pa.string()), False
+        if integer and not values.null_count:
+            return self._engine(False).get_indexer(_to_numpy(values)).astype(np.int64, copy=False)
+        # text (and integers with nulls): probe each distinct value of the chunk once
+        codes = pc.dictionary_encode(values if integer else pc.cast(values, pa.string()))
+        uniques = codes.dictionary
+        found = (self._engine(False).get_indexer(_to_numpy(uniques)) if integer
+                 else self._engine(True).get_indexer(pd.array(uniques, dtype="string[pyarrow]")))
+        idx = _to_numpy(pc.fill_null(codes.indices, -1)).astype(np.int64)
+        return np.where(idx >= 0, found.astype(np.int64)[np.maximum(idx, 0)], -1)
+
+
 class SparseEncoder:
     """Raw ids of one feature -> rows of its table.
 
@@ -324,6 +382,8 @@ class SparseEncoder:
         self.vocab: Optional[pa.Array] = None
         self._size: Optional[int] = spec.num_embeddings if spec.encoding != "vocab" else None
         self._kind: Optional[Tuple[str, str]] = None  # (type of the fitted ids, file it was first seen in)
+        self._index: Optional[VocabIndex] = None  # of ``vocab``, built on first use
+        self._index_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -425,6 +485,14 @@ class SparseEncoder:
         ids = self._encode_flat(flat, where, offsets)
         return ids if offsets is None else Ragged(ids, offsets)
 
+    def _vocab_index(self) -> VocabIndex:
+        """The index of the current ``vocab`` (rebuilt when ``vocab`` was replaced: fit, load)."""
+        with self._index_lock:
+            if self._index is None or self._index.vocab is not self.vocab:
+                assert self.vocab is not None
+                self._index = VocabIndex(self.vocab)
+            return self._index
+
     def _row_of(self, token_index: int, offsets: Optional[np.ndarray]) -> int:
         if offsets is None:
             return token_index
@@ -447,15 +515,7 @@ class SparseEncoder:
             return self._hash(flat)
         if self.vocab is None:
             raise RuntimeError(f"encoder '{self.name}' is not fitted")
-        vocab = self.vocab
-        if len(vocab) and vocab.type != flat.type:
-            try:
-                flat = pc.cast(flat, vocab.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                flat = pc.cast(flat, pa.string())
-                vocab = pc.cast(vocab, pa.string())
-        index = pc.index_in(flat, value_set=vocab) if len(vocab) else pa.nulls(len(flat), pa.int32())
-        found = _to_numpy(pc.fill_null(index, -1)).astype(np.int64)
+        found = self._vocab_index().positions(flat)
         if self.spec.oov == "error":
             missing = (found < 0) & _to_numpy(flat.is_valid())
             if missing.any():

@@ -60,11 +60,16 @@ def history_keys(tasks: Sequence[str]) -> Tuple[str, ...]:
 
 
 def history_tasks(spec: DatasetSpec) -> List[str]:
-    """The tasks the spec's ``history`` summarises (every task unless it names some; none without history)."""
-    h = spec.history
-    if h is None:
-        return []
-    return list(h.tasks) if h.tasks is not None else [t.name for t in spec.tasks]
+    """The tasks a label history of ``spec`` summarises: those its ``history.tasks`` names, otherwise every task
+    whose positives are defined (binary tasks, regression tasks with ``eval_threshold``)."""
+    if spec.history is not None and spec.history.tasks is not None:
+        return list(spec.history.tasks)
+    return [t.name for t in spec.tasks if t.kind == "binary" or t.eval_threshold is not None]
+
+
+def history_possible(spec: DatasetSpec) -> bool:
+    """Whether rows of ``spec`` can carry a label history (it needs the user feature and a timestamp)."""
+    return spec.user is not None and spec.time is not None
 
 
 def history_events(tasks: Sequence[TaskSpec], names: Sequence[str], labels: Mapping[str, np.ndarray],

@@ -1,9 +1,15 @@
 """Batches from encoded columns: shuffled per epoch, resumable, prefetched in a background thread, and with an
 exact number of batches per rank when asked (so sharded models never wait on a rank that ran out of data).
+
+A stream runs in two background threads: one decodes the next chunks (a bounded queue of
+``shuffle_buffer_chunks`` chunks, so the next shuffle window is ready when the current one is used up) and one
+shuffles and builds batches (``prefetch`` batches ahead). Memory is bounded by the chunk size, the window and the
+queues, never by the number of rows; the batches are the same with and without prefetching.
 """
 
 import queue
 import threading
+import time
 from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
@@ -23,7 +29,8 @@ def padding_columns(like: Columns, rows: int = 1) -> Columns:
 
 
 class _Prefetch:
-    """Runs an iterator in a daemon thread, ``depth`` items ahead; re-raises its exceptions here."""
+    """Runs an iterator in a daemon thread, ``depth`` items ahead; re-raises its exceptions here. Dropping (or
+    closing) it stops the thread."""
 
     _END = object()
 
@@ -62,6 +69,9 @@ class _Prefetch:
     def close(self) -> None:
         self._stop.set()
 
+    def __del__(self) -> None:
+        self._stop.set()  # a consumer that stopped early (``num_batches``) leaves no thread holding chunks
+
 
 class BatchLoader:
     """Iterates :class:`Batch` objects over one split.
@@ -75,8 +85,9 @@ class BatchLoader:
         drop_last: drop the last incomplete batch.
         num_batches: yield exactly this many batches, stopping early or padding with placeholder batches
             (``row_id == -1``); used to keep ranks in lock step.
-        shuffle_buffer_chunks: chunks mixed before shuffling a stream.
-        prefetch: batches built ahead in a background thread (0: none).
+        shuffle_buffer_chunks: chunks mixed before shuffling a stream (and decoded ahead of the window in use).
+        prefetch: batches built ahead in a background thread, and for a stream chunks decoded ahead in another
+            (0: none, everything runs in the consumer's thread).
         length: number of rows of a stream when known (for ``len``).
 
     Example::
@@ -112,6 +123,7 @@ class BatchLoader:
         self.length = len(source) if isinstance(source, Columns) else length
         self.epoch = 0
         self.start_batch = 0
+        self.wait_seconds = 0.0  # time consumers waited for batches (all passes): the loader-bound share of a loop
         self._padding_like = padding_like if padding_like is not None else (
             source if isinstance(source, Columns) else None
         )
@@ -181,12 +193,19 @@ class BatchLoader:
                     else:
                         yield rest
 
-        for chunk in self.source():
-            buffer.append(chunk)
-            if len(buffer) >= self.shuffle_buffer_chunks:
-                yield from drain(buffer, final=False)
-                buffer = []
-        yield from drain(buffer, final=True)
+        chunks = self.source()
+        if self.prefetch > 0:  # the next window decodes while this one is shuffled and trained on
+            chunks = _Prefetch(chunks, self.shuffle_buffer_chunks)
+        try:
+            for chunk in chunks:
+                buffer.append(chunk)
+                if len(buffer) >= self.shuffle_buffer_chunks:
+                    yield from drain(buffer, final=False)
+                    buffer = []
+            yield from drain(buffer, final=True)
+        finally:
+            if isinstance(chunks, _Prefetch):
+                chunks.close()
 
     def _batches(self) -> Iterator[Batch]:
         produced = 0
@@ -206,9 +225,25 @@ class BatchLoader:
                 yield pad
 
     def __iter__(self) -> Iterator[Batch]:
-        it = self._batches()
+        it: Iterator[Batch] = self._batches()
         if self.prefetch > 0:
-            return _Prefetch(it, self.prefetch)
-        return it
+            it = _Prefetch(it, self.prefetch)
+        return self._timed(it)
+
+    def _timed(self, it: Iterator[Batch]) -> Iterator[Batch]:
+        """``it``, adding the time each batch kept the consumer waiting to ``wait_seconds``."""
+        try:
+            while True:
+                start = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                finally:
+                    self.wait_seconds += time.perf_counter() - start
+                yield batch
+        finally:
+            if isinstance(it, _Prefetch):
+                it.close()
 
 

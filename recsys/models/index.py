@@ -23,6 +23,9 @@ class Requirements:
         funnel: needs a binary task that ``depends_on`` another (CVR given click).
         user: needs the user feature (per-user state, grouping).
         time: needs a timestamp column.
+        history: reads each row's per-user label history (``Batch.history``); the trainer has the dataset build
+            it only for such models (datasets with ``user`` and ``time``), so no other model pays for its pass
+            over the files and its state.
     """
 
     min_tasks: int = 1
@@ -30,6 +33,7 @@ class Requirements:
     funnel: bool = False
     user: bool = False
     time: bool = False
+    history: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class ModelEntry:
 _MULTI_TASK = Requirements(min_tasks=2)
 _FUNNEL = Requirements(min_tasks=2, funnel=True)
 _SCENARIO = Requirements(scenario=True)
+_HISTORY = Requirements(min_tasks=2, history=True)
 
 INDEX: Tuple[ModelEntry, ...] = (
     ModelEntry("calibration4cvr", "calibration4cvr", "Calibration4CVR",
@@ -87,7 +92,7 @@ INDEX: Tuple[ModelEntry, ...] = (
     ModelEntry("ssim_search", "ssim", "SSIMSearch",
                "SSIM search: learns which instances every scenario shares (selection net)", _SCENARIO),
     ModelEntry("stan", "stan", "STAN", "STAN: PLE/MMoE + a user-state branch and stage-adaptive loss weights",
-               _MULTI_TASK),
+               _HISTORY),
     ModelEntry("star", "star", "STAR", "STAR: star topology, shared weights times per-scenario weights", _SCENARIO),
     ModelEntry("wide_deep", "wide_deep", "WideDeep", "Wide & Deep: a linear wide part beside a deep MLP"),
 )

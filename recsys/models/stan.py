@@ -94,7 +94,7 @@ class STAN(RankingModel):
         losses = model.extra_losses(batch, out)             # {"state/ctr": scalar, ...}
     """
 
-    requirements = Requirements(min_tasks=2)
+    requirements = Requirements(min_tasks=2, history=True)
 
     Config = STANConfig
 
@@ -141,8 +141,9 @@ class STAN(RankingModel):
         missing = [t for t in self.tasks if t not in schema.history_tasks]
         if missing:
             raise ConfigError(
-                f"model 'stan': the state branch needs each task's label history, missing for {missing}; add "
-                "'history: {}' to the dataset spec (see recsys/data/history.py), or set state_branch: false"
+                f"model 'stan': the state branch needs each task's label history, missing for {missing}; the "
+                "dataset spec needs 'user' and 'time' (and 'history.tasks', if given, must list every task; "
+                "see recsys/data/history.py), or set state_branch: false"
             )
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:

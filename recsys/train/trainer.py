@@ -20,6 +20,8 @@ Run folder::
         checkpoints/       step-XXXXXXXX/ (DCP, see recsys.train.checkpoint)
         metrics.json       final validation and test reports
         metrics.md         the same as markdown tables
+        cache/             valid/test rows encoded once by a streamed run (data.in_memory: false), keyed by the
+                           data's fingerprint and the encoders (see recsys.data.split_cache)
 """
 
 import logging
@@ -44,7 +46,7 @@ from recsys.data.dataset import SPLITS, Dataset
 from recsys.data.loader import BatchLoader, ColumnSource
 from recsys.errors import ConfigError, RecsysError
 from recsys.io import write_json_atomic, write_parquet_atomic, write_text_atomic
-from recsys.models.base import RankingModel, build_model, check_requirements
+from recsys.models.base import RankingModel, build_model, check_requirements, model_class
 from recsys.train import checkpoint as ckpt
 from recsys.train.board import (
     TEST,
@@ -87,6 +89,7 @@ log = logging.getLogger("recsys.train")
 
 RUN_CONFIG = "config.yaml"
 RUN_SPEC = "spec.yaml"
+EVAL_CACHE = "cache"  # encoded evaluation splits of streamed runs (recsys/data/split_cache.py)
 
 
 @dataclass
@@ -199,6 +202,9 @@ class Trainer:
         config = self.cfg
         show = config.train.progress and self.is_main
         self.dataset = dataset or Dataset.from_config(config, progress=show)
+        # the label history (a pass over the files and per-row state) only for a model that reads it
+        reader = type(model) if model is not None else model_class(config.model.name)
+        self.dataset.use_history(reader.requirements.history)
         if model is None:
             check_requirements(config.model.name, self.dataset.outline())  # before any data is read
         self.metric, self.metric_mode = self._early_stopping_metric()  # a bad metric name fails before any read
@@ -358,7 +364,12 @@ class Trainer:
         part = self._data()[split]
         if part is not None:
             return part
-        return lambda: self.dataset.stream(split, self.dist.rank, self.dist.world_size)
+        rank, world = self.dist.rank, self.dist.world_size
+        if split == "train":
+            return lambda: self.dataset.stream(split, rank, world)
+        # evaluation splits are read again every evaluation: encoded once, then read back from the run folder
+        folder = os.path.join(self.run_dir, EVAL_CACHE, f"{split}.rank{rank}of{world}")
+        return lambda: self.dataset.cached_stream(split, folder, rank, world)
 
     def train_loader(self) -> BatchLoader:
         """Shuffled training batches; every rank runs the same number of steps."""
