@@ -75,7 +75,7 @@ def _run_config(args: argparse.Namespace):
     if os.path.isfile(saved):
         run_cfg = load_config(saved, overrides)
         check_eval_config(to_dict(run_cfg), to_dict(cfg), args.config, cfg.run_dir)
-        check_same_spec(run_cfg.data.spec, cfg.data.spec)
+        check_same_spec(run_cfg.data.spec, cfg.data.spec, cfg.data.spec_overrides)
     return cfg
 
 

@@ -144,10 +144,11 @@ def to_seconds(arr: pa.Array, where: Where, column: str) -> np.ndarray:
         try:
             return _to_numpy(pc.cast(arr, pa.float64()))
         except pa.ArrowInvalid:
-            try:
-                return to_seconds(pc.cast(arr, pa.timestamp("us")), where, column)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                pass  # neither numbers nor ISO 8601 throughout: name the first cell that is no number
+            for moment in (pa.timestamp("us"), pa.timestamp("us", "UTC")):  # naive, or with a UTC offset
+                try:
+                    return to_seconds(pc.cast(arr, moment), where, column)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    pass  # neither numbers nor ISO 8601 throughout: name the first cell that is no number
     return to_float(arr, where, column)
 
 
