@@ -523,6 +523,8 @@ class DenseEncoder:
                 what = "missing value" if np.isnan(x[i]) else f"non-finite value {x[i]}"
                 raise where.error(f"{what} in a dense feature (set 'fill' in the spec to replace it)", self.column, i)
             x = np.where(bad, self.spec.fill, x)
+        if self.spec.clip_min is not None:
+            x = np.maximum(x, self.spec.clip_min)
         if self.spec.transform.startswith("log1p"):
             neg = x <= -1
             if neg.any():

@@ -216,12 +216,14 @@ class SparseSpec:
 @dataclass
 class DenseSpec:
     """A numeric feature: ``transform`` is fitted on the training split; ``fill`` replaces NaN/missing values
-    (when ``fill`` is not given, a NaN or infinite value is an error)."""
+    (when ``fill`` is not given, a NaN or infinite value is an error); ``clip_min`` raises smaller values to it
+    before the transform (Criteo's ``I2`` holds -1..-3: ``clip_min: 0`` before ``log1p``)."""
 
     name: str
     column: Optional[str] = None
     transform: Literal["none", "log1p", "standardize", "log1p_standardize"] = "none"
     fill: Optional[float] = None
+    clip_min: Optional[float] = None
 
     @property
     def source_column(self) -> str:
