@@ -339,6 +339,9 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None
+        given = [a for a in args if a is not type(None)]
+        if len(given) == 1 and dataclasses.is_dataclass(given[0]) and isinstance(value, dict):
+            return _convert(given[0], value, where, source)  # its own errors name the key inside it
         for a in args:
             if a is type(None):
                 continue
