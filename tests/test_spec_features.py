@@ -71,6 +71,16 @@ def test_spec_override_of_an_unknown_entry_or_key_is_one_line(tmp_path, capsys):
         assert not (tmp_path / "run").exists()
 
 
+def test_overrides_address_list_entries_by_name_or_index():
+    spec = os.path.join(REPO, "configs", "datasets", "kuairand.yaml")
+    changed = load_spec(spec, {"filter": {"0": {"in": [0, 1]}}, "dense": {"0": {"fill": 1.5}},
+                               "tasks": {"like": {"weight": 0.5}}})
+    assert [(f.column, f.is_in) for f in changed.filter] == [("tab", [0, 1])]
+    assert changed.dense[0].fill == 1.5 and [t.weight for t in changed.tasks] == [1.0, 1.0, 0.5]
+    replaced = load_spec(spec, {"filter": {"column": "tab", "not_in": [3]}})
+    assert [(f.column, f.is_in, f.not_in) for f in replaced.filter] == [("tab", None, [3])]
+
+
 def test_paths_in_a_config_file_are_relative_to_it_run_dir_and_spec_overrides_included(tmp_path):
     spec = os.path.join(REPO, "configs", "datasets", "aliccp.yaml")
     path = write(tmp_path / "conf" / "run.yaml", f"data:\n  spec: {spec}\n  path: ../data\n"

@@ -513,8 +513,9 @@ def merge_spec(base: Any, changes: Any, where: str) -> Any:
         out = list(base)
         names = [e.get("name") if isinstance(e, dict) else None for e in base]
         for key, value in changes.items():
-            if isinstance(key, int) and 0 <= key < len(base):
-                i = key
+            index = int(key) if isinstance(key, int) or str(key).isdigit() else -1  # ``--set`` keys are text
+            if 0 <= index < len(base):
+                i = index
             elif str(key) in [str(n) for n in names]:
                 i = [str(n) for n in names].index(str(key))
             else:
@@ -525,6 +526,13 @@ def merge_spec(base: Any, changes: Any, where: str) -> Any:
     return changes
 
 
+def _filter_list(data: Dict[str, Any]) -> Dict[str, Any]:
+    """``filter`` as a list (one condition may be written without the list around it)."""
+    if isinstance(data.get("filter"), dict) and "column" in data["filter"]:
+        return {**data, "filter": [data["filter"]]}
+    return data
+
+
 def load_spec(path: str, overrides: Optional[Dict[str, Any]] = None) -> DatasetSpec:
     """Read and check a dataset spec YAML, with ``overrides`` (a partial spec, see :func:`merge_spec`; a run
     config's ``data.spec_overrides``) merged in."""
@@ -532,11 +540,10 @@ def load_spec(path: str, overrides: Optional[Dict[str, Any]] = None) -> DatasetS
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     source = path
+    data = _filter_list(data)
     if overrides:
-        data = merge_spec(data, overrides, "data.spec")
+        data = merge_spec(data, _filter_list(overrides), "data.spec")
         source = f"{path} (with the data.spec overrides)"
-    if isinstance(data.get("filter"), dict):  # one condition without the list around it
-        data["filter"] = [data["filter"]]
     spec = from_dict(DatasetSpec, data, source=source)
     spec.spec_dir = os.path.dirname(os.path.abspath(path))
     spec.validate(source)
