@@ -364,7 +364,7 @@ class DatasetSpec:
                                 ("sources.train", self.sources.train if self.sources else None)) if v is not None]
         if len(given) != 1:
             raise ConfigError(f"{source}: give the rows in exactly one of 'source' or 'sources.train'"
-                              + (f" (both are given)" if given else ""))
+                              + (" (both are given)" if given else ""))
         if self.test_source is not None and self.sources is not None and self.sources.test is not None:
             raise ConfigError(f"{source}: give the test rows in one of 'test_source' or 'sources.test', not both")
         for i, f in enumerate(self.filter):
