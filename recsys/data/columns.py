@@ -5,7 +5,7 @@ Keeping the data columnar makes a batch a handful of fancy-indexing calls: build
 """
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -76,15 +76,15 @@ class Columns(RowFields[np.ndarray, Dict[str, SparseColumn]]):
         names = tuple(k for k, v in self.sparse.items() if not isinstance(v, Ragged))
         if self.packed is not None and names == self.packed_names:
             return self
-        matrix = np.stack([self.sparse[k] for k in names], axis=1) if names else None
+        matrix = np.stack([np.asarray(self.sparse[k]) for k in names], axis=1) if names else None
         return replace(self, sparse=_with_views(self.sparse, matrix, names), packed=matrix, packed_names=names)
 
     def take(self, idx: np.ndarray) -> "Columns":
         """Rows ``idx`` (any order, repeats allowed)."""
         if self.packed is not None:
             matrix = self.packed[idx]
-            sparse = {k: (v.take(idx) if isinstance(v, Ragged) else None) for k, v in self.sparse.items()}
-            sparse = _with_views(sparse, matrix, self.packed_names)
+            ragged = {k: (v.take(idx) if isinstance(v, Ragged) else None) for k, v in self.sparse.items()}
+            sparse = _with_views(ragged, matrix, self.packed_names)
         else:
             matrix = None
             sparse = {k: (v.take(idx) if isinstance(v, Ragged) else v[idx]) for k, v in self.sparse.items()}
@@ -102,10 +102,10 @@ class Columns(RowFields[np.ndarray, Dict[str, SparseColumn]]):
             raise ValueError("concat of no parts")
         first = parts[0]
         if all(p.packed is not None and p.packed_names == first.packed_names for p in parts):
-            matrix = np.concatenate([p.packed for p in parts])
-            sparse = {k: (Ragged.concat([p.sparse[k] for p in parts]) if isinstance(v, Ragged) else None)
+            matrix = np.concatenate([p.packed for p in parts if p.packed is not None])
+            ragged = {k: (_cat([p.sparse[k] for p in parts]) if isinstance(v, Ragged) else None)
                       for k, v in first.sparse.items()}
-            sparse = _with_views(sparse, matrix, first.packed_names)
+            sparse = _with_views(ragged, matrix, first.packed_names)
         else:
             matrix, sparse = None, {k: _cat([p.sparse[k] for p in parts]) for k in first.sparse}
         return concat_fields(parts, lambda arrays, f: _cat(arrays), sparse=lambda _: sparse, packed=matrix,
@@ -168,8 +168,17 @@ def _cat(arrays: List[Any]) -> Any:
     return Ragged.concat(arrays) if isinstance(arrays[0], Ragged) else np.concatenate(arrays)
 
 
-def _with_views(sparse: Dict[str, Optional[SparseColumn]], matrix: Optional[np.ndarray],
+def _with_views(sparse: Mapping[str, Optional[SparseColumn]], matrix: Optional[np.ndarray],
                 names: Sequence[str]) -> Dict[str, SparseColumn]:
-    """``sparse`` with the packed features replaced by column views of ``matrix`` (order kept)."""
+    """``sparse`` with the packed features (``names``, None in ``sparse``) replaced by column views of ``matrix``
+    (order kept)."""
     position = {k: j for j, k in enumerate(names)}
-    return {k: (matrix[:, position[k]] if k in position else v) for k, v in sparse.items()}
+    out: Dict[str, SparseColumn] = {}
+    for k, v in sparse.items():
+        if k in position and matrix is not None:
+            out[k] = matrix[:, position[k]]
+        elif v is not None:
+            out[k] = v
+        else:
+            raise ValueError(f"sparse feature '{k}' is neither packed nor a column")
+    return out

@@ -126,9 +126,13 @@ class Dataset:
         self._fit_files: Optional[Fingerprint] = None  # the files the fit pass read
 
     @classmethod
-    def from_config(cls, cfg: "Config", progress: bool = False) -> "Dataset":
-        """The dataset of a run config's ``data`` section."""
-        spec = spec_of(cfg)
+    def from_config(cls, cfg: "Config", progress: bool = False, spec: Optional[DatasetSpec] = None) -> "Dataset":
+        """The dataset of a run config's ``data`` section; ``spec`` (a spec built in code, checked here) instead
+        of the YAML file ``data.spec`` names (with ``data.spec_overrides`` applied)."""
+        if spec is not None:
+            spec.validate("dataset spec")
+        else:
+            spec = spec_of(cfg)
         root = cfg.resolve(cfg.data.path) if cfg.data.path else None
         side = [SideColumnsConfig(cfg.resolve(sc.path), list(sc.columns), sc.key, sc.fill)
                 for sc in cfg.data.side_columns]

@@ -34,7 +34,7 @@ def declared_sizes(spec: DatasetSpec) -> List[int]:
             "num_embeddings; table sizes are needed to build the model without data (give num_embeddings, "
             "or use the hash/identity encodings)"
         )
-    return [int(s.num_embeddings) for s in spec.sparse]
+    return [int(s.num_embeddings or 0) for s in spec.sparse]  # every one is set (checked above)
 
 
 def schema_of(spec: DatasetSpec, sizes: Sequence[int], default_dim: int, history_tasks: Sequence[str]) -> Schema:

@@ -119,9 +119,13 @@ class RowFields(EvalFields[A], Generic[A, S]):
     extras: Dict[str, A] = row_field("keyed", np.float32)
 
 
-@functools.lru_cache(maxsize=None)
 def row_fields(cls: type) -> Tuple[Tuple[str, RowField], ...]:
     """The row-record fields of dataclass ``cls`` (its own bookkeeping fields left out), in declaration order."""
+    return _row_fields(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def _row_fields(cls: Any) -> Tuple[Tuple[str, RowField], ...]:  # Any: typeshed does not call type[R] Hashable
     return tuple((f.name, f.metadata[_META]) for f in dataclasses.fields(cls) if _META in f.metadata)
 
 
