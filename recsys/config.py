@@ -437,7 +437,7 @@ def from_dict(cls: Type[T], data: Dict[str, Any], where: str = "", source: str =
 
 def _key_of(f: "dataclasses.Field[Any]") -> str:
     """A field's key in YAML: its name, or ``metadata["key"]`` for keys that are Python keywords (``in``)."""
-    return f.metadata.get("key", f.name)
+    return str(f.metadata.get("key", f.name))
 
 
 def to_dict(obj: Any) -> Any:

@@ -396,15 +396,15 @@ class DatasetSpec:
                                   "cell is split at it)")
             if s.multi_hot and s.encoding == "identity" and s.dtype == "string":
                 raise ConfigError(f"{source}: sparse '{s.name}': identity ids must be integers")
-        for i, d in enumerate(self.dense):
-            if d.fill is None:
+        for i, dense in enumerate(self.dense):
+            if dense.fill is None:
                 continue
-            if not math.isfinite(d.fill) or abs(d.fill) > FLOAT32_MAX:
-                raise ConfigError(f"{source}: 'dense[{i}].fill' of '{d.name}' must be a finite float32 number, got "
-                                  f"{d.fill} (it replaces missing and non-finite values)")
-            if d.transform.startswith("log1p") and d.fill <= -1:
-                raise ConfigError(f"{source}: 'dense[{i}].fill' of '{d.name}' is {d.fill:g}, but the "
-                                  f"'{d.transform}' transform needs values > -1")
+            if not math.isfinite(dense.fill) or abs(dense.fill) > FLOAT32_MAX:
+                raise ConfigError(f"{source}: 'dense[{i}].fill' of '{dense.name}' must be a finite float32 number, got "
+                                  f"{dense.fill} (it replaces missing and non-finite values)")
+            if dense.transform.startswith("log1p") and dense.fill <= -1:
+                raise ConfigError(f"{source}: 'dense[{i}].fill' of '{dense.name}' is {dense.fill:g}, but the "
+                                  f"'{dense.transform}' transform needs values > -1")
         names = {None: "source" if self.source else "sources.train", 1: "sources.valid",
                  2: "test_source" if self.test_source else "sources.test"}
         files = [(names[split], fs) for split, fs in self.split_sources()]
@@ -510,7 +510,7 @@ def merge_spec(base: Any, changes: Any, where: str) -> Any:
             out[key] = merge_spec(base[key], value, f"{where}.{key}") if key in base else value
         return out
     if isinstance(base, list) and isinstance(changes, dict):
-        out = list(base)
+        entries = list(base)
         names = [e.get("name") if isinstance(e, dict) else None for e in base]
         for key, value in changes.items():
             index = int(key) if isinstance(key, int) or str(key).isdigit() else -1  # ``--set`` keys are text
@@ -521,8 +521,8 @@ def merge_spec(base: Any, changes: Any, where: str) -> Any:
             else:
                 known = ", ".join(str(n) for n in names if n is not None) or f"indices 0..{len(base) - 1}"
                 raise ConfigError(f"{where}.{key}: no such entry (entries: {known})")
-            out[i] = merge_spec(base[i], value, f"{where}.{key}")
-        return out
+            entries[i] = merge_spec(base[i], value, f"{where}.{key}")
+        return entries
     return changes
 
 
