@@ -9,6 +9,7 @@
     recsys ssim search -c CONFIG                               SSIM: learn the shared-instance selection
     recsys ssim export --scores RUN/ssim_scores.parquet --out shared.parquet --ratio 0.3|learned|auto
     recsys ssim retrain -c CONFIG --shared shared.parquet      SSIM: retrain any multi-scenario model with the set
+    recsys prepare movielens-100k|movielens-1m PATH [--out F]  check a downloaded data set, write its run config
     recsys demo                                                the five-minute demo (synthetic world)
 
 A mistake in the input (file, column, config key) prints one line starting with ``error:`` and exits with
@@ -75,7 +76,7 @@ def _run_config(args: argparse.Namespace):
     if os.path.isfile(saved):
         run_cfg = load_config(saved, overrides)
         check_eval_config(to_dict(run_cfg), to_dict(cfg), args.config, cfg.run_dir)
-        check_same_spec(run_cfg.data.spec, cfg.data.spec)
+        check_same_spec(run_cfg.data.spec, cfg.data.spec, cfg.data.spec_overrides)
     return cfg
 
 
@@ -235,6 +236,16 @@ def cmd_ssim(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("prepare")
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from recsys.data.prepare import DOWNLOADS, prepare
+
+    folder, out, ratings = prepare(args.dataset, args.path, args.out, args.overwrite)
+    log.info("%s at %s: %d ratings; wrote %s", DOWNLOADS[args.dataset].title, folder, ratings, out)
+    log.info("train with: recsys train -c %s", os.path.relpath(out))
+    return 0
+
+
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     from recsys.demo import run_demo
@@ -327,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     rt = phases.add_parser("retrain", help="train a fresh multi-scenario model with a shared-instance set")
     run_args(rt)
     rt.add_argument("--shared", required=True, help="the Parquet file `recsys ssim export` wrote")
+
+    pp = sub.add_parser("prepare", help="check a downloaded public data set and write a run config for it")
+    pp.add_argument("dataset", choices=["movielens-100k", "movielens-1m"])
+    pp.add_argument("path", help="the downloaded archive (.zip) or the folder it was extracted to")
+    pp.add_argument("--out", help="the run config to write (default: DATASET.yaml in the current folder)")
+    pp.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     d = sub.add_parser("demo", help="generate the synthetic world, train the default models, compare")
     d.add_argument("--out", default="data/synthetic", help="where the synthetic world is (or goes)")

@@ -11,13 +11,14 @@ Example::
 """
 
 import dataclasses
+import datetime
 import difflib
 import os
 import re
 import typing
 from dataclasses import dataclass, field
 import math
-from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, TypeVar, cast
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, TypeVar, Union, cast
 
 import yaml
 
@@ -70,15 +71,20 @@ class SplitConfig:
 
     ``random``: a seeded hash of the row id decides, so the split does not depend on chunking or rank.
     ``time``: the latest ``test`` fraction (by ``time`` column of the dataset) is test, the ``valid`` before it
-    is validation; or give explicit ``valid_from``/``test_from`` timestamps.
+    is validation; or give explicit ``valid_from``/``test_from`` cut points: numbers in the time column's own
+    units, or ISO 8601 dates and datetimes (``2014-10-30``, ``2022-05-01T12:00``) for a time column of dates or
+    datetimes (naive, like the column's; an offset such as ``+02:00`` is converted to UTC).
+
+    A split the dataset spec gives files for (``sources.valid`` / ``sources.test``) is not carved out of the
+    training files: its share here is not used.
     """
 
     kind: Literal["random", "time"] = "random"
     valid: Fraction = 0.1
     test: Fraction = 0.1
     seed: Seed = 42
-    valid_from: Optional[float] = None
-    test_from: Optional[float] = None
+    valid_from: Optional[Union[float, str]] = None
+    test_from: Optional[Union[float, str]] = None
 
 
 @dataclass
@@ -105,6 +111,11 @@ class DataConfig:
 
     Args:
         spec: dataset spec YAML (a path in a config file is relative to that file; see :func:`load_config`).
+        spec_overrides: keys of the dataset spec to change, as a partial spec merged into it (mappings merge, other
+            values replace; a list of named entries such as ``sparse`` also takes ``{name or index: {key:
+            value}}``). ``--set data.spec.KEY=VALUE`` on the command line sets ``data.spec_overrides.KEY``.
+            Paths in it (``root``, ``...path``) are relative to the config file, or on the command line to the
+            working directory. The run folder's ``spec.yaml`` holds the spec with them applied.
         path: data root the spec's file paths are relative to (defaults to the spec's ``root``).
         batch_size: training batch size per rank.
         eval_batch_size: evaluation batch size per rank (defaults to ``batch_size``).
@@ -118,6 +129,7 @@ class DataConfig:
     """
 
     spec: str = ""
+    spec_overrides: Dict[str, Any] = field(default_factory=dict)
     path: Optional[str] = None
     batch_size: PositiveInt = 4096
     eval_batch_size: Optional[PositiveInt] = None
@@ -136,7 +148,9 @@ class ModelConfig:
 
     Args:
         name: a name from the model registry (``recsys models`` lists them).
-        embedding_dim: default embedding width for features whose spec gives none.
+        embedding_dim: default embedding width for features whose spec gives none: any width >= 1 (FBGEMM's
+            tables take multiples of 4; a table of another width is created at the next multiple of 4 and the
+            model sees only the width asked for, see :class:`recsys.modules.sparse.SparseArch`).
         params: model-specific options, checked against the model's config dataclass.
     """
 
@@ -329,6 +343,9 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None
+        given = [a for a in args if a is not type(None)]
+        if len(given) == 1 and dataclasses.is_dataclass(given[0]) and isinstance(value, dict):
+            return _convert(given[0], value, where, source)  # its own errors name the key inside it
         for a in args:
             if a is type(None):
                 continue
@@ -387,6 +404,8 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, datetime.date):  # YAML reads an unquoted 2014-10-30 as a date
+            return value.isoformat()
         raise bad()
     if isinstance(tp, type) and isinstance(value, tp):
         return value
@@ -398,7 +417,7 @@ def from_dict(cls: Type[T], data: Dict[str, Any], where: str = "", source: str =
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cast(Any, cls)) if not f.metadata.get("internal")}
+    fields = {_key_of(f): f for f in dataclasses.fields(cast(Any, cls)) if not f.metadata.get("internal")}
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
@@ -406,21 +425,27 @@ def from_dict(cls: Type[T], data: Dict[str, Any], where: str = "", source: str =
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"{source}: unknown key '{path}'{hint}")
-        kwargs[key] = _convert(hints[key], value, path, source)
+        kwargs[fields[key].name] = _convert(hints[fields[key].name], value, path, source)
     missing = [
         n for n, f in fields.items()
-        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise ConfigError(f"{source}: missing key '{(where + '.') if where else ''}{missing[0]}'")
     return cls(**kwargs)
 
 
+def _key_of(f: "dataclasses.Field[Any]") -> str:
+    """A field's key in YAML: its name, or ``metadata["key"]`` for keys that are Python keywords (``in``)."""
+    return str(f.metadata.get("key", f.name))
+
+
 def to_dict(obj: Any) -> Any:
     """A dataclass config as plain YAML-able data (internal fields left out)."""
     if dataclasses.is_dataclass(obj):
         return {
-            f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("internal")
+            _key_of(f): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+            if not f.metadata.get("internal")
         }
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
@@ -524,8 +549,12 @@ def read_yaml(path: str) -> Any:
         raise ConfigError(f"{path}:{where}: invalid YAML ({problem})") from None
 
 
+SPEC_PREFIX = "data.spec."  # ``--set data.spec.KEY=VALUE`` sets a key of the dataset spec
+
+
 def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], source: str = "--set") -> Dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw config mapping; ``data.spec.KEY=value``
+    goes to ``data.spec_overrides.KEY`` (a key of the dataset spec, see :class:`DataConfig`)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{source}: '{item}' is not of the form key=value")
@@ -535,7 +564,10 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], source: str 
         except yaml.YAMLError:
             raise ConfigError(f"{source}: value of '{key}' is not valid YAML: {raw!r}") from None
         node = data
-        parts = key.strip().split(".")
+        key = key.strip()
+        if key.startswith(SPEC_PREFIX):
+            key = "data.spec_overrides." + key[len(SPEC_PREFIX):]
+        parts = key.split(".")
         for p in parts[:-1]:
             child = node.get(p)
             if child is None:
@@ -549,7 +581,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], source: str 
 
 def _path_slots(data: Dict[str, Any]) -> List[Any]:
     """(mapping, key) of every path-valued key of a raw config: data.spec, data.path, data.side_columns[].path,
-    run_dir."""
+    run_dir, and in data.spec_overrides every ``root`` and ``path`` key."""
     slots: List[Any] = [(data, "run_dir")]
     section = data.get("data")
     if isinstance(section, dict):
@@ -557,6 +589,20 @@ def _path_slots(data: Dict[str, Any]) -> List[Any]:
         side = section.get("side_columns")
         if isinstance(side, list):
             slots += [(entry, "path") for entry in side if isinstance(entry, dict)]
+        slots += _spec_path_slots(section.get("spec_overrides"))
+    return slots
+
+
+def _spec_path_slots(tree: Any) -> List[Any]:
+    """(mapping, key) of the ``root`` and ``path`` keys anywhere in a (partial) dataset spec."""
+    slots: List[Any] = []
+    if isinstance(tree, dict):
+        slots += [(tree, key) for key in ("root", "path") if key in tree]
+        for value in tree.values():
+            slots += _spec_path_slots(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            slots += _spec_path_slots(value)
     return slots
 
 
@@ -573,9 +619,11 @@ def absolutize_paths(data: Dict[str, Any], base: str) -> Dict[str, Any]:
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
     """Load a run config from YAML (or defaults when ``path`` is None) and apply overrides.
 
-    Paths written in the file (``data.spec``, ``data.path``, ``data.side_columns[].path``, ``run_dir``) are
-    relative to the file's folder; paths given on the command line (overrides, ``--data``, ``--run-dir``) are
-    relative to the current directory. The loaded config holds absolute paths only.
+    Paths written in the file (``data.spec``, ``data.path``, ``data.side_columns[].path``, ``run_dir``, and the
+    ``root`` and ``path`` keys of ``data.spec_overrides``) are relative to the file's folder; paths given on the
+    command line (overrides, ``--data``, ``--run-dir``) are relative to the current directory. The loaded config
+    holds absolute paths only. (Inside a dataset spec, ``root`` is relative to the spec file and the files'
+    paths to the data root: see :mod:`recsys.data.spec`.)
     """
     data: Dict[str, Any] = {}
     if path is not None:
@@ -613,9 +661,14 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: 'data.split.valid' and 'data.split.test' must be fractions in [0, 1)")
     if cfg.data.split.valid + cfg.data.split.test >= 1:
         raise ConfigError(f"{source}: 'data.split.valid' + 'data.split.test' must leave rows for training")
-    if cfg.model.embedding_dim < 4 or cfg.model.embedding_dim % 4:
-        raise ConfigError(f"{source}: 'model.embedding_dim' must be a positive multiple of 4 (FBGEMM), "
-                          f"got {cfg.model.embedding_dim}")
+    for key in ("valid_from", "test_from"):
+        cut = getattr(cfg.data.split, key)
+        if isinstance(cut, str):
+            try:
+                datetime.datetime.fromisoformat(cut)
+            except ValueError:
+                raise ConfigError(f"{source}: 'data.split.{key}' must be a number (in the time column's units) or "
+                                  f"an ISO 8601 date or datetime such as '2014-10-30', got {cut!r}") from None
     if cfg.train.epochs < 1:
         raise ConfigError(f"{source}: 'train.epochs' must be >= 1")
     valid_types = set(SHARDING_TYPES)

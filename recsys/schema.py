@@ -50,7 +50,8 @@ class SparseFeature:
     Args:
         name: feature name; also the KJT key.
         num_embeddings: rows of its table (ids are guaranteed in ``[0, num_embeddings)``).
-        embedding_dim: width of its embedding; FBGEMM needs a multiple of 4.
+        embedding_dim: width of its embedding, any width >= 1 (FBGEMM tables take multiples of 4: the model's
+            SparseArch pads the table and shows the model this width).
         group: semantic group (user, host, item, context, scenario) models select features by.
         multi_hot: whether a sample may carry several ids (pooled with ``pooling``).
         pooling: ``sum`` or ``mean`` over a sample's ids.
@@ -72,11 +73,8 @@ class SparseFeature:
             raise ConfigError(f"feature '{self.name}': pooling '{self.pooling}' is not one of {POOLINGS}")
         if self.num_embeddings < 1:
             raise ConfigError(f"feature '{self.name}': num_embeddings must be >= 1, got {self.num_embeddings}")
-        if self.embedding_dim < 4 or self.embedding_dim % 4:
-            raise ConfigError(
-                f"feature '{self.name}': embedding_dim must be a positive multiple of 4 (FBGEMM), "
-                f"got {self.embedding_dim}"
-            )
+        if self.embedding_dim < 1:
+            raise ConfigError(f"feature '{self.name}': embedding_dim must be >= 1, got {self.embedding_dim}")
 
     @property
     def table_name(self) -> str:

@@ -81,8 +81,9 @@ def test_split_fractions_checked(tmp_path):
 
 
 def test_schema_validation():
-    with pytest.raises(ConfigError, match="multiple of 4"):
-        SparseFeature("a", 10, embedding_dim=6)
+    assert SparseFeature("a", 10, embedding_dim=6).embedding_dim == 6  # FBGEMM's multiple of 4: SparseArch pads
+    with pytest.raises(ConfigError, match="embedding_dim must be >= 1, got 0"):
+        SparseFeature("a", 10, embedding_dim=0)
     with pytest.raises(ConfigError, match="depends_on 'clk' is not a task"):
         Schema(sparse=(SparseFeature("a", 10),), tasks=(Task("ctr"), Task("cvr", depends_on="clk")))
     with pytest.raises(ConfigError, match="repeat"):

@@ -78,7 +78,7 @@ def test_aliccp_spec_reads_the_published_format(tmp_path):
     parts = ds.read()
     test = pd.read_csv(tmp_path / "ali_ccp_test.csv")
     assert len(parts["test"]) == len(test)  # the separate test file is the test split
-    assert len(parts["train"]) + len(parts["valid"]) == 900
+    assert len(parts["train"]) == 900 and len(parts["valid"]) == 50  # ali_ccp_val.csv is the validation split
     order = np.argsort(parts["test"].row_id)
     np.testing.assert_array_equal(parts["test"].labels["cvr"][order], test["purchase"])
     np.testing.assert_array_equal(parts["test"].scenario[order], test["301"])

@@ -33,7 +33,7 @@ from recsys.config import SideColumnsConfig, SplitConfig
 from recsys.console import Progress
 from recsys.data import validation
 from recsys.data.columns import Columns, Ragged
-from recsys.data.derived import add_derived
+from recsys.data.derived import add_derived, filter_mask
 from recsys.data.encoding import (
     CategoryEncoder,
     DenseEncoder,
@@ -42,7 +42,6 @@ from recsys.data.encoding import (
     load_encoders,
     save_encoders,
     to_int,
-    to_seconds,
 )
 from recsys.data.fingerprint import Fingerprint, check_unchanged, fingerprint
 from recsys.data.history import (
@@ -58,9 +57,9 @@ from recsys.data.lineage import check_no_label_leak, source_columns
 from recsys.data.outline import declared_sizes, outline_of, schema_of
 from recsys.data.reader import RawChunk, SourceReader, list_files
 from recsys.data.record import RecordLayout
-from recsys.data.spec import DatasetSpec, FileSpec, load_spec
+from recsys.data.spec import DatasetSpec, FileSpec, FilterSpec, spec_of
 from recsys.data.split_cache import SplitCache, array_digest
-from recsys.data.splits import SPLITS, TEST_ROW_OFFSET, Splitter, hash_uniform, rank_range, splitmix64
+from recsys.data.splits import SPLITS, TEST_ROW_OFFSET, Splitter, hash_uniform, rank_range, row_offset, splitmix64
 from recsys.errors import ConfigError, DataError
 from recsys.schema import DataOutline, Schema
 
@@ -111,7 +110,7 @@ class Dataset:
         self.spec = spec
         self.root = spec.data_root(root)
         self.split = split or SplitConfig()
-        self.splitter = Splitter(self.split, separate_test=spec.test_source is not None)
+        self.splitter = Splitter(self.split, separate=[s for s, _ in spec.split_sources() if s is not None])
         self.chunk_rows = chunk_rows
         self.max_rows = max_rows
         self.progress = progress
@@ -120,8 +119,9 @@ class Dataset:
         self.scenario = CategoryEncoder(spec.scenario, "scenario") if spec.scenario else None
         self.groups = {k: CategoryEncoder(v, k) for k, v in spec.eval_groups.items()}
         self.fitted = False
-        self.source_rows: Optional[int] = None
-        self.test_rows: Optional[int] = None
+        # rows of each file set (None: the main one, 1: a separate validation set, 2: a separate test set)
+        self.rows: Dict[Optional[int], int] = {}
+        self.filtered_out: Dict[Optional[int], int] = {}  # rows the spec's filter dropped, per file set
         self.split_counts: Dict[str, int] = {}
         self.joins = Joins(spec.joins, self.root, chunk_rows)
         self._history: Optional[LabelHistory] = None
@@ -153,13 +153,12 @@ class Dataset:
     def from_config(cls, cfg: "Config", progress: bool = False, spec: Optional[DatasetSpec] = None,
                     history: Optional[bool] = None) -> "Dataset":
         """The dataset of a run config's ``data`` section; ``spec`` (a spec built in code, checked here) instead
-        of the YAML file ``data.spec`` names; ``history``: see :meth:`use_history`."""
+        of the YAML file ``data.spec`` names (with ``data.spec_overrides`` applied); ``history``: see
+        :meth:`use_history`."""
         if spec is not None:
             spec.validate("dataset spec")
-        elif not cfg.data.spec:
-            raise ConfigError("config: 'data.spec' (path of a dataset spec YAML) is required")
         else:
-            spec = load_spec(cfg.resolve(cfg.data.spec))
+            spec = spec_of(cfg)
         root = cfg.resolve(cfg.data.path) if cfg.data.path else None
         side = [SideColumnsConfig(cfg.resolve(sc.path), list(sc.columns), sc.key, sc.fill)
                 for sc in cfg.data.side_columns]
@@ -187,9 +186,15 @@ class Dataset:
         return SourceReader(fs, self.root, columns=cols, chunk_rows=self.chunk_rows, string_columns=sorted(cols))
 
     def _prepare(self, chunk: RawChunk) -> Tuple[pa.Table, Where]:
-        """Joins and derived columns, vectorised."""
+        """The spec's filter, joins and derived columns, vectorised. A filter on a column of the files applies
+        first (so a row it drops is never joined or derived), one on a joined or derived column after them;
+        ``where.kept`` then holds the positions of the chunk's rows that passed."""
         where = Where(chunk.file, chunk.file_row)
-        return add_derived(self.spec.derived, self.joins.apply(chunk.table, where), where), where
+        early = [f for f in self.spec.filter if f.column in chunk.table.column_names]
+        late = [f for f in self.spec.filter if f.column not in chunk.table.column_names]
+        table, where = _filtered(early, chunk.table, where)
+        table = add_derived(self.spec.derived, self.joins.apply(table, where), where)
+        return _filtered(late, table, where)
 
     def _scenario_keep(self, table: pa.Table, where: Where) -> Optional[np.ndarray]:
         """Rows of the kept scenarios (None when every row is kept)."""
@@ -199,21 +204,23 @@ class Dataset:
         codes = self.scenario.transform(table.column(self.scenario.spec.column), where)
         return np.isin(codes, self.scenarios)
 
-    def _row_ids(self, chunk: RawChunk, table: pa.Table, where: Where, is_test_source: bool) -> np.ndarray:
+    def _row_ids(self, chunk: RawChunk, table: pa.Table, where: Where, fixed: Optional[int]) -> np.ndarray:
+        """Row ids of a prepared chunk (their global row number in their file set, so rows a filter dropped
+        change no other row's id and split)."""
         if self.spec.row_id:
             return to_int(table.column(self.spec.row_id), where, self.spec.row_id)
-        base = TEST_ROW_OFFSET if is_test_source else 0
-        return np.arange(chunk.global_row, chunk.global_row + table.num_rows, dtype=np.int64) + base
+        positions = np.arange(table.num_rows, dtype=np.int64) if where.kept is None else where.kept.astype(np.int64)
+        return positions + (chunk.global_row + row_offset(fixed))
 
     def _time(self, table: pa.Table, where: Where) -> Optional[np.ndarray]:
-        return validation.timestamps(self.spec.time, table, where)
+        return validation.timestamps(self.spec.time, table, where, self.spec.time_format)
 
     def _labels(self, table: pa.Table, where: Where) -> Dict[str, np.ndarray]:
         return validation.labels(self.spec.tasks, table, where)
 
-    def _split_of(self, row_ids: np.ndarray, time: Optional[np.ndarray], is_test_source: bool) -> np.ndarray:
+    def _split_of(self, row_ids: np.ndarray, time: Optional[np.ndarray], fixed: Optional[int]) -> np.ndarray:
         """0 = train, 1 = valid, 2 = test."""
-        return self.splitter.split_of(row_ids, time, is_test_source)
+        return self.splitter.split_of(row_ids, time, fixed)
 
     def _check_rows(self, table: pa.Table, where: Where) -> None:
         """Validation of everything that does not need fitted state (used by the fit pass)."""
@@ -287,12 +294,12 @@ class Dataset:
     def _build_history(self) -> LabelHistory:
         """Every training row of the source (all ranks' shares): user key, time, per task (defined, positive)."""
         users, times, events = [], [], {t: ([], []) for t in self.history_tasks}
-        reader = self._reader(self.spec.source)  # a separate test source holds no training rows
-        with self._bar("label history", self.source_rows) as bar:
+        reader = self._reader(self.spec.main_source)  # a separate valid or test file set holds no training rows
+        with self._bar("label history", self.rows.get(None)) as bar:
             for chunk in reader.chunks(0, self.max_rows):
                 table, where = self._prepare(chunk)
                 time = self._time(table, where)
-                train = self._split_of(self._row_ids(chunk, table, where, False), time, False) == 0
+                train = self._split_of(self._row_ids(chunk, table, where, None), time, None) == 0
                 bar.update(table.num_rows)
                 if not train.any():
                     continue
@@ -314,11 +321,9 @@ class Dataset:
         return self.label_history().query(user_keys, self._time(table, where))
 
     # --- passes ------------------------------------------------------------------------------------------
-    def _sources(self) -> List[Tuple[FileSpec, bool]]:
-        out = [(self.spec.source, False)]
-        if self.spec.test_source is not None:
-            out.append((self.spec.test_source, True))
-        return out
+    def _sources(self) -> List[Tuple[FileSpec, Optional[int]]]:
+        """(files, split) of every file set: split None for the main one, else the split it is as a whole."""
+        return [(fs, split) for split, fs in self.spec.split_sources()]
 
     def _bar(self, desc: str, total: Optional[int], estimated: bool = False) -> Progress:
         return Progress(desc, total, unit="row", enabled=self.progress, unit_scale=True, estimated=estimated)
@@ -328,9 +333,11 @@ class Dataset:
             return
         if not self.spec.time:
             raise ConfigError(f"spec '{self.spec.name}': a time split needs 'time' (a timestamp column)")
-        reader = self._reader(self.spec.source, {self.spec.time})
-        times = [to_seconds(c.table.column(self.spec.time), Where(c.file, c.file_row), self.spec.time)
-                 for c in reader.chunks(0, self.max_rows)]
+        if self.spec.filter or self.spec.derived or self.spec.joins:  # the cuts count only the rows kept
+            times = [self._time(*self._prepare(c)) for c in self._reader(self.spec.main_source).chunks(0, self.max_rows)]
+        else:
+            reader = self._reader(self.spec.main_source, {self.spec.time})
+            times = [self._time(c.table, Where(c.file, c.file_row)) for c in reader.chunks(0, self.max_rows)]
         self.splitter.fit_cuts(np.concatenate(times))
 
     def fit(self) -> None:
@@ -342,17 +349,18 @@ class Dataset:
                 raise ConfigError(f"spec '{self.spec.name}': the user feature '{self.spec.user}' must be single-hot")
         files = fingerprint(self.files())
         counts = {s: 0 for s in SPLITS}
-        rows = {}
-        for fs, is_test in self._sources():
+        rows, dropped = {}, {}
+        for fs, fixed in self._sources():
             reader = self._reader(fs)
-            stop = self.max_rows if not is_test else None
-            seen = 0
-            with self._bar("fit" + (" test source" if is_test else ""), *reader.quick_rows(stop)) as bar:
+            stop = self.max_rows if fixed is None else None
+            seen = kept = 0
+            with self._bar("fit" + ("" if fixed is None else f" {SPLITS[fixed]} files"),
+                           *reader.quick_rows(stop)) as bar:
                 for chunk in reader.chunks(0, stop):
                     table, where = self._prepare(chunk)
                     self._check_rows(table, where)
-                    row_ids = self._row_ids(chunk, table, where, is_test)
-                    split = self._split_of(row_ids, self._time(table, where), is_test)
+                    row_ids = self._row_ids(chunk, table, where, fixed)
+                    split = self._split_of(row_ids, self._time(table, where), fixed)
                     keep = self._scenario_keep(table, where)
                     if keep is not None:
                         split = np.where(keep, split, -1)  # rows of other scenarios belong to no split
@@ -363,15 +371,18 @@ class Dataset:
                         enc.fit(table.column(enc.column), where, train)
                     for enc in self.dense:
                         enc.fit(table.column(enc.column), where, train, encoded=split >= 0)
-                    seen += table.num_rows
-                    bar.update(table.num_rows)
-            rows[is_test] = seen
+                    seen += chunk.table.num_rows
+                    kept += table.num_rows
+                    bar.update(chunk.table.num_rows)
+            rows[fixed], dropped[fixed] = seen, seen - kept
+            if self.spec.filter:
+                log.info("filter: dropped %d of %d rows of %s", seen - kept, seen,
+                         fs.path if os.path.isabs(fs.path) else os.path.join(self.root, fs.path))
         if counts["train"] == 0:
             raise DataError(f"dataset '{self.spec.name}': the training split is empty")
         for enc in self.sparse + self.dense:
             enc.finalize()
-        self.source_rows = rows[False]
-        self.test_rows = rows.get(True)
+        self.rows, self.filtered_out = rows, dropped
         self.split_counts = counts
         self._fit_files = files
         self.fitted = True
@@ -380,41 +391,46 @@ class Dataset:
         if not self.fitted:
             raise RuntimeError("Dataset.fit() or Dataset.load() first")
 
-    def _rows_of(self, fs: FileSpec, is_test: bool) -> int:
-        """Rows of a source: from the fit when the files are unchanged, otherwise counted again."""
-        known = self.test_rows if is_test else self.source_rows
-        if known is None:
+    @property
+    def source_rows(self) -> Optional[int]:
+        """Rows of the main file set (before the filter; None until counted)."""
+        return self.rows.get(None)
+
+    @property
+    def test_rows(self) -> Optional[int]:
+        """Rows of a separate test file set (None without one, or until counted)."""
+        return self.rows.get(2)
+
+    def _rows_of(self, fs: FileSpec, fixed: Optional[int]) -> int:
+        """Rows of a file set: from the fit when the files are unchanged, otherwise counted again."""
+        if fixed not in self.rows:
             counted = self._reader(fs).total_rows()
-            known = counted if is_test or self.max_rows is None else min(counted, self.max_rows)
-            if is_test:
-                self.test_rows = known
-            else:
-                self.source_rows = known
-        return known
+            self.rows[fixed] = counted if fixed is not None or self.max_rows is None else min(counted, self.max_rows)
+        return self.rows[fixed]
 
     def _rank_chunks(self, rank: int, world_size: int) -> Iterator[Tuple[RawChunk, bool]]:
         self._require_fitted()
         if self._fit_files is not None:
             check_unchanged(self._fit_files, fingerprint(self.files()))
-        for fs, is_test in self._sources():
-            start, stop = rank_range(self._rows_of(fs, is_test), rank, world_size)
+        for fs, fixed in self._sources():
+            start, stop = rank_range(self._rows_of(fs, fixed), rank, world_size)
             for chunk in self._reader(fs).chunks(start, stop):
-                yield chunk, is_test
+                yield chunk, fixed
 
     def _encoded_chunks(self, rank: int, world_size: int, desc: str,
                         only: Optional[int] = None) -> Iterator[Tuple[Columns, np.ndarray]]:
         """Encoded chunks of this rank with each row's split; with ``only``, rows of other splits are dropped
         before encoding (the fit pass has already validated them)."""
         total = 0
-        for fs, is_test in self._sources():
-            start, stop = rank_range(self._rows_of(fs, is_test), rank, world_size)
+        for fs, fixed in self._sources():
+            start, stop = rank_range(self._rows_of(fs, fixed), rank, world_size)
             total += stop - start
         with self._bar(desc, total) as bar:
-            for chunk, is_test in self._rank_chunks(rank, world_size):
+            for chunk, fixed in self._rank_chunks(rank, world_size):
                 table, where = self._prepare(chunk)
-                row_ids = self._row_ids(chunk, table, where, is_test)
-                split = self._split_of(row_ids, self._time(table, where), is_test)
-                bar.update(table.num_rows)
+                row_ids = self._row_ids(chunk, table, where, fixed)
+                split = self._split_of(row_ids, self._time(table, where), fixed)
+                bar.update(chunk.table.num_rows)
                 keep = self._scenario_keep(table, where)
                 if only is not None:
                     keep = (split == only) if keep is None else keep & (split == only)
@@ -423,7 +439,7 @@ class Dataset:
                         continue
                     if not keep.all():
                         table, row_ids, split = table.filter(pa.array(keep)), row_ids[keep], split[keep]
-                        where = Where(where.file, where.first_row, np.flatnonzero(keep))  # errors name file rows
+                        where = _kept_where(where, keep)  # errors name file rows
                 yield self._encode(table, where, row_ids).pack(), split
 
     def read(self, rank: int = 0, world_size: int = 1, splits: Sequence[str] = SPLITS) -> Dict[str, Columns]:
@@ -492,7 +508,8 @@ class Dataset:
     def _extra_state(self) -> Dict[str, Any]:
         return {
             "dataset": self.spec.name, "valid_from": self.valid_from, "test_from": self.test_from,
-            "source_rows": self.source_rows, "test_rows": self.test_rows, "split_counts": self.split_counts,
+            "source_rows": self.source_rows, "test_rows": self.test_rows, "valid_rows": self.rows.get(1),
+            "split_counts": self.split_counts,
             "files": fingerprint(self.files()), "max_rows": self.max_rows,
         }
 
@@ -524,10 +541,29 @@ class Dataset:
         self.splitter.valid_from, self.splitter.test_from = extra["valid_from"], extra["test_from"]
         same_files = extra.get("files") == fingerprint(self.files()) and extra.get("max_rows") == self.max_rows
         # encoders fitted on other files (scoring new data with a trained model): count the new files' rows
-        self.source_rows, self.test_rows = (extra["source_rows"], extra["test_rows"]) if same_files else (None, None)
+        counted = {None: extra["source_rows"], 1: extra.get("valid_rows"), 2: extra["test_rows"]} if same_files else {}
+        self.rows = {k: v for k, v in counted.items() if v is not None}
         self.split_counts = extra.get("split_counts", {}) if same_files else {}
         self._fit_files = extra.get("files") if same_files else None
         self.fitted = True
 
     def files(self) -> List[str]:
         return [f for fs, _ in self._sources() for f in list_files(fs, self.root)]
+
+
+def _kept_where(where: Where, keep: np.ndarray) -> Where:
+    """The location of the rows of a chunk that ``keep`` ([n] bool) selects (``where`` may already be a subset)."""
+    positions = np.flatnonzero(keep)
+    return Where(where.file, where.first_row, positions if where.kept is None else where.kept[positions])
+
+
+def _filtered(filters: Sequence[FilterSpec], table: pa.Table, where: Where) -> Tuple[pa.Table, Where]:
+    """The rows of ``table`` that pass every filter, and their location."""
+    if not filters or table.num_rows == 0:
+        return table, where
+    keep = np.ones(table.num_rows, dtype=bool)
+    for f in filters:
+        keep &= filter_mask(f, table, where)
+    if keep.all():
+        return table, where
+    return table.filter(pa.array(keep)), _kept_where(where, keep)

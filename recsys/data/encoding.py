@@ -145,10 +145,11 @@ def to_seconds(arr: pa.Array, where: Where, column: str) -> np.ndarray:
         try:
             return _to_numpy(pc.cast(arr, pa.float64()))
         except pa.ArrowInvalid:
-            try:
-                return to_seconds(pc.cast(arr, pa.timestamp("us")), where, column)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                pass  # neither numbers nor ISO 8601 throughout: name the first cell that is no number
+            for moment in (pa.timestamp("us"), pa.timestamp("us", "UTC")):  # naive, or with a UTC offset
+                try:
+                    return to_seconds(pc.cast(arr, moment), where, column)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    pass  # neither numbers nor ISO 8601 throughout: name the first cell that is no number
     return to_float(arr, where, column)
 
 
@@ -582,6 +583,8 @@ class DenseEncoder:
                 what = "missing value" if np.isnan(x[i]) else f"non-finite value {x[i]}"
                 raise where.error(f"{what} in a dense feature (set 'fill' in the spec to replace it)", self.column, i)
             x = np.where(bad, self.spec.fill, x)
+        if self.spec.clip_min is not None:
+            x = np.maximum(x, self.spec.clip_min)
         if self.spec.transform.startswith("log1p"):
             neg = x <= -1
             if neg.any():

@@ -41,7 +41,7 @@ def used_columns(spec: DatasetSpec) -> Set[str]:
 def source_columns(spec: DatasetSpec, join_columns: Callable[[JoinSpec], List[str]]) -> Set[str]:
     """Columns the source files must provide: derived ones are replaced by their inputs, joined ones
     (``join_columns(join)`` are a side table's columns) by the join key."""
-    need = used_columns(spec)
+    need = used_columns(spec) | {f.column for f in spec.filter}
     for d in reversed(spec.derived):
         if d.name in need:
             need.discard(d.name)

@@ -12,6 +12,7 @@ Parquet dictionary (pandas categorical) and view columns are read as plain value
 """
 
 import glob
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -107,6 +108,52 @@ def _plain_columns(table: pa.Table) -> pa.Table:
             target = pa.string() if pa.types.is_string_view(t) else pa.binary()
             table = table.set_column(i, table.field(i).name, pc.cast(table.column(i), target))
     return table
+
+
+FIELD_BREAK = "\x1f"  # ASCII unit separator: what a longer delimiter becomes for pyarrow's one-character parser
+
+
+class DelimiterStream(io.RawIOBase):
+    """The bytes of a (possibly compressed) text file with every occurrence of a multi-character ``delimiter``
+    replaced by :data:`FIELD_BREAK`, read block by block (a delimiter split across blocks is found too).
+
+    Example::
+
+        io.BufferedReader(DelimiterStream("ratings.dat", b"::")).read()   # b"1\x1f1193\x1f5\x1f978300760\n..."
+    """
+
+    def __init__(self, path: str, delimiter: bytes, block: int = 1 << 20) -> None:
+        super().__init__()
+        self._source = pa.input_stream(path)  # decompresses by the file's extension
+        self._delimiter = delimiter
+        self._block = block
+        self._held = b""  # the end of the last block that may begin a delimiter
+        self._ready = b""
+        self._at = 0  # bytes of ``_ready`` already handed out
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._at == len(self._ready):
+            data = self._source.read(self._block)
+            if not data:
+                self._ready, self._held, self._at = self._held, b"", 0
+                if not self._ready:
+                    return 0
+                break
+            text = (self._held + data).replace(self._delimiter, FIELD_BREAK.encode())
+            hold = next((k for k in range(min(len(self._delimiter) - 1, len(text)), 0, -1)
+                         if self._delimiter.startswith(text[-k:])), 0)
+            self._ready, self._held, self._at = text[:len(text) - hold], text[len(text) - hold:], 0
+        n = min(len(buffer), len(self._ready) - self._at)
+        buffer[:n] = self._ready[self._at:self._at + n]
+        self._at += n
+        return n
+
+    def close(self) -> None:
+        self._source.close()
+        super().close()
 
 
 COMPRESSED = (".gz", ".bz2", ".zst", ".lz4", ".br", ".zip", ".xz")
@@ -237,15 +284,26 @@ class SourceReader:
             read_opts = pa_csv.ReadOptions(encoding=spec.encoding, block_size=block_size, use_threads=use_threads)
         else:
             raise DataError("'header: false' needs the column names in 'columns' in the spec", file=path)
-        parse_opts = pa_csv.ParseOptions(delimiter=spec.delimiter, invalid_row_handler=on_invalid,
-                                         newlines_in_values=True)
+        parse_opts = pa_csv.ParseOptions(delimiter=spec.delimiter if len(spec.delimiter) == 1 else FIELD_BREAK,
+                                         quote_char='"' if spec.quoting else False,
+                                         invalid_row_handler=on_invalid, newlines_in_values=spec.quoting)
         return read_opts, parse_opts, bad_row
+
+    def _input(self, path: str):
+        """What pyarrow's CSV reader reads: the file, or with a longer delimiter its bytes with every
+        delimiter made one :data:`FIELD_BREAK` (:class:`DelimiterStream`)."""
+        if len(self.spec.delimiter) == 1:
+            return path
+        try:
+            return io.BufferedReader(DelimiterStream(path, self.spec.delimiter.encode(self.spec.encoding)))
+        except OSError as e:
+            raise open_error(path, e) from None
 
     def _csv(self, path: str):
         read_opts, parse_opts, bad_row = self._csv_options(path)
         # header check before the convert options pin column types to names that might not exist
         try:
-            probe = pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts)
+            probe = pa_csv.open_csv(self._input(path), read_options=read_opts, parse_options=parse_opts)
             names = probe.schema.names
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
             raise self._csv_error(path, e, bad_row) from None
@@ -262,7 +320,8 @@ class SourceReader:
             strings_can_be_null=True,
         )
         try:
-            reader = pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
+            reader = pa_csv.open_csv(self._input(path), read_options=read_opts, parse_options=parse_opts,
+                                     convert_options=convert)
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
             raise self._csv_error(path, e, bad_row) from None
         except OSError as e:
@@ -283,9 +342,10 @@ class SourceReader:
         reader may report a later row first, and without its number); None when none is found."""
         read_opts, parse_opts, bad_row = self._csv_options(path, use_threads=False)
         try:
-            names = pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts).schema.names
+            names = pa_csv.open_csv(self._input(path), read_options=read_opts, parse_options=parse_opts).schema.names
             text = pa_csv.ConvertOptions(column_types={n: pa.string() for n in names})  # no type-inference stops
-            for _ in pa_csv.open_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=text):
+            for _ in pa_csv.open_csv(self._input(path), read_options=read_opts, parse_options=parse_opts,
+                                     convert_options=text):
                 pass
         except (pa.ArrowInvalid, UnicodeDecodeError, OSError, StopIteration):
             pass

@@ -13,6 +13,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recsys.data.encoding import Where, to_float, to_float32, to_seconds
 from recsys.data.spec import TaskSpec
@@ -82,13 +83,34 @@ def oracle(columns: Mapping[str, str], tasks: Sequence[TaskSpec], table: pa.Tabl
     return out
 
 
-def timestamps(column: Optional[str], table: pa.Table, where: Where) -> Optional[np.ndarray]:
-    """Seconds from ``column`` ([n] float64, every one finite), or None without a time column."""
+def timestamps(column: Optional[str], table: pa.Table, where: Where,
+               time_format: Optional[str] = None) -> Optional[np.ndarray]:
+    """Seconds from ``column`` ([n] float64, every one finite), or None without a time column; text is parsed
+    with ``time_format`` (``strptime`` codes) when given (see :class:`recsys.data.spec.DatasetSpec`)."""
     if not column:
         return None
-    t = to_seconds(table.column(column), where, column)
+    arr = table.column(column)
+    if time_format is not None:
+        arr = parse_times(arr, time_format, where, column)
+    t = to_seconds(arr, where, column)
     bad = ~np.isfinite(t)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise where.error("missing timestamp" if np.isnan(t[i]) else f"non-finite timestamp {t[i]}", column, i)
     return t
+
+
+def parse_times(arr: pa.Array, time_format: str, where: Where, column: str) -> pa.Array:
+    """Text (or numbers written as digits, such as Avazu's ``14102100``) parsed with ``time_format`` into
+    timestamps (UTC when the format has ``%z``, naive otherwise); a cell that does not match names its row."""
+    text = pc.cast(arr, pa.string())
+    try:
+        parsed = pc.strptime(text, format=time_format, unit="s", error_is_null=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise where.error(f"cannot parse times with time_format {time_format!r} ({str(e).splitlines()[0]})",
+                          column) from None
+    bad = np.asarray(pc.and_(pc.is_valid(text), pc.is_null(parsed)).to_numpy(zero_copy_only=False), dtype=bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise where.error(f"time {text[i].as_py()!r} does not match time_format {time_format!r}", column, i)
+    return parsed

@@ -46,6 +46,12 @@ def check_features(schema: Schema, names: Optional[Sequence[str]], option: str) 
     return list(names)
 
 
+def table_width(dim: int) -> int:
+    """The width a table of embedding width ``dim`` is created at: the next multiple of 4 (FBGEMM's TBE kernels
+    take no other widths); :class:`SparseArch` shows models only the first ``dim`` columns."""
+    return -(-dim // 4) * 4
+
+
 def wide_width(num_tasks: int) -> int:
     """Width of the wide tables: one column per task, rounded up to FBGEMM's multiple of 4."""
     return max(4, -(-num_tasks // 4) * 4)
@@ -76,6 +82,10 @@ class Embeddings:
 
 class SparseArch(nn.Module):
     """Embedding lookup for all sparse features of ``schema``.
+
+    A feature whose ``embedding_dim`` is not a multiple of 4 gets a table of the next multiple of 4
+    (:func:`table_width`; checkpoints and sharding plans hold that width) and models see only its first
+    ``embedding_dim`` columns, initialised like any table; the extra columns get no gradient from the loss.
 
     Args:
         schema: the features; features naming the same ``table`` share it.
@@ -120,7 +130,7 @@ class SparseArch(nn.Module):
             scale = init_scale if init_scale is not None else min(0.05, (1.0 / f.num_embeddings) ** 0.5)
             pooling = PoolingType.MEAN if f.pooling == "mean" else PoolingType.SUM
             tables.append(EmbeddingBagConfig(
-                name=name, embedding_dim=f.embedding_dim, num_embeddings=f.num_embeddings,
+                name=name, embedding_dim=table_width(f.embedding_dim), num_embeddings=f.num_embeddings,
                 feature_names=list(features), pooling=pooling, weight_init_min=-scale, weight_init_max=scale,
             ))
             if wide_dim:
@@ -135,6 +145,9 @@ class SparseArch(nn.Module):
             f.name: (f"{f.name}@{f.table_name}" if shared else f.name) for f in schema.sparse
         }
         self._wide_keys = {f.name: f"{f.name}@{f.table_name}{WIDE_SUFFIX}" for f in schema.sparse} if wide_dim else {}
+        # features whose table is padded to a multiple of 4: the model sees their first embedding_dim columns
+        self._padded = {f.name: f.embedding_dim for f in schema.sparse
+                        if f.embedding_dim != table_width(f.embedding_dim)}
         # the main input (:meth:`read`): every feature, no dense features (FeatureInput chooses)
         self.features: List[str] = schema.feature_names
         self.use_dense = False
@@ -159,7 +172,8 @@ class SparseArch(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> Embeddings:
         pooled = self.ebc(features).to_dict()
         return Embeddings(
-            features={name: pooled[key] for name, key in self._keys.items()},
+            features={name: pooled[key][:, :self._padded[name]] if name in self._padded else pooled[key]
+                      for name, key in self._keys.items()},
             wide={name: pooled[key] for name, key in self._wide_keys.items()},
         )
 

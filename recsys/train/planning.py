@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, cast
 
 from recsys.config import Config, DeviceType, check_device_support
 from recsys.data.dataset import Dataset
-from recsys.data.spec import load_spec
+from recsys.data.spec import spec_of
 from recsys.errors import ConfigError
 from recsys.models.base import build_model
 from recsys.schema import Schema
@@ -33,9 +33,7 @@ MAX_PLAN_WORLD_SIZE = 4096
 
 def declared_schema(cfg: Config) -> Schema:
     """The config's schema from its dataset spec alone (see :meth:`Dataset.declared_schema`)."""
-    if not cfg.data.spec:
-        raise ConfigError("config: 'data.spec' (path of a dataset spec YAML) is required")
-    spec = load_spec(cfg.resolve(cfg.data.spec))
+    spec = spec_of(cfg)
     return Dataset(spec, cfg.resolve(cfg.data.path) if cfg.data.path else None).declared_schema(
         cfg.model.embedding_dim
     )

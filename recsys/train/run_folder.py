@@ -135,11 +135,12 @@ def spec_digest(spec: Any) -> str:
     return _digest(content)
 
 
-def check_same_spec(run_spec: str, given_spec: str) -> None:
-    """Refuse a dataset spec that differs from the copy a run keeps of its own."""
+def check_same_spec(run_spec: str, given_spec: str, given_overrides: Optional[Dict[str, Any]] = None) -> None:
+    """Refuse a dataset spec (with its ``data.spec_overrides``) that differs from the copy a run keeps of its
+    own."""
     from recsys.data.spec import load_spec
 
-    if spec_digest(load_spec(run_spec)) != spec_digest(load_spec(given_spec)):
+    if spec_digest(load_spec(run_spec)) != spec_digest(load_spec(given_spec, given_overrides)):
         raise ConfigError(f"{given_spec}: the dataset spec differs from the one the run was trained with "
                           f"({run_spec}); leave out -c to use the run's own config and spec")
 

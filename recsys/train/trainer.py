@@ -293,6 +293,7 @@ class Trainer:
         saved = to_dict(self.cfg)
         saved["run_dir"] = "."  # paths in a config file are relative to it: the run folder can move
         saved["data"]["spec"] = RUN_SPEC
+        saved["data"]["spec_overrides"] = {}  # spec.yaml holds the spec with them applied
         saved["data"]["path"] = self.dataset.root
         write_text_atomic(os.path.join(self.run_dir, RUN_CONFIG), yaml.safe_dump(saved, sort_keys=False))
 
