@@ -203,8 +203,7 @@ def test_plan_summary_is_one_line_with_types_kernels_and_memory_per_rank():
 
 
 def test_first_pass_knows_its_total(tmp_path):
-    from recsys.data.dataset import Dataset, _count_lines
-    from recsys.data.reader import SourceReader
+    from recsys.data.reader import SourceReader, count_lines
     from recsys.data.spec import FileSpec
 
     table = pa.table({"a": list(range(1234)), "b": [f"x{i}" for i in range(1234)]})
@@ -215,13 +214,13 @@ def test_first_pass_knows_its_total(tmp_path):
         raw = f.read()
     (tmp_path / "no_last_newline.csv").write_bytes(raw.rstrip(b"\n"))
     parquet = SourceReader(FileSpec(str(tmp_path / "*.parquet")), "")
-    assert Dataset._pass_rows(parquet, None) == (1234, False)
-    assert Dataset._pass_rows(parquet, 500) == (500, False)
+    assert parquet.quick_rows(None) == (1234, False)
+    assert parquet.quick_rows(500) == (500, False)
     csv = SourceReader(FileSpec(str(tmp_path / "t.csv")), "")
-    assert Dataset._pass_rows(csv, None) == (1234, True)  # header excluded; an estimate (quoted line breaks)
-    assert _count_lines(str(tmp_path / "no_last_newline.csv")) == 1235
+    assert csv.quick_rows(None) == (1234, True)  # header excluded; an estimate (quoted line breaks)
+    assert count_lines(str(tmp_path / "no_last_newline.csv")) == 1235
     (tmp_path / "t.csv.gz").write_bytes(b"\x1f\x8b")
-    assert Dataset._pass_rows(SourceReader(FileSpec(str(tmp_path / "t.csv.gz")), ""), None) == (None, False)
+    assert SourceReader(FileSpec(str(tmp_path / "t.csv.gz")), "").quick_rows(None) == (None, False)
 
 
 # --- TensorBoard ---------------------------------------------------------------------------------------------

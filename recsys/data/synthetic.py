@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.console import Progress
-from recsys.data.dataset import splitmix64
+from recsys.data.splits import splitmix64
 from recsys.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ import torch
 import yaml
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from recsys.config import Config, to_dict
+from recsys.config import Config, check_device_support, to_dict
 from recsys.console import Progress, bar_safe_logging, quiet_library
 from recsys.data.columns import Columns
 from recsys.data.dataset import SPLITS, Dataset
@@ -169,6 +169,7 @@ class Trainer:
         self.cfg = config
         self.dist = init_distributed(config.device)
         self.device = self.dist.device
+        check_device_support(config.sharding, self.device.type)
         self.is_main = self.dist.is_main
         self.run_dir = config.resolve(config.run_dir)
         self.folder = RunFolder(self.run_dir)
