@@ -59,13 +59,14 @@ DATASET_LABELS = {
 
 # the throughput benchmark's paths (benchmarks/throughput.py, docs/benchmarks.md) in words
 PATH_COLORS = {"recsys": "#4c72b0", "sparse": "#dd8452", "dense": "#c44e52", "tbe_mlp": "#55a868",
-               "tbe": "#8c8c8c", "mlp": "#8172b3",
+               "recsys_unchecked": "#64b5cd", "tbe": "#8c8c8c", "mlp": "#8172b3",
                "plain": "#dd8452"}  # the data-path figures' replaced implementation
 PATH_LEGEND = {
     "recsys": "recsys: the library's training step (DMP, fused FBGEMM TBE, fused row-wise Adagrad)",
-    "sparse": "sparse PyTorch: nn.EmbeddingBag(sparse=True) per table, sparse Adagrad, fused Adam (headline peer)",
+    "sparse": "sparse PyTorch (headline peer): nn.EmbeddingBag(sparse=True) per table, sparse Adagrad, Adam",
     "dense": "dense PyTorch (common CTR libraries): nn.Embedding per table, dense gradients, Adam on every row",
-    "tbe_mlp": "TBE + MLP: the same tables in bare FBGEMM kernels inside one module, same MLP (no torchrec around)",
+    "tbe_mlp": "TBE + MLP: the same tables in bare FBGEMM kernels in one module, same MLP, no torchrec",
+    "recsys_unchecked": "recsys without FBGEMM's bounds check (sharding.bounds_check=none)",
     "tbe": "TBE: the bare FBGEMM embedding kernels alone (lookups + fused update)",
     "mlp": "MLP: the model's dense layers alone (lookups replaced by fixed vectors)",
 }
@@ -292,7 +293,7 @@ def _batch_figure(result: Dict[str, Any]) -> Optional["Figure"]:
     if not sweep:
         return None
     models = list(dict.fromkeys(c["model"] for c in sweep))
-    fig = _figure(6.4 * len(models), 6.2)
+    fig = _figure(max(6.4 * len(models), 8.6), 6.2)  # room for the legend's path descriptions
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     series: List[str] = []
     for ax, model in zip(axes, models):
@@ -411,6 +412,47 @@ def _models_figure(result: Dict[str, Any]) -> Optional["Figure"]:
            _where(result))
     _legend(fig, [_bar_handle(PATH_COLORS[p]) for p in paths], [PATH_LEGEND[p] for p in paths], ncols=1,
             title="bar: median samples/s, whiskers min-max over rounds, value printed")
+    return fig
+
+
+# the parts of one recsys forward (benchmarks/overhead.py), stacked in this order
+OVERHEAD_PARTS = (
+    ("kernel without its bounds check", "#55a868"),
+    ("FBGEMM bounds check", "#64b5cd"),
+    ("torchrec lookup wrapper (lookup - kernel)", "#8172b3"),
+    ("input dist (one rank)", "#dd8452"),
+    ("output dist + KeyedTensor (one rank)", "#c44e52"),
+    ("dense part, loss and the rest (model - dists - lookup)", BAR),
+)
+
+
+def overhead_figure(result: Dict[str, Any]) -> "Figure":
+    """CPU ms of one recsys forward per batch size, stacked by stage (benchmarks/overhead.py)."""
+    cells = result["batches"]
+    fig = _figure(10.5, 2.6 + 0.5 * len(cells))
+    ax = fig.subplots()
+    rows = np.arange(len(cells))
+    left = np.zeros(len(cells))
+    for (label, color), part in zip(OVERHEAD_PARTS, range(len(OVERHEAD_PARTS))):
+        vals = []
+        for c in cells:
+            ms = c["ms"]
+            vals.append([ms["kernel"] - ms["bounds_check"], ms["bounds_check"], ms["lookup"] - ms["kernel"],
+                         ms["input_dist"], ms["output_dist"],
+                         ms["model"] - ms["input_dist"] - ms["lookup"] - ms["output_dist"]][part])
+        ax.barh(rows, vals, left=left, height=0.6, color=color)
+        left += np.asarray(vals)
+    for r, total in zip(rows, left):
+        ax.text(total, r, f" {total:.2f} ms", va="center", ha="left", fontsize=8, bbox=ON_WHITE)
+    ax.set_yticks(rows, [f"batch {c['batch_size']:,}" for c in cells])
+    ax.set_ylim(len(cells) - 0.5, -0.5)
+    ax.set_xlim(0, float(left.max()) * 1.18)
+    ax.set_xlabel("CPU ms per forward (no_grad), median over interleaved rounds (axis from 0)")
+    s = result["settings"]
+    _title(fig, "Where one recsys forward goes at world size 1, by stage",
+           f"{s['model']} on the Criteo-like one-hot workload, tables <= {s['vocab_cap']:,} rows; "
+           f"{_machine(result['environment'])}")
+    _legend(fig, [_bar_handle(c) for _, c in OVERHEAD_PARTS], [label for label, _ in OVERHEAD_PARTS], ncols=2)
     return fig
 
 
@@ -593,9 +635,11 @@ def figures_for(json_path: str) -> Dict[str, "Figure"]:
         return {f"{base}_{name}.png": fig for name, fig in throughput_figures(result).items()}
     if "rows_per_sec" in result:
         return {base + ".png": loader_figure(result)}
+    if "stages" in result:
+        return {base + ".png": overhead_figure(result)}
     if "current" in result and "workload" in result:
         return {base + ".png": evaluation_figure(result)}
-    raise ValueError(f"{json_path}: not a result of benchmarks.quality, throughput, loader or evaluation")
+    raise ValueError(f"{json_path}: not a result of benchmarks.quality, throughput, overhead, loader or evaluation")
 
 
 def committed_results(root: str = RESULTS) -> List[str]:

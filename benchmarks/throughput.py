@@ -10,6 +10,8 @@ Paths timed for every (workload, model, batch size) cell (docs/benchmarks.md exp
     recsys   the registry model in TrainModule, embedding optimizer fused (row-wise Adagrad applied in backward),
              DistributedModelParallel with the planner's plan (FBGEMM TBE), dense Adam through build_optimizer;
              stepped exactly as the trainer steps: plain loop on CPU, TrainPipelineSparseDist on GPU.
+    recsys_unchecked  the recsys path with FBGEMM's bounds check off (sharding.bounds_check=none): what the
+             check costs per step.
     sparse   the headline peer, plain PyTorch done well: one nn.EmbeddingBag(sparse=True) per table (a step's
              gradient holds the batch's rows only) with sparse torch.optim.Adagrad, fused Adam for the dense part.
     dense    what common CTR libraries do: nn.Embedding (nn.EmbeddingBag for multi-hot) per table with dense
@@ -62,9 +64,10 @@ from recsys.train.sharding import BOUNDS_CHECK
 
 log = logging.getLogger("benchmarks.throughput")
 
-PATHS = ("recsys", "sparse", "dense", "tbe_mlp", "tbe", "mlp")
+PATHS = ("recsys", "sparse", "dense", "tbe_mlp", "recsys_unchecked", "tbe", "mlp")
 # timed unless --paths says otherwise: the bare kernel's bandwidth matters on a GPU (HBM fraction)
-DEFAULT_PATHS = {"cpu": ("recsys", "sparse", "dense", "tbe_mlp"), "cuda": ("recsys", "sparse", "dense", "tbe_mlp", "tbe")}
+DEFAULT_PATHS = {"cpu": ("recsys", "sparse", "dense", "tbe_mlp", "recsys_unchecked"),
+                 "cuda": ("recsys", "sparse", "dense", "tbe_mlp", "recsys_unchecked", "tbe")}
 # the paths trained by a plain eager loop over a twin of the model (benchmarks/plain.py)
 EAGER = ("sparse", "dense", "tbe_mlp", "mlp")
 # batch size at which the fixed overhead per step / forward is read (the kernels and MLPs are cheap there)
@@ -347,6 +350,9 @@ def _build_path(name: str, model: torch.nn.Module, base: torch.nn.Module, batche
     dev = settings.device
     if name == "recsys":
         return RecsysPath(model, batches, settings, batch_size, embedding_optimizer, sharding)
+    if name == "recsys_unchecked":
+        unchecked = dataclasses.replace(sharding, bounds_check="none")
+        return RecsysPath(copy.deepcopy(base), batches, settings, batch_size, embedding_optimizer, unchecked)
     if name == "tbe":
         arch = next(m for m in base.modules() if isinstance(m, SparseArch))
         return TbePath(arch, batches, settings, embedding_optimizer.lr, embedding_optimizer.eps, bounds_check)
@@ -413,19 +419,30 @@ def derived(out: Dict[str, Any], batch_size: int, gpu_name: Optional[str]) -> Di
         batch_size: samples per step.
         gpu_name: the CUDA device's name (for its HBM peak), None on CPU.
 
-    Returns: ``ratios`` (``recsys_over_<path>_<phase>``: median / min / max of the per-round ratios),
-    ``overhead_ms`` (``<phase>``: ms per step recsys spends beyond tbe_mlp) and ``tbe_bandwidth``.
+    Returns: ``ratios`` (``recsys_over_<path>_<phase>``: median / min / max of the per-round wall ratios),
+    ``overhead_ms`` (``<phase>``: wall ms per step recsys spends beyond tbe_mlp), ``bounds_check_ms`` (beyond
+    recsys_unchecked), the same from CPU time (``ratios_per_cpu_second``, ``overhead_cpu_ms``,
+    ``bounds_check_cpu_ms``) and ``tbe_bandwidth``.
     """
-    d: Dict[str, Any] = {"ratios": {}, "overhead_ms": {}}
+    d: Dict[str, Any] = {"ratios": {}, "ratios_per_cpu_second": {}, "overhead_ms": {}, "overhead_cpu_ms": {}}
     for phase in ("train", "infer"):
         timed = out.get(phase, {})
         if "recsys" not in timed:
             continue
+        cpu = {p: t["per_cpu_second"] for p, t in timed.items() if "per_cpu_second" in t}
         for other in timed:
             if other != "recsys":
                 d["ratios"][f"recsys_over_{other}_{phase}"] = _paired_ratio(timed["recsys"], timed[other])
-        if "tbe_mlp" in timed:
-            d["overhead_ms"][phase] = _overhead_ms(timed["recsys"], timed["tbe_mlp"], batch_size)
+                if "recsys" in cpu and other in cpu:
+                    d["ratios_per_cpu_second"][f"recsys_over_{other}_{phase}"] = _paired_ratio(cpu["recsys"],
+                                                                                              cpu[other])
+        for key, other in (("", "tbe_mlp"), ("bounds_check_", "recsys_unchecked")):
+            if other in timed:
+                d.setdefault(f"{key or 'overhead_'}ms", {})[phase] = _overhead_ms(timed["recsys"], timed[other],
+                                                                                 batch_size)
+                if "recsys" in cpu and other in cpu:
+                    d.setdefault(f"{key or 'overhead_'}cpu_ms", {})[phase] = _overhead_ms(
+                        cpu["recsys"], cpu[other], batch_size)
     train = out["train"]
     if "tbe_bytes_per_step" in out and "tbe" in train:
         per_step = out["tbe_bytes_per_step"]["forward"] + out["tbe_bytes_per_step"]["backward"]
@@ -440,21 +457,27 @@ def derived(out: Dict[str, Any], batch_size: int, gpu_name: Optional[str]) -> Di
 
 def goal_status(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Each of :data:`GOALS` against the first Criteo-like one-hot model's cell at the goal's batch size:
-    ``goal``, ``batch_size``, ``target``, ``measured`` (median; None when the cell did not run) and ``met``."""
+    ``goal``, ``batch_size``, ``target``, ``measured`` (median of the paired wall-clock values; None when the cell
+    did not run) and ``met``, and the same from CPU time (``measured_cpu``, ``met_cpu``)."""
     sweep = [c for c in _cells_of(result, "batch") if "train" in c]
     first = sweep[0]["model"] if sweep else None
     rows = []
     for g in GOALS:
         cell = next((c for c in sweep if c["model"] == first and c["batch_size"] == g.batch_size), None)
         phase = g.key.rsplit("_", 1)[1]
-        value = None
-        if cell is not None:
-            value = (cell.get("overhead_ms", {}).get(phase) if g.key.startswith("overhead")
-                     else cell.get("ratios", {}).get(g.key))
-        measured = value["median"] if value else None
-        met = None if measured is None else (measured <= g.target if g.at_most else measured >= g.target)
-        rows.append({"goal": g.text, "key": g.key, "model": first, "batch_size": g.batch_size, "target": g.target,
-                     "at_most": g.at_most, "measured": measured, "met": met})
+        row = {"goal": g.text, "key": g.key, "model": first, "batch_size": g.batch_size, "target": g.target,
+               "at_most": g.at_most}
+        for suffix, ratios, overhead in (("", "ratios", "overhead_ms"), ("_cpu", "ratios_per_cpu_second",
+                                                                         "overhead_cpu_ms")):
+            value = None
+            if cell is not None:
+                value = (cell.get(overhead, {}).get(phase) if g.key.startswith("overhead")
+                         else cell.get(ratios, {}).get(g.key))
+            measured = value["median"] if value else None
+            row["measured" + suffix] = measured
+            row["met" + suffix] = None if measured is None else (measured <= g.target if g.at_most
+                                                                 else measured >= g.target)
+        rows.append(row)
     return rows
 
 
@@ -470,7 +493,7 @@ FULL = {
     "cuda": {"sweep_batch_sizes": "16384,32768,65536", "batch_sizes": "32768", "vocab_cap": 10_000_000,
              "vocab_sweep": "100000,1000000", "vocab_sweep_batch": 32768,
              "workloads": "criteo-1hot,criteo-4hot,live", "criteo_models": "dnn,dcn", "live_models": "all",
-             "repeats": 5, "warmup": 5, "min_time": 1.5, "batches": 8, "live_rows": 200_000,
+             "repeats": 5, "warmup": 5, "min_time": 0.2, "batches": 8, "live_rows": 200_000,
              "plain_max_gb": 40.0},
 }
 QUICK = {"sweep_batch_sizes": "128,256", "batch_sizes": "256", "vocab_cap": 2000, "vocab_sweep": "200",
@@ -564,6 +587,14 @@ def _cpu_rate(r: Optional[Dict[str, Any]]) -> str:
     return "" if not r or "per_cpu_second" not in r else _k(r["per_cpu_second"]["median"])
 
 
+def _median_x(r: Optional[Dict[str, Any]]) -> str:
+    return "" if not r else f"{r['median']:.2f}x"
+
+
+def _median_ms(r: Optional[Dict[str, Any]]) -> str:
+    return "" if not r else f"{r['median']:.3f}"
+
+
 def _ms(r: Optional[Dict[str, Any]]) -> str:
     return "" if not r else f"{r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})"
 
@@ -578,6 +609,8 @@ PATH_WORDS = {
              "dense gradients, fused Adam over every row of every table",
     "tbe_mlp": "one module: the same tables in bare FBGEMM TBE kernels (fused row-wise Adagrad) fed the KJT's ids "
                "directly, the same MLP, fused Adam; no torchrec module, no input/output dist, no DMP",
+    "recsys_unchecked": "the recsys path with FBGEMM's bounds check off (sharding.bounds_check=none), to measure "
+                        "what the check costs",
     "tbe": "the bare FBGEMM kernels alone (precomputed inputs, fixed output gradient)",
     "mlp": "the same model with fixed pooled vectors instead of lookups (MLPs, loss, Adam)",
 }
@@ -587,14 +620,24 @@ def _goal_lines(result: Dict[str, Any]) -> List[str]:
     rows = goal_status(result)
     if not any(r["measured"] is not None for r in rows):
         return []
-    lines = ["### Goals (issue 20)", "", "| goal | cell | target | measured (median) | met |", "|---|---|---|---|---|"]
+    lines = ["### Goals (issue 20)", "",
+             "Measured: median of the paired per-round values from wall time, and from CPU time (samples per "
+             "CPU-second of the process; on a shared machine the steadier of the two).", "",
+             "| goal | cell | target | measured (wall) | met (wall) | measured (CPU time) | met (CPU time) |",
+             "|---|---|---|---|---|---|---|"]
+
+    def shown(value: Optional[float], at_most: bool) -> str:
+        return "not run" if value is None else f"{value:.3f} ms" if at_most else f"{value:.2f}x"
+
+    def verdict(met: Optional[bool]) -> str:
+        return "" if met is None else "yes" if met else "**no**"
+
     for r in rows:
         unit = " ms" if r["at_most"] else "x"
-        shown = "not run" if r["measured"] is None else f"{r['measured']:.3f}{unit}" if r["at_most"] \
-            else f"{r['measured']:.2f}x"
-        verdict = "" if r["met"] is None else "yes" if r["met"] else "**no**"
         lines.append(f"| {r['goal']} | {r['model']}, batch {r['batch_size']} | "
-                     f"{'<=' if r['at_most'] else '>='} {r['target']:g}{unit} | {shown} | {verdict} |")
+                     f"{'<=' if r['at_most'] else '>='} {r['target']:g}{unit} | {shown(r['measured'], r['at_most'])} "
+                     f"| {verdict(r['met'])} | {shown(r.get('measured_cpu'), r['at_most'])} | "
+                     f"{verdict(r.get('met_cpu'))} |")
     return lines + [""]
 
 
@@ -603,7 +646,8 @@ def _phase_table(cells: List[Dict[str, Any]], phase: str, paths: Sequence[str]) 
     paths and its overhead per step over TBE + MLP (ms)."""
     others = [p for p in ("sparse", "dense", "tbe_mlp") if p in paths]
     head = (["workload", "model", "batch"] + [f"{p} samples/s · /CPU-s" for p in paths]
-            + [f"recsys / {p}" for p in others] + ["recsys overhead ms/step over tbe_mlp"])
+            + [f"recsys / {p} (wall · CPU time)" for p in others]
+            + ["recsys overhead ms/step over tbe_mlp (wall · CPU time)", "bounds check ms/step (wall · CPU time)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         if "error" in c:
@@ -615,8 +659,10 @@ def _phase_table(cells: List[Dict[str, Any]], phase: str, paths: Sequence[str]) 
                  for p in paths]
         lines.append("| " + " | ".join(
             [_label(c), c["model"], str(c["batch_size"])] + rates
-            + [_ratio(r.get(f"recsys_over_{p}_{phase}")) for p in others]
-            + [_ms(c.get("overhead_ms", {}).get(phase))]) + " |")
+            + [f"{_ratio(r.get(f'recsys_over_{p}_{phase}'))} · "
+               f"{_median_x(c.get('ratios_per_cpu_second', {}).get(f'recsys_over_{p}_{phase}'))}" for p in others]
+            + [f"{_ms(c.get(k + '_ms', {}).get(phase))} · {_median_ms(c.get(k + '_cpu_ms', {}).get(phase))}"
+               for k in ("overhead", "bounds_check")]) + " |")
     return lines + [""]
 
 
@@ -719,11 +765,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); 1 gives stable "
                    "numbers on a machine shared with other jobs, where OpenMP threads wait on each other")
     p.add_argument("--out", default=RESULTS)
-    p.add_argument("--render", metavar="JSON", help="only rewrite the markdown and plots of an earlier result")
+    p.add_argument("--render", metavar="JSON", help="only re-derive the ratios and goals of an earlier result from "
+                   "its timings and rewrite it, its markdown and plots")
     args = p.parse_args(argv)
     if args.render:
         with open(args.render) as f:
             earlier = json.load(f)
+        rederive(earlier)
+        write_json(args.render, earlier)
         write_report(earlier, os.path.splitext(args.render)[0])
         return 0
     if args.threads:
@@ -789,6 +838,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_json(os.path.join(args.out, name + ".json"), result)
     write_report(result, os.path.join(args.out, name))
     return 0
+
+
+def rederive(result: Dict[str, Any]) -> None:
+    """Recompute every cell's derived values and the goals from the timings a result holds (a result written by an
+    earlier version of :func:`derived` gets what this one reports)."""
+    gpu = result["environment"].get("gpu") if result["settings"]["device"] == "cuda" else None
+    for c in result["cells"]:
+        if "train" in c:
+            c.update(derived(c, c["batch_size"], gpu))
+    result["settings"]["goals"] = [dataclasses.asdict(g) for g in GOALS]
+    result["goals"] = goal_status(result)
 
 
 def write_report(result: Dict[str, Any], prefix: str) -> None:

@@ -5,7 +5,6 @@ documented, and the throughput, quality and loader runners produce their results
 
 import copy
 import json
-import os
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from recsys.models import build_model, model_names
 from recsys.modules.sparse import SparseArch
 from recsys.train.dist import init_distributed
 from recsys.train.sharding import BOUNDS_CHECK
+from tests.conftest import live_batch
 
 CPU = torch.device("cpu")
 
@@ -28,15 +28,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def live(tiny_world):
     """Schema and one 64-row batch of the (tiny) live-streaming world, read through its dataset spec."""
-    from recsys.data.dataset import Dataset
-    from recsys.data.spec import load_spec
-    from tests.conftest import REPO
-
-    ds = Dataset(load_spec(os.path.join(REPO, "configs", "datasets", "synthetic.yaml")), root=tiny_world)
-    ds.fit()
-    train = ds.read(splits=("train",))["train"]
-    schema = ds.schema(8)
-    return schema, train.take(np.arange(64)).to_batch(schema.feature_names)
+    return live_batch(tiny_world, 64)
 
 
 def criteo(hot: int):

@@ -2,9 +2,7 @@
 ones of its features, and every registered model computes bit for bit what it computed when SparseArch handed
 it one view per feature (the reference below is that implementation), forward and backward, sharded by DMP."""
 
-import os
 
-import numpy as np
 import pytest
 import torch
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -15,6 +13,7 @@ from recsys.models import build_model, model_names
 from recsys.modules.sparse import Embeddings, SparseArch, keyed_columns, keyed_stack
 from recsys.train.assembly import assemble
 from recsys.train.dist import init_distributed
+from tests.conftest import live_batch
 
 CPU = torch.device("cpu")
 
@@ -28,15 +27,7 @@ def per_feature_forward(self: SparseArch, features) -> Embeddings:
 
 @pytest.fixture(scope="module")
 def live(tiny_world):
-    from recsys.data.dataset import Dataset
-    from recsys.data.spec import load_spec
-    from tests.conftest import REPO
-
-    ds = Dataset(load_spec(os.path.join(REPO, "configs", "datasets", "synthetic.yaml")), root=tiny_world)
-    ds.fit()
-    train = ds.read(splits=("train",))["train"]
-    schema = ds.schema(8)
-    return schema, train.take(np.arange(96)).to_batch(schema.feature_names)
+    return live_batch(tiny_world, 96)
 
 
 def kt_abc() -> KeyedTensor:
