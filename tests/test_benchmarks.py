@@ -393,3 +393,20 @@ def test_cbmr_table_renders_any_synthetic_profile_with_the_gap_in_std():
     row = next(x for x in lines if x.startswith("| CBMR (EmbCB + MlpCB) |"))
     # (0.80 - 0.79) / max(0.004, 0.002) = 2.5 std
     assert row.endswith("| +0.0100 (+2.5) |"), row
+
+
+def test_overhead_stages_add_up_and_are_written(tmp_path):
+    """benchmarks/overhead.py at tiny size: every stage timed, the parts derived as documented, results written."""
+    from benchmarks import overhead
+
+    assert overhead.main(["--batch-sizes", "32", "--vocab-cap", "200", "--steps", "2", "--repeats", "2",
+                          "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "overhead_cpu.json").read_text())
+    (cell,) = result["batches"]
+    assert cell["batch_size"] == 32 and set(cell["ms"]) == set(overhead.STAGES)
+    med = {k: float(np.median(v)) for k, v in cell["rounds_ms"].items()}
+    assert cell["ms"]["output_dist"] == pytest.approx(med["dist_and_lookup"] - med["input_dist"] - med["lookup"])
+    assert cell["ms"]["bounds_check"] == pytest.approx(med["kernel"] - med["kernel_unchecked"])
+    assert all(med[k] > 0 for k in ("model", "input_dist", "lookup", "kernel"))
+    assert "| 32 |" in (tmp_path / "overhead_cpu.md").read_text()
+    assert (tmp_path / "overhead_cpu.png").stat().st_size > 1000
