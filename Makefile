@@ -1,5 +1,6 @@
 # make demo   - create .venv, install the stack, generate the synthetic world, train the default models, compare
-# make test   - create/use .venv and run the test suite (CI runs exactly this)
+# make test   - create/use .venv, lint and type-check, run the test suite (CI runs exactly this)
+# make lint   - ruff (lint + format check) and mypy (strict on the public API); `make format` rewrites the code
 # make test-compat - the suite on the older supported stack (torchrec 1.6.1, scripts/requirements-torchrec1.6.txt)
 # make bench  - throughput (CPU) and data path benchmarks; results in benchmarks/results (docs/benchmarks.md)
 # make install-k8s - also the Kubernetes client for `torchx run -s kubernetes` (scripts/requirements-kubernetes.txt)
@@ -7,7 +8,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.recsys-installed
 
-.PHONY: install install-k8s demo test test-all test-compat bench clean
+.PHONY: install install-k8s demo lint format test test-all test-compat bench clean
 
 $(STAMP): scripts/install.sh scripts/requirements.txt pyproject.toml
 	bash scripts/install.sh $(VENV)
@@ -22,6 +23,17 @@ install-k8s: $(STAMP)
 
 demo: $(STAMP)
 	$(PYTHON) -m recsys demo
+
+LINTED := recsys tests benchmarks torchx_specs
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q -m "not slow"

@@ -162,13 +162,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     for r in range(max(args.rounds, args.baseline_rounds if old_sizes else 0)):
         for n in args.rows:
             if r < args.rounds:
-                run, reports[n] = measure(lambda: metrics.evaluate(sch, current[n]))
+                run, reports[n] = measure(lambda preds=current[n]: metrics.evaluate(sch, preds))
                 runs[n].append(run)
                 print(f"round {r + 1} {n:,} rows: {run['cpu_s']:.2f} CPU-s, {run['wall_s']:.2f} s "
                       f"(load {run['load_before']:.2f})", file=sys.stderr)
             if n in old_sizes and r < args.baseline_rounds:
                 baseline_preds = predictions_for(old, data[n])
-                run, old_reports[n] = measure(lambda: old.evaluate(sch, baseline_preds))
+                run, old_reports[n] = measure(lambda preds=baseline_preds: old.evaluate(sch, preds))
                 old_runs[n].append(run)
                 print(f"round {r + 1} {n:,} rows, baseline: {run['cpu_s']:.2f} CPU-s", file=sys.stderr)
 

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from recsys.console import setup_logging
 from recsys.errors import RecsysError
@@ -115,7 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.overwrite and args.resume:
         raise RecsysError("train: --overwrite replaces a run and --resume continues it; give one of them")
-    trainer = Trainer(cfg, resume={None: False, "always": True, "auto": "auto"}[args.resume],
+    resumes: Dict[Optional[str], Union[bool, str]] = {None: False, "always": True, "auto": "auto"}
+    resume = resumes[args.resume]
+    trainer = Trainer(cfg, resume=resume,
                       overwrite=args.overwrite)
     result = trainer.fit()
     if trainer.is_main:
@@ -181,22 +183,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise RecsysError(f"plan: --world-size must be in [1, {MAX_PLAN_WORLD_SIZE}], got {world} (torchrec's "
                               "planner enumerates every rank: about 3 min at 2048 ranks on 2 CPU cores)")
     overrides: List[str] = list(args.set or [])
-    device_type = args.device_type
-    if device_type is None:  # the config's device type (after overrides), else H100
-        from recsys.config import apply_overrides, read_yaml
-
-        raw = read_yaml(args.config) or {}
-        raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides)
-        sharding = raw.get("sharding") if isinstance(raw.get("sharding"), dict) else {}
-        configured = sharding.get("device_type", "auto")
-        device_type = configured if configured in DEVICES else "h100"
-    # plans describe the target machines, not this one: GPU sharding types are allowed for GPU device types
-    overrides.append(f"device={'cuda' if DEVICES[device_type].compute_device == 'cuda' else 'cpu'}")
     if args.hbm_gb is not None:
         overrides.append(f"sharding.hbm_gb={args.hbm_gb}")
     if args.host_ddr_gb is not None:
         overrides += [f"sharding.host_ddr_gb={args.host_ddr_gb}", "sharding.ddr_gb=null"]
-    cfg = load_config(args.config, overrides)
+    # plans describe the target machines, not this one: plan_config checks the sharding against the planned
+    # device, so the config is loaded without a device of its own
+    cfg = load_config(args.config, overrides + ["device=auto"])
+    configured = cfg.sharding.device_type
+    device_type = args.device_type or (configured if configured in DEVICES else "h100")
     for report in plan_config(cfg, args.world_size, device_type, args.ranks_per_host, args.batch_size):
         print(report.format())
         print()

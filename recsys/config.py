@@ -17,7 +17,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 import math
-from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, TypeVar
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, TypeVar, cast
 
 import yaml
 
@@ -230,6 +230,10 @@ class TableShardingConfig:
     min_partition: Optional[PositiveInt] = None
 
 
+# the hardware a sharding plan describes (``auto``: the job's own device)
+DeviceType = Literal["auto", "cpu", "h100", "h200"]
+
+
 @dataclass
 class ShardingConfig:
     """How DistributedModelParallel's planner may shard the embedding tables.
@@ -253,7 +257,7 @@ class ShardingConfig:
     sharding_types: List[str] = field(default_factory=lambda: ["table_wise"])
     compute_kernel: ComputeKernel = "fused"
     tables: Dict[str, TableShardingConfig] = field(default_factory=dict)
-    device_type: Literal["auto", "cpu", "h100", "h200"] = "auto"
+    device_type: DeviceType = "auto"
     hbm_gb: Optional[PositiveFloat] = None
     ddr_gb: Optional[PositiveFloat] = None
     host_ddr_gb: Optional[PositiveFloat] = None
@@ -278,7 +282,7 @@ class Config:
         """A path from the config as an absolute path: :func:`load_config` has already made file and
         command-line paths absolute; a relative path set in code is relative to ``base_dir`` (the config file's
         folder, else the current directory)."""
-        return path if os.path.isabs(path) else os.path.normpath(os.path.join(self.base_dir, path))
+        return path if os.path.isabs(path) else os.path.abspath(os.path.join(self.base_dir, path))
 
 
 # --- generic typed loading -----------------------------------------------------------------------------------
@@ -341,7 +345,7 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{source}: '{where}' must be one of {list(args)}, got {shown(value)}{hint}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad()
         return from_dict(tp, value, where=where, source=source)
@@ -394,7 +398,7 @@ def from_dict(cls: Type[T], data: Dict[str, Any], where: str = "", source: str =
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    fields = {f.name: f for f in dataclasses.fields(cast(Any, cls)) if not f.metadata.get("internal")}
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
@@ -515,9 +519,9 @@ def read_yaml(path: str) -> Any:
         raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
+        where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}:{line}: invalid YAML ({problem})") from None
+        raise ConfigError(f"{path}:{where}: invalid YAML ({problem})") from None
 
 
 def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], source: str = "--set") -> Dict[str, Any]:
@@ -586,6 +590,19 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     cfg.base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     validate_config(cfg, source=path or "config")
     return cfg
+
+
+def check_config(cfg: Config, source: str = "config") -> None:
+    """The checks :func:`load_config` makes (types, ranges, unknown values, cross-section rules), for a config
+    built in code: the same one-line :class:`ConfigError` naming the key.
+
+    Example::
+
+        cfg = Config(model=ModelConfig(name="dnn", params={"hidden": [64]}), run_dir="runs/dnn")
+        check_config(cfg)      # the Trainer calls it too
+    """
+    from_dict(Config, to_dict(cfg), source=source)
+    validate_config(cfg, source)
 
 
 def validate_config(cfg: Config, source: str = "config") -> None:

@@ -204,7 +204,7 @@ class Progress:
         self.desc, self.total, self.unit, self.unit_scale = desc, total, unit, unit_scale
         self.estimated = estimated
         self.interval = interval
-        self.n = initial
+        self.n: float = initial
         self._initial = initial
         self._note = ""
         self._start = self._last_line = time.perf_counter()

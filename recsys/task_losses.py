@@ -136,8 +136,11 @@ if _tabled != _declared:  # pragma: no cover - a loss added to one of recsys.sch
 
 
 class _HasLoss(Protocol):
-    kind: str
-    loss: str
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def loss(self) -> str: ...
 
 
 def loss_of(task: _HasLoss) -> TaskLoss:

@@ -8,7 +8,7 @@ def test_mmoe_gates_sum_to_one_and_vary_per_sample():
     mmoe = MMoE(8, ["ctr", "cvr"], num_experts=3, expert_hidden=[16, 4])
     out = mmoe(torch.randn(5, 8))
     assert set(out) == {"ctr", "cvr"} and out["ctr"].shape == (5, 4)
-    for t, g in mmoe.gate_weights().items():
+    for g in mmoe.gate_weights().values():
         assert g.shape == (5, 3)
         torch.testing.assert_close(g.sum(dim=1), torch.ones(5))
         assert (g.std(dim=0) > 0).any()

@@ -43,7 +43,7 @@ def test_conditional_losses_match_hand_computation():
     out = {"ctr": torch.tensor([0.5, -1.0, 2.0, 0.0]), "cvr": torch.tensor([0.3, 9.0, -0.7, -9.0]),
            "stay": torch.tensor([3.0, 100.0, 1.0, -100.0])}
     losses = MultiTaskLoss(SCHEMA)(batch, out)
-    ctr = np.mean([bce(l, y) for l, y in zip([0.5, -1.0, 2.0, 0.0], click)])
+    ctr = np.mean([bce(logit, y) for logit, y in zip([0.5, -1.0, 2.0, 0.0], click)])
     cvr = (bce(0.3, 1) + bce(-0.7, 0)) / 2  # only clicked rows; unclicked rows' outputs do not matter
     st = ((3.0 - math.log1p(30.0)) ** 2 + (1.0 - math.log1p(5.0)) ** 2) / 2
     assert losses["ctr"].item() == pytest.approx(ctr, rel=1e-5)
@@ -93,8 +93,8 @@ def test_no_positive_parent_gives_zero_not_nan():
 
 # --- the table of task losses (recsys/task_losses.py) -----------------------------------------------------------
 def test_the_loss_table_holds_every_declared_loss_with_its_forward_and_inverse_link():
-    assert {n for n, l in TASK_LOSSES.items() if l.kind == "regression"} == set(REGRESSION_LOSSES)
-    assert [n for n, l in TASK_LOSSES.items() if l.kind == "binary"] == [BINARY_LOSS] == ["bce"]
+    assert {n for n, loss in TASK_LOSSES.items() if loss.kind == "regression"} == set(REGRESSION_LOSSES)
+    assert [n for n, loss in TASK_LOSSES.items() if loss.kind == "binary"] == [BINARY_LOSS] == ["bce"]
     t = torch.tensor
     bce_loss = TASK_LOSSES["bce"]
     assert bce_loss.forward(t([0.3, 0.3]), t([1.0, 0.0])).tolist() == pytest.approx([bce(0.3, 1), bce(0.3, 0)])

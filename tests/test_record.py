@@ -36,10 +36,10 @@ def full_columns(seed: int = 0) -> Columns:
     rng = np.random.default_rng(seed)
     values = {}
     for name, f in row_fields(Columns):
-        def column(shape):
-            if np.issubdtype(f.dtype, np.integer):
-                return rng.integers(0, 1 << 40, shape).astype(f.dtype)
-            return rng.normal(size=shape).astype(f.dtype)
+        def column(shape, dtype=f.dtype):
+            if np.issubdtype(dtype, np.integer):
+                return rng.integers(0, 1 << 40, shape).astype(dtype)
+            return rng.normal(size=shape).astype(dtype)
 
         if f.layout == "sparse":
             offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 4, N))]).astype(np.int64)

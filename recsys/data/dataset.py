@@ -126,11 +126,15 @@ class Dataset:
         self._fit_files: Optional[Fingerprint] = None  # the files the fit pass read
 
     @classmethod
-    def from_config(cls, cfg: "Config", progress: bool = False) -> "Dataset":
-        """The dataset of a run config's ``data`` section."""
-        if not cfg.data.spec:
+    def from_config(cls, cfg: "Config", progress: bool = False, spec: Optional[DatasetSpec] = None) -> "Dataset":
+        """The dataset of a run config's ``data`` section; ``spec`` (a spec built in code, checked here) instead
+        of the YAML file ``data.spec`` names."""
+        if spec is not None:
+            spec.validate("dataset spec")
+        elif not cfg.data.spec:
             raise ConfigError("config: 'data.spec' (path of a dataset spec YAML) is required")
-        spec = load_spec(cfg.resolve(cfg.data.spec))
+        else:
+            spec = load_spec(cfg.resolve(cfg.data.spec))
         root = cfg.resolve(cfg.data.path) if cfg.data.path else None
         side = [SideColumnsConfig(cfg.resolve(sc.path), list(sc.columns), sc.key, sc.fill)
                 for sc in cfg.data.side_columns]

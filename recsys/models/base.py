@@ -76,7 +76,7 @@ class RankingModel(nn.Module):
             child probabilities on all rows against the child's label (ESMM's CTCVR loss).
     """
 
-    Config: Type = NoOptions
+    Config: Type[object] = NoOptions
     dependent_loss: str = "conditional"
     requirements: Requirements = Requirements()
 

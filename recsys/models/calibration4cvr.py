@@ -15,6 +15,7 @@ embeddings (``cvr_embedding_grad``). The CVR loss is the conditional one (clicke
 ``depends_on`` says. docs/cvr.md explains the interpretation.
 """
 
+import functools
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional
 
@@ -97,16 +98,16 @@ class Calibration4CVR(FunnelModel):
         self.sparse_arch = FeatureInput(schema, main, config.use_dense)
         width = self.sparse_arch.width
         self.cvr_grad = GradScale(config.cvr_embedding_grad)
-        pair = dict(structure=config.structure, calibration_dim=config.calibration_dim,
-                    se_reduction=config.se_reduction, ctr_grad=config.ctr_grad_from_cvr,
-                    activation=config.activation)
-        self.main = CalibratedPair(width, width, config.ctr_hidden, config.cvr_hidden, config.calibrate_layer,
-                                   dropout=config.dropout, **pair)
+        pair = functools.partial(CalibratedPair, structure=config.structure, calibration_dim=config.calibration_dim,
+                                 se_reduction=config.se_reduction, ctr_grad=config.ctr_grad_from_cvr,
+                                 activation=config.activation)
+        self.main = pair(width, width, config.ctr_hidden, config.cvr_hidden, config.calibrate_layer,
+                         dropout=config.dropout)
         self.pos: Optional[CalibratedPair] = None
         if self.bias_features:
             p = self.sparse_arch.output_dim(self.bias_features)
             layer = len(config.pos_hidden) - 1 if config.pos_calibration else None
-            self.pos = CalibratedPair(p, p, config.pos_hidden, config.pos_hidden, layer, **pair)
+            self.pos = pair(p, p, config.pos_hidden, config.pos_hidden, layer)
         self.extra = self.extra_towers(width, config)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:

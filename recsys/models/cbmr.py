@@ -23,7 +23,7 @@ and evaluation reports every metric per scene.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from recsys.models.base import RankingModel, Requirements, register_model
 from recsys.models.wide_deep import WideDeep, WideDeepConfig
 from recsys.modules.calibration import EmbCB, MlpCB, scaled_mlp
 from recsys.modules.experts import MMoEOptions, expert_mlps, mix, softmax_gates
+from recsys.modules.mlp import MLP
 from recsys.modules.multitask import task_towers
 from recsys.modules.sparse import (
     Embeddings,
@@ -263,13 +264,19 @@ class MultiCBMR(RankingModel):
         self.wide = config.wide
         self.wide_dense = dense_first_order(self.sparse_arch, T) if config.wide else None
 
+    def _expert(self, e: int) -> MLP:
+        return cast(MLP, self.experts[e])
+
+    def _tower(self, task: str) -> MLP:
+        return cast(MLP, self.towers[task])
+
     def _expert_scales(self, scales: Tuple[torch.Tensor, ...], e: int) -> List[torch.Tensor]:
         """Expert e's scales for its layers from a task's gate outputs (sliced when expert-specific)."""
         out = []
         for layer in range(self.expert_layers):
             s = scales[layer]
             if self.expert_specific:
-                h = self.experts[e].hidden_dims[layer]
+                h = self._expert(e).hidden_dims[layer]
                 s = s[:, e * h:(e + 1) * h]
             out.append(s)
         return out
@@ -278,7 +285,7 @@ class MultiCBMR(RankingModel):
         emb = self.sparse_arch(batch.sparse)
         x = self.sparse_arch.main_input(emb, batch, self.embcb)
         # an expert's first block does not depend on the scales applied after it: compute it once
-        first = [self.experts[e].blocks[0](x) for e in range(self.num_experts)]
+        first = [self._expert(e).blocks[0](x) for e in range(self.num_experts)]
         own, main = self.gate_inputs(emb, batch) if self.gate_inputs is not None else (None, None)
         wide = (first_order_logits(emb, self.wide_features, len(self.tasks), self.wide_dense, batch.dense)
                 if self.wide else None)
@@ -289,15 +296,17 @@ class MultiCBMR(RankingModel):
                 experts = []
                 for e in range(self.num_experts):
                     s = self._expert_scales(scales, e)
-                    experts.append(scaled_mlp(self.experts[e], first[e] * s[0], s[1:], start=1))
-                tower_scales = [scales[self.expert_layers + j] for j in range(len(self.towers[t].blocks))]
+                    experts.append(scaled_mlp(self._expert(e), first[e] * s[0], s[1:], start=1))
+                tower_scales: Sequence[Union[torch.Tensor, float]] = [
+                    scales[self.expert_layers + j] for j in range(len(self._tower(t).blocks))
+                ]
             else:
                 experts = [
-                    scaled_mlp(self.experts[e], first[e], [1.0] * (self.expert_layers - 1), start=1)
+                    scaled_mlp(self._expert(e), first[e], [1.0] * (self.expert_layers - 1), start=1)
                     for e in range(self.num_experts)
                 ]
-                tower_scales = [1.0] * len(self.towers[t].blocks)
+                tower_scales = [1.0] * len(self._tower(t).blocks)
             mixed = mix(self.expert_gates[t](x), torch.stack(experts, dim=1))
-            y = scaled_mlp(self.towers[t], mixed, tower_scales).squeeze(-1)
+            y = scaled_mlp(self._tower(t), mixed, tower_scales).squeeze(-1)
             out[t] = y + wide[:, i] if wide is not None else y
         return out

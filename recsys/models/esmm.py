@@ -69,10 +69,12 @@ class ESMM(FunnelModel):
         self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
         width = self.sparse_arch.width
         self.cvr_grad = GradScale(config.cvr_embedding_grad)
-        self.towers = TaskTowers({self.ctr: width, self.cvr: width}, config.hidden, config.activation, config.dropout)
+        ctr, cvr = self.funnel_pair()
+        self.towers = TaskTowers({ctr: width, cvr: width}, config.hidden, config.activation, config.dropout)
         self.extra = self.extra_towers(width, config)
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
         x, _ = self.sparse_arch.read(batch)
-        logits = self.towers({self.ctr: x, self.cvr: self.cvr_grad(x)})
-        return self.funnel_outputs(logits[self.ctr], logits[self.cvr], x)
+        ctr, cvr = self.funnel_pair()
+        logits = self.towers({ctr: x, cvr: self.cvr_grad(x)})
+        return self.funnel_outputs(logits[ctr], logits[cvr], x)

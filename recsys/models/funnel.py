@@ -74,6 +74,7 @@ class FunnelModel(RankingModel):
 
     requirements = Requirements(min_tasks=2, funnel=True)
     funnel_required = True
+    config: FunnelOptions
 
     def __init__(self, schema: Schema, config: FunnelOptions) -> None:
         super().__init__(schema, config)
@@ -93,11 +94,17 @@ class FunnelModel(RankingModel):
         return TaskTowers({t: width for t in self.others}, options.extra_hidden, options.activation,
                           options.dropout)
 
+    def funnel_pair(self) -> Tuple[str, str]:
+        """The funnel's (CTR, CVR) task names; always there when ``funnel_required``."""
+        if self.ctr is None or self.cvr is None:
+            raise ConfigError(f"model '{type(self).__name__}' has no CTR -> CVR funnel in this schema")
+        return self.ctr, self.cvr
+
     def funnel_outputs(self, ctr: torch.Tensor, cvr: torch.Tensor, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``{task: [B]}`` in schema order: the funnel's logits and the other tasks' towers (``self.extra``) on
         the main input x [B, E]."""
-        assert self.ctr is not None and self.cvr is not None
-        out = {self.ctr: ctr, self.cvr: cvr}
+        ctr_task, cvr_task = self.funnel_pair()
+        out = {ctr_task: ctr, cvr_task: cvr}
         if self.extra is not None:
             extra = self.extra({t: x for t in self.others})
             for t in self.others:

@@ -104,6 +104,6 @@ def needs(req: Requirements) -> Tuple[str, str, str, str, str]:
 
 def table() -> str:
     """The registry as an aligned text table, one row per model, header first (what ``recsys models`` prints)."""
-    rows: List[Tuple[str, ...]] = [COLUMNS] + [(e.name, *needs(e.requirements), e.summary) for e in INDEX]
+    rows: List[Tuple[str, ...]] = [COLUMNS, *((e.name, *needs(e.requirements), e.summary) for e in INDEX)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)

@@ -14,7 +14,7 @@ Each task has its own tower. Same schema, same single SparseArch and same traine
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional
+from typing import Dict, List, Literal, Optional, cast
 
 import torch
 
@@ -23,7 +23,7 @@ from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.base import RankingModel, register_model
 from recsys.modules.calibration import EPNet, MlpCB, scaled_mlp
-from recsys.modules.mlp import MLPOptions
+from recsys.modules.mlp import MLP, MLPOptions
 from recsys.modules.multitask import task_towers
 from recsys.modules.sparse import FeatureInput, FeatureOptions, check_features
 from recsys.schema import Schema
@@ -118,5 +118,5 @@ class PEPNet(RankingModel):
         for i, t in enumerate(self.tasks):
             # PPNet's gates cover every task: layer l's scales [B, T * H_l], task i's slice is its own
             mine = [scales[layer][:, i * h:(i + 1) * h] for layer, h in enumerate(self.hidden)]
-            out[t] = scaled_mlp(self.towers[t], x, mine).squeeze(-1)
+            out[t] = scaled_mlp(cast(MLP, self.towers[t]), x, mine).squeeze(-1)
         return out

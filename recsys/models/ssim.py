@@ -149,6 +149,7 @@ class SSIMSearch(_SSIMWrapper):
     """
 
     Config = SSIMSearchConfig
+    config: SSIMSearchConfig
 
     def __init__(self, schema: Schema, config: SSIMSearchConfig) -> None:
         super().__init__(schema, config)
@@ -217,6 +218,7 @@ class SSIM(_SSIMWrapper):
     """
 
     Config = SSIMConfig
+    config: SSIMConfig
 
     def __init__(self, schema: Schema, config: SSIMConfig) -> None:
         super().__init__(schema, config)

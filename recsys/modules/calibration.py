@@ -25,7 +25,7 @@ Every module keeps its last forward's weights (detached) for ``tensorboard_stats
 scalars for one-element tensors, histograms otherwise.
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +144,9 @@ class EmbCB(nn.Module):
         w = cb.field_weights(emb.concat(names))  # [B, 10]
     """
 
+    column_field: torch.Tensor
+    field_width: torch.Tensor
+
     def __init__(
         self,
         field_dims: Sequence[int],
@@ -175,6 +178,7 @@ class EmbCB(nn.Module):
         num_fields, width = len(self.field_dims), max(self.field_dims)
         self.width = width
         self.equal_widths = all(d == width for d in self.field_dims)
+        self.shared_vectors: Optional[nn.Parameter]
         if design == "shared":
             q = torch.randn(num_vectors, width) / width**0.5
             q[0] = 1.0 / width  # the first vector starts as mean-pooling
@@ -320,7 +324,8 @@ class MlpCB(nn.Module):
         return out
 
 
-def scaled_mlp(mlp: MLP, x: torch.Tensor, scales: Sequence[torch.Tensor], start: int = 0) -> torch.Tensor:
+def scaled_mlp(mlp: MLP, x: torch.Tensor, scales: Sequence[Union[torch.Tensor, float]],
+               start: int = 0) -> torch.Tensor:
     """Run ``mlp`` from hidden block ``start`` on, multiplying block ``l``'s output by ``scales[l - start]``.
 
     ``start = 1`` lets a caller compute block 0 once and reuse it under several sets of scales (a block's
@@ -355,6 +360,8 @@ class EPNet(nn.Module):
         ep = EPNet(16, [16] * 10)
         personalised = ep(emb.concat(["scene_id"]), emb.concat(names))
     """
+
+    column_field: torch.Tensor
 
     def __init__(self, domain_dim: int, field_dims: Sequence[int], hidden: int = 128, gamma: float = 2.0,
                  granularity: str = "field", stop_gradient: bool = True) -> None:

@@ -16,7 +16,7 @@ layer. :class:`CalibratedPair` builds a CTR tower and a CVR tower with one of th
 Shapes: B batch, Dc / Dv widths of the CTR / CVR hidden layer, C calibration width.
 """
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -154,8 +154,12 @@ class SEConcatCalibration(SECalibration):
         return torch.cat([super().forward(h_ctr, h_cvr), h_cvr], dim=1)
 
 
+# the calibration structures; each has ``output_dim``
+Calibration = Union["CTRCalibration", "ScaledCTRCalibration", "SECalibration", "SEConcatCalibration"]
+
+
 def make_calibration(structure: str, ctr_dim: int, cvr_dim: int, calibration_dim: Optional[int] = None,
-                     se_reduction: int = 4, activation: str = "relu") -> nn.Module:
+                     se_reduction: int = 4, activation: str = "relu") -> Calibration:
     """One of :data:`STRUCTURES`; the module has ``output_dim``."""
     if structure == "ctr_mlp":
         return CTRCalibration(ctr_dim, cvr_dim, calibration_dim, activation)
@@ -208,7 +212,7 @@ class CalibratedPair(nn.Module):
         self.ctr_upper = MLP(self.ctr_lower.output_dim, ctr_hidden[split:], output_dim=1, activation=activation,
                              dropout=dropout)
         self.cvr_lower = MLP(cvr_in, cvr_hidden[:cut], activation=activation, dropout=dropout)
-        self.calibration: Optional[nn.Module] = None
+        self.calibration: Optional[Calibration] = None
         self.ctr_grad: Optional[GradScale] = None
         width = self.cvr_lower.output_dim
         if layer is not None:

@@ -15,7 +15,7 @@ Shapes: B batch, D input width, E experts, H expert output width.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -250,7 +250,7 @@ class PLEOptions(MLPOptions):
 
 # the multi-task expert backbones a model may choose by name: ``EXPERT_BACKBONES[name](in_dim, tasks, config)``
 # with a config that has the backbone's options (MMoEOptions, PLEOptions); each maps [B, D] -> {task: [B, H]}
-EXPERT_BACKBONES: Dict[str, Callable[[int, Sequence[str], Any], nn.Module]] = {
+EXPERT_BACKBONES: Dict[str, Callable[[int, Sequence[str], Any], Union[MMoE, PLE]]] = {
     "mmoe": MMoE.from_options,
     "ple": PLE.from_options,
 }

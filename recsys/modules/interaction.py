@@ -92,6 +92,9 @@ class DomainFacilitatedInteraction(nn.Module):
         pairs = dffi(emb.stack(names), emb.concat(["scenario_id"]))   # [B, 28 * 2]
     """
 
+    left: torch.Tensor
+    right: torch.Tensor
+
     def __init__(self, num_fields: int, dim: int, domain_dim: int, hidden: int = 16, out_dim: int = 1) -> None:
         super().__init__()
         if num_fields < 2:

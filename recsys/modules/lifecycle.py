@@ -138,6 +138,8 @@ class BetaTracker(nn.Module):
         gamma = tracker(batch.user, batch.history["count"] + 1, torch.sigmoid(preference_logits))
     """
 
+    state: torch.Tensor
+
     def __init__(self, num_users: int, tasks: Sequence[str]) -> None:
         super().__init__()
         self.tasks = list(tasks)

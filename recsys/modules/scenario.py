@@ -120,6 +120,9 @@ class PartitionedNorm(nn.Module):
         views = pn(x, batch.scenario, batch.weights)       # [B, 3, 64]
     """
 
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, dim: int, num_scenarios: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.num_scenarios = num_scenarios
@@ -216,6 +219,8 @@ class LabelSpaceMixer(nn.Module):
         mixer = LabelSpaceMixer(64, num_scenarios=3)
         views = mixer(x, towers)       # towers: [B, 3, 1]
     """
+
+    eye: torch.Tensor
 
     def __init__(self, in_dim: int, num_scenarios: int) -> None:
         super().__init__()

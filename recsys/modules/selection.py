@@ -21,11 +21,11 @@ class StraightThroughStep(torch.autograd.Function):
     """Forward ``1[x > 0]`` (a hard 0/1 mask); backward the incoming gradient clamped to [-1, 1]."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         return (x > 0).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return grad.clamp(-1.0, 1.0)
 
 
@@ -72,6 +72,8 @@ class SelectionNet(nn.Module):
         out = sel(instance.detach(), batch.scenario)
         p, g = out[0], out[1]
     """
+
+    step: torch.Tensor
 
     def __init__(self, in_dim: int, num_scenarios: int, hidden: Sequence[int] = (64,), eps: float = 0.5,
                  temperature_start: float = 1.0, temperature_end: float = 10.0, anneal_steps: int = 1000,

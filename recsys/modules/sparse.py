@@ -25,7 +25,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
-from recsys.schema import Schema
+from recsys.schema import Schema, SparseFeature
 
 WIDE_SUFFIX = "__wide"
 
@@ -208,7 +208,7 @@ class SparseArch(nn.Module):
         self.schema = schema
         self.wide_dim = wide_dim
         by_table: Dict[str, List[str]] = {}
-        first = {}
+        first: Dict[str, SparseFeature] = {}
         for f in schema.sparse:
             by_table.setdefault(f.table_name, []).append(f.name)
             first.setdefault(f.table_name, f)

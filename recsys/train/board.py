@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from recsys.schema import Schema
 from recsys.train.metrics import NDCG_KS, undefined_metric
 from recsys.train.run_folder import flatten
 from recsys.train.sharding import table_state_key
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard.writer import FileWriter
 
 log = logging.getLogger(__name__)
 
@@ -316,9 +319,15 @@ class RunBoard:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
+    def _file_writer(self) -> "FileWriter":
+        writer = self.writer.file_writer
+        if writer is None:
+            raise RuntimeError("the TensorBoard writer is closed")
+        return writer
+
     def start(self, hparams: Mapping[str, Any], metrics: Sequence[str], name: str) -> None:
         """The HParams tab's experiment and this run's session (its hyper-parameters)."""
-        writer = self.writer.file_writer
+        writer = self._file_writer()
         writer.add_summary(experiment_summary(hparams, metrics))
         writer.add_summary(hp.hparams_pb(dict(hparams), trial_id=name))
 
@@ -351,5 +360,5 @@ class RunBoard:
 
     def finish(self) -> None:
         """The run's session ended (HParams tab) and every event is on disk."""
-        self.writer.file_writer.add_summary(session_end_summary())
+        self._file_writer().add_summary(session_end_summary())
         self.writer.flush()

@@ -27,6 +27,7 @@ from torch import nn
 
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
+from recsys.models.base import RankingModel
 from recsys.schema import Schema, Task
 from recsys.task_losses import loss_of
 
@@ -106,7 +107,7 @@ class MultiTaskLoss(nn.Module):
         """Unreduced loss of ``task`` for every row: [B]."""
         label = batch.labels[task.name]
         out = outputs[task.name]
-        if self.is_joint(task):
+        if task.depends_on is not None and self.is_joint(task):
             return joint_bce(outputs[task.depends_on], out, label)
         return loss_of(task).forward(out, label)
 
@@ -114,7 +115,7 @@ class MultiTaskLoss(nn.Module):
                  predictions: torch.Tensor) -> torch.Tensor:
         """Unreduced loss of ``task`` for K predictions of every row: [B, K] (see ``per_sample``)."""
         label = batch.labels[task.name].unsqueeze(1).expand_as(predictions)
-        if self.is_joint(task):
+        if task.depends_on is not None and self.is_joint(task):
             return joint_bce(outputs[task.depends_on].unsqueeze(1), predictions, label)
         return loss_of(task).forward(predictions, label)
 
@@ -170,9 +171,9 @@ class TrainModule(nn.Module):
         loss.backward()
     """
 
-    def __init__(self, model: nn.Module, loss: MultiTaskLoss) -> None:
+    def __init__(self, model: RankingModel, loss: MultiTaskLoss) -> None:
         super().__init__()
-        if getattr(model, "dependent_loss", "conditional") != loss.dependent_loss:
+        if model.dependent_loss != loss.dependent_loss:
             raise ConfigError(
                 f"model wants dependent_loss={model.dependent_loss!r} but the loss uses {loss.dependent_loss!r}"
             )
@@ -180,7 +181,9 @@ class TrainModule(nn.Module):
         self.loss = loss
         self.tasks = loss.schema.task_names
 
-    def forward(self, batch: Batch):
+    model: RankingModel
+
+    def forward(self, batch: Batch) -> Tuple[torch.Tensor, StepOutput]:
         outputs = self.model(batch)
         losses = self.loss(batch, outputs, self.model.loss_weights(batch, outputs),
                            self.model.loss_views(batch, outputs))

@@ -53,7 +53,7 @@ user's top k rows. benchmarks/evaluation.py measures it.
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -62,7 +62,7 @@ import torch.distributed as dist
 
 from recsys.data.batch import Batch
 from recsys.data.record import EvalFields, RowField, concat_fields, row_field, row_fields, tree_map
-from recsys.schema import Schema, Task
+from recsys.schema import DataOutline, Schema, Task
 from recsys.train.losses import prediction_of
 
 NDCG_KS = (1, 5)
@@ -197,7 +197,7 @@ def _all_gather(parts: List[Predictions]) -> Predictions:
         if not cols:
             continue
         block = torch.zeros(longest, len(cols), dtype=dtype)
-        if len(mine):
+        if mine is not None and len(mine):
             block[:len(mine)] = torch.from_numpy(np.stack([a.astype(np_dtype) for _, a in cols], axis=1))
         block = block.to(device)
         blocks = [torch.empty_like(block) for _ in range(world)]
@@ -289,7 +289,7 @@ class _Rows:
         """Where the fields down to ``name`` (e.g. user, then score) change: segment or tie-run starts."""
         return _run_starts(self.keys >> self._shift(name))
 
-    def take(self, index: np.ndarray) -> "_Rows":
+    def take(self, index: Union[np.ndarray, slice]) -> "_Rows":
         return _Rows(self.keys[index], self.layout, {k: v[index] for k, v in self.columns.items()}, self.decode)
 
 
@@ -316,7 +316,7 @@ class _Order:
         if sum(bits for _, _, bits in fields + index) <= 63:
             keys = _pack([(values, bits) for _, values, bits in fields + index])
             keys.sort()
-            if index:
+            if index and relevance is not None:
                 columns["relevance"] = relevance[keys & ((1 << index[0][2]) - 1)]
                 keys >>= index[0][2]
         else:  # too wide with the row index: sort row indices, gather, then pack
@@ -399,6 +399,7 @@ class _Runs:
 
     def _tied_rows(self) -> Tuple[np.ndarray, np.ndarray]:
         """(rows in runs of two or more tied scores, the middle sorted index of each one's run)."""
+        assert self.block_size is not None, "only with ties"
         tied = np.flatnonzero(self.block_size > 1)
         rows = _run_rows(self.block_first[tied], self.block_size[tied])
         middle = np.repeat(self.block_first[tied] + (self.block_size[tied] - 1) / 2.0, self.block_size[tied])
@@ -431,7 +432,7 @@ class _Runs:
         else:
             block = head
         first = self.block_first[block]
-        size = self.block_size[block] if self.tied else np.ones(len(block), dtype=np.int64)
+        size = self.block_size[block] if self.block_size is not None else np.ones(len(block), dtype=np.int64)
         segment_first = self.first[self.row_segment[first]] if self.row_segment is not None else 0
         start = first - segment_first  # the run's first position in its segment (0-based, best first)
         rows = _run_rows(first, size) if self.tied else first
@@ -623,7 +624,9 @@ def evaluate(schema: Schema, preds: Predictions) -> Dict[str, float]:
     with_user = schema.user_feature is not None and bool((preds.user >= 0).any())
     partitions = [_Partition(None, {0: ""})]
     codes: Dict[str, np.ndarray] = {}
-    columns = [("scenario", preds.scenario, [schema.scenario_name(i) for i in range(schema.num_scenarios)])]
+    columns: List[Tuple[str, np.ndarray, Sequence[str]]] = [
+        ("scenario", preds.scenario, [schema.scenario_name(i) for i in range(schema.num_scenarios)])
+    ]
     columns = columns if schema.num_scenarios > 1 else []
     columns += [(name, preds.groups[name], values) for name, values in schema.eval_groups if name in preds.groups]
     for name, column, values in columns:
@@ -643,7 +646,7 @@ def evaluate(schema: Schema, preds: Predictions) -> Dict[str, float]:
     return report
 
 
-def default_metric(schema: Schema) -> Tuple[str, str]:
+def default_metric(schema: Union[Schema, DataOutline]) -> Tuple[str, str]:
     """The early-stopping metric when the config says ``auto``: the first task's AUC (or RMSE)."""
     first = schema.tasks[0]
     if first.kind == "binary" or first.eval_threshold is not None:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.distributed.composable.table_batched_embedding_slice import TableBatchedEmbeddingSlice
+from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -83,7 +84,7 @@ def dense_kernel_tables(dmp: nn.Module) -> Dict[str, nn.Parameter]:
 
 
 def build_optimizer(
-    dmp: nn.Module,
+    dmp: DistributedModelParallel,
     cfg: OptimizerConfig,
     grad_clip_norm: Optional[float],
     groups: Optional[Mapping[str, Tuple[Sequence[nn.Parameter], OptimizerConfig]]] = None,

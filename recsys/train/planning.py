@@ -14,9 +14,9 @@ Example::
 
 import time
 from dataclasses import replace
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, cast
 
-from recsys.config import Config
+from recsys.config import Config, DeviceType, check_device_support
 from recsys.data.dataset import Dataset
 from recsys.data.spec import load_spec
 from recsys.errors import ConfigError
@@ -68,11 +68,12 @@ def plan_config(
     """
     if device_type not in DEVICES:
         raise ConfigError(f"device type '{device_type}' is not one of {', '.join(DEVICES)}")
+    check_device_support(cfg.sharding, DEVICES[device_type].compute_device)
     schema = declared_schema(cfg)
     model = build_model(cfg.model, schema, source="config")
     module = train_module(model, schema, cfg.train.task_weights, cfg.train.embedding_optimizer,
                           DEVICES[device_type].compute_device)
-    sharding = replace(cfg.sharding, device_type=device_type)
+    sharding = replace(cfg.sharding, device_type=cast(DeviceType, device_type))
     if ranks_per_host is not None and ranks_per_host < 1:
         raise ConfigError(f"ranks per host must be >= 1, got {ranks_per_host}")
     if batch_size is not None and batch_size < 1:

@@ -21,7 +21,7 @@ import os
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -537,20 +537,6 @@ def plan_report(
     return the_plan, _report(stats, topo, caps, batch_size)
 
 
-def plan(
-    module: nn.Module,
-    cfg: ShardingConfig,
-    world_size: int,
-    local_world_size: int,
-    device_type: str,
-    batch_size: int,
-    pg: Optional[dist.ProcessGroup] = None,
-    device: Optional[torch.device] = None,
-) -> ShardingPlan:
-    """A sharding plan for ``module`` (see :func:`plan_report`)."""
-    return plan_report(module, cfg, world_size, local_world_size, device_type, batch_size, pg, device)[0]
-
-
 # --- plan-independent initialisation ------------------------------------------------------------------------
 def _block_seed(seed: int, table: str, block: int) -> int:
     """A 63-bit seed for one row block of one table (mixes the three inputs; SplitMix64 finaliser)."""
@@ -578,7 +564,7 @@ def _fill(out: torch.Tensor, row0: int, col0: int, cfg: EmbeddingBagConfig, seed
         out[a - row0:b - row0].copy_(chunk.mul_(hi - lo).add_(lo))
 
 
-def table_state_key(state: Dict[str, object], fqn: str, table: str) -> str:
+def table_state_key(state: Mapping[str, object], fqn: str, table: str) -> str:
     """The key of table ``table`` of the EmbeddingBagCollection ``fqn`` in a sharded model's state dict."""
     suffix = f"{fqn}.embedding_bags.{table}.weight"
     key = next((k for k in state if k == suffix or k.endswith("." + suffix)), None)
@@ -676,8 +662,8 @@ def shard(
                                        data_parallel_wrapper=data_parallel_wrapper(world_size))
     if seed is not None:
         init_embeddings(dmp, tables, seed)
-    dmp.plan_report = report  # type: ignore[attr-defined]
-    dmp.embedding_tables = tables  # type: ignore[attr-defined]
+    dmp.plan_report = report
+    dmp.embedding_tables = tables
     if dist.get_rank() == 0:
         log.info("%s (the full table: -v; a training run writes it to plan.txt)", report.summary())
         log.debug("%s", report.format())

@@ -28,7 +28,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -36,11 +36,12 @@ import torch
 import yaml
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from recsys.config import Config, check_device_support, to_dict
+from recsys.config import Config, check_config, check_device_support, to_dict
 from recsys.console import Progress, bar_safe_logging, quiet_library
+from recsys.data.batch import Batch
 from recsys.data.columns import Columns
 from recsys.data.dataset import SPLITS, Dataset
-from recsys.data.loader import BatchLoader
+from recsys.data.loader import BatchLoader, ColumnSource
 from recsys.errors import ConfigError, RecsysError
 from recsys.io import write_json_atomic, write_parquet_atomic, write_text_atomic
 from recsys.models.base import RankingModel, build_model, check_requirements
@@ -66,6 +67,7 @@ from recsys.train.dist import (
     on_main,
 )
 from recsys.train.assembly import Stepper, assemble, eval_batches
+from recsys.train.losses import StepOutput
 from recsys.train.metrics import (
     PredictionCollector,
     Predictions,
@@ -77,6 +79,9 @@ from recsys.train.metrics import (
 )
 from recsys.train.metrics import untrained_tasks, without_tasks
 from recsys.train.run_folder import RunFolder, check_free_space, check_resume_identity, flatten, run_identity
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("recsys.train")
 
@@ -166,6 +171,7 @@ class Trainer:
     ) -> None:
         if resume not in (True, False, "auto"):
             raise ConfigError(f"resume must be True, False or 'auto', got {resume!r}")
+        check_config(config)  # a config built in code gets the checks a loaded one had
         self.cfg = config
         self.dist = init_distributed(config.device)
         self.device = self.dist.device
@@ -175,7 +181,8 @@ class Trainer:
         self.folder = RunFolder(self.run_dir)
         self.ckpt_dir = self.folder.checkpoints
         self.training = fit_data
-        self.writer = None  # the TensorBoard SummaryWriter (rank 0, training), board.writer
+        self.writer: Optional["SummaryWriter"] = None  # the TensorBoard writer (rank 0, training), board.writer
+        self._warned_state: Set[str] = set()  # model state that differed across ranks, warned about once
         self.board: Optional[RunBoard] = None
         self._tensorboard = bool(config.tensorboard and fit_data)  # the same on every rank
         self._projector: Optional[List[Tuple[str, str]]] = None
@@ -202,7 +209,7 @@ class Trainer:
             latest, fresh = on_main(lambda: self._claim(resume, overwrite, restarts))
         self._prepare_encoders(fit=fresh)
         self.schema = self.dataset.schema(config.model.embedding_dim)
-        self._parts: Optional[Dict[str, Any]] = None
+        self._parts: Optional[Dict[str, Optional[Columns]]] = None  # in memory: every split's rows
         if config.data.in_memory:
             self._data()  # every row is read and checked before anything is written to the run folder
             self._check_metric_defined()
@@ -246,7 +253,7 @@ class Trainer:
         return run_identity(self.cfg, self.dataset.spec, self.dataset.files(), self.dataset.root,
                             self.dist.world_size)
 
-    def _claim(self, resume: Union[bool, str], overwrite: bool, restarts: int):
+    def _claim(self, resume: Union[bool, str], overwrite: bool, restarts: int) -> Tuple[Optional[str], bool]:
         """Rank 0: lock the run folder and decide whether this run resumes (returns (checkpoint or None, fresh)).
         Nothing is removed or written yet."""
         self.folder.claim()
@@ -323,10 +330,10 @@ class Trainer:
         if not self.is_main:
             self.dataset.load_state_dict(state)
 
-    def _data(self) -> Dict[str, Any]:
+    def _data(self) -> Dict[str, Optional[Columns]]:
         if self._parts is None:
             if self.cfg.data.in_memory:
-                self._parts = self.dataset.read(self.dist.rank, self.dist.world_size)
+                self._parts = dict(self.dataset.read(self.dist.rank, self.dist.world_size))
             else:
                 self._parts = {s: None for s in SPLITS}
         return self._parts
@@ -343,10 +350,10 @@ class Trainer:
         """Rows of ``split`` over all ranks."""
         return all_reduce_int(self._rows(split), "sum")
 
-    def _source(self, split: str):
+    def _source(self, split: str) -> ColumnSource:
         if split == "all":  # every row, e.g. scoring new files with a trained model
             if self.cfg.data.in_memory:
-                return Columns.concat([self._data()[s] for s in SPLITS])
+                return Columns.concat([c for c in (self._data()[s] for s in SPLITS) if c is not None])
             return lambda: (c for s in SPLITS for c in self.dataset.stream(s, self.dist.rank, self.dist.world_size))
         part = self._data()[split]
         if part is not None:
@@ -417,7 +424,7 @@ class Trainer:
                     self.state.samples += n
                     window_samples += n
                     epoch.add(self._check_finite(out), n)
-                    epoch_end = self.state.batch_in_epoch >= loader.num_batches
+                    epoch_end = loader.num_batches is not None and self.state.batch_in_epoch >= loader.num_batches
                     last = epoch_end or (cfg.max_steps is not None and self.state.step >= cfg.max_steps)
                     if self.state.step % cfg.log_every_steps == 0 or epoch_end:
                         now = time.perf_counter()
@@ -489,7 +496,7 @@ class Trainer:
                 f"{len(labels)} validation rows it is computed on are all {kind} for task '{task_name}'; choose "
                 "another metric, or a larger data.split.valid")
 
-    def _check_finite(self, out) -> torch.Tensor:
+    def _check_finite(self, out: StepOutput) -> torch.Tensor:
         """The step's total loss; raises when it is NaN or infinite."""
         total = torch.stack([v.float() for v in out.losses.values()]).sum()
         if not bool(torch.isfinite(total)):
@@ -550,7 +557,7 @@ class Trainer:
                      " (best)" if improved else f" (best {best})")
         return stop
 
-    def _log_train(self, out, samples_per_sec: float) -> Tuple[float, float]:
+    def _log_train(self, out: StepOutput, samples_per_sec: float) -> Tuple[float, float]:
         """One step's numbers for the console and TensorBoard; returns (loss, samples/s) of the global batch.
         Collective: losses are averaged over ranks (each rank's loss is its share of the global batch's loss, so
         the mean is the global batch's loss), samples/s and embedding rows updated summed. Rank 0 writes the
@@ -565,15 +572,15 @@ class Trainer:
         if self.dist.world_size > 1:
             torch.distributed.all_reduce(values)
             values[:len(names)] /= self.dist.world_size
-        values = values.cpu().tolist()
-        losses, rate = dict(zip(names, values)), values[len(names)]
+        numbers: List[float] = values.cpu().tolist()
+        losses, rate = dict(zip(names, numbers)), numbers[len(names)]
         loss = float(sum(losses.values()))
         if self.board is None:
             return loss, rate
         step = self.state.step
-        scalars = {f"{TRAIN}/loss": loss, f"{TRAIN}/samples_per_sec": rate}
+        scalars: Dict[str, float] = {f"{TRAIN}/loss": loss, f"{TRAIN}/samples_per_sec": rate}
         scalars.update({f"{TRAIN}/loss/{n}": v for n, v in losses.items() if self.loss.weights.get(n) != 0})
-        scalars.update({f"{TRAIN}/rows_updated/{t}": v for t, v in zip(tables, values[len(names) + 1:])})
+        scalars.update({f"{TRAIN}/rows_updated/{t}": v for t, v in zip(tables, numbers[len(names) + 1:])})
         scalars.update(self._optimizer_scalars())
         self.board.scalars(scalars, step)
         for name, module in self.dmp.named_modules():
@@ -592,7 +599,7 @@ class Trainer:
                 out[name] = list(cfg.feature_names)
         return out
 
-    def _rows_updated(self, batch, tables, device: torch.device) -> torch.Tensor:
+    def _rows_updated(self, batch: Batch, tables: Iterable[Sequence[str]], device: torch.device) -> torch.Tensor:
         """Distinct rows each table (given by its features) this rank's batch looked up: the rows the fused
         optimizer updates this step. [tables] float32."""
         features = batch.sparse.to_dict()
@@ -643,7 +650,7 @@ class Trainer:
         tables (see :mod:`recsys.train.board`), to TensorBoard's projector. Every rank asks (modules may reset;
         the tables' rows are gathered from the shards), rank 0 writes."""
         step = self.state.step
-        for name, module in self.dmp.named_modules():
+        for module in self.dmp.modules():
             hook = getattr(module, "tensorboard_embeddings", None)
             if not callable(hook):
                 continue
@@ -795,7 +802,7 @@ class Trainer:
         torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
         torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
         differ = [n for n, h, lo in zip(names, high, low) if not torch.equal(h, lo)]
-        warned = getattr(self, "_warned_state", set())
+        warned = self._warned_state
         new = [n for n in differ if n not in warned]
         if new and self.is_main:
             log.warning("model state differs across ranks and a checkpoint keeps one rank's copy: %s; give the "

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from recsys.config import Config, ModelConfig, SideColumnsConfig, from_dict
 from recsys.errors import ConfigError, RecsysError
 from recsys.io import write_parquet_atomic
-from recsys.models.ssim import SSIMConfig, SSIMSearchConfig
+from recsys.models.ssim import SSIMConfig, SSIMSearch, SSIMSearchConfig
 from recsys.train.metrics import default_metric, format_table
 from recsys.train.trainer import Trainer
 
@@ -84,7 +84,7 @@ def score_instances(trainer: Trainer, split: str = "train") -> Optional[pa.Table
     Columns: row_id, scenario, score (p, the own-scenario head at the current temperature), logit (m, which ranks
     instances also where p saturates), mask (p > eps)."""
     model = trainer.model
-    if not hasattr(model, "selection_scores"):
+    if not isinstance(model, SSIMSearch):
         raise ConfigError(f"model '{trainer.cfg.model.name}' has no selection network (use ssim_search)")
     parts: List[Dict[str, np.ndarray]] = []
     for batch, _ in trainer.scan(split):
