@@ -116,7 +116,8 @@ def _time_stages(dmp: torch.nn.Module, batch: Any, arch: SparseArch, batch_size:
 
 def markdown(result: Dict[str, Any]) -> str:
     s = result["settings"]
-    lines = ["## Fixed cost per forward of the recsys path (world size 1)", "", environment_markdown(result["environment"]),
+    lines = ["## Fixed cost per forward of the recsys path (world size 1)", "",
+             environment_markdown(result["environment"]),
              f"{s['model']} on the Criteo-like one-hot workload (tables capped at {s['vocab_cap']:,} rows), forward "
              f"under no_grad; CPU ms per forward, median over {s['repeats']} interleaved rounds of {s['steps']} "
              "forwards (benchmarks/overhead.py explains the stages).", "",

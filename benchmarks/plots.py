@@ -433,7 +433,7 @@ def overhead_figure(result: Dict[str, Any]) -> "Figure":
     ax = fig.subplots()
     rows = np.arange(len(cells))
     left = np.zeros(len(cells))
-    for (label, color), part in zip(OVERHEAD_PARTS, range(len(OVERHEAD_PARTS))):
+    for part, (_, color) in enumerate(OVERHEAD_PARTS):
         vals = []
         for c in cells:
             ms = c["ms"]

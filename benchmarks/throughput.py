@@ -681,8 +681,8 @@ def markdown(result: Dict[str, Any]) -> str:
              "ratios; overhead: batch x (1/recsys - 1/tbe_mlp) per round, median (min-max).", ""]
     lines += _goal_lines(result)
     lines += ["Paths (docs/benchmarks.md):", ""]
-    lines += [f"* **{p}**: {PATH_WORDS[p]}" + (f" ({'TrainPipelineSparseDist' if settings['pipeline'] else 'plain loop'})"
-                                                if p == "recsys" else "") + "." for p in paths]
+    stepped = f" ({'TrainPipelineSparseDist' if settings['pipeline'] else 'plain loop'})"
+    lines += [f"* **{p}**: {PATH_WORDS[p]}" + (stepped if p == "recsys" else "") + "." for p in paths]
     lines += ["", f"Memory: peak MiB each path adds ({result['memory_method']}).", ""]
     titles = {"batch": "Criteo-like one-hot, over batch sizes", "hot": "Criteo-like multi-hot",
               "vocab": "Criteo-like one-hot, over table sizes", "models": "registered models, live-streaming world"}
