@@ -263,8 +263,8 @@ class TbePath:
 
     def __init__(self, arch: Any, batches: List[Any], settings: Settings, lr: float, eps: float,
                  bounds_check: Any) -> None:
-        self.bound = BareTbe(arch, lr, eps, bounds_check, settings.device)
-        self.inputs = [self.bound.prepare(b.sparse) for b in batches]
+        self.kernels = BareTbe(arch, lr, eps, bounds_check, settings.device)
+        self.inputs = [self.kernels.prepare(b.sparse) for b in batches]
         self._it = itertools.cycle(self.inputs)
 
     @property
@@ -273,13 +273,13 @@ class TbePath:
                 "backward": float(np.mean([i.backward_bytes for i in self.inputs]))}
 
     def train_step(self) -> None:
-        self.bound.train_step(next(self._it))
+        self.kernels.train_step(next(self._it))
 
     def eval_mode(self) -> None:
         pass
 
     def infer_step(self) -> None:
-        self.bound.infer_step(next(self._it))
+        self.kernels.infer_step(next(self._it))
 
 
 def plain_bytes(schema: Any) -> int:
@@ -724,7 +724,7 @@ def markdown(result: Dict[str, Any]) -> str:
 
 def plots(result: Dict[str, Any], prefix: str) -> List[str]:
     """``<prefix>_{batch,ratio,models}.png`` (drawn by ``benchmarks/plots.py``): samples/s of every path over batch
-    sizes; recsys / plain PyTorch and recsys / bound per cell with the targets; recsys and plain per model."""
+    sizes; recsys / sparse PyTorch and recsys / TBE + MLP per cell with the goals; the paths per live-world model."""
     from benchmarks.plots import save, throughput_figures
 
     written = []
@@ -760,7 +760,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--warmup", type=int, help="untimed steps per path")
     p.add_argument("--min-time", type=float, help="seconds per path and round")
     p.add_argument("--batches", type=int, help="distinct batches per cell")
-    p.add_argument("--plain-max-gb", type=float, help="skip the plain path when it would need more memory (GB)")
+    p.add_argument("--plain-max-gb", type=float, help="skip the dense path when it would need more memory (GB)")
     p.add_argument("--no-inference", action="store_true", help="time training only")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); 1 gives stable "
                    "numbers on a machine shared with other jobs, where OpenMP threads wait on each other")
