@@ -58,13 +58,17 @@ DATASET_LABELS = {
 }
 
 # the throughput benchmark's paths (benchmarks/throughput.py, docs/benchmarks.md) in words
-PATH_COLORS = {"recsys": "#4c72b0", "plain": "#dd8452", "tbe": "#55a868", "mlp": "#8172b3", "bound": "#937860"}
+PATH_COLORS = {"recsys": "#4c72b0", "sparse": "#dd8452", "dense": "#c44e52", "tbe_mlp": "#55a868",
+               "recsys_unchecked": "#64b5cd", "tbe": "#8c8c8c", "mlp": "#8172b3",
+               "plain": "#dd8452"}  # the data-path figures' replaced implementation
 PATH_LEGEND = {
     "recsys": "recsys: the library's training step (DMP, fused FBGEMM TBE, fused row-wise Adagrad)",
-    "plain": "plain PyTorch: the same model with nn.Embedding tables, dense gradients, Adam",
-    "tbe": "TBE: the bare FBGEMM embedding kernel alone (lookups + fused update)",
+    "sparse": "sparse PyTorch (headline peer): nn.EmbeddingBag(sparse=True) per table, sparse Adagrad, Adam",
+    "dense": "dense PyTorch (common CTR libraries): nn.Embedding per table, dense gradients, Adam on every row",
+    "tbe_mlp": "TBE + MLP: the same tables in bare FBGEMM kernels in one module, same MLP, no torchrec",
+    "recsys_unchecked": "recsys without FBGEMM's bounds check (sharding.bounds_check=none)",
+    "tbe": "TBE: the bare FBGEMM embedding kernels alone (lookups + fused update)",
     "mlp": "MLP: the model's dense layers alone (lookups replaced by fixed vectors)",
-    "bound": "bound = 1 / (1/TBE + 1/MLP): kernel plus dense cost, zero overhead",
 }
 
 
@@ -267,8 +271,8 @@ def _fit_value_labels(fig: "Figure", values: List[Tuple["Axes", List[Any]]]) -> 
 
 def throughput_figures(result: Dict[str, Any]) -> Dict[str, "Figure"]:
     """The throughput benchmark's figures by name: ``batch`` (samples/s of every path over batch sizes),
-    ``ratio`` (recsys / plain PyTorch and recsys / bound per cell, targets marked), ``models`` (recsys and plain
-    PyTorch for every registered model). A figure whose cells are absent from the result is left out."""
+    ``ratio`` (recsys / sparse PyTorch and recsys / one-module TBE + MLP per cell, goals marked), ``models``
+    (recsys and the PyTorch paths per model on the live world). A figure whose cells are absent is left out."""
     figures = {"batch": _batch_figure(result), "ratio": _ratio_figure(result), "models": _models_figure(result)}
     return {name: fig for name, fig in figures.items() if fig is not None}
 
@@ -289,18 +293,18 @@ def _batch_figure(result: Dict[str, Any]) -> Optional["Figure"]:
     if not sweep:
         return None
     models = list(dict.fromkeys(c["model"] for c in sweep))
-    fig = _figure(6.4 * len(models), 6.2)
+    fig = _figure(max(6.4 * len(models), 8.6), 6.2)  # room for the legend's path descriptions
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     series: List[str] = []
     for ax, model in zip(axes, models):
         cells = [c for c in sweep if c["model"] == model]
         x = np.arange(len(cells))
-        shown = [p for p in result["settings"]["paths"] if any(p in c["train"] for c in cells)] + ["bound"]
+        shown = [p for p in result["settings"]["paths"] if any(p in c["train"] for c in cells)]
         series += [p for p in shown if p not in series]
         width = 0.8 / len(shown)
         top = 0.0
         for j, path in enumerate(shown):
-            stats = [c["train"].get(path) if path != "bound" else c.get("bound_train") for c in cells]
+            stats = [c["train"].get(path) for c in cells]
             med = np.array([s["median"] if s else np.nan for s in stats])
             at = x + (j - (len(shown) - 1) / 2) * width
             ax.bar(at, med, width, yerr=_errs(stats), color=PATH_COLORS[path], capsize=2,
@@ -329,21 +333,24 @@ def _cell_label(c: Dict[str, Any]) -> str:
     return f"{c['workload']} · {c['model']} · B={c['batch_size']:,}{cap}"
 
 
+def _goal_targets(settings: Dict[str, Any], key: str) -> List[Tuple[int, float]]:
+    """(batch size, target) of every goal on ``key`` (issue 20's goals, recorded with the result)."""
+    return [(g["batch_size"], g["target"]) for g in settings.get("goals", []) if g["key"] == key]
+
+
 def _ratio_figure(result: Dict[str, Any]) -> Optional["Figure"]:
     rated = [c for c in result["cells"] if c.get("ratios")]
     if not rated:
         return None
     settings = result["settings"]
-    target_plain = float(settings.get("target_ratio_recsys_over_plain", 2.5))
-    target_bound = 1 / float(settings.get("bound_slack", 1.15))
-    fig = _figure(14.5, 2.6 + 0.27 * len(rated))
+    fig = _figure(14.5, 2.8 + 0.27 * len(rated))
     axes = fig.subplots(1, 2, sharey=True)
     rows = np.arange(len(rated))
-    panels = (("recsys_over_plain_train", target_plain, "recsys ÷ plain PyTorch",
-               "recsys samples/s ÷ plain PyTorch samples/s"),
-              ("recsys_over_bound_train", target_bound, "recsys ÷ (TBE + MLP bound)",
-               "recsys samples/s ÷ bound samples/s"))
-    for ax, (key, target, title, xlabel) in zip(axes, panels):
+    panels = (("recsys_over_sparse_train", "recsys ÷ sparse PyTorch", "recsys samples/s ÷ sparse PyTorch samples/s"),
+              ("recsys_over_tbe_mlp_train", "recsys ÷ one-module TBE + MLP",
+               "recsys samples/s ÷ TBE + MLP samples/s"))
+    goal_text = []
+    for ax, (key, title, xlabel) in zip(axes, panels):
         stats = [c["ratios"].get(key) for c in rated]
         med = np.array([s["median"] if s else np.nan for s in stats])
         ax.barh(rows, med, height=0.7, xerr=_errs(stats), color=BAR, capsize=2, error_kw={"linewidth": 1})
@@ -351,21 +358,23 @@ def _ratio_figure(result: Dict[str, Any]) -> Optional["Figure"]:
         for r, s, end in zip(rows, stats, ends):
             if s:
                 ax.text(end, r, f" {s['median']:.2f}×", va="center", ha="left", fontsize=7.5, bbox=ON_WHITE)
-        ax.axvline(target, color=REFERENCE, linestyle="--", linewidth=1.3)
+        targets = _goal_targets(settings, key)
+        for target in sorted({t for _, t in targets}):
+            ax.axvline(target, color=REFERENCE, linestyle="--", linewidth=1.3)
+        goal_text += [f"{title} >= {t:g}× at batch {b}" for b, t in targets]
         ax.axvline(1.0, color=MUTED, linewidth=0.8)
-        ax.set_xlim(0, max(max(ends), target) * 1.15)
+        ax.set_xlim(0, max(ends + [t for _, t in targets] + [1.0]) * 1.15)
         ax.set_title(f"training, {title}", fontsize=10)
         ax.set_xlabel(xlabel + " (axis from 0)")
     axes[0].set_yticks(rows, [_cell_label(c) for c in rated])
     axes[0].tick_params(axis="y", labelsize=8)
     axes[0].set_ylim(len(rated) - 0.5, -0.5)
-    _title(fig, "Training speed of recsys relative to plain PyTorch and to the kernel bound, per cell",
-           _where(result))
+    _title(fig, "Training speed of recsys relative to sparse plain PyTorch and to the same model on bare FBGEMM "
+           "kernels, per cell", _where(result))
     _legend(fig, [_bar_handle(BAR), _line_handle(REFERENCE), _line_handle(MUTED, "-")],
             ["median of the per-round (paired) ratios, whiskers min-max, value printed",
-             f"targets: recsys >= {target_plain:g}× plain PyTorch on the Criteo-like headline cell (batch 4096); "
-             f"recsys >= {target_bound:.2f}× the bound (1/recsys within {settings.get('bound_slack', 1.15):g}x "
-             "of 1/TBE + 1/MLP)", "1×: as fast as plain PyTorch / as fast as the bound"], ncols=1)
+             "goals on the Criteo-like one-hot cells: " + "; ".join(goal_text),
+             "1×: as fast as the other path"], ncols=1)
     return fig
 
 
@@ -375,7 +384,7 @@ def _models_figure(result: Dict[str, Any]) -> Optional["Figure"]:
     cells = [c for c in result["cells"] if c["tag"] == "models" and "train" in c]
     if not cells:
         return None
-    paths = [p for p in ("recsys", "plain") if any(p in c["train"] for c in cells)]
+    paths = [p for p in ("recsys", "sparse", "dense", "tbe_mlp") if any(p in c["train"] for c in cells)]
     fig = _figure(10.5, 2.4 + 0.45 * len(cells))
     ax = fig.subplots()
     rows = np.arange(len(cells))
@@ -389,20 +398,61 @@ def _models_figure(result: Dict[str, Any]) -> Optional["Figure"]:
             if s:
                 ax.text(s["max"], y, " " + compact(s["median"]), va="center", ha="left", fontsize=7.5,
                         bbox=ON_WHITE)
-    ratios = [c.get("ratios", {}).get("recsys_over_plain_train") for c in cells]
+    ratios = [c.get("ratios", {}).get("recsys_over_sparse_train") for c in cells]
     labels = [c["model"] + (f"  ({r['median']:.2f}×)" if r else "") for c, r in zip(cells, ratios)]
     ax.set_yticks(rows, labels)
     ax.set_ylim(len(cells) - 0.5, -0.5)
     top = max(c["train"][p]["max"] for c in cells for p in paths if c["train"].get(p))
     ax.set_xlim(0, top * 1.15)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: compact(x) if x else "0"))
-    ax.set_xlabel("training samples/s (axis from 0); in brackets: recsys ÷ plain PyTorch, median of the "
+    ax.set_xlabel("training samples/s (axis from 0); in brackets: recsys ÷ sparse PyTorch, median of the "
                   "per-round ratios")
     batches = sorted({c["batch_size"] for c in cells})
-    _title(fig, f"Every registered model on the live-streaming world, batch {', '.join(map(str, batches))}",
+    _title(fig, f"Registered models on the live-streaming world, batch {', '.join(map(str, batches))}",
            _where(result))
     _legend(fig, [_bar_handle(PATH_COLORS[p]) for p in paths], [PATH_LEGEND[p] for p in paths], ncols=1,
             title="bar: median samples/s, whiskers min-max over rounds, value printed")
+    return fig
+
+
+# the parts of one recsys forward (benchmarks/overhead.py), stacked in this order
+OVERHEAD_PARTS = (
+    ("kernel without its bounds check", "#55a868"),
+    ("FBGEMM bounds check", "#64b5cd"),
+    ("torchrec lookup wrapper (lookup - kernel)", "#8172b3"),
+    ("input dist (one rank)", "#dd8452"),
+    ("output dist + KeyedTensor (one rank)", "#c44e52"),
+    ("dense part, loss and the rest (model - dists - lookup)", BAR),
+)
+
+
+def overhead_figure(result: Dict[str, Any]) -> "Figure":
+    """CPU ms of one recsys forward per batch size, stacked by stage (benchmarks/overhead.py)."""
+    cells = result["batches"]
+    fig = _figure(10.5, 2.6 + 0.5 * len(cells))
+    ax = fig.subplots()
+    rows = np.arange(len(cells))
+    left = np.zeros(len(cells))
+    for part, (_, color) in enumerate(OVERHEAD_PARTS):
+        vals = []
+        for c in cells:
+            ms = c["ms"]
+            vals.append([ms["kernel"] - ms["bounds_check"], ms["bounds_check"], ms["lookup"] - ms["kernel"],
+                         ms["input_dist"], ms["output_dist"],
+                         ms["model"] - ms["input_dist"] - ms["lookup"] - ms["output_dist"]][part])
+        ax.barh(rows, vals, left=left, height=0.6, color=color)
+        left += np.asarray(vals)
+    for r, total in zip(rows, left):
+        ax.text(total, r, f" {total:.2f} ms", va="center", ha="left", fontsize=8, bbox=ON_WHITE)
+    ax.set_yticks(rows, [f"batch {c['batch_size']:,}" for c in cells])
+    ax.set_ylim(len(cells) - 0.5, -0.5)
+    ax.set_xlim(0, float(left.max()) * 1.18)
+    ax.set_xlabel("CPU ms per forward (no_grad), median over interleaved rounds (axis from 0)")
+    s = result["settings"]
+    _title(fig, "Where one recsys forward goes at world size 1, by stage",
+           f"{s['model']} on the Criteo-like one-hot workload, tables <= {s['vocab_cap']:,} rows; "
+           f"{_machine(result['environment'])}")
+    _legend(fig, [_bar_handle(c) for _, c in OVERHEAD_PARTS], [label for label, _ in OVERHEAD_PARTS], ncols=2)
     return fig
 
 
@@ -585,9 +635,11 @@ def figures_for(json_path: str) -> Dict[str, "Figure"]:
         return {f"{base}_{name}.png": fig for name, fig in throughput_figures(result).items()}
     if "rows_per_sec" in result:
         return {base + ".png": loader_figure(result)}
+    if "stages" in result:
+        return {base + ".png": overhead_figure(result)}
     if "current" in result and "workload" in result:
         return {base + ".png": evaluation_figure(result)}
-    raise ValueError(f"{json_path}: not a result of benchmarks.quality, throughput, loader or evaluation")
+    raise ValueError(f"{json_path}: not a result of benchmarks.quality, throughput, overhead, loader or evaluation")
 
 
 def committed_results(root: str = RESULTS) -> List[str]:

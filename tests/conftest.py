@@ -49,3 +49,18 @@ def tiny_config(tmp_path, tiny_world):
         return make_config(str(tmp_path / run), tiny_world, model=model, extra=extra)
 
     return make
+
+
+def live_batch(world: str, rows: int, embedding_dim: int = 8):
+    """(schema, the first ``rows`` training rows as one Batch) of a generated world, read through the shipped
+    synthetic dataset spec and its real encoders."""
+    import numpy as np
+
+    from recsys.data.dataset import Dataset
+    from recsys.data.spec import load_spec
+
+    ds = Dataset(load_spec(os.path.join(REPO, "configs", "datasets", "synthetic.yaml")), root=world)
+    ds.fit()
+    train = ds.read(splits=("train",))["train"]
+    schema = ds.schema(embedding_dim)
+    return schema, train.take(np.arange(rows)).to_batch(schema.feature_names)

@@ -51,3 +51,33 @@ def test_a_data_parallel_table_trains_as_it_does_table_wise(tiny_world, tmp_path
         assert moved > 0.05, (key, moved)  # row-wise Adagrad at lr 0.05, unclipped
         torch.testing.assert_close(dp_after[weight], tw_after[weight], rtol=1e-4, atol=1e-5)
     assert dp_result["valid"]["ctr/auc"] == pytest.approx(tw_result["valid"]["ctr/auc"], abs=1e-4)
+
+
+@pytest.mark.parametrize("name,weight_decay", [("adam", 0.0), ("adam", 0.01), ("adamw", 0.01), ("adagrad", 0.001),
+                                               ("sgd", 0.001)])
+def test_dense_optimizers_use_multi_tensor_kernels_with_the_values_of_the_per_parameter_loop(name, weight_decay):
+    """dense_optimizer asks for torch's foreach kernels (fewer ops per step); they must move every parameter
+    exactly as torch's per-parameter loop (its CPU default) does, so training runs are unchanged."""
+    import copy
+
+    from recsys.config import OptimizerConfig
+    from recsys.train.optim import dense_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    twin = copy.deepcopy(model)
+    start = [p.detach().clone() for p in model.parameters()]
+    cfg = OptimizerConfig(name=name, lr=0.01, weight_decay=weight_decay)
+    fast = dense_optimizer(model.parameters(), cfg)
+    assert all(g["foreach"] for g in fast.param_groups)
+    loop = dense_optimizer(twin.parameters(), cfg)
+    for group in loop.param_groups:
+        group["foreach"] = False  # torch's per-parameter implementation (read at every step)
+    for _ in range(10):
+        x = torch.randn(32, 20)
+        for m, opt in ((model, fast), (twin, loop)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters())), name
+    assert not any(torch.equal(p, q) for p, q in zip(model.parameters(), start)), name  # every parameter moved

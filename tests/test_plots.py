@@ -97,15 +97,18 @@ def test_throughput_figures_explain_every_term_and_start_ratios_at_zero():
     figs = plots.throughput_figures(result)
     assert set(figs) == {"batch", "ratio", "models"}
     legend = " ".join(t.get_text() for t in figs["batch"].legends[0].get_texts())
-    for term in plots.PATH_LEGEND.values():
-        assert term in legend
+    assert result["settings"]["paths"]
+    for p in result["settings"]["paths"]:
+        assert plots.PATH_LEGEND[p] in legend
     ratio = figs["ratio"]
     for ax in ratio.axes:
         assert ax.get_xlim()[0] == 0
+    # one dashed line per distinct goal of each panel: >= 1.5x sparse PyTorch; >= 0.97x and 0.9x TBE + MLP
     targets = sorted(line.get_xdata()[0] for ax in ratio.axes for line in ax.lines if line.get_linestyle() == "--")
-    assert targets == pytest.approx(sorted([result["settings"]["target_ratio_recsys_over_plain"],
-                                            1 / result["settings"]["bound_slack"]]))
-    assert any("targets: recsys >= 2.5× plain PyTorch" in t for t in _texts(ratio))
+    goals = result["settings"]["goals"]
+    assert targets == pytest.approx(sorted(g["target"] for g in goals if g["key"].endswith("_train")))
+    assert targets == pytest.approx([0.9, 0.97, 1.5])
+    assert any("recsys ÷ sparse PyTorch >= 1.5× at batch 4096" in t for t in _texts(ratio))
     assert figs["batch"].axes[0].get_yscale() == "log" and "log scale" in figs["batch"].axes[0].get_ylabel()
 
 

@@ -13,14 +13,15 @@ Shapes: B batch, F features, D embedding width, Dd dense features, W wide width,
 """
 
 import difflib
+import functools
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
@@ -57,22 +58,119 @@ def wide_width(num_tasks: int) -> int:
     return max(4, -(-num_tasks // 4) * 4)
 
 
-@dataclass
+@functools.lru_cache(maxsize=256)
+def _runs(keys: Tuple[str, ...], widths: Tuple[int, ...], wanted: Tuple[str, ...]) -> Tuple[Tuple[int, int], ...]:
+    """Column ranges ``(start, end)`` of a KeyedTensor laid out as ``keys`` / ``widths`` that hold ``wanted`` in
+    order, adjacent keys merged into one range.
+
+    Raises:
+        KeyError: a wanted key is not in ``keys``.
+    """
+    starts, at = {}, 0
+    for key, width in zip(keys, widths):
+        starts[key] = (at, at + width)
+        at += width
+    runs: List[Tuple[int, int]] = []
+    for key in wanted:
+        a, b = starts[key]
+        if runs and runs[-1][1] == a:
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((a, b))
+    return tuple(runs)
+
+
+@torch.fx.wrap
+def keyed_columns(kt: KeyedTensor, keys: Tuple[str, ...]) -> torch.Tensor:
+    """[B, sum of widths]: the columns of ``keys`` of ``kt``, in order.
+
+    ``kt.values()`` itself when ``keys`` are all its keys in order, a view of its columns when they are
+    adjacent, else one concatenation of the runs of adjacent keys: no per-feature views are made and
+    concatenated again. Opaque to FX tracing (one call in a pipeline's traced graph, run on the real KeyedTensor).
+
+    Example::
+
+        kt = KeyedTensor(keys=["a", "b", "c"], length_per_key=[2, 2, 4], values=torch.arange(16.).view(2, 8))
+        keyed_columns(kt, ("b", "c"))     # kt.values()[:, 2:8]
+    """
+    values = kt.values()
+    runs = _runs(tuple(kt.keys()), tuple(kt.length_per_key()), keys)
+    if len(runs) == 1:
+        a, b = runs[0]
+        return values if a == 0 and b == values.shape[1] else values[:, a:b]
+    return torch.cat([values[:, a:b] for a, b in runs], dim=1)
+
+
+@torch.fx.wrap
+def keyed_stack(kt: KeyedTensor, keys: Tuple[str, ...]) -> torch.Tensor:
+    """[B, F, D]: the columns of ``keys`` (all of width D) of ``kt`` as one contiguous tensor (a view of
+    ``kt.values()`` when ``keys`` are all its keys in order); see :func:`keyed_columns`."""
+    x = keyed_columns(kt, keys)
+    return x.contiguous().view(x.shape[0], len(keys), -1)
+
+
+class KeyedColumns(Mapping[str, torch.Tensor]):
+    """Name -> [B, D] view of a KeyedTensor's columns (``names`` maps a feature to its key); views are made on
+    first access only."""
+
+    def __init__(self, kt: KeyedTensor, names: Mapping[str, str]) -> None:
+        self._kt = kt
+        self._names = names
+        self._views: Dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._views:
+            self._views[name] = keyed_columns(self._kt, (self._names[name],))
+        return self._views[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 class Embeddings:
     """Pooled embeddings of one batch.
+
+    Built from per-feature tensors, or with :meth:`keyed` from the one KeyedTensor a lookup returns (what
+    :class:`SparseArch` does): then :meth:`concat` and :meth:`stack` read the features' columns of it directly
+    (no copy when a model reads every feature in the lookup's order) and ``features[name]`` is a view made on
+    first access. The values are the same either way, bit for bit.
+
+    Args:
+        features: name -> [B, D_name].
+        wide: name -> [B, W] (when the arch has wide tables).
 
     Shapes: ``features[name]`` is [B, D_name]; ``wide[name]`` is [B, W] (when the arch has wide tables).
     """
 
-    features: Dict[str, torch.Tensor]
-    wide: Dict[str, torch.Tensor]
+    def __init__(self, features: Mapping[str, torch.Tensor], wide: Mapping[str, torch.Tensor]) -> None:
+        self.features = features
+        self.wide = wide
+        self._kt: Optional[KeyedTensor] = None
+        self._feature_keys: Mapping[str, str] = {}
+
+    @classmethod
+    def keyed(cls, kt: KeyedTensor, feature_keys: Mapping[str, str],
+              wide_keys: Mapping[str, str]) -> "Embeddings":
+        """Embeddings over ``kt`` (e.g. an EmbeddingBagCollection's output); ``feature_keys`` / ``wide_keys``
+        map each feature to its key in ``kt``."""
+        emb = cls(KeyedColumns(kt, feature_keys), KeyedColumns(kt, wide_keys))
+        emb._kt = kt
+        emb._feature_keys = feature_keys
+        return emb
 
     def concat(self, names: Sequence[str]) -> torch.Tensor:
         """[B, sum of D] for ``names`` in order."""
+        if self._kt is not None:
+            return keyed_columns(self._kt, tuple(self._feature_keys[n] for n in names))
         return torch.cat([self.features[n] for n in names], dim=1)
 
     def stack(self, names: Sequence[str]) -> torch.Tensor:
         """[B, F, D] for ``names`` (all of width D)."""
+        if self._kt is not None:
+            return keyed_stack(self._kt, tuple(self._feature_keys[n] for n in names))
         return torch.stack([self.features[n] for n in names], dim=1)
 
     def wide_sum(self, names: Sequence[str]) -> torch.Tensor:
@@ -170,11 +268,15 @@ class SparseArch(nn.Module):
         return [self.schema.feature(n).embedding_dim for n in (self.features if names is None else names)]
 
     def forward(self, features: KeyedJaggedTensor) -> Embeddings:
-        pooled = self.ebc(features).to_dict()
+        pooled = self.ebc(features)
+        if not self._padded:  # the lookup's KeyedTensor as it is (no per-feature views)
+            return Embeddings.keyed(pooled, self._keys, self._wide_keys)
+        # padded tables: the model sees their first embedding_dim columns
+        columns = pooled.to_dict()
         return Embeddings(
-            features={name: pooled[key][:, :self._padded[name]] if name in self._padded else pooled[key]
+            features={name: columns[key][:, :self._padded[name]] if name in self._padded else columns[key]
                       for name, key in self._keys.items()},
-            wide={name: pooled[key] for name, key in self._wide_keys.items()},
+            wide={name: columns[key] for name, key in self._wide_keys.items()},
         )
 
     def read(self, batch: Batch) -> Tuple[torch.Tensor, Embeddings]:

@@ -29,6 +29,8 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DataParallelWrapper, DefaultDataParallelWrapper
+from torchrec.distributed.types import ShardingEnv
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import PlannerError, ShardingOption, Stats
@@ -605,6 +607,23 @@ def init_embeddings(dmp: nn.Module, tables: Dict[str, Tuple[str, EmbeddingBagCon
     return written
 
 
+class SingleRankWrapper(DataParallelWrapper):
+    """DMP's data-parallel wrapper for a one-rank job: the dense part is moved to the device and left unwrapped.
+
+    DistributedDataParallel over a one-rank group all-reduces every dense gradient with itself (a gloo or NCCL
+    collective per bucket, forward and backward hooks) and changes no value; without it the gradients, the
+    state-dict keys and ``dmp.module`` are the same.
+    """
+
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        dmp.module.to(device)
+
+
+def data_parallel_wrapper(world_size: int) -> DataParallelWrapper:
+    """DDP around the dense part on more than one rank (torchrec's default), nothing at world size 1."""
+    return SingleRankWrapper() if world_size == 1 else DefaultDataParallelWrapper()
+
+
 def shard(
     module: nn.Module,
     cfg: ShardingConfig,
@@ -639,7 +658,8 @@ def shard(
     the_plan, report = plan_report(module, cfg, world_size, local_world_size, device_type, batch_size,
                                    dist.GroupMember.WORLD, device)
     with quiet_library():
-        dmp = DistributedModelParallel(module, device=device, plan=the_plan, sharders=[sharder(cfg)])
+        dmp = DistributedModelParallel(module, device=device, plan=the_plan, sharders=[sharder(cfg)],
+                                       data_parallel_wrapper=data_parallel_wrapper(world_size))
     if seed is not None:
         init_embeddings(dmp, tables, seed)
     dmp.plan_report = report
