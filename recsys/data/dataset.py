@@ -279,6 +279,13 @@ class Dataset:
         return Columns.blank(self.layout(), 0)
 
     # --- label history (recsys.data.history) -------------------------------------------------------------
+    def _times(self, table: pa.Table, where: Where) -> np.ndarray:
+        """The time column of rows that need one (history, time-split cuts; both check the spec has it)."""
+        time = self._time(table, where)
+        if time is None:
+            raise ConfigError(f"spec '{self.spec.name}': this needs 'time' (a timestamp column)")
+        return time
+
     def _user_keys(self, table: pa.Table, where: Where) -> np.ndarray:
         enc = next(e for e in self.sparse if e.name == self.spec.user)
         return value_keys(enc.normalised(table.column(enc.column), where))
@@ -293,12 +300,14 @@ class Dataset:
 
     def _build_history(self) -> LabelHistory:
         """Every training row of the source (all ranks' shares): user key, time, per task (defined, positive)."""
-        users, times, events = [], [], {t: ([], []) for t in self.history_tasks}
+        users: List[np.ndarray] = []
+        times: List[np.ndarray] = []
+        events: Dict[str, Tuple[List[np.ndarray], List[np.ndarray]]] = {t: ([], []) for t in self.history_tasks}
         reader = self._reader(self.spec.main_source)  # a separate valid or test file set holds no training rows
         with self._bar("label history", self.rows.get(None)) as bar:
             for chunk in reader.chunks(0, self.max_rows):
                 table, where = self._prepare(chunk)
-                time = self._time(table, where)
+                time = self._times(table, where)
                 train = self._split_of(self._row_ids(chunk, table, where, None), time, None) == 0
                 bar.update(table.num_rows)
                 if not train.any():
@@ -315,10 +324,10 @@ class Dataset:
             {name: (np.concatenate(a), np.concatenate(p)) for name, (a, p) in events.items()},
         )
 
-    def _history_of(self, table: pa.Table, where: Where, user_keys: np.ndarray) -> Dict[str, np.ndarray]:
-        if not self.with_history:
+    def _history_of(self, table: pa.Table, where: Where, user_keys: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
+        if not self.with_history or user_keys is None:  # the history needs a user (history_possible)
             return {}
-        return self.label_history().query(user_keys, self._time(table, where))
+        return self.label_history().query(user_keys, self._times(table, where))
 
     # --- passes ------------------------------------------------------------------------------------------
     def _sources(self) -> List[Tuple[FileSpec, Optional[int]]]:
@@ -334,10 +343,10 @@ class Dataset:
         if not self.spec.time:
             raise ConfigError(f"spec '{self.spec.name}': a time split needs 'time' (a timestamp column)")
         if self.spec.filter or self.spec.derived or self.spec.joins:  # the cuts count only the rows kept
-            times = [self._time(*self._prepare(c)) for c in self._reader(self.spec.main_source).chunks(0, self.max_rows)]
+            times = [self._times(*self._prepare(c)) for c in self._reader(self.spec.main_source).chunks(0, self.max_rows)]
         else:
             reader = self._reader(self.spec.main_source, {self.spec.time})
-            times = [self._time(c.table, Where(c.file, c.file_row)) for c in reader.chunks(0, self.max_rows)]
+            times = [self._times(c.table, Where(c.file, c.file_row)) for c in reader.chunks(0, self.max_rows)]
         self.splitter.fit_cuts(np.concatenate(times))
 
     def fit(self) -> None:
@@ -369,8 +378,8 @@ class Dataset:
                     train = split == 0
                     for enc in self.sparse:
                         enc.fit(table.column(enc.column), where, train)
-                    for enc in self.dense:
-                        enc.fit(table.column(enc.column), where, train, encoded=split >= 0)
+                    for dense in self.dense:
+                        dense.fit(table.column(dense.column), where, train, encoded=split >= 0)
                     seen += chunk.table.num_rows
                     kept += table.num_rows
                     bar.update(chunk.table.num_rows)
@@ -380,8 +389,10 @@ class Dataset:
                          fs.path if os.path.isabs(fs.path) else os.path.join(self.root, fs.path))
         if counts["train"] == 0:
             raise DataError(f"dataset '{self.spec.name}': the training split is empty")
-        for enc in self.sparse + self.dense:
+        for enc in self.sparse:
             enc.finalize()
+        for dense in self.dense:
+            dense.finalize()
         self.rows, self.filtered_out = rows, dropped
         self.split_counts = counts
         self._fit_files = files
@@ -408,7 +419,7 @@ class Dataset:
             self.rows[fixed] = counted if fixed is not None or self.max_rows is None else min(counted, self.max_rows)
         return self.rows[fixed]
 
-    def _rank_chunks(self, rank: int, world_size: int) -> Iterator[Tuple[RawChunk, bool]]:
+    def _rank_chunks(self, rank: int, world_size: int) -> Iterator[Tuple[RawChunk, Optional[int]]]:
         self._require_fitted()
         if self._fit_files is not None:
             check_unchanged(self._fit_files, fingerprint(self.files()))
@@ -533,8 +544,8 @@ class Dataset:
         for e in self.sparse:
             enc_state, vocab = state["sparse"][e.name]
             e.load_state(enc_state, vocab)
-        for e in self.dense:
-            e.load_state(state["dense"][e.spec.name])
+        for d in self.dense:
+            d.load_state(state["dense"][d.spec.name])
         self._load_extra(state["extra"])
 
     def _load_extra(self, extra: Dict[str, Any]) -> None:

@@ -27,10 +27,11 @@ def derive(d: DerivedSpec, table: pa.Table, where: Where) -> np.ndarray:
             raise where.error(f"derived column '{d.name}' needs a missing column", name)
         return table.column(name)
 
+    column = d.column or ""  # every op but the ones reading no column names one (DerivedSpec's checks)
     if d.op == "in":
-        return _is_in(col(d.column), d.values, where, d.column).astype(np.int64)
+        return _is_in(col(column), d.values, where, column).astype(np.int64)
     if d.op in ("greater", "bucketize"):
-        x = to_float(col(d.column), where, d.column)
+        x = to_float(col(column), where, column)
         if np.isnan(x).any():
             raise where.error("missing value", d.column, int(np.flatnonzero(np.isnan(x))[0]))
         if d.op == "greater":

@@ -253,7 +253,7 @@ def to_int(arr: pa.Array, where: Where, column: str, wide_hint: str = "") -> np.
     """Integer ids (or integer text) as exact int64; missing ids, fractions, text and ids beyond int64 name their
     row (``wide_hint`` is added to the last)."""
     values, wide, text = _int_ids(arr, where, column)
-    if wide is not None and wide.any():
+    if wide is not None and text is not None and wide.any():
         i = _first(wide)
         raise where.error(f"id {text[i].as_py()} does not fit a signed 64-bit integer{wide_hint}", column, i)
     return values
@@ -741,12 +741,12 @@ def load_encoders(path: str, sparse: List[SparseEncoder], dense: List[DenseEncod
             enc.load_state(state["sparse"][enc.name], vocab)
         except (KeyError, TypeError, ValueError):
             raise DataError(f"corrupt state of sparse feature '{enc.name}'", file=file) from None
-        if enc.needs_fit and len(vocab) >= enc.num_embeddings:
+        if vocab is not None and len(vocab) >= enc.num_embeddings:
             raise DataError(f"the vocabulary of '{enc.name}' has {len(vocab)} values for a table of "
                             f"{enc.num_embeddings} rows", file=vfile)
-    for enc in dense:
+    for denc in dense:
         try:
-            enc.load_state(state["dense"][enc.spec.name])
+            denc.load_state(state["dense"][denc.spec.name])
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"corrupt state of dense feature '{enc.spec.name}'", file=file) from None
+            raise DataError(f"corrupt state of dense feature '{denc.spec.name}'", file=file) from None
     return {k: v for k, v in state.items() if k not in ("sparse", "dense")}

@@ -361,8 +361,8 @@ class SourceReader:
             data_row = None if number is None or number < 0 else number - (1 if self.spec.header else 0)
             text = getattr(row, "text", "")
             return DataError(
-                f"malformed CSV line: expected {row.expected_columns} fields with delimiter "
-                f"{self.spec.delimiter!r}, got {row.actual_columns}: {text[:80]!r}",
+                f"malformed CSV line: expected {getattr(row, 'expected_columns', '?')} fields with delimiter "
+                f"{self.spec.delimiter!r}, got {getattr(row, 'actual_columns', '?')}: {text[:80]!r}",
                 file=path, row=data_row,
             )
         if isinstance(e, UnicodeDecodeError) or "UTF8" in msg or "utf8" in msg.lower():

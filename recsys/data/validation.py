@@ -32,18 +32,18 @@ def labels(tasks: Sequence[TaskSpec], table: pa.Table, where: Where) -> Dict[str
             raise where.error(f"label of task '{t.name}' is {'missing' if np.isnan(y[i]) else y[i]}",
                               t.source_column, i)
         loss = loss_of(t)
-        i = loss.labels.first_outside_values(y)
-        if i is not None:
-            raise where.error(loss.outside_values_message(t.name, y[i]), t.source_column, i)
+        outside = loss.labels.first_outside_values(y)
+        if outside is not None:
+            raise where.error(loss.outside_values_message(t.name, y[outside]), t.source_column, outside)
         for limit, bad, what in ((t.min_value, y < (t.min_value or 0.0), "below the minimum"),
                                  (t.max_value, y > (t.max_value or 0.0), "above the maximum")):
             if limit is not None and bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise where.error(f"label of task '{t.name}' is {y[i]:g}, {what} {limit:g} declared in the spec",
                                   t.source_column, i)
-        i = loss.labels.first_below_minimum(y)
-        if i is not None:
-            raise where.error(loss.below_minimum_message(t.name, y[i]), t.source_column, i)
+        below = loss.labels.first_below_minimum(y)
+        if below is not None:
+            raise where.error(loss.below_minimum_message(t.name, y[below]), t.source_column, below)
         out[t.name] = to_float32(y, where, t.source_column, f"label of task '{t.name}'")
     for t in tasks:
         if t.depends_on and t.kind == "binary":
