@@ -4,6 +4,7 @@
     recsys train -c CONFIG [--set key=value ...] [--resume]    train with early stopping, evaluate
     recsys eval -c CONFIG [--checkpoint best|latest|PATH] [--split test]
     recsys predict -c CONFIG --out scores.parquet [--split test] [--checkpoint ...]
+    recsys export --run-dir RUN --out DIR [--quantize none|fp16|int8] [--format torchscript|aoti|auto]
     recsys plan -c CONFIG [--world-size 8 64 ...] [--device-type h100|h200|cpu]   sharding plans, no data needed
     recsys models                                              the registered models and what each needs
     recsys ssim search -c CONFIG                               SSIM: learn the shared-instance selection
@@ -178,6 +179,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from recsys.serving.export import describe, export_run
+
+    manifest = export_run(args.run_dir, args.out, checkpoint=args.checkpoint, quantize=args.quantize,
+                          program_format=args.format, overwrite=args.overwrite)
+    print(describe(manifest, args.out))
+    return 0
+
+
 @command("plan")
 def cmd_plan(args: argparse.Namespace) -> int:
     from recsys.config import load_config
@@ -311,6 +322,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
                     help="rows to score; 'all' scores every row (use with --data for new files)")
     pr.add_argument("--out", required=True, help="output Parquet file")
+
+    xp = sub.add_parser("export", help="write a serving artifact: program, encoders, preprocessing, manifest",
+                        description="Export a trained run for serving (docs/serving.md): a TorchScript program "
+                                    "(or AOTInductor with --format aoti), the fitted encoders in Parquet/JSON, a "
+                                    "standalone runtime.py that preprocesses raw rows and scores them without "
+                                    "recsys, and MANIFEST.json with versions and checksums.")
+    xp.add_argument("--run-dir", required=True, help="the trained run folder")
+    xp.add_argument("--out", required=True, help="the artifact folder to write (new or empty)")
+    xp.add_argument("--checkpoint", default="best", help="best, latest or a checkpoint folder")
+    xp.add_argument("--quantize", default="none", choices=["none", "fp16", "int8"],
+                    help="embedding tables as torchrec/FBGEMM row-wise fp16 or int8 (dense layers stay fp32)")
+    xp.add_argument("--format", default="torchscript", choices=["torchscript", "aoti", "auto"],
+                    help="torchscript (default), aoti (torch.export + AOTInductor, fp32 only, ~1 min to "
+                         "compile) or auto (AOTInductor where it works)")
+    xp.add_argument("--overwrite", action="store_true", help="replace an earlier artifact in --out")
 
     pl = sub.add_parser("plan", help="print sharding plans and per-rank memory for a config (no data, no GPU)")
     pl.add_argument("-c", "--config", required=True, help="run config YAML (its dataset spec must declare "
