@@ -17,7 +17,8 @@ state travels inside the exported program.
 The ``Batch`` a model reads is built inside ``forward`` from these tensors. FX tracing goes through the dataclass
 and keeps only tensor operations, so the same module is eager code, a traced graph and a TorchScript program.
 Fields models read only in training (labels, history, extras, weights) are empty or neutral: weights 1, row ids
-0, evaluation groups 0, user = the user feature's ids (single-hot by the dataset's rule).
+0, evaluation groups 0, user = the user feature's ids (single-hot by the dataset's rule). Embedding projectors
+(rows collected for TensorBoard during evaluation) are switched off.
 
 Example::
 
@@ -33,7 +34,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.batch import Batch
 from recsys.models.base import RankingModel
-from recsys.modules.lifecycle import BetaTracker
+from recsys.modules.lifecycle import BetaTracker, EmbeddingProjector
 from recsys.train.losses import prediction_of
 
 USER_STATE = "user_state/"  # output key prefix of a per-user tracker's posterior means
@@ -54,6 +55,9 @@ class ServingModule(nn.Module):
         self.tasks = list(schema.tasks)
         self.groups: List[str] = [name for name, _ in schema.eval_groups]
         self.user_position = schema.feature_names.index(schema.user_feature) if schema.user_feature else -1
+        for m in model.modules():
+            if isinstance(m, EmbeddingProjector):
+                m.max_rows = 0  # rows for TensorBoard's projector are an evaluation aid, not a serving output
         trackers = [(name, m) for name, m in model.named_modules() if isinstance(m, BetaTracker)]
         # one tracker (STAN) names its outputs by task; several would be told apart by their module path
         self.trackers: List[Tuple[str, BetaTracker]] = [

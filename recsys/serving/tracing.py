@@ -58,6 +58,7 @@ def trace(module: nn.Module, leaves: Optional[Sequence[str]] = None) -> Tuple[to
         try:
             graph = tracer.trace(module)
         except TraceError:
+            module.train(module.training)  # modules holding evaluation-time state reset it (none keeps a proxy)
             if not search or not tracer.failed or tracer.failed in kept or len(kept) >= MAX_LEAVES:
                 raise
             kept.add(tracer.failed)
