@@ -268,22 +268,23 @@ def test_int8_and_fp16_embeddings_keep_auc_within_0_002_of_fp32(trained_wide_dee
 
 
 def test_int8_program_holds_each_table_row_in_its_width_plus_4_bytes(trained_wide_deep):
-    """torchrec's int8 tables keep a row as one byte per column plus an fp16 scale and bias, unpadded: 16-wide
-    rows take 20 bytes instead of 64, the 4-wide wide-part rows 8 instead of 16 (0.35x of the fp32 tables); FBGEMM
-    starts each table on a 64-byte boundary and pads each kernel's buffer by at most 64 bytes."""
+    """Both programs keep their tables in FBGEMM's inference kernel: fp32 rows take 4 bytes a column, int8 rows
+    one byte a column plus an fp16 scale and bias, unpadded: 16-wide rows 20 bytes instead of 64, the 4-wide
+    wide-part rows 8 instead of 16 (0.35x). FBGEMM starts each table on a 64-byte boundary and pads each kernel's
+    buffer by at most 64 bytes."""
     run, _, _ = trained_wide_deep
-    fp32, int8 = (torch.jit.load(os.path.join(run[k], "model.pt")) for k in ("artifact", "int8"))
-    fp32_tables = sum(p.numel() * p.element_size() for n, p in fp32.named_parameters() if "embedding_bags" in n)
-    int8_tables = [b for n, b in int8.named_buffers() if n.endswith("weights_host")]
-    assert int8_tables and all(b.dtype == torch.uint8 for b in int8_tables)
     schema = load_for_inference(run["run"]).schema
     widths = [16, 4]  # each feature's table, and its wide (first-order) table
-    assert fp32_tables == sum(f.num_embeddings * w * 4 for f in schema.sparse for w in widths)
-    int8_bytes = sum(b.numel() for b in int8_tables)
-    packed = sum(f.num_embeddings * (w + 4) for f in schema.sparse for w in widths)
-    assert packed <= int8_bytes <= packed + 64 * (len(schema.sparse) * len(widths) + len(int8_tables))
-    assert packed / fp32_tables == pytest.approx(0.35)  # at real table sizes the padding vanishes
-    assert not any("embedding_bags" in n for n, _ in int8.named_parameters())
+    tables = len(schema.sparse) * len(widths)
+    packed = {}
+    for key, row_bytes in (("artifact", lambda w: 4 * w), ("int8", lambda w: w + 4)):
+        program = torch.jit.load(os.path.join(run[key], "model.pt"))
+        buffers = [b for n, b in program.named_buffers() if n.endswith("weights_host")]
+        assert buffers and all(b.dtype == torch.uint8 for b in buffers)
+        assert not any("embedding_bags" in n for n, _ in program.named_parameters())
+        packed[key] = sum(f.num_embeddings * row_bytes(w) for f in schema.sparse for w in widths)
+        assert packed[key] <= sum(b.numel() for b in buffers) <= packed[key] + 64 * (tables + len(buffers)), key
+    assert packed["int8"] / packed["artifact"] == pytest.approx(0.35)  # at real table sizes the padding vanishes
 
 
 ONE_LINE_CASES = {

@@ -21,9 +21,10 @@ Program formats:
 * ``auto``: AOTInductor where it works, TorchScript otherwise; the manifest and the command's output say which
   was written and why.
 
-Quantisation (``--quantize fp16|int8``) is torchrec's inference path: ``quantize_inference_model`` swaps the
-EmbeddingBagCollection for torchrec's quantized one (FBGEMM's table-batched inference kernels with row-wise
-int8 or fp16 weights); dense layers stay float32.
+Tables: a TorchScript program looks its tables up with torchrec's inference path: ``quantize_inference_model``
+swaps the EmbeddingBagCollection for torchrec's quantized one, FBGEMM's table-batched inference kernel (all tables
+in one call), with fp32 weights by default (the trained values, bit for bit) or, with ``--quantize fp16|int8``,
+row-wise fp16 or int8 weights; dense layers stay float32.
 
 Every artifact is checked before it is kept: the saved program is loaded back and must reproduce the eager
 module's outputs on sample inputs, and the folder is written under a temporary name and renamed at the end, so a
@@ -59,6 +60,9 @@ PROGRAM_FILES = {"torchscript": "model.pt", "aoti": "model.pt2"}
 CROSS_HASH_KEY = "recsys-cross-v1\0"  # the key recsys.data.dataset's ``cross`` op hashes with (a test pins it)
 SAMPLE_ROWS = 8
 CPU_ROW_ALIGNMENT = 1
+TABLE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.qint8}
+TBE_KERNEL = "FBGEMM table-batched inference kernel (torchrec's quantized EmbeddingBagCollection)"
+EBC_KERNEL = "torchrec's EmbeddingBagCollection (one embedding_bag per table)"
 CHECK_ATOL = 1e-5  # program vs eager module on the same inputs: float32 summation order at most
 
 TORCHSCRIPT_WHY = ("TorchScript, the default: loads with torch.jit.load in any process with torch and fbgemm_gpu "
@@ -113,20 +117,19 @@ def sample_inputs(schema: Schema, rows: int = SAMPLE_ROWS, seed: int = 0) -> Tup
             torch.randint(0, schema.num_scenarios, (rows,), generator=g))
 
 
-def quantize_module(module: ServingModule, how: str) -> ServingModule:
-    """``module`` with its EmbeddingBagCollection swapped for torchrec's quantized one (in place).
+def inference_tables(module: ServingModule, weights: str) -> ServingModule:
+    """``module`` with its EmbeddingBagCollection swapped (in place) for torchrec's inference one: every table in
+    FBGEMM's table-batched inference kernel, weights ``fp32``, ``fp16`` or row-wise ``int8`` (one kernel call
+    for all tables, where the training module's unsharded EBC looks tables up one by one).
 
     Rows are packed without padding (FBGEMM's own CPU default; torchrec pads every row to 16 bytes for GPUs,
     which would make a 16-wide int8 row, 16 bytes plus a 4-byte scale and bias, take 32 bytes)."""
-    if how == "none":
-        return module
     from torchrec.inference.modules import quantize_inference_model
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
     from torchrec.quant.embedding_modules import quant_prep_customize_row_alignment
 
     quant_prep_customize_row_alignment(module, [EmbeddingBagCollection], CPU_ROW_ALIGNMENT)
-    dtype = {"fp16": torch.float16, "int8": torch.qint8}[how]
-    return quantize_inference_model(module, quantization_dtype=dtype)
+    return quantize_inference_model(module, quantization_dtype=TABLE_DTYPES[weights])
 
 
 def _torchscript(module: ServingModule, leaves: List[str], path: str) -> None:
@@ -154,34 +157,39 @@ def _first_line(e: BaseException) -> str:
 
 def write_program(module: ServingModule, quantize: str, program_format: str, folder: str,
                   sample: Tuple[torch.Tensor, ...]) -> Dict[str, Any]:
-    """Compile ``module`` (quantized as asked) into ``folder``; returns the manifest's program entry."""
+    """Compile ``module`` (tables quantized as asked) into ``folder``; returns the manifest's program entry."""
     if program_format == "aoti" and quantize != "none":
         raise ConfigError(f"export: --format aoti with --quantize {quantize}: {AOTI_QUANTIZED}; use --format "
                           "torchscript (or auto)")
+    weights = "fp32" if quantize == "none" else quantize
     # submodules FX cannot trace are found on the float module: quantized ones cache state on a failed trace
     _, leaves = trace(module)
-    module = quantize_module(module, quantize)
-    with torch.no_grad():  # eager first: torchrec's quantized modules cache the feature order on their first call
-        expected = module(*sample)
-    chosen, why = "torchscript", TORCHSCRIPT_WHY
+    with torch.no_grad():
+        reference = module(*sample)  # the model as trained: an fp32 program must reproduce it
+    chosen, why, kernel = "torchscript", TORCHSCRIPT_WHY, TBE_KERNEL
     if program_format in ("aoti", "auto"):
         if quantize != "none":
             why = f"TorchScript: AOTInductor is not available for {quantize} embeddings ({AOTI_QUANTIZED})"
         else:
-            try:
+            try:  # torch.export cannot trace the inference kernel either: AOTInductor gets the training EBC
                 _aoti(module, sample, os.path.join(folder, PROGRAM_FILES["aoti"]))
-                chosen, why = "aoti", AOTI_WHY.format(torch=torch.__version__)
+                chosen, why, kernel = "aoti", AOTI_WHY.format(torch=torch.__version__), EBC_KERNEL
             except Exception as e:  # torch.export / Inductor failures have many types; one line says which
                 if program_format == "aoti":
                     raise RecsysError(f"export: AOTInductor failed for this model ({type(e).__name__}: "
                                       f"{_first_line(e)}); use --format torchscript") from None
                 why = f"TorchScript: AOTInductor failed for this model ({type(e).__name__}: {_first_line(e)})"
-    file = os.path.join(folder, PROGRAM_FILES[chosen])
+    expected = reference
     if chosen == "torchscript":
-        _torchscript(module, leaves, file)
-    check_program(file, chosen, sample, expected)
+        module = inference_tables(module, weights)
+        with torch.no_grad():  # eager first: torchrec's quantized modules cache the feature order on first call
+            quantized = module(*sample)
+        expected = reference if weights == "fp32" else quantized
+        _torchscript(module, leaves, os.path.join(folder, PROGRAM_FILES[chosen]))
+    check_program(os.path.join(folder, PROGRAM_FILES[chosen]), chosen, sample, expected)
     return {"file": PROGRAM_FILES[chosen], "format": chosen, "why": why, "quantize": quantize,
-            "outputs": module.output_names, "traced_whole": leaves}
+            "tables": {"weights": weights, "kernel": kernel}, "outputs": module.output_names,
+            "traced_whole": leaves}
 
 
 def check_program(file: str, program_format: str, sample: Tuple[torch.Tensor, ...],
@@ -335,8 +343,8 @@ def describe(manifest: Dict[str, Any], folder: str) -> str:
         f"wrote {folder}: {manifest['model']['name']} ({manifest['dataset']}, checkpoint "
         f"{manifest['run']['checkpoint']}), {program['file']} {size['program'] / 1e6:.2f} MB, "
         f"artifact {size['total'] / 1e6:.2f} MB",
-        f"program: {program['format']}, embeddings {program['quantize'] if program['quantize'] != 'none' else 'fp32'}"
-        f" - {program['why']}",
+        f"program: {program['format']} - {program['why']}",
+        f"tables: {program['tables']['weights']} weights in {program['tables']['kernel']}",
         f"outputs: {', '.join(program['outputs'])}",
         f"score without recsys: python {os.path.join(folder, 'runtime.py')} score {folder} --input ROWS.parquet "
         "--out scores.parquet",
