@@ -546,7 +546,12 @@ def figures_for(json_path: str) -> Dict[str, "Figure"]:
         return {f"{base}_{name}.png": fig for name, fig in throughput_figures(result).items()}
     if "rows_per_sec" in result:
         return {base + ".png": loader_figure(result)}
-    raise ValueError(f"{json_path}: not a result of benchmarks.quality, benchmarks.throughput or benchmarks.loader")
+    if result.get("benchmark") == "serving":
+        from benchmarks.serving import figures
+
+        return {f"{base}_{name}.png": fig for name, fig in figures(result).items()}
+    raise ValueError(f"{json_path}: not a result of benchmarks.quality, benchmarks.throughput, benchmarks.loader or "
+                     "benchmarks.serving")
 
 
 def committed_results(root: str = RESULTS) -> List[str]:
