@@ -221,11 +221,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         for n in old_sizes:
             lines.append(f"- {n:,} rows: " + ", ".join(f"{k} {v:.1e}" for k, v in
                                                        result["baseline_differences"][n].items()))
-    lines += ["", f"Peak resident memory of the run: {result['peak_rss_mb']:,.0f} MB."]
+    lines += ["", f"Peak resident memory of the run: {result['peak_rss_mb']:,.0f} MB.", "",
+              "![evaluation.png](evaluation.png)"]
     md = "\n".join(lines) + "\n"
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "evaluation.json"), result)
     write_text(os.path.join(args.out, "evaluation.md"), md)
+    from benchmarks import plots
+
+    plots.render([os.path.join(args.out, "evaluation.json")])
     print(md)
     return 0
 

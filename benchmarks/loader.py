@@ -57,7 +57,7 @@ def train_rate(data: str, batch_size: int, in_memory: bool, steps: int, run_dir:
     ])
     trainer = Trainer(cfg)
     loader = trainer.train_loader()
-    it = trainer._steps(loader)
+    it = trainer.stepper.steps(loader)
     for _ in range(5):
         next(it)
     t = time.perf_counter()
@@ -80,7 +80,7 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
 
-    from recsys.cli import setup_logging
+    from recsys.console import setup_logging
     from recsys.data.dataset import Dataset
     from recsys.data.loader import BatchLoader
     from recsys.data.spec import load_spec

@@ -442,6 +442,45 @@ def loader_figure(result: Dict[str, Any]) -> "Figure":
     return fig
 
 
+def evaluation_figure(result: Dict[str, Any]) -> "Figure":
+    """Rows evaluated per CPU-second at each size: this implementation beside the baseline it was measured
+    against (log axis), the 10^6 rows per CPU-second goal marked."""
+    baseline = result.get("baseline") or {}
+    names, med, stats, colors = [], [], [], []
+    for rows, cell in result["current"].items():
+        names.append(f"recsys evaluate(), {int(rows):,} rows")
+        med.append(cell["rows_per_cpu_s"]["median"])
+        stats.append(cell["rows_per_cpu_s"])
+        colors.append(BAR)
+    for rows, cell in baseline.items():
+        if isinstance(cell, dict) and "rows_per_cpu_s" in cell:
+            names.append(f"before (commit {baseline['ref']}), {int(rows):,} rows")
+            med.append(cell["rows_per_cpu_s"]["median"])
+            stats.append(cell["rows_per_cpu_s"])
+            colors.append(PATH_COLORS["plain"])
+    fig = _figure(10, 2.6 + 0.45 * len(names))
+    ax = fig.subplots()
+    ys = np.arange(len(names))
+    ax.barh(ys, med, height=0.7, xerr=_errs(stats), color=colors, capsize=2, error_kw={"linewidth": 1})
+    for y, m, st in zip(ys, med, stats):
+        ax.text(st["max"], y, f" {compact(m)} rows/CPU-s", va="center", ha="left", fontsize=VALUE_SIZE, bbox=ON_WHITE)
+    goal = 1e6
+    ax.axvline(goal, color=REFERENCE, linestyle="--", linewidth=1.3)
+    ax.set_xscale("log")
+    ax.set_xlim(min(med) / 2, max(max(st["max"] for st in stats), goal) * 6)
+    ax.set_yticks(ys, names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlabel("rows evaluated per CPU-second (log scale)")
+    work = result["workload"]
+    _title(fig, "Evaluation throughput: AUC, logloss, GAUC, NDCG@k per task, scenario and stage",
+           f"{len(work['tasks'])} tasks, {work['scenarios']} scenarios x {len(work['stages'])} stages, "
+           f"{work['users']:,} users; {_machine(result['environment'])}")
+    _legend(fig, [_bar_handle(BAR), _bar_handle(PATH_COLORS["plain"]), _line_handle(REFERENCE)],
+            ["this implementation: median over rounds, whiskers min-max", "the implementation it replaced",
+             "goal: 1M rows per CPU-second"], ncols=1)
+    return fig
+
+
 # --- layout checks --------------------------------------------------------------------------------------------
 
 def _inside(box: "Bbox", outer: "Bbox", slack: float = 1.0) -> bool:
@@ -546,12 +585,13 @@ def figures_for(json_path: str) -> Dict[str, "Figure"]:
         return {f"{base}_{name}.png": fig for name, fig in throughput_figures(result).items()}
     if "rows_per_sec" in result:
         return {base + ".png": loader_figure(result)}
+    if "current" in result and "workload" in result:
+        return {base + ".png": evaluation_figure(result)}
     if result.get("benchmark") == "serving":
         from benchmarks.serving import figures
 
         return {f"{base}_{name}.png": fig for name, fig in figures(result).items()}
-    raise ValueError(f"{json_path}: not a result of benchmarks.quality, benchmarks.throughput, benchmarks.loader or "
-                     "benchmarks.serving")
+    raise ValueError(f"{json_path}: not a result of benchmarks.quality, throughput, loader, evaluation or serving")
 
 
 def committed_results(root: str = RESULTS) -> List[str]:

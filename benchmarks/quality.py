@@ -427,7 +427,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from recsys.cli import setup_logging
+    from recsys.console import setup_logging
 
     setup_logging()
     available = grids()

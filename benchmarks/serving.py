@@ -49,7 +49,7 @@ import torch
 
 from benchmarks.common import RESULTS, environment, environment_markdown, write_json, write_text
 from recsys.cli import main as recsys_main
-from recsys.cli import setup_logging
+from recsys.console import setup_logging
 from recsys.config import load_config
 from recsys.serving import runtime
 from recsys.serving.export import export_run, inference_tables

@@ -39,7 +39,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS, environment, environment_markdown, write_json, write_text
@@ -47,14 +46,14 @@ from benchmarks.kernels import TbeBound, hbm_peak
 from benchmarks.memory import PeakMemory, release
 from benchmarks.plain import mlp_twin, plain_twin
 from benchmarks.workloads import CriteoWorkload, LiveWorkload, Workload
-from recsys.cli import setup_logging
-from recsys.config import EmbeddingOptimizerConfig, ModelConfig, OptimizerConfig, ShardingConfig
+from recsys.config import EmbeddingOptimizerConfig, ModelConfig, OptimizerConfig, ShardingConfig, TrainConfig
+from recsys.console import is_terminal, setup_logging
 from recsys.models import build_model, model_names
 from recsys.modules.sparse import SparseArch
+from recsys.train.assembly import Stepper, assemble
 from recsys.train.dist import init_distributed
 from recsys.train.losses import MultiTaskLoss, TrainModule
-from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
-from recsys.train.sharding import BOUNDS_CHECK, shard
+from recsys.train.sharding import BOUNDS_CHECK
 
 log = logging.getLogger("benchmarks.throughput")
 
@@ -136,37 +135,26 @@ class RecsysPath:
                  embedding_optimizer: Optional[EmbeddingOptimizerConfig] = None,
                  sharding: Optional[ShardingConfig] = None) -> None:
         self.device = settings.device
-        module = TrainModule(model, MultiTaskLoss(model.schema, None, model.dependent_loss))
-        embedding_optimizer = embedding_optimizer or EmbeddingOptimizerConfig()
-        fuse_embedding_optimizer(module, embedding_optimizer, self.device.type)
-        self.dmp = shard(module, sharding or ShardingConfig(), self.device, batch_size)
-        self.optimizer = build_optimizer(self.dmp, OptimizerConfig(), None, embedding=embedding_optimizer)
+        train = TrainConfig(embedding_optimizer=embedding_optimizer or EmbeddingOptimizerConfig())
+        self.setup = assemble(model, model.schema, train, sharding or ShardingConfig(), self.device, batch_size)
+        self.dmp, self.optimizer = self.setup.dmp, self.setup.optimizer
         if self.device.type == "cuda":
             batches = [b.pin_memory() for b in batches]
         self._it = itertools.cycle(batches)
-        self._pipeline = None
-        if settings.pipeline:
-            self._pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, self.device)
+        # the trainer's own stepper: the plain loop or TrainPipelineSparseDist, as the run config chooses
+        self.stepper = Stepper(self.setup, self.device, pipeline=settings.pipeline)
+        self._steps = self.stepper.steps(self._it)
 
     def train_step(self) -> None:
-        if self._pipeline is not None:
-            self._pipeline.progress(self._it)
-            return
-        # recsys.train.trainer.Trainer._steps, plain loop
-        batch = next(self._it).to(self.device, non_blocking=True)
-        self.optimizer.zero_grad()
-        loss, _ = self.dmp(batch)
-        loss.backward()
-        self.optimizer.step()
+        next(self._steps)
 
     def eval_mode(self) -> None:
-        if self._pipeline is not None and hasattr(self._pipeline, "detach"):
-            self._pipeline.detach()
+        self.stepper.detach()
         self.dmp.eval()
 
     @torch.no_grad()
     def infer_step(self) -> None:
-        # recsys.train.trainer.Trainer._forward_all
+        # what the trainer's evaluation runs per batch (recsys.train.assembly.eval_batches)
         self.dmp(next(self._it).to(self.device, non_blocking=True))
 
 
@@ -649,7 +637,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cells = build_grid(opts)
     out_cells = []
     method = ""
-    for cell in tqdm(cells, desc="throughput", unit="cell"):
+    for cell in tqdm(cells, desc="throughput", unit="cell", disable=not is_terminal()):  # bars only on a terminal
         row: Dict[str, Any] = {"tag": cell.tag, "workload": cell.workload.name, "model": cell.model,
                                "batch_size": cell.batch_size, "description": cell.workload.description,
                                "vocab_cap": getattr(cell.workload, "vocab_cap", None)}

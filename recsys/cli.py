@@ -24,9 +24,9 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from typing import Callable, Dict, List, Optional, Sequence
 
+from recsys.console import setup_logging
 from recsys.errors import RecsysError
 
 log = logging.getLogger("recsys")
@@ -40,22 +40,6 @@ def command(name: str):
         return fn
 
     return wrap
-
-
-def setup_logging(verbose: bool = False) -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=logging.DEBUG if verbose else level, format="%(message)s", stream=sys.stderr)
-    if not verbose:
-        for noisy in ("torchrec", "fbgemm_gpu", "torch", "root", "torchx"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore", category=UserWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    # "root" above is the root logger itself (and an earlier import may have configured it): recsys's own
-    # messages keep their level (INFO on rank 0)
-    logging.getLogger("recsys").setLevel(logging.DEBUG if verbose else level)
 
 
 def _config(args: argparse.Namespace):
@@ -240,7 +224,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 @command("ssim")
 def cmd_ssim(args: argparse.Namespace) -> int:
-    from recsys.train import ssim
+    from recsys.workflows import ssim
 
     if args.phase == "search":
         result = ssim.run_search(_config(args))

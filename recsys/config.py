@@ -22,6 +22,7 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type
 import yaml
 
 from recsys.errors import ConfigError
+from recsys.schema import COMPUTE_KERNELS, GPU_COMPUTE_KERNELS, GPU_SHARDING_TYPES, SHARDING_TYPES, ComputeKernel
 
 T = TypeVar("T")
 
@@ -185,13 +186,14 @@ class TrainConfig:
         max_steps: stop after this many steps in total (overrides epochs when reached first).
         seed: seeds model init and data order.
         eval_every_steps: validate every N steps (default: at the end of each epoch).
-        log_every_steps: TensorBoard scalar interval.
+        log_every_steps: interval of the TensorBoard training scalars and of the loss beside the progress bar.
         grad_clip_norm: clip the dense gradients' norm (the fused embedding update has no gradient to clip).
         pipeline: ``sparse_dist`` overlaps input distribution with compute (TrainPipelineSparseDist);
             ``plain`` is a simple loop; ``auto`` picks ``sparse_dist`` on GPU.
         checkpoint_every_steps: also checkpoint every N steps (default: after each evaluation).
         keep_checkpoints: how many recent checkpoints to keep besides the best.
-        progress: show tqdm progress bars.
+        progress: show progress: tqdm bars when stderr is a terminal, else a plain line every 30 s (see
+            :mod:`recsys.console`).
     """
 
     epochs: PositiveInt = 1
@@ -249,7 +251,7 @@ class ShardingConfig:
     """
 
     sharding_types: List[str] = field(default_factory=lambda: ["table_wise"])
-    compute_kernel: Literal["fused", "dense", "fused_uvm_caching", "fused_uvm"] = "fused"
+    compute_kernel: ComputeKernel = "fused"
     tables: Dict[str, TableShardingConfig] = field(default_factory=dict)
     device_type: Literal["auto", "cpu", "h100", "h200"] = "auto"
     hbm_gb: Optional[PositiveFloat] = None
@@ -599,7 +601,7 @@ def validate_config(cfg: Config, source: str = "config") -> None:
                           f"got {cfg.model.embedding_dim}")
     if cfg.train.epochs < 1:
         raise ConfigError(f"{source}: 'train.epochs' must be >= 1")
-    valid_types = {"table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise", "data_parallel"}
+    valid_types = set(SHARDING_TYPES)
     for where, types in [("sharding.sharding_types", cfg.sharding.sharding_types)] + [
         (f"sharding.tables.{t}.sharding_types", c.sharding_types) for t, c in cfg.sharding.tables.items()
     ]:
@@ -608,7 +610,7 @@ def validate_config(cfg: Config, source: str = "config") -> None:
                 close = difflib.get_close_matches(st, sorted(valid_types), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"{source}: '{where}' has unknown sharding type '{st}'{hint}")
-    valid_kernels = {"fused", "dense", "fused_uvm_caching", "fused_uvm"}
+    valid_kernels = set(COMPUTE_KERNELS)
     for name, c in cfg.sharding.tables.items():
         for kernel in c.compute_kernels:
             if kernel not in valid_kernels:
@@ -626,23 +628,30 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         value = getattr(cfg.sharding, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{source}: 'sharding.{key}' must be > 0, got {value}")
-    if cfg.device == "cpu" or (cfg.device == "auto" and not _cuda_available()):
-        gpu_only = {"row_wise", "table_row_wise"} & (
-            set(cfg.sharding.sharding_types) | {s for c in cfg.sharding.tables.values() for s in c.sharding_types}
+    if cfg.device == "cpu":  # under "auto" the device is not known yet: the trainer checks once it is
+        check_device_support(cfg.sharding, "cpu", source)
+
+
+def check_device_support(sharding: ShardingConfig, device_type: str, source: str = "config") -> None:
+    """Refuse sharding types and compute kernels that ``device_type`` (``cpu`` or ``cuda``) cannot run: row-wise
+    sharding needs NCCL, the UVM kernels CUDA. Nothing is probed: :func:`validate_config` calls it for
+    ``device: cpu`` and the trainer with the device it runs on.
+
+    Example::
+
+        check_device_support(cfg.sharding, trainer.device.type)
+    """
+    if device_type != "cpu":
+        return
+    gpu_only = set(GPU_SHARDING_TYPES) & (
+        set(sharding.sharding_types) | {s for c in sharding.tables.values() for s in c.sharding_types}
+    )
+    if gpu_only:
+        raise ConfigError(
+            f"{source}: sharding type(s) {sorted(gpu_only)} need CUDA/NCCL; on CPU use table_wise, "
+            "column_wise, table_column_wise or data_parallel"
         )
-        if gpu_only:
-            raise ConfigError(
-                f"{source}: sharding type(s) {sorted(gpu_only)} need CUDA/NCCL; on CPU use table_wise, "
-                "column_wise, table_column_wise or data_parallel"
-            )
-        uvm = {"fused_uvm_caching", "fused_uvm"} & (
-            {cfg.sharding.compute_kernel} | {k for c in cfg.sharding.tables.values() for k in c.compute_kernels}
-        )
-        if uvm:
-            raise ConfigError(f"{source}: compute kernel(s) {sorted(uvm)} need CUDA; on CPU use fused or dense")
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    uvm = set(GPU_COMPUTE_KERNELS) & ({sharding.compute_kernel} | {k for c in sharding.tables.values()
+                                                                   for k in c.compute_kernels})
+    if uvm:
+        raise ConfigError(f"{source}: compute kernel(s) {sorted(uvm)} need CUDA; on CPU use fused or dense")

@@ -11,13 +11,11 @@ import os
 from typing import Dict, List, Tuple
 
 from recsys.config import load_config
-from recsys.data.synthetic import WorldConfig, generate
+from recsys.data.synthetic import CTR_ONLY, WorldConfig, generate
 
 log = logging.getLogger("recsys.demo")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the synthetic world's other tasks off: CBMR and Wide&Deep as the paper's CTR models (also the cbmr_ctr grid)
-CTR_ONLY = ["train.task_weights.stay=0", "train.task_weights.cvr=0"]
 # (column label, run config, overrides): the default model first, its baseline after
 DEMO_MODELS: List[Tuple[str, str, List[str]]] = [
     ("cbmr (ctr)", "configs/cbmr_synthetic.yaml", CTR_ONLY),

@@ -17,14 +17,30 @@ Example::
 """
 
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 from recsys.errors import ConfigError
 
-GROUPS = ("user", "host", "item", "context", "scenario")
-POOLINGS = ("sum", "mean")
-TASK_KINDS = ("binary", "regression")
-REGRESSION_LOSSES = ("mse", "log_mse", "huber")
+# --- shared vocabularies: dataset specs (recsys.data.spec) and run configs (recsys.config) type their keys with
+# these, so each list of names lives here once ---------------------------------------------------------------
+FeatureGroup = Literal["user", "host", "item", "context", "scenario"]  # what models select features by
+Pooling = Literal["sum", "mean"]  # over a multi-hot sample's ids
+TaskKind = Literal["binary", "regression"]
+BinaryLoss = Literal["bce"]  # every binary task's loss, on logits
+RegressionLoss = Literal["mse", "log_mse", "huber"]  # a regression task's ``loss``
+# how the planner may place an embedding table, and the kernels that run it (``sharding`` in a run config)
+ShardingType = Literal["table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise", "data_parallel"]
+ComputeKernel = Literal["fused", "dense", "fused_uvm_caching", "fused_uvm"]
+
+GROUPS: Tuple[str, ...] = get_args(FeatureGroup)
+POOLINGS: Tuple[str, ...] = get_args(Pooling)
+TASK_KINDS: Tuple[str, ...] = get_args(TaskKind)
+BINARY_LOSS: str = get_args(BinaryLoss)[0]
+REGRESSION_LOSSES: Tuple[str, ...] = get_args(RegressionLoss)
+SHARDING_TYPES: Tuple[str, ...] = get_args(ShardingType)
+COMPUTE_KERNELS: Tuple[str, ...] = get_args(ComputeKernel)
+GPU_SHARDING_TYPES = ("row_wise", "table_row_wise")  # need CUDA/NCCL
+GPU_COMPUTE_KERNELS = ("fused_uvm_caching", "fused_uvm")  # need CUDA (host memory addressed by the GPU)
 
 
 @dataclass(frozen=True)
@@ -44,9 +60,9 @@ class SparseFeature:
     name: str
     num_embeddings: int
     embedding_dim: int = 16
-    group: str = "context"
+    group: FeatureGroup = "context"
     multi_hot: bool = False
-    pooling: str = "sum"
+    pooling: Pooling = "sum"
     table: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -83,15 +99,17 @@ class Task:
         kind: ``binary`` (logit, BCE with logits) or ``regression`` (raw prediction).
         depends_on: parent task of a funnel (CVR depends on CTR): the label is only defined where the parent's
             label is positive, so losses and metrics restrict to those rows unless a model asks otherwise.
-        loss: for regression, ``mse`` on the label, ``log_mse`` on ``log1p(label)`` or ``huber``.
+        loss: for regression, ``mse`` on the label, ``log_mse`` on ``log1p(label)`` or ``huber`` (binary tasks
+            always use ``bce``); each loss's forward, inverse link and label domain are in
+            :data:`recsys.task_losses.TASK_LOSSES`.
         weight: the task's weight in the total loss.
         eval_threshold: for regression, the label threshold that defines positives for AUC (e.g. a long view).
     """
 
     name: str
-    kind: str = "binary"
+    kind: TaskKind = "binary"
     depends_on: Optional[str] = None
-    loss: str = "mse"
+    loss: RegressionLoss = "mse"
     weight: float = 1.0
     eval_threshold: Optional[float] = None
 
@@ -100,6 +118,28 @@ class Task:
             raise ConfigError(f"task '{self.name}': kind '{self.kind}' is not one of {TASK_KINDS}")
         if self.kind == "regression" and self.loss not in REGRESSION_LOSSES:
             raise ConfigError(f"task '{self.name}': loss '{self.loss}' is not one of {REGRESSION_LOSSES}")
+
+    @property
+    def loss_name(self) -> str:
+        """The key of this task's loss in :data:`recsys.task_losses.TASK_LOSSES` (``bce`` for binary tasks)."""
+        return loss_name(self.kind, self.loss)
+
+
+def loss_name(kind: str, loss: str) -> str:
+    """The loss of a task of ``kind`` declaring ``loss``: ``bce`` for binary tasks, else ``loss``."""
+    return BINARY_LOSS if kind == "binary" else loss
+
+
+@dataclass(frozen=True)
+class DataOutline:
+    """What a dataset offers, known from its spec alone (models check their requirements against it before any
+    data is read)."""
+
+    name: str
+    tasks: Tuple[Task, ...]
+    num_scenarios: int
+    user_feature: Optional[str]
+    has_time: bool
 
 
 @dataclass(frozen=True)

@@ -120,5 +120,5 @@ def test_training_options_run_under_dmp_and_the_pipeline(tiny_config):
     trainer = Trainer(tiny_config(model="calibration4cvr", extra=[f"model.params={params}",
                                                                   "train.pipeline=sparse_dist", "train.max_steps=4"]))
     report = trainer.fit()["valid"]
-    assert trainer._pipeline is not None
+    assert trainer.stepper.pipeline_started
     assert all(np.isfinite(report[k]) for k in ("ctr/auc", "cvr/auc", "cvr/ctcvr_auc"))

@@ -1,7 +1,6 @@
 """CBMR and MultiCBMR: outputs, gradients, switches, hand-computed loss, training and TensorBoard statistics."""
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -162,6 +161,7 @@ def test_multicbmr_without_mlpcb_is_mmoe_with_a_wide_part():
 def test_cbmr_trains_embcb_weights_vary_and_tensorboard_has_calibration_stats(tiny_config):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from recsys.train.board import event_dir
     from recsys.train.trainer import Trainer
 
     cfg = tiny_config(model="cbmr", extra=["train.epochs=2", "tensorboard=true", "train.log_every_steps=5",
@@ -179,7 +179,7 @@ def test_cbmr_trains_embcb_weights_vary_and_tensorboard_has_calibration_stats(ti
     assert float((w == 0).float().mean()) < 0.5  # not collapsed
     assert float(w.std(dim=0).mean()) > 1e-3  # varies across samples
 
-    acc = EventAccumulator(os.path.join(cfg.run_dir, "tb"), size_guidance={"scalars": 0, "histograms": 0})
+    acc = EventAccumulator(event_dir(cfg.run_dir), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
     scalars, histograms = set(acc.Tags()["scalars"]), set(acc.Tags()["histograms"])
     for stat in ("weight_mean", "weight_var", "weight_zero_frac"):

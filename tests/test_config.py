@@ -1,8 +1,24 @@
+import os
+import subprocess
+import sys
+import typing
+
 import pytest
 
-from recsys.config import Config, ModelConfig, apply_overrides, from_dict, load_config, parse_yaml
+from recsys.config import (Config, ModelConfig, ShardingConfig, apply_overrides, check_device_support, from_dict,
+                           load_config, parse_yaml)
+from recsys.data.spec import DatasetSpec, SparseSpec, TaskSpec
 from recsys.errors import ConfigError
-from recsys.schema import Schema, SparseFeature, Task
+from recsys.schema import (COMPUTE_KERNELS, GPU_COMPUTE_KERNELS, GPU_SHARDING_TYPES, SHARDING_TYPES, ComputeKernel,
+                           FeatureGroup, Pooling, RegressionLoss, Schema, SparseFeature, Task, TaskKind)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def write(tmp_path, text: str) -> str:
@@ -137,3 +153,49 @@ def test_every_model_option_has_a_range():
     for name in model_names():
         missing += _unranged_numbers(model_class(name).Config, "model.params", set())
     assert [m for m in missing if m not in UNBOUNDED] == []
+
+
+def test_loading_a_config_probes_no_device_and_imports_no_torch():
+    """Issue 18: config loading must not depend on the host (``device: auto`` is resolved by the trainer,
+    which then checks the sharding against the device it got)."""
+    code = ("import sys; from recsys.config import load_config; "
+            "cfg = load_config('configs/wide_deep_synthetic.yaml', ['sharding.sharding_types=[row_wise]']); "
+            "sys.exit(99 if 'torch' in sys.modules else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_device_support_is_checked_against_the_device_in_use():
+    sharding = from_dict(ShardingConfig, {"sharding_types": ["table_wise"], "tables": {"t": {
+        "sharding_types": ["table_row_wise"], "compute_kernels": ["fused_uvm"]}}})
+    check_device_support(sharding, "cuda")
+    with pytest.raises(ConfigError, match=r"trainer: sharding type\(s\) \['table_row_wise'\] need CUDA/NCCL"):
+        check_device_support(sharding, "cpu", "trainer")
+    sharding.tables["t"].sharding_types = []
+    with pytest.raises(ConfigError, match=r"compute kernel\(s\) \['fused_uvm'\] need CUDA"):
+        check_device_support(sharding, "cpu")
+
+
+def test_specs_and_configs_share_the_schemas_vocabularies():
+    hints = {cls: typing.get_type_hints(cls) for cls in (SparseSpec, TaskSpec, ShardingConfig, SparseFeature, Task)}
+    assert hints[SparseSpec]["group"] is hints[SparseFeature]["group"] is FeatureGroup
+    assert hints[SparseSpec]["pooling"] is hints[SparseFeature]["pooling"] is Pooling
+    assert hints[TaskSpec]["kind"] is hints[Task]["kind"] is TaskKind
+    assert hints[TaskSpec]["loss"] is hints[Task]["loss"] is RegressionLoss
+    assert hints[ShardingConfig]["compute_kernel"] is ComputeKernel
+    assert set(GPU_SHARDING_TYPES) <= set(SHARDING_TYPES) and set(GPU_COMPUTE_KERNELS) <= set(COMPUTE_KERNELS)
+    with pytest.raises(ConfigError, match=r"'sparse\[0\].group' must be one of \['user', 'host', 'item', 'context', "
+                                          r"'scenario'\], got 'items'; did you mean 'item'\?"):
+        from_dict(DatasetSpec, {"name": "t", "source": {"path": "x"}, "sparse": [{"name": "a", "group": "items"}]})
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="row-wise sharding runs on this host's GPU")
+def test_the_trainer_refuses_gpu_only_sharding_on_the_cpu_it_resolved(tiny_config):
+    from recsys.train.trainer import Trainer
+
+    cfg = tiny_config(extra=["sharding.sharding_types=[row_wise]"])  # device: auto, loaded without probing
+    assert cfg.device == "auto"
+    with pytest.raises(ConfigError, match=r"sharding type\(s\) \['row_wise'\] need CUDA/NCCL"):
+        Trainer(cfg)
+    assert not os.path.exists(cfg.run_dir)

@@ -72,9 +72,20 @@ def scalars(run_dir: str, tag: str) -> Dict[int, float]:
     """TensorBoard scalar ``tag`` of a run as {step: value}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(os.path.join(run_dir, "tb"), size_guidance={"scalars": 0})
+    from recsys.train.board import event_dir
+
+    acc = EventAccumulator(event_dir(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+def projector(run_dir: str, table: str, step: int):
+    """The rows and labels the projector holds for a feature table at ``step``."""
+    from recsys.train.board import event_dir
+
+    folder = os.path.join(event_dir(run_dir), f"{step:05d}", f"embeddings%2f{table}")
+    rows = np.loadtxt(os.path.join(folder, "tensors.tsv"), delimiter="\t", dtype=np.float32)
+    return rows, open(os.path.join(folder, "metadata.tsv")).read().splitlines()
 
 
 class UnionOfRanks:
@@ -139,7 +150,7 @@ def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(two_rank_job
     ref.train_loader = lambda: UnionOfRanks(loaders, ref.schema.feature_names)  # type: ignore[method-assign]
     ref_result = ref.fit()
 
-    for tag in ["train/loss"] + [f"train/loss/{t}" for t in ref.schema.task_names]:
+    for tag in ["1_train/loss"] + [f"1_train/loss/{t}" for t in ref.schema.task_names]:
         two, one = scalars(run_dir, tag), scalars(cfg.run_dir, tag)
         assert sorted(two) == sorted(one) == list(range(1, STEPS + 1)), tag
         a = np.array([two[s] for s in sorted(two)])
@@ -149,6 +160,12 @@ def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(two_rank_job
     for task in ref.schema.task_names:
         key = f"{task}/auc"
         assert two_result["valid"][key] == pytest.approx(ref_result["valid"][key], abs=1e-5), key
+    # the projector's sample of the column-wise tables: gathered from both ranks' shards, the 1-rank rows
+    for table in ("user_id", "item_id", "host_id"):
+        two_rows, two_labels = projector(run_dir, table, STEPS)
+        one_rows, one_labels = projector(cfg.run_dir, table, STEPS)
+        assert two_labels == one_labels and len(one_labels) > 0 and two_rows.shape == (len(one_labels), 16)
+        np.testing.assert_allclose(two_rows, one_rows, rtol=1e-5, atol=1e-5, err_msg=table)
 
 
 def _data_of(run_dir: str) -> str:

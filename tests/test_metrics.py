@@ -277,7 +277,7 @@ def test_format_table_marks_untrained_tasks_without_their_numbers():
 def test_untrained_heads_are_marked_in_metrics_json_md_and_the_console(tmp_path, tiny_world, capsys):
     """Issue 17: the CTR-only demo (stay and cvr at loss weight 0) reported CVR AUC 0.4067 as a result."""
     from recsys.cli import main
-    from recsys.demo import CTR_ONLY
+    from recsys.data.synthetic import CTR_ONLY
 
     run = tmp_path / "ctr-only"
     args = ["-c", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--run-dir", str(run),

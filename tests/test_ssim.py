@@ -159,7 +159,7 @@ def test_ssim_needs_a_multi_scenario_backbone():
 
 # --- export ----------------------------------------------------------------------------------------------------
 def test_ratio_export_takes_the_top_scores_of_each_scenario(tmp_path):
-    from recsys.train.ssim import export_shared, read_export_info
+    from recsys.workflows.ssim import export_shared, read_export_info
 
     scores = pa.table({"row_id": np.arange(10, dtype=np.int64), "scenario": np.array([0] * 6 + [1] * 4),
                        "score": np.array([.9, .1, .5, .7, .5, .2, .3, .8, .6, .1], np.float32),
@@ -204,7 +204,7 @@ def test_search_export_retrain_reproduces_the_saved_mask_exactly(tmp_path, tiny_
     assert 0.29 < saved.shared.mean() < 0.31
 
     from recsys.config import load_config
-    from recsys.train.ssim import retrain_config
+    from recsys.workflows.ssim import retrain_config
     from recsys.train.trainer import Trainer
 
     cfg = load_config("configs/wide_deep_synthetic.yaml", [
@@ -235,7 +235,7 @@ def test_search_export_retrain_reproduces_the_saved_mask_exactly(tmp_path, tiny_
 
 
 def test_ratio_chosen_by_validation_auc(tmp_path, tiny_config, searched):
-    from recsys.train.ssim import choose_ratio
+    from recsys.workflows.ssim import choose_ratio
 
     retrain = tiny_config(model="dnn_mts", extra=["train.max_steps=3"], run="ratios")
     summary = choose_ratio(str(searched / "ssim_scores.parquet"), str(tmp_path / "shared.parquet"), retrain,
@@ -274,7 +274,7 @@ def test_ssim_on_the_aliccp_format_with_301_as_scenario(tmp_path):
     import yaml
 
     from recsys.config import load_config
-    from recsys.train.ssim import export_shared, run_retrain, run_search
+    from recsys.workflows.ssim import export_shared, run_retrain, run_search
 
     write_aliccp(tmp_path / "aliccp.csv")
     spec = {"name": "aliccp-tiny", "source": {"path": "aliccp.csv", "format": "csv"},
@@ -299,7 +299,7 @@ def test_ssim_on_the_aliccp_format_with_301_as_scenario(tmp_path):
 def test_shipped_ssim_configs_load_and_retrain_their_backbone(dataset):
     from recsys.config import from_dict, load_config
     from recsys.models.ssim import SSIMSearchConfig
-    from recsys.train.ssim import retrain_config
+    from recsys.workflows.ssim import retrain_config
 
     cfg = load_config(f"configs/ssim_search_{dataset}.yaml")
     assert from_dict(SSIMSearchConfig, cfg.model.params).backbone == "dnn_mts"

@@ -254,6 +254,7 @@ def tracker_state(trainer) -> torch.Tensor:
 def test_tracker_state_survives_a_checkpoint_round_trip_and_tensorboard_logs_it(tiny_config):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from recsys.train.board import event_dir
     from recsys.train.trainer import Trainer
 
     cfg = tiny_config(model="stan", extra=["train.max_steps=6", "tensorboard=true", "train.log_every_steps=2",
@@ -269,10 +270,11 @@ def test_tracker_state_survives_a_checkpoint_round_trip_and_tensorboard_logs_it(
     second.load(path, restore_loop=False, model_only=True)
     assert torch.equal(tracker_state(second), trained)
     # TensorBoard: gamma per task as histograms, the state-aware user embeddings in the projector with stages
-    tb = os.path.join(cfg.run_dir, "tb")
+    tb = event_dir(cfg.run_dir)
     acc = EventAccumulator(tb)
     acc.Reload()
-    assert {"tracker/gamma/ctr", "tracker/gamma/stay", "tracker/gamma/cvr"} <= set(acc.Tags()["histograms"])
+    gammas = {f"4_model/tracker/gamma/{task}" for task in ("ctr", "stay", "cvr")}
+    assert gammas <= set(acc.Tags()["histograms"])
     projector = open(os.path.join(tb, "projector_config.pbtxt")).read()
     assert "stan/state_embedding/ctr" in projector and "stan/state_embedding/cvr" in projector
     meta = [os.path.join(r, f) for r, _, fs in os.walk(tb) for f in fs if f == "metadata.tsv"]
@@ -297,6 +299,6 @@ def test_resume_mid_epoch_restores_the_tracker_bitwise(tiny_config):
     resumed.fit()
     final = Trainer(tiny_config(model="stan", extra=extra, run="b"), resume=True)
     assert torch.equal(tracker_state(final), tracker_state(reference))
-    a, b = final._forward_all("test").gather(), reference._forward_all("test").gather()
+    a, b = final.predictions("test"), reference.predictions("test")
     for task in ("ctr", "stay", "cvr"):
         np.testing.assert_array_equal(a.scores[task][np.argsort(a.row_id)], b.scores[task][np.argsort(b.row_id)])

@@ -90,7 +90,9 @@ def test_local_cwd_train_on_2_ranks_then_evaluate_on_1_rank(tmp_path, tiny_world
     run_torchx("train", ["-j", "1x2"] + common + overrides, logs)
     metrics = json.load(open(os.path.join(run, "metrics.json")))
     assert metrics["steps"] > 0 and metrics["test"]["ctr/auc"] > 0.5
-    events = [f for f in os.listdir(os.path.join(run, "tb")) if f.startswith("events")]
+    from recsys.train.board import event_dir
+
+    events = [f for f in os.listdir(event_dir(run)) if f.startswith("events")]
     assert events
     ckpts = sorted(d for d in os.listdir(os.path.join(run, "checkpoints")) if d.startswith("step-"))
     files = set(os.listdir(os.path.join(run, "checkpoints", ckpts[-1])))

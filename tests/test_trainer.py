@@ -8,6 +8,7 @@ import torch
 
 from recsys.cli import main
 from recsys.models import model_names
+from recsys.train.board import event_dir
 from recsys.train.trainer import Trainer
 
 
@@ -18,7 +19,7 @@ def table_weights(trainer: Trainer, table: str) -> torch.Tensor:
 
 
 def scores(trainer: Trainer, split: str = "test"):
-    preds = trainer._forward_all(split).gather()
+    preds = trainer.predictions(split)
     order = np.argsort(preds.row_id)
     return {t: preds.scores[t][order] for t in trainer.schema.task_names}
 
@@ -80,7 +81,7 @@ def test_pipeline_matches_plain_loop(tiny_config):
     plain.fit()
     piped = Trainer(tiny_config(extra=["train.pipeline=sparse_dist"], run="piped"))
     piped.fit()
-    assert piped._pipeline is not None
+    assert piped.stepper.pipeline_started
     a, b = scores(plain), scores(piped)
     for task in a:
         np.testing.assert_allclose(a[task], b[task], rtol=1e-5, atol=1e-6)
@@ -124,13 +125,13 @@ def test_cli_train_eval_predict_and_tensorboard(tmp_path, tiny_world, capsys):
     table = pq.read_table(preds)
     assert table.num_rows == metrics["test"]["rows"]
     assert {"row_id", "score_ctr", "score_stay", "score_cvr"} <= set(table.column_names)
-    events = [f for f in os.listdir(run / "tb") if f.startswith("events")]
+    events = [f for f in os.listdir(event_dir(str(run))) if f.startswith("events")]
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run / "tb"))
+    acc = EventAccumulator(event_dir(str(run)))
     acc.Reload()
-    assert {"train/loss", "valid/ctr/auc", "train/samples_per_sec"} <= set(acc.Tags()["scalars"])
+    assert {"1_train/loss", "2_valid/ctr/auc", "1_train/samples_per_sec"} <= set(acc.Tags()["scalars"])
 
 
 def test_predict_scores_every_row_of_new_files(tmp_path, tiny_world, capsys):

@@ -102,7 +102,7 @@ def train(
         overrides: config overrides ``key=value`` (each becomes ``--set key=value``)
         config: run config YAML, relative to the job's working directory (the repository for local_cwd)
         data: data root (overrides the dataset spec's root)
-        run_dir: run folder (checkpoints, TensorBoard events under tb/, plan.txt, metrics.json); must be
+        run_dir: run folder (checkpoints, TensorBoard events under tb/<run name>/, plan.txt, metrics.json); must be
             shared by all nodes
         resume: continue from the newest checkpoint of run_dir (it must exist)
         j: {nnodes}x{nproc_per_node}, e.g. 1x2 (2 CPU processes) or 4x8 (32 GPUs)

@@ -19,7 +19,7 @@ from typing import Any, Dict
 from benchmarks.grids import cbmr
 from benchmarks.grids.cbmr import COLUMNS, EXPERIMENTS as _CBMR, METRICS  # noqa: F401
 from benchmarks.quality import Experiment
-from recsys.demo import CTR_ONLY
+from recsys.data.synthetic import CTR_ONLY
 
 TITLE = "CBMR vs Wide&Deep as CTR-only models, full training budget"
 EXPERIMENTS = [Experiment(e.name, e.model, e.params, e.overrides + CTR_ONLY, ("synthetic",))

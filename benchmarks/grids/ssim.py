@@ -47,7 +47,7 @@ def ssim_phase(backbone: str, backbone_params: Dict[str, Any]):
 
     def prepare(ctx: PrepareContext) -> List[str]:
         from recsys.config import load_config
-        from recsys.train.ssim import export_shared, run_search
+        from recsys.workflows.ssim import export_shared, run_search
 
         ratio = RATIOS.get(ctx.dataset, "learned")
         folder = os.path.join(ctx.run_root, f"ssim-{ctx.dataset}-s{ctx.seed}-{backbone}-{ratio}")

@@ -4,14 +4,15 @@ Keeping the data columnar makes a batch a handful of fancy-indexing calls: build
 4096-row batch costs well under a millisecond, where per-row Python would cost tens of milliseconds.
 """
 
-from dataclasses import dataclass, field, fields, replace
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.batch import Batch
+from recsys.data.record import RecordLayout, RowFields, arrays, blank, concat_fields, layout_of, tree_map
 
 
 @dataclass
@@ -49,23 +50,19 @@ class Ragged:
 SparseColumn = Union[np.ndarray, Ragged]
 
 
-@dataclass
-class Columns:
-    """Encoded samples, one numpy array per field (see :class:`recsys.data.batch.Batch` for meanings)."""
+@dataclass(kw_only=True)
+class Columns(RowFields[np.ndarray, Dict[str, SparseColumn]]):
+    """Encoded samples: the row record (:mod:`recsys.data.record`) as numpy arrays, the sparse features as
+    {feature: int64 ids [n] (single-hot) or Ragged}; an absent optional field is None.
 
-    dense: np.ndarray  # float32 [n, Dd]
-    sparse: Dict[str, SparseColumn]  # int64 [n] (single-hot) or Ragged
-    labels: Dict[str, np.ndarray]  # float32 [n]
-    scenario: np.ndarray  # int64 [n]
-    user: np.ndarray  # int64 [n]
-    weights: np.ndarray  # float32 [n]
-    row_id: np.ndarray  # int64 [n]
-    groups: Dict[str, np.ndarray] = field(default_factory=dict)
-    oracle: Dict[str, np.ndarray] = field(default_factory=dict)
-    time: Optional[np.ndarray] = None  # float64 [n]
-    history: Dict[str, np.ndarray] = field(default_factory=dict)  # float32 [n] each (recsys.data.history)
-    extras: Dict[str, np.ndarray] = field(default_factory=dict)  # float32 [n], side columns joined by row id
-    user_key: Optional[np.ndarray] = None  # int64 [n], raw-user keys (see Batch.user_key)
+    Example::
+
+        cols = Columns(dense=np.zeros((2, 0), np.float32), sparse={"item": np.array([3, 1])},
+                       labels={"ctr": np.array([1, 0], np.float32)}, scenario=np.zeros(2, np.int64),
+                       user=np.full(2, -1), weights=np.ones(2, np.float32), row_id=np.arange(2))
+        cols.take(np.array([1])).to_batch(["item"]).sparse.values()   # tensor([1])
+    """
+
     # single-hot ids stored row-major [n, F1] (``sparse`` then holds column views of it): a batch gathers each
     # row's ids with one contiguous read instead of F1 scattered ones
     packed: Optional[np.ndarray] = None
@@ -91,23 +88,8 @@ class Columns:
         else:
             matrix = None
             sparse = {k: (v.take(idx) if isinstance(v, Ragged) else v[idx]) for k, v in self.sparse.items()}
-        return Columns(
-            dense=self.dense[idx],
-            sparse=sparse,
-            packed=matrix,
-            packed_names=self.packed_names if matrix is not None else (),
-            labels={k: v[idx] for k, v in self.labels.items()},
-            scenario=self.scenario[idx],
-            user=self.user[idx],
-            weights=self.weights[idx],
-            row_id=self.row_id[idx],
-            groups={k: v[idx] for k, v in self.groups.items()},
-            oracle={k: v[idx] for k, v in self.oracle.items()},
-            time=None if self.time is None else self.time[idx],
-            history={k: v[idx] for k, v in self.history.items()},
-            extras={k: v[idx] for k, v in self.extras.items()},
-            user_key=None if self.user_key is None else self.user_key[idx],
-        )
+        return tree_map(self, lambda a, f: a[idx], sparse=lambda _: sparse, packed=matrix,
+                        packed_names=self.packed_names if matrix is not None else ())
 
     def mask(self, keep: np.ndarray) -> "Columns":
         return self.take(np.flatnonzero(keep))
@@ -119,50 +101,40 @@ class Columns:
         if not parts:
             raise ValueError("concat of no parts")
         first = parts[0]
-
-        def cat(key, sub=None):
-            arrays = [getattr(p, key) if sub is None else getattr(p, key)[sub] for p in parts]
-            if isinstance(arrays[0], Ragged):
-                return Ragged.concat(arrays)
-            return np.concatenate(arrays)
-
         if all(p.packed is not None and p.packed_names == first.packed_names for p in parts):
             matrix = np.concatenate([p.packed for p in parts])
             sparse = {k: (Ragged.concat([p.sparse[k] for p in parts]) if isinstance(v, Ragged) else None)
                       for k, v in first.sparse.items()}
             sparse = _with_views(sparse, matrix, first.packed_names)
         else:
-            matrix, sparse = None, {k: cat("sparse", k) for k in first.sparse}
-        return Columns(
-            dense=cat("dense"),
-            sparse=sparse,
-            packed=matrix,
-            packed_names=first.packed_names if matrix is not None else (),
-            labels={k: cat("labels", k) for k in first.labels},
-            scenario=cat("scenario"),
-            user=cat("user"),
-            weights=cat("weights"),
-            row_id=cat("row_id"),
-            groups={k: cat("groups", k) for k in first.groups},
-            oracle={k: cat("oracle", k) for k in first.oracle},
-            time=None if first.time is None else cat("time"),
-            history={k: cat("history", k) for k in first.history},
-            extras={k: cat("extras", k) for k in first.extras},
-            user_key=None if first.user_key is None else cat("user_key"),
-        )
+            matrix, sparse = None, {k: _cat([p.sparse[k] for p in parts]) for k in first.sparse}
+        return concat_fields(parts, lambda arrays, f: _cat(arrays), sparse=lambda _: sparse, packed=matrix,
+                             packed_names=first.packed_names if matrix is not None else ())
+
+    def layout(self) -> RecordLayout:
+        """The keys, widths, optional fields and sparse features of these columns (what padding copies)."""
+        return layout_of(self, multi_hot=lambda column: isinstance(column, Ragged))
+
+    @staticmethod
+    def blank(layout: RecordLayout, rows: int) -> "Columns":
+        """``rows`` placeholder rows of ``layout``: id 0 in every feature (one id per multi-hot row), every other
+        array its field's ``pad`` (``row_id`` and ``user`` -1, the rest 0); ``rows=0`` is an empty record.
+
+        Example::
+
+            pad = Columns.blank(cols.layout(), 1)   # a padding row shaped like ``cols``
+        """
+
+        def sparse(n: int) -> Dict[str, SparseColumn]:
+            return {k: (Ragged(np.zeros(n, np.int64), np.arange(n + 1, dtype=np.int64)) if multi_hot
+                        else np.zeros(n, np.int64)) for k, multi_hot in layout.sparse}
+
+        return blank(Columns, layout, rows, sparse)
 
     def nbytes(self) -> int:
-        total = 0
-        for f in fields(self):
-            if f.name in ("packed", "packed_names"):
-                continue  # ``sparse`` already counts the packed ids through its views
-            v = getattr(self, f.name)
-            items = v.values() if isinstance(v, dict) else [v]
-            for a in items:
-                if isinstance(a, Ragged):
-                    total += a.values.nbytes + a.offsets.nbytes
-                elif a is not None:
-                    total += a.nbytes
+        total = sum(a.nbytes for a in arrays(self))  # ``packed`` is counted through the views in ``sparse``
+        for v in self.sparse.values():
+            total += v.values.nbytes + v.offsets.nbytes if isinstance(v, Ragged) else v.nbytes
         return total
 
     def to_batch(self, feature_names: Sequence[str]) -> Batch:
@@ -185,22 +157,15 @@ class Columns:
             lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32)),
             stride=n,
         )
-        return Batch(
-            dense=torch.from_numpy(np.ascontiguousarray(self.dense)),
-            sparse=kjt,
-            labels={k: torch.from_numpy(v) for k, v in self.labels.items()},
-            scenario=torch.from_numpy(self.scenario),
-            user=torch.from_numpy(self.user),
-            weights=torch.from_numpy(self.weights),
-            row_id=torch.from_numpy(self.row_id),
-            groups={k: torch.from_numpy(v) for k, v in self.groups.items()},
-            oracle={k: torch.from_numpy(v) for k, v in self.oracle.items()},
-            time=torch.from_numpy(self.time) if self.time is not None else torch.empty(0, dtype=torch.float64),
-            history={k: torch.from_numpy(v) for k, v in self.history.items()},
-            extras={k: torch.from_numpy(v) for k, v in self.extras.items()},
-            user_key=(torch.from_numpy(self.user_key) if self.user_key is not None
-                      else torch.empty(0, dtype=torch.int64)),
+        return tree_map(
+            self, lambda a, f: torch.from_numpy(np.ascontiguousarray(a) if f.layout == "matrix" else a),
+            sparse=lambda _: kjt, into=Batch, absent=lambda f: torch.from_numpy(np.zeros(0, f.dtype)),
         )
+
+
+def _cat(arrays: List[Any]) -> Any:
+    """Arrays (or Ragged columns) joined row-wise."""
+    return Ragged.concat(arrays) if isinstance(arrays[0], Ragged) else np.concatenate(arrays)
 
 
 def _with_views(sparse: Dict[str, Optional[SparseColumn]], matrix: Optional[np.ndarray],

@@ -29,13 +29,14 @@ Example::
     cols = hist.query(keys_of_rows, times_of_rows)    # {"count": [n], "ctr/count": [n], "ctr/mean": [n]}
 """
 
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys.data.spec import DatasetSpec, TaskSpec
 from recsys.errors import ConfigError
 
 _KEY_HASH = "recsys-user-v1\0\0"  # 16 bytes: 64-bit keys of raw user values
@@ -56,6 +57,28 @@ def value_keys(values: pa.Array) -> np.ndarray:
 def history_keys(tasks: Sequence[str]) -> Tuple[str, ...]:
     """The column names :meth:`LabelHistory.query` returns for ``tasks``, in order."""
     return ("count",) + tuple(f"{t}/{s}" for t in tasks for s in ("count", "mean"))
+
+
+def history_tasks(spec: DatasetSpec) -> List[str]:
+    """The tasks the spec's ``history`` summarises (every task unless it names some; none without history)."""
+    h = spec.history
+    if h is None:
+        return []
+    return list(h.tasks) if h.tasks is not None else [t.name for t in spec.tasks]
+
+
+def history_events(tasks: Sequence[TaskSpec], names: Sequence[str], labels: Mapping[str, np.ndarray],
+                   rows: int) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Per history task ``names``: (label defined, positive) of each of ``rows`` rows with ``labels`` (see the
+    module docstring)."""
+    by_name = {t.name: t for t in tasks}
+    out = {}
+    for name in names:
+        task = by_name[name]
+        applies = labels[task.depends_on] > 0.5 if task.depends_on else np.ones(rows, dtype=bool)
+        threshold = 0.5 if task.kind == "binary" else task.eval_threshold
+        out[name] = (applies, labels[name] > threshold)
+    return out
 
 
 class LabelHistory:

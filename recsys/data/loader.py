@@ -9,35 +9,17 @@ from typing import Callable, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from recsys.data.batch import Batch
-from recsys.data.columns import Columns, Ragged
+from recsys.data.columns import Columns
 
 ColumnSource = Union[Columns, Callable[[], Iterator[Columns]]]
 
 
 def padding_columns(like: Columns, rows: int = 1) -> Columns:
-    """``rows`` placeholder rows shaped like ``like``: id 0 everywhere, weight 0, ``row_id == -1``.
+    """``rows`` placeholder rows shaped like ``like``: id 0 everywhere, weight 0, ``row_id == -1`` (see
+    :meth:`Columns.blank`).
 
     They keep every rank's step count equal in collective forward passes and are dropped by evaluation."""
-    zi = np.zeros(rows, dtype=np.int64)
-    zf = np.zeros(rows, dtype=np.float32)
-    return Columns(
-        dense=np.zeros((rows, like.dense.shape[1]), dtype=np.float32),
-        sparse={
-            k: (Ragged(zi.copy(), np.arange(rows + 1, dtype=np.int64)) if isinstance(v, Ragged) else zi.copy())
-            for k, v in like.sparse.items()
-        },
-        labels={k: zf.copy() for k in like.labels},
-        scenario=zi.copy(),
-        user=np.full(rows, -1, dtype=np.int64),
-        weights=zf.copy(),
-        row_id=np.full(rows, -1, dtype=np.int64),
-        groups={k: zi.copy() for k in like.groups},
-        oracle={k: zf.copy() for k in like.oracle},
-        time=None if like.time is None else np.zeros(rows),
-        history={k: zf.copy() for k in like.history},
-        extras={k: zf.copy() for k in like.extras},
-        user_key=None if like.user_key is None else zi.copy(),
-    )
+    return Columns.blank(like.layout(), rows)
 
 
 class _Prefetch:

@@ -15,7 +15,7 @@ import glob
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Set
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -107,6 +107,28 @@ def _plain_columns(table: pa.Table) -> pa.Table:
             target = pa.string() if pa.types.is_string_view(t) else pa.binary()
             table = table.set_column(i, table.field(i).name, pc.cast(table.column(i), target))
     return table
+
+
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4", ".br", ".zip", ".xz")
+
+
+def count_lines(path: str, block: int = 1 << 24) -> Optional[int]:
+    """Lines of a text file (a last line without a line break counts), at disk speed; None when the file is
+    compressed or cannot be read."""
+    if path.lower().endswith(COMPRESSED):
+        return None
+    lines, last = 0, b"\n"
+    try:
+        with open(path, "rb") as f:
+            while True:
+                data = f.read(block)
+                if not data:
+                    break
+                lines += data.count(b"\n")
+                last = data[-1:]
+    except OSError:
+        return None
+    return lines + (last != b"\n")
 
 
 def file_format(spec: FileSpec, path: str) -> str:
@@ -311,6 +333,25 @@ class SourceReader:
 
     def total_rows(self) -> int:
         return sum(self.count_rows(f) for f in self.files)
+
+    def quick_rows(self, stop: Optional[int] = None) -> Tuple[Optional[int], bool]:
+        """Rows a first pass will see, known cheaply (for its progress bar), and whether that is an estimate:
+        Parquet files from their metadata, CSV files by counting lines (a quoted field may hold a line break);
+        None for compressed CSV, or when a file cannot be read (the pass itself then says what is wrong)."""
+        total, estimated = 0, False
+        for path in self.files:
+            if file_format(self.spec, path) == "parquet":
+                try:
+                    total += self.count_rows(path)
+                except DataError:
+                    return None, False
+                continue
+            lines = count_lines(path)
+            if lines is None:
+                return None, False
+            total += max(lines - (1 if self.spec.header else 0), 0)
+            estimated = True
+        return (total if stop is None else min(total, stop)), estimated
 
     def chunks(self, start: int = 0, stop: Optional[int] = None) -> Iterator[RawChunk]:
         """Chunks covering global rows ``[start, stop)``; files or row groups outside are skipped."""

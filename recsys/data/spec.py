@@ -44,6 +44,7 @@ import numpy as np
 
 from recsys.config import from_dict, read_yaml
 from recsys.errors import ConfigError
+from recsys.schema import FeatureGroup, Pooling, RegressionLoss, TaskKind
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # models train in float32: larger values overflow to inf
 
@@ -129,14 +130,14 @@ class SparseSpec:
 
     name: str
     column: Optional[str] = None
-    group: Literal["user", "host", "item", "context", "scenario"] = "context"
+    group: FeatureGroup = "context"
     encoding: Literal["vocab", "hash", "identity"] = "vocab"
     num_embeddings: Optional[int] = None
     oov: Literal["bucket", "error"] = "bucket"
     min_count: int = 1
     multi_hot: bool = False
     separator: str = "|"
-    pooling: Literal["sum", "mean"] = "sum"
+    pooling: Pooling = "sum"
     embedding_dim: Optional[int] = None
     table: Optional[str] = None
     dtype: Literal["auto", "int", "string"] = "auto"
@@ -164,13 +165,14 @@ class DenseSpec:
 @dataclass
 class TaskSpec:
     """A label column and its task (see :class:`recsys.schema.Task`); ``min_value``/``max_value`` bound a
-    regression label's domain (a negative stay time is an error)."""
+    regression label's domain (a negative stay time is an error). The loss's own label domain (0/1 for binary
+    tasks, >= 0 for ``log_mse``) is checked too (:data:`recsys.task_losses.TASK_LOSSES`)."""
 
     name: str
     column: Optional[str] = None
-    kind: Literal["binary", "regression"] = "binary"
+    kind: TaskKind = "binary"
     depends_on: Optional[str] = None
-    loss: Literal["mse", "log_mse", "huber"] = "mse"
+    loss: RegressionLoss = "mse"
     weight: float = 1.0
     eval_threshold: Optional[float] = None
     min_value: Optional[float] = None

@@ -45,9 +45,9 @@ from typing import Dict, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from recsys.data.dataset import splitmix64
+from recsys.console import Progress
+from recsys.data.splits import splitmix64
 from recsys.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 STAGES = ("new", "wandering", "sticky", "loyal")
 SCENES = ("feed", "follow", "nearby", "search")
 TENURE_BOUNDARIES = (1, 3, 7, 14, 30, 60, 120)
+# run-config overrides that turn the world's other tasks (stay time, conversion) off: CTR models as CBMR's paper
+# trains them (the demo and the cbmr_ctr grid)
+CTR_ONLY = ["train.task_weights.stay=0", "train.task_weights.cvr=0"]
 
 
 @dataclass
@@ -338,7 +341,7 @@ def generate(cfg: WorldConfig, out_dir: str, progress: bool = True, overwrite: b
     stage_counts = np.zeros(len(STAGES), dtype=np.int64)
     scene_counts = np.zeros(cfg.scenes, dtype=np.int64)
     chunk = min(cfg.rows_per_file, 250_000)
-    with tqdm(total=cfg.rows, desc="generate", unit="row", unit_scale=True, disable=not progress) as bar:
+    with Progress("generate", cfg.rows, unit="row", enabled=progress, unit_scale=True) as bar:
         for file_index, file_start in enumerate(range(0, cfg.rows, cfg.rows_per_file)):
             file_stop = min(file_start + cfg.rows_per_file, cfg.rows)
             path = os.path.join(tmp, f"part-{file_index:05d}.parquet")

@@ -23,23 +23,12 @@ from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.models.index import Requirements  # noqa: F401 - defined without torch for the index; models import it here
 from recsys.modules.sparse import check_features
-from recsys.schema import Schema, Task
+from recsys.schema import DataOutline, Schema
 
 
 @dataclass
 class NoOptions:
     """A model without options."""
-
-
-@dataclass(frozen=True)
-class DataOutline:
-    """What a dataset offers, known from its spec alone."""
-
-    name: str
-    tasks: Tuple[Task, ...]
-    num_scenarios: int
-    user_feature: Optional[str]
-    has_time: bool
 
 
 def check_requirements(model_name: str, outline: DataOutline) -> None:
@@ -59,6 +48,8 @@ def check_requirements(model_name: str, outline: DataOutline) -> None:
         raise ConfigError(f"{where}: the model needs the user feature (spec key 'user')")
     if need.time and not outline.has_time:
         raise ConfigError(f"{where}: the model needs a timestamp column (spec key 'time')")
+
+
 @dataclass
 class OptimizerGroup:
     """Dense parameters a model wants trained by their own optimizer (e.g. SSIM's selection network).

@@ -44,6 +44,7 @@ from torch.distributed.checkpoint import filesystem as dcp_fs
 from torch.distributed.checkpoint import metadata as dcp_md
 from torch.distributed.checkpoint.api import CheckpointException
 
+from recsys.console import quiet_library
 from recsys.errors import RecsysError
 from recsys.io import disk_error
 from recsys.train.dist import barrier
@@ -263,7 +264,8 @@ def save_checkpoint(path: str, state: Dict[str, Any], trainer_state: Dict[str, A
             os.makedirs(tmp)
         barrier()
         try:
-            dcp.save(tensors_only(state), checkpoint_id=tmp)
+            with quiet_library():
+                dcp.save(tensors_only(state), checkpoint_id=tmp)
         except CheckpointException as e:  # a BaseException: wraps every rank's failure
             failures = [err for err, _ in e.failures.values()]
             disk = next((f for f in failures if isinstance(f, OSError)), None)
@@ -334,7 +336,8 @@ def load_checkpoint(path: str, state: Dict[str, Any],
     trainer_state = read_trainer_state(path)
     template = tensors_only(state)
     try:
-        dcp.load(template, storage_reader=SafeFileSystemReader(path))
+        with quiet_library():
+            dcp.load(template, storage_reader=SafeFileSystemReader(path))
     except RecsysError:
         raise
     except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException

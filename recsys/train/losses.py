@@ -1,7 +1,8 @@
 """Per-task losses driven by the schema, and the train wrapper torchrec's pipelines call.
 
-* binary tasks: binary cross-entropy on logits (never sigmoid followed by BCE on probabilities);
-* regression tasks: ``mse`` on the label, ``log_mse`` on ``log1p(label)`` (heavy-tailed stay times), ``huber``;
+* each task's per-row loss is its entry of :data:`recsys.task_losses.TASK_LOSSES`: binary cross-entropy on logits
+  for binary tasks; ``mse`` on the label, ``log_mse`` on ``log1p(label)`` (heavy-tailed stay times) or ``huber``
+  for regression tasks;
 * a task with ``depends_on`` (CVR given click) is trained where its parent's label is positive
   (``conditional``), or, for models that ask for it (ESMM), as the product of parent and child probabilities on
   every row against the child's label (``joint``: the CTCVR loss).
@@ -27,6 +28,7 @@ from torch import nn
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
 from recsys.schema import Schema, Task
+from recsys.task_losses import loss_of
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -56,21 +58,10 @@ def cross_rank_mean(x: torch.Tensor) -> torch.Tensor:
     return y / dist.get_world_size()
 
 
-def regression_loss(task: Task, prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    if task.loss == "log_mse":
-        return (prediction - torch.log1p(label)) ** 2
-    if task.loss == "huber":
-        return F.huber_loss(prediction, label, reduction="none", delta=1.0)
-    return (prediction - label) ** 2
-
-
 def prediction_of(task: Task, output: torch.Tensor) -> torch.Tensor:
-    """A model output in the label's space: probability for binary tasks, the value for regression."""
-    if task.kind == "binary":
-        return torch.sigmoid(output)
-    if task.loss == "log_mse":
-        return torch.expm1(output).clamp_min(0.0)
-    return output
+    """A model output in the label's space: probability for binary tasks, the value for regression (the
+    inverse link of the task's loss)."""
+    return loss_of(task).inverse(output)
 
 
 class MultiTaskLoss(nn.Module):
@@ -107,30 +98,30 @@ class MultiTaskLoss(nn.Module):
         self.weights = {t.name: float((task_weights or {}).get(t.name, t.weight)) for t in schema.tasks}
         self.dependent_loss = dependent_loss
 
+    def is_joint(self, task: Task) -> bool:
+        """Whether ``task`` is trained jointly with its parent (ESMM's CTCVR loss) rather than by its own loss."""
+        return task.kind == "binary" and task.depends_on is not None and self.dependent_loss == "joint"
+
     def per_sample(self, task: Task, outputs: Dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         """Unreduced loss of ``task`` for every row: [B]."""
         label = batch.labels[task.name]
         out = outputs[task.name]
-        if task.kind == "binary":
-            if task.depends_on is not None and self.dependent_loss == "joint":
-                return joint_bce(outputs[task.depends_on], out, label)
-            return F.binary_cross_entropy_with_logits(out, label, reduction="none")
-        return regression_loss(task, out, label)
+        if self.is_joint(task):
+            return joint_bce(outputs[task.depends_on], out, label)
+        return loss_of(task).forward(out, label)
 
     def per_view(self, task: Task, outputs: Dict[str, torch.Tensor], batch: Batch,
                  predictions: torch.Tensor) -> torch.Tensor:
         """Unreduced loss of ``task`` for K predictions of every row: [B, K] (see ``per_sample``)."""
         label = batch.labels[task.name].unsqueeze(1).expand_as(predictions)
-        if task.kind == "binary":
-            if task.depends_on is not None and self.dependent_loss == "joint":
-                return joint_bce(outputs[task.depends_on].unsqueeze(1), predictions, label)
-            return F.binary_cross_entropy_with_logits(predictions, label, reduction="none")
-        return regression_loss(task, predictions, label)
+        if self.is_joint(task):
+            return joint_bce(outputs[task.depends_on].unsqueeze(1), predictions, label)
+        return loss_of(task).forward(predictions, label)
 
     def row_weights(self, task: Task, batch: Batch) -> torch.Tensor:
         """Which rows (and how much) ``task``'s loss covers: [B]."""
         w = batch.weights
-        if task.depends_on is not None and not (task.kind == "binary" and self.dependent_loss == "joint"):
+        if task.depends_on is not None and not self.is_joint(task):
             w = w * (batch.labels[task.depends_on] > 0).to(w.dtype)
         return w
 

@@ -52,8 +52,8 @@ user's top k rows. benchmarks/evaluation.py measures it.
 """
 
 import zlib
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,7 @@ import torch
 import torch.distributed as dist
 
 from recsys.data.batch import Batch
+from recsys.data.record import EvalFields, RowField, concat_fields, row_field, row_fields, tree_map
 from recsys.schema import Schema, Task
 from recsys.train.losses import prediction_of
 
@@ -68,33 +69,22 @@ NDCG_KS = (1, 5)
 LOGLOSS_EPS = 1e-7
 
 
-@dataclass
-class Predictions:
-    """Rows scored during evaluation (padding removed); scores are in the label's space.
+@dataclass(kw_only=True)
+class Predictions(EvalFields[np.ndarray]):
+    """Rows scored during evaluation (padding removed): the evaluated fields of the row record
+    (:class:`~recsys.data.record.EvalFields`) plus ``scores``, {task: [n] float32} in the label's space.
 
     ``user_key`` ([n] int64, the bits of :func:`recsys.data.history.value_keys`) tells users apart for GAUC and
     NDCG; None when the rows carry no raw-user keys (the encoded ``user`` is used then).
     """
 
-    row_id: np.ndarray
-    scenario: np.ndarray
-    user: np.ndarray
-    labels: Dict[str, np.ndarray]
-    scores: Dict[str, np.ndarray]
-    groups: Dict[str, np.ndarray] = field(default_factory=dict)
-    oracle: Dict[str, np.ndarray] = field(default_factory=dict)
-    user_key: Optional[np.ndarray] = None
+    scores: Dict[str, np.ndarray] = row_field("keyed", np.float32, required=True)
 
     def __len__(self) -> int:
         return len(self.row_id)
 
     def subset(self, keep: np.ndarray) -> "Predictions":
-        return Predictions(
-            self.row_id[keep], self.scenario[keep], self.user[keep],
-            {k: v[keep] for k, v in self.labels.items()}, {k: v[keep] for k, v in self.scores.items()},
-            {k: v[keep] for k, v in self.groups.items()}, {k: v[keep] for k, v in self.oracle.items()},
-            None if self.user_key is None else self.user_key[keep],
-        )
+        return tree_map(self, lambda a, f: a[keep])
 
     @property
     def users(self) -> np.ndarray:
@@ -104,22 +94,22 @@ class Predictions:
     @staticmethod
     def concat(parts: Sequence["Predictions"]) -> "Predictions":
         parts = [p for p in parts if len(p)] or list(parts[:1])
-        with_key = [p.user_key is not None for p in parts]
-        if any(with_key) and not all(with_key):
-            raise ValueError("some evaluation rows carry raw-user keys and some do not")
+        return concat_fields(parts, lambda arrays, f: np.concatenate(arrays))
 
-        def cat(get):
-            return np.concatenate([get(p) for p in parts])
+    @staticmethod
+    def of_batch(batch: Batch, keep: torch.Tensor, labels: Sequence[str],
+                 scores: Dict[str, torch.Tensor]) -> "Predictions":
+        """The rows ``keep`` of ``batch`` with their ``scores``, the labels of tasks ``labels`` only (numpy, on
+        the host)."""
 
-        first = parts[0]
-        return Predictions(
-            cat(lambda p: p.row_id), cat(lambda p: p.scenario), cat(lambda p: p.user),
-            {k: cat(lambda p, k=k: p.labels[k]) for k in first.labels},
-            {k: cat(lambda p, k=k: p.scores[k]) for k in first.scores},
-            {k: cat(lambda p, k=k: p.groups[k]) for k in first.groups},
-            {k: cat(lambda p, k=k: p.oracle[k]) for k in first.oracle},
-            cat(lambda p: p.user_key) if all(with_key) else None,
-        )
+        def host(t: torch.Tensor, f: Optional[RowField] = None) -> Optional[np.ndarray]:
+            if f is not None and f.optional and t.numel() != batch.size:
+                return None  # absent in the batch (an empty tensor)
+            return t[keep].detach().cpu().numpy()
+
+        return tree_map(batch, host, into=Predictions,
+                        labels={t: host(batch.labels[t]) for t in labels},
+                        scores={t: host(v) for t, v in scores.items()})
 
 
 class PredictionCollector:
@@ -139,20 +129,8 @@ class PredictionCollector:
 
     def add(self, outputs: Dict[str, torch.Tensor], batch: Batch) -> None:
         keep = (batch.row_id >= 0) & (batch.weights > 0)
-
-        def np_(t: torch.Tensor) -> np.ndarray:
-            return t[keep].detach().cpu().numpy()
-
-        self._parts.append(Predictions(
-            row_id=np_(batch.row_id),
-            scenario=np_(batch.scenario),
-            user=np_(batch.user),
-            labels={t: np_(batch.labels[t]) for t in self.schema.task_names},
-            scores={t.name: np_(prediction_of(t, outputs[t.name].float())) for t in self.schema.tasks},
-            groups={k: np_(v) for k, v in batch.groups.items()},
-            oracle={k: np_(v) for k, v in batch.oracle.items()},
-            user_key=np_(batch.user_key) if batch.user_key.numel() == batch.size else None,
-        ))
+        scores = {t.name: prediction_of(t, outputs[t.name].float()) for t in self.schema.tasks}
+        self._parts.append(Predictions.of_batch(batch, keep, self.schema.task_names, scores))
 
     def local(self) -> Predictions:
         if not self._parts:
@@ -171,21 +149,26 @@ class PredictionCollector:
 
 
 def _columns(p: Predictions) -> Tuple[List[Tuple[str, np.ndarray]], List[Tuple[str, np.ndarray]]]:
-    """The integer and the float columns of ``p``, named, in a fixed order."""
-    ints = [("row_id", p.row_id), ("scenario", p.scenario), ("user", p.user)]
-    ints += [("user_key", p.user_key)] if p.user_key is not None else []
-    ints += [(f"groups/{k}", v) for k, v in p.groups.items()]
-    floats = [(f"labels/{k}", v) for k, v in p.labels.items()] + [(f"scores/{k}", v) for k, v in p.scores.items()]
-    floats += [(f"oracle/{k}", v) for k, v in p.oracle.items()]
+    """The integer and the float columns of ``p``, named (``field`` or ``field/key``), in field order."""
+    ints: List[Tuple[str, np.ndarray]] = []
+    floats: List[Tuple[str, np.ndarray]] = []
+    for name, f in row_fields(Predictions):
+        value = getattr(p, name)
+        named = [(f"{name}/{k}", v) for k, v in value.items()] if f.layout == "keyed" else [(name, value)]
+        for item in named:
+            if item[1] is not None:
+                (ints if item[1].dtype.kind in "biu" else floats).append(item)
     return ints, floats
 
 
 def _from_columns(columns: Dict[str, np.ndarray]) -> Predictions:
-    def section(prefix: str) -> Dict[str, np.ndarray]:
-        return {k.split("/", 1)[1]: v for k, v in columns.items() if k.startswith(prefix + "/")}
-
-    return Predictions(columns["row_id"], columns["scenario"], columns["user"], section("labels"),
-                       section("scores"), section("groups"), section("oracle"), columns.get("user_key"))
+    values: Dict[str, Any] = {}
+    for name, f in row_fields(Predictions):
+        if f.layout == "keyed":
+            values[name] = {k.split("/", 1)[1]: v for k, v in columns.items() if k.startswith(name + "/")}
+        else:
+            values[name] = columns.get(name) if f.optional else columns[name]
+    return Predictions(**values)
 
 
 def _all_gather(parts: List[Predictions]) -> Predictions:

@@ -13,6 +13,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys.config import EmbeddingOptimizerConfig, OptimizerConfig
+from recsys.console import quiet_library
 from recsys.errors import ConfigError
 from recsys.train.sharding import embedding_tables
 
@@ -35,7 +36,8 @@ def fuse_embedding_optimizer(module: nn.Module, cfg: EmbeddingOptimizerConfig, d
     cls, kwargs = embedding_optimizer_class(cfg, device_type)
     for m in module.modules():
         if isinstance(m, EmbeddingBagCollection):
-            apply_optimizer_in_backward(cls, m.parameters(), kwargs)
+            with quiet_library():
+                apply_optimizer_in_backward(cls, m.parameters(), kwargs)
     assert embedding_tables(module), "the model has no embedding tables"
 
 
@@ -58,10 +60,11 @@ class ClippedOptimizer(CombinedOptimizer):
         super().__init__(optimizers)
         self._clip_params = list(clip_params)
         self._max_norm = max_norm
+        self.norm_before_clip: Optional[torch.Tensor] = None  # the last step's, when clipping is on
 
     def step(self, closure=None) -> None:
         if self._max_norm is not None and self._clip_params:
-            torch.nn.utils.clip_grad_norm_(self._clip_params, self._max_norm)
+            self.norm_before_clip = torch.nn.utils.clip_grad_norm_(self._clip_params, self._max_norm)
         super().step(closure)
 
 

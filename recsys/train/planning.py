@@ -22,8 +22,7 @@ from recsys.data.spec import load_spec
 from recsys.errors import ConfigError
 from recsys.models.base import build_model
 from recsys.schema import Schema
-from recsys.train.losses import MultiTaskLoss, TrainModule
-from recsys.train.optim import fuse_embedding_optimizer
+from recsys.train.assembly import train_module
 from recsys.train.sharding import DEVICES, PlanReport, plan_report
 
 
@@ -71,9 +70,8 @@ def plan_config(
         raise ConfigError(f"device type '{device_type}' is not one of {', '.join(DEVICES)}")
     schema = declared_schema(cfg)
     model = build_model(cfg.model, schema, source="config")
-    module = TrainModule(model, MultiTaskLoss(schema, cfg.train.task_weights, model.dependent_loss))
-    compute = DEVICES[device_type].compute_device
-    fuse_embedding_optimizer(module, cfg.train.embedding_optimizer, compute)
+    module = train_module(model, schema, cfg.train.task_weights, cfg.train.embedding_optimizer,
+                          DEVICES[device_type].compute_device)
     sharding = replace(cfg.sharding, device_type=device_type)
     if ranks_per_host is not None and ranks_per_host < 1:
         raise ConfigError(f"ranks per host must be >= 1, got {ranks_per_host}")

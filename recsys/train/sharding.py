@@ -19,6 +19,7 @@ from exactly the weights of a 1-rank run.
 import logging
 import os
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -36,6 +37,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from recsys.config import ShardingConfig
+from recsys.console import quiet_library
 from recsys.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -257,10 +259,7 @@ def topology(
         kwargs["hbm_mem_bw"] = caps.hbm_bw_gbps * GIB / 1000  # bytes per millisecond
     # Topology(...) directly works on every torchrec we support (TopologyFactory is new in 1.8, whose
     # Topology warns about direct construction: that warning is dropped)
-    planner_types_log = logging.getLogger("torchrec.distributed.planner.types")
-    quiet = _DropMessage("The topology was constructed directly")
-    planner_types_log.addFilter(quiet)
-    try:
+    with quiet_library():  # torchrec 1.8's warning about direct construction
         return Topology(
             world_size=world_size,
             compute_device=caps.compute_device,
@@ -269,19 +268,6 @@ def topology(
             local_world_size=local_world_size,
             **kwargs,
         )
-    finally:
-        planner_types_log.removeFilter(quiet)
-
-
-class _DropMessage(logging.Filter):
-    """Drops log records whose message starts with ``prefix``."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
 
 
 def dense_storage_estimate(module: nn.Module, multiplier: float = 6.0) -> int:
@@ -380,6 +366,32 @@ class PlanReport:
         total_hbm, total_ddr = sum(self.hbm_used), sum(self.ddr_used)
         lines += ["", f"total: {_bytes(total_hbm)} HBM, {_bytes(total_ddr)} DDR"]
         return "\n".join(lines)
+
+    def summary(self) -> str:
+        """The plan in one line: tables, sharding types and kernels, memory per rank against its cap.
+
+        Example::
+
+            report.summary()
+            # 'sharding plan: 32 tables on 2 cpu ranks (30 table_wise, 2 data_parallel; kernels fused, dense),
+            #  per rank 420.31 KiB to 468.05 KiB DDR of 11.77 GiB, planned in 0.1 s'
+        """
+        c = self.capacities
+        types = ", ".join(f"{n} {kind}" for kind, n in Counter(t.sharding_type for t in self.tables).most_common())
+        kernels = ", ".join(dict.fromkeys(t.compute_kernel for t in self.tables))
+        memory = [f"{_spread(self.ddr_used)} DDR of {_bytes(max(self.ddr_cap, default=0))}"]
+        if c.compute_device == "cuda":
+            memory.insert(0, f"{_spread(self.hbm_used)} HBM of {_bytes(max(self.hbm_cap, default=0))}")
+        ranks = f"{self.world_size} {c.compute_device} rank{'s' if self.world_size != 1 else ''}"
+        return (f"sharding plan: {len(self.tables)} tables on {ranks} ({types}; "
+                f"kernel{'s' if ',' in kernels else ''} {kernels}), per rank {', '.join(memory)}, "
+                f"planned in {self.planner_seconds:.1f} s")
+
+
+def _spread(per_rank: Sequence[int]) -> str:
+    """One byte count when every rank uses the same, else 'least to most'."""
+    low, high = _bytes(min(per_rank, default=0)), _bytes(max(per_rank, default=0))
+    return high if low == high else f"{low} to {high}"
 
 
 def _gib(n: int) -> str:
@@ -504,10 +516,11 @@ def plan_report(
         debug=False,
     )
     try:
-        if pg is not None:
-            the_plan = planner.collective_plan(module, sharders, pg)
-        else:
-            the_plan = planner.plan(module, sharders)
+        with quiet_library():  # what the planner logs about data-parallel tables
+            if pg is not None:
+                the_plan = planner.collective_plan(module, sharders, pg)
+            else:
+                the_plan = planner.plan(module, sharders)
     except PlannerError as e:  # the planner's messages are long; keep the first line and say what to change
         first = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__).strip().rstrip(".")
         total = sum(cfg_.num_embeddings * cfg_.embedding_dim * 4 for _, cfg_ in embedding_configs(module).values())
@@ -563,6 +576,15 @@ def _fill(out: torch.Tensor, row0: int, col0: int, cfg: EmbeddingBagConfig, seed
         out[a - row0:b - row0].copy_(chunk.mul_(hi - lo).add_(lo))
 
 
+def table_state_key(state: Dict[str, object], fqn: str, table: str) -> str:
+    """The key of table ``table`` of the EmbeddingBagCollection ``fqn`` in a sharded model's state dict."""
+    suffix = f"{fqn}.embedding_bags.{table}.weight"
+    key = next((k for k in state if k == suffix or k.endswith("." + suffix)), None)
+    if key is None:
+        raise RuntimeError(f"embedding table '{table}' not found in the sharded model's state")
+    return key
+
+
 @torch.no_grad()
 def init_embeddings(dmp: nn.Module, tables: Dict[str, Tuple[str, EmbeddingBagConfig]], seed: int) -> int:
     """Re-initialise every embedding table of a sharded model from ``(seed, table, row block)``: uniform in the
@@ -583,11 +605,7 @@ def init_embeddings(dmp: nn.Module, tables: Dict[str, Tuple[str, EmbeddingBagCon
     state = dmp.state_dict()
     written = 0
     for name, (fqn, cfg) in tables.items():
-        suffix = f"{fqn}.embedding_bags.{name}.weight"
-        key = next((k for k in state if k == suffix or k.endswith("." + suffix)), None)
-        if key is None:
-            raise RuntimeError(f"embedding table '{name}' not found in the sharded model's state")
-        value = state[key]
+        value = state[table_state_key(state, fqn, name)]
         if hasattr(value, "local_shards"):  # ShardedTensor: row-, column- or table-wise shards of this rank
             for shard in value.local_shards():
                 row0, col0 = (int(x) for x in shard.metadata.shard_offsets)
@@ -617,7 +635,9 @@ def shard(
         batch_size: per-rank batch size.
         seed: when given, tables are initialised plan-independently (:func:`init_embeddings`).
 
-    The plan's report is kept as ``dmp.plan_report`` (see :class:`PlanReport`) and logged on rank 0.
+    The plan's report is kept as ``dmp.plan_report`` (see :class:`PlanReport`) and summed up in one line on
+    rank 0 (the whole table at debug level: ``recsys -v``); the tables' configs as ``dmp.embedding_tables``
+    (see :func:`embedding_configs`).
 
     Example::
 
@@ -632,10 +652,13 @@ def shard(
                           f"ranks but this job runs on {device.type}; use 'auto'")
     the_plan, report = plan_report(module, cfg, world_size, local_world_size, device_type, batch_size,
                                    dist.GroupMember.WORLD, device)
-    dmp = DistributedModelParallel(module, device=device, plan=the_plan, sharders=[sharder(cfg)])
+    with quiet_library():
+        dmp = DistributedModelParallel(module, device=device, plan=the_plan, sharders=[sharder(cfg)])
     if seed is not None:
         init_embeddings(dmp, tables, seed)
     dmp.plan_report = report  # type: ignore[attr-defined]
+    dmp.embedding_tables = tables  # type: ignore[attr-defined]
     if dist.get_rank() == 0:
-        log.info("%s", report.format())
+        log.info("%s (the full table: -v; a training run writes it to plan.txt)", report.summary())
+        log.debug("%s", report.format())
     return dmp

@@ -4,7 +4,11 @@ It never looks inside a model: model-specific loss terms and per-sample weights 
 hooks (:class:`~recsys.models.base.RankingModel`), and anything a module wants plotted comes through its
 optional ``tensorboard_stats()`` method (scalars and histograms, every ``log_every_steps``) and
 ``tensorboard_embeddings()`` method (``{tag: (rows [N, D], one metadata label per row)}`` for the embedding
-projector, after every validation).
+projector, after every validation). What TensorBoard shows: :mod:`recsys.train.board`.
+
+On the console (rank 0): a progress bar per epoch on a terminal (loss and samples/s beside it), plain lines
+with the same every 30 s otherwise (:class:`recsys.console.Progress`), one line per epoch (mean loss,
+samples/s, time) and one per validation.
 
 Run folder::
 
@@ -12,7 +16,7 @@ Run folder::
         config.yaml        the resolved config
         encoders/          fitted vocabularies and dense statistics
         plan.txt           the sharding plan
-        tb/                TensorBoard events
+        tb/<run name>/     TensorBoard events (see recsys.train.board)
         checkpoints/       step-XXXXXXXX/ (DCP, see recsys.train.checkpoint)
         metrics.json       final validation and test reports
         metrics.md         the same as markdown tables
@@ -31,9 +35,9 @@ import pyarrow as pa
 import torch
 import yaml
 from torch.distributed._shard.sharded_tensor import ShardedTensor
-from tqdm import tqdm
 
-from recsys.config import Config, to_dict
+from recsys.config import Config, check_device_support, to_dict
+from recsys.console import Progress, bar_safe_logging, quiet_library
 from recsys.data.columns import Columns
 from recsys.data.dataset import SPLITS, Dataset
 from recsys.data.loader import BatchLoader
@@ -41,6 +45,18 @@ from recsys.errors import ConfigError, RecsysError
 from recsys.io import write_json_atomic, write_parquet_atomic, write_text_atomic
 from recsys.models.base import RankingModel, build_model, check_requirements
 from recsys.train import checkpoint as ckpt
+from recsys.train.board import (
+    TEST,
+    TRAIN,
+    VALID,
+    RunBoard,
+    gather_rows,
+    hparam_metrics,
+    hparam_values,
+    projector_rows,
+    projector_tables,
+    run_name,
+)
 from recsys.train.dist import (
     all_reduce_int,
     barrier,
@@ -49,7 +65,7 @@ from recsys.train.dist import (
     init_distributed,
     on_main,
 )
-from recsys.train.losses import MultiTaskLoss, TrainModule
+from recsys.train.assembly import Stepper, assemble, eval_batches
 from recsys.train.metrics import (
     PredictionCollector,
     Predictions,
@@ -60,9 +76,7 @@ from recsys.train.metrics import (
     undefined_metric,
 )
 from recsys.train.metrics import untrained_tasks, without_tasks
-from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
 from recsys.train.run_folder import RunFolder, check_free_space, check_resume_identity, flatten, run_identity
-from recsys.train.sharding import shard
 
 log = logging.getLogger("recsys.train")
 
@@ -85,6 +99,30 @@ class TrainState:
     samples: int = 0
     train_seconds: float = 0.0
     history: List[Dict[str, float]] = field(default_factory=list)
+
+
+class _EpochTally:
+    """What the epoch's console line needs: steps, the summed loss (kept on the device: no sync per step),
+    this rank's samples, and the time without evaluations."""
+
+    def __init__(self, name: str, eval_seconds: float) -> None:
+        self.name = name
+        self.steps = 0
+        self.samples = 0
+        self.loss: Optional[torch.Tensor] = None
+        self.logged = False
+        self._start = time.perf_counter()
+        self._eval_seconds = eval_seconds
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        loss = loss.detach().float()
+        self.loss = loss if self.loss is None else self.loss + loss
+        self.steps += 1
+        self.samples += samples
+
+    def seconds(self, eval_seconds: float) -> float:
+        """Wall time since the epoch started, without the evaluations that ran meanwhile."""
+        return time.perf_counter() - self._start - (eval_seconds - self._eval_seconds)
 
 
 def _module_tag(name: str) -> str:
@@ -131,14 +169,19 @@ class Trainer:
         self.cfg = config
         self.dist = init_distributed(config.device)
         self.device = self.dist.device
+        check_device_support(config.sharding, self.device.type)
         self.is_main = self.dist.is_main
         self.run_dir = config.resolve(config.run_dir)
         self.folder = RunFolder(self.run_dir)
         self.ckpt_dir = self.folder.checkpoints
         self.training = fit_data
-        self.writer = None
+        self.writer = None  # the TensorBoard SummaryWriter (rank 0, training), board.writer
+        self.board: Optional[RunBoard] = None
+        self._tensorboard = bool(config.tensorboard and fit_data)  # the same on every rank
+        self._projector: Optional[List[Tuple[str, str]]] = None
         try:
-            self._start(dataset, model, resume, overwrite)
+            with bar_safe_logging(config.train.progress and self.is_main):
+                self._start(dataset, model, resume, overwrite)
         except BaseException:
             if self.is_main:
                 self.folder.discard_if_unused()  # a refused or interrupted start leaves no trace
@@ -165,16 +208,13 @@ class Trainer:
             self._check_metric_defined()
 
         torch.manual_seed(config.train.seed)
-        self.model = model if model is not None else build_model(config.model, self.schema, source="config")
-        self.loss = MultiTaskLoss(self.schema, config.train.task_weights, self.model.dependent_loss)
-        module = TrainModule(self.model, self.loss)
-        fuse_embedding_optimizer(module, config.train.embedding_optimizer, self.device.type)
-        self.dmp = shard(module, config.sharding, self.device, config.data.batch_size, seed=config.train.seed)
-        groups = {name: (g.params, g.optimizer) for name, g in self.model.optimizer_groups().items()}
-        self.optimizer = build_optimizer(self.dmp, config.train.dense_optimizer, config.train.grad_clip_norm,
-                                         groups, embedding=config.train.embedding_optimizer)
+        model = model if model is not None else build_model(config.model, self.schema, source="config")
+        self.setup = assemble(model, self.schema, config.train, config.sharding, self.device,
+                              config.data.batch_size, seed=config.train.seed)
+        self.model, self.loss = self.setup.model, self.setup.loss
+        self.dmp, self.optimizer = self.setup.dmp, self.setup.optimizer
+        self.stepper = Stepper(self.setup, self.device, pipeline=self._use_pipeline())
         self.state = TrainState()
-        self._pipeline = None
         self._eval_seconds = 0.0
         self._warned_undefined = False
         self._identity: Optional[Dict[str, Any]] = None
@@ -186,12 +226,19 @@ class Trainer:
             log.info("%sresumed from %s at step %d", why, latest, self.state.step)
         elif restarts:
             log.info("torchelastic restart %d: no completed checkpoint yet, starting afresh", restarts)
-        if self.is_main and config.tensorboard and self.training:
-            from torch.utils.tensorboard import SummaryWriter
+        if self.is_main and self._tensorboard:
+            self._open_board(resumed=latest is not None)
 
-            # after a resume, events a previous attempt wrote beyond the checkpoint are dropped
-            self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"),
-                                        purge_step=self.state.step + 1 if latest is not None else None)
+    def _open_board(self, resumed: bool) -> None:
+        """Rank 0: the run's TensorBoard writer (after a resume, events a previous attempt wrote beyond the
+        checkpoint are dropped), with the run's hyper-parameters and the metrics the HParams tab shows."""
+        untrained = [t for t, w in self.loss.weights.items() if w == 0]
+        self.board = RunBoard(self.run_dir, self.schema, untrained,
+                              purge_step=self.state.step + 1 if resumed else None)
+        self.writer = self.board.writer
+        hparams = hparam_values(to_dict(self.cfg), self.loss.weights, self.dataset.spec.name, self.dist.world_size)
+        self.board.start(hparams, hparam_metrics(self.schema, self.metric, untrained, self.dataset.spec.oracle),
+                         run_name(self.run_dir))
 
     # --- the run folder ----------------------------------------------------------------------------------
     def identity(self) -> Dict[str, Any]:
@@ -331,33 +378,8 @@ class Trainer:
         choice = self.cfg.train.pipeline
         return choice == "sparse_dist" or (choice == "auto" and self.device.type == "cuda")
 
-    def _steps(self, loader: BatchLoader) -> Iterator[Any]:
-        """Run the optimizer over ``loader``; yields each step's StepOutput."""
-        if self._use_pipeline():
-            from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-
-            if self._pipeline is None:
-                self._pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, self.device)
-            else:
-                self._pipeline.attach(self.dmp)
-            it = iter(loader)
-            while True:
-                try:
-                    yield self._pipeline.progress(it)
-                except StopIteration:
-                    return
-        else:
-            for batch in loader:
-                batch = batch.to(self.device, non_blocking=True)
-                self.optimizer.zero_grad()
-                loss, out = self.dmp(batch)
-                loss.backward()
-                self.optimizer.step()
-                yield out
-
     def _detach_pipeline(self) -> None:
-        if self._pipeline is not None:
-            self._pipeline.detach()
+        self.stepper.detach()
 
     def fit(self) -> Dict[str, Any]:
         """Train with periodic validation and early stopping, restore the best checkpoint, evaluate valid and
@@ -366,7 +388,8 @@ class Trainer:
         if not self.training:
             raise RecsysError("this trainer was built for evaluation (fit_data=False); it cannot train")
         try:
-            return self._fit()
+            with bar_safe_logging(self.cfg.train.progress and self.is_main), quiet_library():  # backward's warnings
+                return self._fit()
         finally:
             self.close()
 
@@ -381,30 +404,37 @@ class Trainer:
         self._eval_seconds = 0.0
         window_start, window_samples = time.perf_counter(), 0
         stop = False
+        show = cfg.progress and self.is_main
         while self.state.epoch < cfg.epochs and not stop:
             loader.set_epoch(self.state.epoch, self.state.batch_in_epoch)
-            with tqdm(total=len(loader) + self.state.batch_in_epoch, initial=self.state.batch_in_epoch,
-                      desc=f"epoch {self.state.epoch + 1}/{cfg.epochs}", unit="step", leave=False,
-                      disable=not (cfg.progress and self.is_main)) as bar:
-                for out in self._steps(loader):
+            epoch = _EpochTally(f"epoch {self.state.epoch + 1}/{cfg.epochs}", self._eval_seconds)
+            with Progress(epoch.name, loader.num_batches, unit="step", enabled=show,
+                          initial=self.state.batch_in_epoch, leave=True) as bar:
+                for out in self.stepper.steps(loader):
                     self.state.step += 1
                     self.state.batch_in_epoch += 1
                     n = int((out.batch.row_id >= 0).sum())
                     self.state.samples += n
                     window_samples += n
-                    self._check_finite(out)
-                    bar.update(1)
+                    epoch.add(self._check_finite(out), n)
                     epoch_end = self.state.batch_in_epoch >= loader.num_batches
+                    last = epoch_end or (cfg.max_steps is not None and self.state.step >= cfg.max_steps)
                     if self.state.step % cfg.log_every_steps == 0 or epoch_end:
                         now = time.perf_counter()
-                        self._log_train(out, window_samples / max(now - window_start, 1e-9))
+                        loss, rate = self._log_train(out, window_samples / max(now - window_start, 1e-9))
+                        bar.note(f"loss {loss:.4f}, {rate:,.0f} samples/s")
                         window_start, window_samples = now, 0
+                    bar.update()
+                    if last:  # the epoch's line comes before its validation's
+                        bar.close()
+                        self._log_epoch(epoch)
                     if self.state.step % eval_every == 0 or epoch_end:
                         if epoch_end:
                             self.state.epoch += 1
                             self.state.batch_in_epoch = 0
                         self._detach_pipeline()
                         stop = self._validate(metric, mode)
+                        window_start, window_samples = time.perf_counter(), 0  # samples/s without evaluations
                         if stop:
                             break
                     elif cfg.checkpoint_every_steps and self.state.step % cfg.checkpoint_every_steps == 0:
@@ -416,6 +446,8 @@ class Trainer:
                             stop = self._validate(metric, mode)
                         stop = True
                         break
+            if not epoch.logged:  # early stopping in the middle of an epoch
+                self._log_epoch(epoch)
         self.state.train_seconds += time.perf_counter() - start - self._eval_seconds
         return self._finish()
 
@@ -457,7 +489,8 @@ class Trainer:
                 f"{len(labels)} validation rows it is computed on are all {kind} for task '{task_name}'; choose "
                 "another metric, or a larger data.split.valid")
 
-    def _check_finite(self, out) -> None:
+    def _check_finite(self, out) -> torch.Tensor:
+        """The step's total loss; raises when it is NaN or infinite."""
         total = torch.stack([v.float() for v in out.losses.values()]).sum()
         if not bool(torch.isfinite(total)):
             last = ckpt.latest_checkpoint(self.ckpt_dir)
@@ -465,6 +498,7 @@ class Trainer:
                 f"loss became {float(total)} at step {self.state.step} (epoch {self.state.epoch + 1}); "
                 f"last good checkpoint: {last or 'none'}; lower the learning rates or set train.grad_clip_norm"
             )
+        return total
 
     def _validate(self, metric: str, mode: str) -> bool:
         """Evaluate on the validation split, checkpoint, update early stopping; True when training should stop.
@@ -505,10 +539,10 @@ class Trainer:
         self.state.stopped_early = stop
         self.save(self.folder.checkpoint(name))
         self._eval_seconds += time.perf_counter() - t0
-        if self.writer is not None:
-            for key, v in report.items():
-                if key.count("/") == 1 and v == v:
-                    self.writer.add_scalar(f"valid/{key}", v, self.state.step)
+        if self.board is not None:
+            self.board.report(report, VALID, self.state.step)
+            if self.state.best_metric is not None:
+                self.board.scalars({f"{VALID}/best/{metric}": self.state.best_metric}, self.state.step)
         self._log_embeddings()
         if self.is_main:
             best = "none yet" if self.state.best_metric is None else f"{self.state.best_metric:.5f}"
@@ -516,47 +550,119 @@ class Trainer:
                      " (best)" if improved else f" (best {best})")
         return stop
 
-    def _log_train(self, out, samples_per_sec: float) -> None:
-        """TensorBoard scalars of one step. Collective: losses are averaged over ranks (each rank's loss is its
-        share of the global batch's loss, so the mean is the global batch's loss) and samples/s summed."""
+    def _log_train(self, out, samples_per_sec: float) -> Tuple[float, float]:
+        """One step's numbers for the console and TensorBoard; returns (loss, samples/s) of the global batch.
+        Collective: losses are averaged over ranks (each rank's loss is its share of the global batch's loss, so
+        the mean is the global batch's loss), samples/s and embedding rows updated summed. Rank 0 writes the
+        losses (tasks with weight 0 left out), learning rates, gradient norms, rows updated and the modules'
+        ``tensorboard_stats()``."""
         names = list(out.losses)
-        values = torch.stack([out.losses[n].detach().float() for n in names] +
-                             [torch.tensor(samples_per_sec, device=out.losses[names[0]].device)])
+        device = out.losses[names[0]].device
+        parts = [out.losses[n].detach().float() for n in names] + [torch.tensor(float(samples_per_sec), device=device)]
+        tables = self._update_tables() if self._tensorboard else {}
+        rows = self._rows_updated(out.batch, tables.values(), device) if tables else torch.zeros(0, device=device)
+        values = torch.cat([torch.stack(parts), rows])
         if self.dist.world_size > 1:
             torch.distributed.all_reduce(values)
-            values[:-1] /= self.dist.world_size
-        if self.writer is None:
-            return
-        step = self.state.step
+            values[:len(names)] /= self.dist.world_size
         values = values.cpu().tolist()
-        for name, v in zip(names, values):
-            self.writer.add_scalar(f"train/loss/{name}", v, step)
-        self.writer.add_scalar("train/loss", float(sum(values[:-1])), step)
-        self.writer.add_scalar("train/samples_per_sec", values[-1], step)
-        for i, group in enumerate(self.optimizer.param_groups):
-            if "lr" in group:
-                self.writer.add_scalar(f"train/lr/{i}", float(group["lr"]), step)
+        losses, rate = dict(zip(names, values)), values[len(names)]
+        loss = float(sum(losses.values()))
+        if self.board is None:
+            return loss, rate
+        step = self.state.step
+        scalars = {f"{TRAIN}/loss": loss, f"{TRAIN}/samples_per_sec": rate}
+        scalars.update({f"{TRAIN}/loss/{n}": v for n, v in losses.items() if self.loss.weights.get(n) != 0})
+        scalars.update({f"{TRAIN}/rows_updated/{t}": v for t, v in zip(tables, values[len(names) + 1:])})
+        scalars.update(self._optimizer_scalars())
+        self.board.scalars(scalars, step)
         for name, module in self.dmp.named_modules():
             stats = getattr(module, "tensorboard_stats", None)
             if callable(stats):
                 for key, value in stats().items():
-                    tag = f"{_module_tag(name)}/{key}"
-                    value = value.detach().float().cpu()
-                    if value.numel() == 1:
-                        self.writer.add_scalar(tag, float(value), step)
-                    elif value.numel() > 1:
-                        self.writer.add_histogram(tag, value, step)
+                    self.board.module_stats(f"{_module_tag(name)}/{key}", value, step)
+        return loss, rate
+
+    def _update_tables(self) -> Dict[str, List[str]]:
+        """Table -> the features it looks up, one table per set of features (a wide table looking up the same
+        ids as a deep one updates the same rows)."""
+        out: Dict[str, List[str]] = {}
+        for name, (_, cfg) in self.dmp.embedding_tables.items():
+            if list(cfg.feature_names) not in out.values():
+                out[name] = list(cfg.feature_names)
+        return out
+
+    def _rows_updated(self, batch, tables, device: torch.device) -> torch.Tensor:
+        """Distinct rows each table (given by its features) this rank's batch looked up: the rows the fused
+        optimizer updates this step. [tables] float32."""
+        features = batch.sparse.to_dict()
+        counts = []
+        for names in tables:
+            ids = [features[f].values() for f in names if f in features]
+            counts.append(int(torch.unique(torch.cat(ids)).numel()) if ids else 0)
+        return torch.tensor(counts, dtype=torch.float32, device=device)
+
+    def _optimizer_scalars(self) -> Dict[str, float]:
+        """Learning rate and L2 norm of the dense gradients per optimizer group (after clipping, plus the norm
+        before it when train.grad_clip_norm is set). Rank 0: DDP has made the gradients equal on every rank."""
+        out: Dict[str, float] = {}
+        for name, opt in self.optimizer.optimizers:
+            lrs = [float(g["lr"]) for g in opt.param_groups if "lr" in g]
+            if len(set(lrs)) == 1:
+                out[f"{TRAIN}/lr/{name}"] = lrs[0]
+            else:
+                out.update({f"{TRAIN}/lr/{name}/{i}": lr for i, lr in enumerate(lrs)})
+            if opt is self.dmp.fused_optimizer:  # updated inside backward: no gradient materialises
+                continue
+            grads = [p.grad for g in opt.param_groups for p in g["params"]
+                     if not isinstance(p, ShardedTensor) and p.grad is not None]
+            if grads:
+                norms = [torch.linalg.vector_norm((g.coalesce().values() if g.is_sparse else g).float()) for g in grads]
+                out[f"{TRAIN}/grad_norm/{name}"] = float(torch.linalg.vector_norm(torch.stack(norms)))
+        before = getattr(self.optimizer, "norm_before_clip", None)
+        if before is not None:
+            out[f"{TRAIN}/grad_norm/before_clip"] = float(before)
+        return out
+
+    def _log_epoch(self, epoch: _EpochTally) -> None:
+        """The epoch's console line: steps, time, mean loss and samples/s of the global batch. Collective."""
+        epoch.logged = True
+        if not epoch.steps or epoch.loss is None:
+            return
+        sums = torch.stack([epoch.loss, torch.tensor(float(epoch.samples), device=epoch.loss.device)])
+        if self.dist.world_size > 1:
+            torch.distributed.all_reduce(sums)
+        loss_sum, samples = sums.cpu().tolist()
+        seconds = max(epoch.seconds(self._eval_seconds), 1e-9)
+        if self.is_main:
+            log.info("%s: %d steps in %.1f s, mean loss %.4f, %s samples/s", epoch.name, epoch.steps, seconds,
+                     loss_sum / self.dist.world_size / epoch.steps, f"{samples / seconds:,.0f}")
 
     def _log_embeddings(self) -> None:
-        """Embeddings modules collected during the last evaluation, to TensorBoard's projector. Every rank
-        asks (modules may reset), rank 0 writes."""
+        """Embeddings modules collected during the last evaluation, and a sample of the user, item and host
+        tables (see :mod:`recsys.train.board`), to TensorBoard's projector. Every rank asks (modules may reset;
+        the tables' rows are gathered from the shards), rank 0 writes."""
+        step = self.state.step
         for name, module in self.dmp.named_modules():
             hook = getattr(module, "tensorboard_embeddings", None)
             if not callable(hook):
                 continue
             for tag, (rows, metadata) in hook().items():
-                if self.writer is not None and len(rows):
-                    self.writer.add_embedding(rows, metadata=list(metadata), tag=tag, global_step=self.state.step)
+                if self.board is not None:
+                    self.board.embedding(tag, rows, metadata, step)
+        if not self._tensorboard:
+            return
+        tables = self.dmp.embedding_tables
+        if self._projector is None:
+            encodings = {e.name: e.spec.encoding for e in self.dataset.sparse}
+            self._projector = projector_tables(self.schema, encodings, tables)
+        state = self.dmp.state_dict()
+        for feature, table in self._projector:
+            rows, labels = projector_rows(next(e for e in self.dataset.sparse if e.name == feature))
+            fqn, table_cfg = tables[table]
+            values = gather_rows(state, fqn, table_cfg, rows, self.dist.world_size, self.dist.rank)
+            if self.board is not None and values is not None:
+                self.board.embedding(f"embeddings/{table}", values, labels, step)
 
     def _finish(self) -> Dict[str, Any]:
         if self.state.best_checkpoint is not None:
@@ -587,28 +693,29 @@ class Trainer:
             write_text_atomic(os.path.join(self.run_dir, "metrics.md"), "\n\n".join(
                 format_table(self.schema, result[split], title=f"{self.cfg.model.name}: {split}", untrained=untrained)
                 for split in ("valid", "test") if result[split]) + "\n")
-            if self.writer is not None:
-                for key, v in result["test"].items():
-                    if key.count("/") == 1 and v == v:
-                        self.writer.add_scalar(f"test/{key}", v, self.state.step)
-                self.writer.flush()
+            if self.board is not None:
+                self.board.report(result["test"], TEST, self.state.step)
+                self.board.finish()
         barrier()
         return result
 
     # --- evaluation and prediction -----------------------------------------------------------------------
-    def _forward_all(self, split: str) -> PredictionCollector:
-        self.dmp.eval()
-        collector = PredictionCollector(self.schema)
+    def scan(self, split: str) -> Iterator[Tuple[Any, Any]]:
+        """``(batch, StepOutput)`` of every batch of ``split`` (this rank's rows, padding included: its
+        ``row_id`` is -1), the model in eval mode without gradients. For workflows that need more of the model
+        than its scores (e.g. SSIM's selection scores); collective, so every rank must run it to the end."""
+        self._detach_pipeline()
         loader = self.eval_loader(split)
-        try:
-            with torch.no_grad():
-                for batch in tqdm(loader, desc=f"eval {split}", unit="batch", leave=False,
-                                  disable=not (self.cfg.train.progress and self.is_main)):
-                    batch = batch.to(self.device, non_blocking=True)
-                    _, out = self.dmp(batch)
-                    collector.add(out.outputs, batch)
-        finally:
-            self.dmp.train()
+        with Progress(f"eval {split}", len(loader), unit="batch",
+                      enabled=self.cfg.train.progress and self.is_main) as bar:
+            for batch, out in eval_batches(self.dmp, loader, self.device):
+                yield batch, out
+                bar.update()
+
+    def _forward_all(self, split: str) -> PredictionCollector:
+        collector = PredictionCollector(self.schema)
+        for batch, out in self.scan(split):
+            collector.add(out.outputs, batch)
         return collector
 
     def _check_split(self, split: str) -> None:
@@ -622,7 +729,6 @@ class Trainer:
     def predictions(self, split: str = "test") -> Predictions:
         """Every row of ``split`` scored by the current model (all ranks' rows, on every rank)."""
         self._check_split(split)
-        self._detach_pipeline()
         return self._forward_all(split).gather()
 
     def evaluate(self, split: str = "test") -> Dict[str, float]:

@@ -86,21 +86,13 @@ def score_instances(trainer: Trainer, split: str = "train") -> Optional[pa.Table
     model = trainer.model
     if not hasattr(model, "selection_scores"):
         raise ConfigError(f"model '{trainer.cfg.model.name}' has no selection network (use ssim_search)")
-    trainer._detach_pipeline()
-    trainer.dmp.eval()
     parts: List[Dict[str, np.ndarray]] = []
-    try:
-        with torch.no_grad():
-            for batch in trainer.eval_loader(split):
-                batch = batch.to(trainer.device)
-                m, p, g = model.selection_scores(batch)
-                keep = (batch.row_id >= 0) & (batch.weights > 0)
-                parts.append({"row_id": batch.row_id[keep].cpu().numpy(),
-                              "scenario": batch.scenario[keep].cpu().numpy(),
-                              "score": p[keep].float().cpu().numpy(), "logit": m[keep].float().cpu().numpy(),
-                              "mask": g[keep].cpu().numpy() > 0.5})
-    finally:
-        trainer.dmp.train()
+    for batch, _ in trainer.scan(split):
+        m, p, g = model.selection_scores(batch)
+        keep = (batch.row_id >= 0) & (batch.weights > 0)
+        parts.append({"row_id": batch.row_id[keep].cpu().numpy(), "scenario": batch.scenario[keep].cpu().numpy(),
+                      "score": p[keep].float().cpu().numpy(), "logit": m[keep].float().cpu().numpy(),
+                      "mask": g[keep].cpu().numpy() > 0.5})
     mine = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in
             ("row_id", "scenario", "score", "logit", "mask")}
     if dist.is_initialized() and dist.get_world_size() > 1:
