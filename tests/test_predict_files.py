@@ -52,6 +52,8 @@ def test_unlabelled_rows_score_with_their_raw_ids_kept_and_the_scores_of_labelle
     assert sorted(os.listdir(out)) == ["part-00000.parquet", "predict.json"]
     part = pq.read_table(os.path.join(out, "part-00000.parquet"))
     assert part.column_names == ["user_id", "item_id", "row_id", "score_ctr", "score_stay", "score_cvr"]
+    # streamed: each batch of 300 rows (chunks of 700) is written when scored, not the whole file at the end
+    assert pq.ParquetFile(os.path.join(out, "part-00000.parquet")).metadata.num_row_groups >= 5000 // 300
     table = scored["table"]
     for name in ("user_id", "item_id", "row_id"):  # raw values, in input order, type kept (no float round trip)
         assert part.column(name).type == table.column(name).type
@@ -148,19 +150,37 @@ def test_two_ranks_write_one_part_each_and_a_rerun_scores_only_the_missing_one(s
     assert json.load(open(os.path.join(out, "predict.json")))["skipped"] == ["part-00000.parquet"]
 
 
+def write_csv(table: pa.Table, path: str, tenure_days=None) -> str:
+    """``table`` as CSV text (multi-hot cells joined with '|'), with some ``tenure_days`` cells replaced."""
+    values = pc.cast(table.column("tenure_days"), pa.string()).to_pylist()
+    for row, value in (tenure_days or {}).items():
+        values[row] = value
+    text = table.set_column(table.column_names.index("tenure_days"), "tenure_days", pa.array(values))
+    text = text.drop_columns(["user_interests"]).append_column(
+        "user_interests", pa.array(["|".join(map(str, v)) for v in table.column("user_interests").to_pylist()]))
+    pa_csv.write_csv(text, path)
+    return path
+
+
+def test_csv_rows_score_as_the_same_parquet_rows_and_keep_their_text(scored):
+    table = pq.read_table(scored["unlabelled"]).slice(0, 300)
+    parquet, csv = str(scored["tmp"] / "rows.parquet"), write_csv(table, str(scored["tmp"] / "rows.csv"))
+    pq.write_table(table, parquet)
+    parts = {}
+    for path in (parquet, csv):
+        out = str(scored["tmp"] / f"csv-out-{os.path.basename(path)}")
+        assert predict(scored, out, path, extra=["--keep-columns", "user_id"]) == 0
+        parts[path] = pq.read_table(os.path.join(out, "part-00000.parquet"))
+    assert parts[csv].column("user_id").to_pylist() == [str(u) for u in table.column("user_id").to_pylist()]
+    np.testing.assert_allclose(parts[csv].column("score_ctr").to_numpy(),
+                               parts[parquet].column("score_ctr").to_numpy(), rtol=0, atol=1e-6)
+
+
 def test_bad_input_is_one_line_naming_file_column_and_row_and_writes_nothing(scored, capsys):
     table = pq.read_table(scored["unlabelled"]).slice(0, 50)
     missing = str(scored["tmp"] / "missing.parquet")
     pq.write_table(table.drop_columns(["item_price"]), missing)
-    bad_value = str(scored["tmp"] / "bad.csv")
-    text = table.set_column(table.column_names.index("tenure_days"), "tenure_days",
-                            pc.cast(table.column("tenure_days"), pa.string()))
-    values = text.column("tenure_days").to_pylist()
-    values[6] = "twelve"
-    text = text.set_column(text.column_names.index("tenure_days"), "tenure_days", pa.array(values))
-    text = text.drop_columns(["user_interests"]).append_column(
-        "user_interests", pa.array(["|".join(map(str, v)) for v in table.column("user_interests").to_pylist()]))
-    pa_csv.write_csv(text, bad_value)
+    bad_value = write_csv(table, str(scored["tmp"] / "bad.csv"), {6: "twelve"})
     for path, needle in ((missing, "column 'item_price'"), (bad_value, "row 7")):
         out = str(scored["tmp"] / f"bad-out-{os.path.basename(path)}")
         capsys.readouterr()

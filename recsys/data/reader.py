@@ -324,14 +324,19 @@ class SourceReader:
             raise DataError(f"not a readable Parquet file ({str(e).splitlines()[0]})", file=path) from None
 
     # --- public ------------------------------------------------------------------------------------------
+    def _names_in_file(self, path: str) -> List[str]:
+        if file_format(self.spec, path) == "parquet":
+            return list(self._parquet_file(path).schema_arrow.names)
+        return self._csv_names(path, *self._csv_options(path))
+
     def column_names(self, path: str) -> List[str]:
         """The columns of one file (Parquet: its schema; CSV: its header or the spec's ``columns``), read
         without decoding rows; a file label column counts as one of them."""
-        if file_format(self.spec, path) == "parquet":
-            names = list(self._parquet_file(path).schema_arrow.names)
-        else:
-            names = self._csv_names(path, *self._csv_options(path))
-        return names + ([self.spec.file_label.column] if self.spec.file_label else [])
+        return self._names_in_file(path) + ([self.spec.file_label.column] if self.spec.file_label else [])
+
+    def check_columns(self, path: str) -> None:
+        """Refuse a file that lacks a column to read (or repeats one), without decoding its rows."""
+        self._check_columns(path, self._names_in_file(path))
 
     def count_rows(self, path: str) -> int:
         """Rows in one file (Parquet: from metadata; CSV: one streaming pass over the needed columns)."""

@@ -790,7 +790,7 @@ def output_column(name: str, tasks: Sequence[str]) -> str:
     return f"score_{name}" if name in tasks else name.replace("/", "_")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runtime.py", description="Score rows with a recsys serving artifact.")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="verify an artifact against its manifest and load its program")
@@ -801,7 +801,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     score.add_argument("--out", required=True, help="Parquet file of scores to write")
     score.add_argument("--keep-columns", default="", help="input columns copied next to the scores (comma-separated)")
     score.add_argument("--batch-size", type=int, default=4096)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         artifact = Artifact.open(args.artifact)
         if args.command == "check":

@@ -68,6 +68,14 @@ def input_files(patterns: Sequence[str]) -> List[str]:
     return files
 
 
+def _count_rows(readers: Sequence[SourceReader], files: Sequence[str]) -> List[int]:
+    """Rows of every input file (Parquet: its metadata; CSV: a pass over the columns read), every file's
+    columns checked first, so that a missing column is reported before any row is scored."""
+    for reader, path in zip(readers, files):
+        reader.check_columns(path)
+    return [reader.count_rows(path) for reader, path in zip(readers, files)]
+
+
 def output_names(tasks: Sequence[str], keep: Sequence[str], emit_indices: bool) -> List[str]:
     """The columns of a part, in order; a kept column named like a score or index column is refused."""
     names = list(keep) + (list(INDEX_COLUMNS) if emit_indices else []) + [f"score_{t}" for t in tasks]
@@ -202,7 +210,7 @@ def score_files(trainer: Any, inputs: Sequence[str], out_dir: str, keep: Sequenc
     files = input_files(inputs)
     names = output_names(tasks, keep, emit_indices)
     readers = [dataset.scoring_reader(f, keep) for f in files]
-    counts = on_main(lambda: [r.count_rows(f) for r, f in zip(readers, files)])
+    counts = on_main(lambda: _count_rows(readers, files))
     world = dist.world_size
     job = {"inputs": fingerprint(files), "keep": list(keep), "emit_indices": emit_indices,
            "checkpoint": os.path.abspath(checkpoint) if checkpoint else "", "world_size": world,
