@@ -581,16 +581,16 @@ def figures_for(json_path: str) -> Dict[str, "Figure"]:
         from benchmarks.quality import figure
 
         return {base + ".png": figure(importlib.import_module(f"benchmarks.grids.{result['grid']}"), result)}
+    if result.get("benchmark") == "serving":
+        from benchmarks.serving import figures
+
+        return {f"{base}_{name}.png": fig for name, fig in figures(result).items()}  # it has "cells" too
     if "cells" in result:
         return {f"{base}_{name}.png": fig for name, fig in throughput_figures(result).items()}
     if "rows_per_sec" in result:
         return {base + ".png": loader_figure(result)}
     if "current" in result and "workload" in result:
         return {base + ".png": evaluation_figure(result)}
-    if result.get("benchmark") == "serving":
-        from benchmarks.serving import figures
-
-        return {f"{base}_{name}.png": fig for name, fig in figures(result).items()}
     raise ValueError(f"{json_path}: not a result of benchmarks.quality, throughput, loader, evaluation or serving")
 
 

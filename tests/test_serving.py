@@ -448,3 +448,23 @@ def test_a_two_rank_sharded_checkpoint_exports_to_the_scores_of_one_rank_predict
     served = runtime.Artifact.open(artifact).score(rows)
     for task in ("ctr", "stay", "cvr"):
         np.testing.assert_allclose(served[task], table.column(f"score_{task}").to_numpy(), rtol=0, atol=PARITY_ATOL)
+
+
+def test_readme_serving_commands_parse_with_the_real_command_lines():
+    """The README's Serving commands use options that exist (recsys's parser and the artifact runtime's)."""
+    import shlex
+
+    from recsys.cli import build_parser
+
+    text = open(os.path.join(REPO, "README.md")).read().split("## Serving", 1)[1].split("\n## ", 1)[0]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.strip()]
+    seen = set()
+    for words in commands:
+        if words[0].endswith("recsys"):
+            args = build_parser().parse_args(words[1:])
+            seen.add(args.command)
+        else:
+            assert words[0] == "python" and words[1].endswith("runtime.py"), words
+            seen.add(runtime.build_parser().parse_args(words[2:]).command)
+    assert {"train", "export", "score"} <= seen
