@@ -631,6 +631,10 @@ def figures_for(json_path: str) -> Dict[str, "Figure"]:
         from benchmarks.quality import figure
 
         return {base + ".png": figure(importlib.import_module(f"benchmarks.grids.{result['grid']}"), result)}
+    if result.get("benchmark") == "serving":
+        from benchmarks.serving import figures
+
+        return {f"{base}_{name}.png": fig for name, fig in figures(result).items()}  # it has "cells" too
     if "cells" in result:
         return {f"{base}_{name}.png": fig for name, fig in throughput_figures(result).items()}
     if "rows_per_sec" in result:
@@ -639,7 +643,8 @@ def figures_for(json_path: str) -> Dict[str, "Figure"]:
         return {base + ".png": overhead_figure(result)}
     if "current" in result and "workload" in result:
         return {base + ".png": evaluation_figure(result)}
-    raise ValueError(f"{json_path}: not a result of benchmarks.quality, throughput, overhead, loader or evaluation")
+    raise ValueError(f"{json_path}: not a result of benchmarks.quality, throughput, overhead, loader, evaluation or "
+                     "serving")
 
 
 def committed_results(root: str = RESULTS) -> List[str]:

@@ -4,6 +4,8 @@
     recsys train -c CONFIG [--set key=value ...] [--resume]    train with early stopping, evaluate
     recsys eval -c CONFIG [--checkpoint best|latest|PATH] [--split test]
     recsys predict -c CONFIG --out scores.parquet [--split test] [--checkpoint ...]
+    recsys predict --run-dir RUN --input NEW.parquet ... --out DIR [--keep-columns user_id,item_id]   new rows
+    recsys export --run-dir RUN --out DIR [--quantize none|fp16|int8] [--format torchscript|aoti|auto]
     recsys plan -c CONFIG [--world-size 8 64 ...] [--device-type h100|h200|cpu]   sharding plans, no data needed
     recsys models                                              the registered models and what each needs
     recsys ssim search -c CONFIG                               SSIM: learn the shared-instance selection
@@ -155,13 +157,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from recsys.train.trainer import Trainer
 
-    _check_out_file(args.out)
+    keep = [c.strip() for c in args.keep_columns.split(",") if c.strip()] if args.keep_columns else []
+    if args.input is None:
+        if keep or args.emit_indices or args.metrics:
+            raise RecsysError("predict: --keep-columns, --emit-indices and --metrics go with --input FILE ... "
+                              "(new rows to score); --split scores a split of the run's own data")
+        _check_out_file(args.out)
+    elif args.split is not None:
+        raise RecsysError("predict: give --input FILE ... (new rows) or --split (the run's own data), not both")
+    else:  # the run's data is not read: nothing to hold in memory
+        args.set = list(args.set or []) + ["data.in_memory=false"]
     cfg = _run_config(args)
     path = _checkpoint_path(cfg.run_dir, args.checkpoint)
     trainer = Trainer(cfg, fit_data=False)
     trainer.load(path, restore_loop=False, model_only=True)
-    rows = trainer.predict(args.split, args.out)
-    log.info("wrote %d rows of scores to %s", rows, args.out)
+    if args.input is None:
+        rows = trainer.predict(args.split or "test", args.out)
+        log.info("wrote %d rows of scores to %s", rows, args.out)
+        return 0
+    from recsys.train.metrics import format_table
+    from recsys.train.scoring import score_files
+
+    summary = score_files(trainer, args.input, args.out, keep=keep, emit_indices=args.emit_indices,
+                          checkpoint=path, overwrite=args.overwrite, metrics=args.metrics)
+    if trainer.is_main:
+        log.info("wrote %d rows of scores to %s (%s%s)", summary["rows"], args.out, ", ".join(summary["parts"]),
+                 f"; already complete: {', '.join(summary['skipped'])}" if summary["skipped"] else "")
+        if "metrics" in summary:
+            print(format_table(trainer.schema, summary["metrics"], title=f"{cfg.model.name}: {len(summary['inputs'])}"
+                               f" input file(s) ({path})"))
+    return 0
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from recsys.serving.export import describe, export_run
+
+    manifest = export_run(args.run_dir, args.out, checkpoint=args.checkpoint, quantize=args.quantize,
+                          program_format=args.format, overwrite=args.overwrite)
+    print(describe(manifest, args.out))
     return 0
 
 
@@ -298,9 +332,37 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="write per-row scores to Parquet")
     run_args(pr, "run config YAML (default: the run's own RUN_DIR/config.yaml; a given file must agree with it)")
     pr.add_argument("--checkpoint", default="best")
-    pr.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
-                    help="rows to score; 'all' scores every row (use with --data for new files)")
-    pr.add_argument("--out", required=True, help="output Parquet file")
+    pr.add_argument("--split", choices=["train", "valid", "test", "all"],
+                    help="score a split of the run's own data into one file (default: test)")
+    pr.add_argument("--input", nargs="+", metavar="PATH",
+                    help="new rows to score: files, folders or globs (CSV/Parquet read like the dataset spec's "
+                         "source; label columns optional); streamed, one part file per rank in --out")
+    pr.add_argument("--out", required=True,
+                    help="output Parquet file (--split), or folder of part-00000.parquet ... (--input)")
+    pr.add_argument("--keep-columns", default="", metavar="COL,COL",
+                    help="with --input: input columns copied next to the scores (raw values, e.g. user_id,item_id)")
+    pr.add_argument("--emit-indices", action="store_true",
+                    help="with --input: also write the encoded row_id, scenario and user the model saw")
+    pr.add_argument("--metrics", action="store_true",
+                    help="with --input of labelled files: also evaluate the scores (printed, and in predict.json)")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="with --input: replace part files of another scoring job in --out (complete parts of "
+                         "the same job are always kept: a rerun resumes)")
+
+    xp = sub.add_parser("export", help="write a serving artifact: program, encoders, preprocessing, manifest",
+                        description="Export a trained run for serving (docs/serving.md): a TorchScript program "
+                                    "(or AOTInductor with --format aoti), the fitted encoders in Parquet/JSON, a "
+                                    "standalone runtime.py that preprocesses raw rows and scores them without "
+                                    "recsys, and MANIFEST.json with versions and checksums.")
+    xp.add_argument("--run-dir", required=True, help="the trained run folder")
+    xp.add_argument("--out", required=True, help="the artifact folder to write (new or empty)")
+    xp.add_argument("--checkpoint", default="best", help="best, latest or a checkpoint folder")
+    xp.add_argument("--quantize", default="none", choices=["none", "fp16", "int8"],
+                    help="embedding tables as torchrec/FBGEMM row-wise fp16 or int8 (dense layers stay fp32)")
+    xp.add_argument("--format", default="torchscript", choices=["torchscript", "aoti", "auto"],
+                    help="torchscript (default), aoti (torch.export + AOTInductor, fp32 only, ~1 min to "
+                         "compile) or auto (AOTInductor where it works)")
+    xp.add_argument("--overwrite", action="store_true", help="replace an earlier artifact in --out")
 
     pl = sub.add_parser("plan", help="print sharding plans and per-rank memory for a config (no data, no GPU)")
     pl.add_argument("-c", "--config", required=True, help="run config YAML (its dataset spec must declare "

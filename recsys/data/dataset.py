@@ -53,9 +53,9 @@ from recsys.data.history import (
     value_keys,
 )
 from recsys.data.joins import Joins, SideColumns
-from recsys.data.lineage import check_no_label_leak, source_columns
+from recsys.data.lineage import check_no_label_leak, feature_columns, source_columns
 from recsys.data.outline import declared_sizes, outline_of, schema_of
-from recsys.data.reader import RawChunk, SourceReader, list_files
+from recsys.data.reader import DATA_EXTENSIONS, RawChunk, SourceReader, list_files
 from recsys.data.record import RecordLayout
 from recsys.data.spec import DatasetSpec, FileSpec, FilterSpec, spec_of
 from recsys.data.split_cache import SplitCache, array_digest
@@ -185,16 +185,26 @@ class Dataset:
         cols = source_columns(self.spec, self.joins.columns_of) if columns is None else columns
         return SourceReader(fs, self.root, columns=cols, chunk_rows=self.chunk_rows, string_columns=sorted(cols))
 
-    def _prepare(self, chunk: RawChunk) -> Tuple[pa.Table, Where]:
+    def _prepare(self, chunk: RawChunk, scoring: bool = False) -> Tuple[pa.Table, Where]:
         """The spec's filter, joins and derived columns, vectorised. A filter on a column of the files applies
         first (so a row it drops is never joined or derived), one on a joined or derived column after them;
-        ``where.kept`` then holds the positions of the chunk's rows that passed."""
+        ``where.kept`` then holds the positions of the chunk's rows that passed. Rows to score (``scoring``)
+        are not filtered (every given row gets a score) and get only the derived columns whose inputs the file
+        has (the others feed labels, groups or times it need not have)."""
         where = Where(chunk.file, chunk.file_row)
-        early = [f for f in self.spec.filter if f.column in chunk.table.column_names]
-        late = [f for f in self.spec.filter if f.column not in chunk.table.column_names]
+        filters = [] if scoring else self.spec.filter
+        early = [f for f in filters if f.column in chunk.table.column_names]
+        late = [f for f in filters if f.column not in chunk.table.column_names]
         table, where = _filtered(early, chunk.table, where)
-        table = add_derived(self.spec.derived, self.joins.apply(table, where), where)
-        return _filtered(late, table, where)
+        table = self.joins.apply(table, where)
+        derived = self.spec.derived
+        if scoring:
+            have, derived = set(table.column_names), []
+            for d in self.spec.derived:
+                if ({d.column} if d.column else set()) | set(d.columns) <= have:
+                    derived.append(d)
+                    have.add(d.name)
+        return _filtered(late, add_derived(derived, table, where), where)
 
     def _scenario_keep(self, table: pa.Table, where: Where) -> Optional[np.ndarray]:
         """Rows of the kept scenarios (None when every row is kept)."""
@@ -206,8 +216,9 @@ class Dataset:
 
     def _row_ids(self, chunk: RawChunk, table: pa.Table, where: Where, fixed: Optional[int]) -> np.ndarray:
         """Row ids of a prepared chunk (their global row number in their file set, so rows a filter dropped
-        change no other row's id and split)."""
-        if self.spec.row_id:
+        change no other row's id and split); the spec's row-id column when the rows have it (rows to score
+        need not)."""
+        if self.spec.row_id and self.spec.row_id in table.column_names:
             return to_int(table.column(self.spec.row_id), where, self.spec.row_id)
         positions = np.arange(table.num_rows, dtype=np.int64) if where.kept is None else where.kept.astype(np.int64)
         return positions + (chunk.global_row + row_offset(fixed))
@@ -233,8 +244,14 @@ class Dataset:
         for enc in self.groups.values():
             enc.transform(table.column(enc.spec.column), where)
 
-    def _encode(self, table: pa.Table, where: Where, row_ids: np.ndarray) -> Columns:
+    def _encode(self, table: pa.Table, where: Where, row_ids: np.ndarray, scoring: bool = False) -> Columns:
+        """The encoded rows of ``table``; with ``scoring`` only the features are required: labels, weights,
+        oracle values, evaluation groups and times are read (and checked) when the table has their columns and
+        placeholders otherwise, and no label history is looked up (a training target, never an input)."""
         n = table.num_rows
+        blank = Columns.blank(self.layout(), n) if scoring else None
+        has = set(table.column_names).__contains__ if scoring else (lambda column: True)
+        labelled = self._labelled(table)
         sparse = {e.name: e.transform(table.column(e.column), where) for e in self.sparse}
         dense = (
             np.stack([e.transform(table.column(e.column), where) for e in self.dense], axis=1)
@@ -249,19 +266,25 @@ class Dataset:
         return Columns(  # in this order: with several bad values in a row, the first check here names it
             dense=dense,
             sparse=sparse,
-            labels=self._labels(table, where),
+            labels=self._labels(table, where) if labelled else blank.labels,
             scenario=(self.scenario.transform(table.column(self.scenario.spec.column), where)
                       if self.scenario else np.zeros(n, dtype=np.int64)),
             user=np.asarray(user, dtype=np.int64),
-            weights=validation.weights(self.spec.weight, table, where),
+            weights=validation.weights(self.spec.weight if has(self.spec.weight) else None, table, where),
             row_id=row_ids,
-            groups={k: e.transform(table.column(e.spec.column), where) for k, e in self.groups.items()},
-            oracle=validation.oracle(self.spec.oracle, self.spec.tasks, table, where),
-            time=self._time(table, where),
-            history=self._history_of(table, where, user_key),
+            groups={k: e.transform(table.column(e.spec.column), where) if has(e.spec.column) else blank.groups[k]
+                    for k, e in self.groups.items()},
+            oracle={**(blank.oracle if scoring else {}), **validation.oracle(
+                {t: c for t, c in self.spec.oracle.items() if has(c)}, self.spec.tasks, table, where)},
+            time=self._time(table, where) if has(self.spec.time) else blank.time,
+            history=blank.history if scoring else self._history_of(table, where, user_key),
             extras=self.side.of(row_ids),
             user_key=None if user_key is None else user_key.view(np.int64),
         )
+
+    def _labelled(self, table: pa.Table) -> bool:
+        """Whether ``table`` has every task's label column."""
+        return all(t.source_column in table.column_names for t in self.spec.tasks)
 
     def layout(self) -> RecordLayout:
         """The keys, optional fields, widths and sparse features of this dataset's encoded rows."""
@@ -491,6 +514,30 @@ class Dataset:
             "vocabularies": array_digest([e.vocab for e in self.sparse]),
         }
 
+    # --- rows to score -----------------------------------------------------------------------------------
+    def scoring_reader(self, path: str, keep: Sequence[str] = ()) -> SourceReader:
+        """A reader of one file of new rows to score (``recsys predict --input``), read like the spec's source
+        (delimiter, header; the format from the file's extension). The file must have the columns the features come from (before joins and
+        derived columns) and ``keep``; the spec's other columns (labels, weights, times, groups, row ids) are
+        read when the file has them."""
+        self._require_fitted()
+        fmt = "auto" if path.endswith(DATA_EXTENSIONS) else self.spec.source.format  # CSV rows for a Parquet source
+        fs = dataclasses.replace(self.spec.source, path=os.path.abspath(path), format=fmt)
+        required = source_columns(self.spec, self.joins.columns_of, feature_columns(self.spec))
+        optional = source_columns(self.spec, self.joins.columns_of) - required
+        names = set(SourceReader(fs, self.root).column_names(fs.path))
+        cols = required | (optional & names) | set(keep)
+        return SourceReader(fs, self.root, columns=cols, chunk_rows=self.chunk_rows, string_columns=sorted(cols))
+
+    def encode_for_scoring(self, chunk: RawChunk) -> Tuple[Columns, bool]:
+        """A chunk of a :meth:`scoring_reader` encoded with the fitted encoders (unseen ids go to their
+        out-of-vocabulary rows, as in training), and whether it is labelled (has every task's label column;
+        labels are checked then, and are 0 otherwise). Row ids: the spec's row-id column when the file has
+        it, else the chunk's row numbers over all the files read."""
+        table, where = self._prepare(chunk, scoring=True)
+        row_ids = self._row_ids(chunk, table, where, None)
+        return self._encode(table, where, row_ids, scoring=True).pack(), self._labelled(table)
+
     # --- schema and state --------------------------------------------------------------------------------
     def outline(self) -> DataOutline:
         """What the spec promises (tasks, scenarios, user, time) without reading any data."""
@@ -550,7 +597,11 @@ class Dataset:
 
     def _load_extra(self, extra: Dict[str, Any]) -> None:
         self.splitter.valid_from, self.splitter.test_from = extra["valid_from"], extra["test_from"]
-        same_files = extra.get("files") == fingerprint(self.files()) and extra.get("max_rows") == self.max_rows
+        try:
+            now: Optional[Fingerprint] = fingerprint(self.files())
+        except DataError:  # the training files are not here (scoring new files): reading them says so
+            now = None
+        same_files = now is not None and extra.get("files") == now and extra.get("max_rows") == self.max_rows
         # encoders fitted on other files (scoring new data with a trained model): count the new files' rows
         counted = {None: extra["source_rows"], 1: extra.get("valid_rows"), 2: extra["test_rows"]} if same_files else {}
         self.rows = {k: v for k, v in counted.items() if v is not None}

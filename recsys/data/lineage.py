@@ -2,7 +2,7 @@
 joined side table. Labels never feed features, not even through a derived column.
 """
 
-from typing import Callable, List, Set
+from typing import Callable, List, Optional, Set
 
 from recsys.data.spec import DatasetSpec, JoinSpec
 from recsys.errors import ConfigError
@@ -26,22 +26,30 @@ def check_no_label_leak(spec: DatasetSpec) -> None:
                                   f"'{f.source_column}' (a label must not leak into features)")
 
 
+def feature_columns(spec: DatasetSpec) -> Set[str]:
+    """The columns a model's inputs come from (sparse and dense features, the scenario), whatever their
+    origin: what a file of rows to score must provide."""
+    cols = {x.source_column for x in spec.sparse} | {x.source_column for x in spec.dense}
+    if spec.scenario:
+        cols.add(spec.scenario.column)
+    return cols
+
+
 def used_columns(spec: DatasetSpec) -> Set[str]:
     """Every column the spec maps to the schema (features, labels, scenario, user, time, weight, row id,
     groups), whatever its origin."""
-    cols = {x.source_column for x in spec.sparse} | {x.source_column for x in spec.dense}
-    cols |= label_columns(spec)
+    cols = feature_columns(spec) | label_columns(spec)
     cols |= {c for c in (spec.time, spec.weight, spec.row_id) if c}
-    if spec.scenario:
-        cols.add(spec.scenario.column)
     cols |= {g.column for g in spec.eval_groups.values()}
     return cols
 
 
-def source_columns(spec: DatasetSpec, join_columns: Callable[[JoinSpec], List[str]]) -> Set[str]:
-    """Columns the source files must provide: derived ones are replaced by their inputs, joined ones
-    (``join_columns(join)`` are a side table's columns) by the join key."""
-    need = used_columns(spec) | {f.column for f in spec.filter}
+def source_columns(spec: DatasetSpec, join_columns: Callable[[JoinSpec], List[str]],
+                   need: Optional[Set[str]] = None) -> Set[str]:
+    """Columns the source files must provide for ``need`` (default: :func:`used_columns` and the filters'
+    columns): derived ones are replaced by their inputs, joined ones (``join_columns(join)`` are a side table's
+    columns) by the join key."""
+    need = set(used_columns(spec) | {f.column for f in spec.filter} if need is None else need)
     for d in reversed(spec.derived):
         if d.name in need:
             need.discard(d.name)

@@ -299,18 +299,20 @@ class SourceReader:
         except OSError as e:
             raise open_error(path, e) from None
 
-    def _csv(self, path: str):
-        read_opts, parse_opts, bad_row = self._csv_options(path)
-        # header check before the convert options pin column types to names that might not exist
+    def _csv_names(self, path: str, read_opts, parse_opts, bad_row: Dict[str, object]) -> List[str]:
         try:
-            probe = pa_csv.open_csv(self._input(path), read_options=read_opts, parse_options=parse_opts)
-            names = probe.schema.names
+            return pa_csv.open_csv(self._input(path), read_options=read_opts, parse_options=parse_opts).schema.names
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
             raise self._csv_error(path, e, bad_row) from None
         except OSError as e:
             raise open_error(path, e) from None
         except StopIteration:
-            names = []
+            return []
+
+    def _csv(self, path: str):
+        read_opts, parse_opts, bad_row = self._csv_options(path)
+        # header check before the convert options pin column types to names that might not exist
+        names = self._csv_names(path, read_opts, parse_opts, bad_row)
         self._check_columns(path, names)
         wanted = self._file_columns()
         include = [c for c in names if wanted is None or c in wanted]
@@ -382,6 +384,20 @@ class SourceReader:
             raise DataError(f"not a readable Parquet file ({str(e).splitlines()[0]})", file=path) from None
 
     # --- public ------------------------------------------------------------------------------------------
+    def _names_in_file(self, path: str) -> List[str]:
+        if file_format(self.spec, path) == "parquet":
+            return list(self._parquet_file(path).schema_arrow.names)
+        return self._csv_names(path, *self._csv_options(path))
+
+    def column_names(self, path: str) -> List[str]:
+        """The columns of one file (Parquet: its schema; CSV: its header or the spec's ``columns``), read
+        without decoding rows; a file label column counts as one of them."""
+        return self._names_in_file(path) + ([self.spec.file_label.column] if self.spec.file_label else [])
+
+    def check_columns(self, path: str) -> None:
+        """Refuse a file that lacks a column to read (or repeats one), without decoding its rows."""
+        self._check_columns(path, self._names_in_file(path))
+
     def count_rows(self, path: str) -> int:
         """Rows in one file (Parquet: from metadata; CSV: one streaming pass over the needed columns)."""
         if path not in self._counts:
