@@ -97,14 +97,14 @@ def reproduce(cells: Sequence[str], seed: int) -> Dict[str, Any]:
         log.info("%s seed %d: %d test metrics, largest difference %.3g (%.0f s)", text, seed, len(rows), largest,
                  time.perf_counter() - start)
         out["cells"][text] = {"epochs": epochs, "metrics": len(rows), "max_abs_diff": largest,
-                              "largest": rows[:3], "best_step": (cell["runs"][seed]["best_step"], run["best_step"]),
+                              "largest": rows[:3], "differences": rows, "best_step": (cell["runs"][seed]["best_step"], run["best_step"]),
                               "committed_date": saved["environment"]["date"]}
     return out
 
 
-def markdown(result: Dict[str, Any], command: str) -> str:
+def markdown(result: Dict[str, Any]) -> str:
     lines = ["## Quality cells rerun against the committed numbers", "",
-             environment_markdown(result["environment"]), "", f"Command: `{command}`", "",
+             environment_markdown(result["environment"]), "",
              f"Seed {result['seed']}; every numeric test metric of the committed run compared (overall, per scenario "
              "and per group).", "",
              "| cell | metrics | largest difference | where | best step (committed, now) |", "|---|---|---|---|---|"]
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] = ()) -> int:
     result = reproduce([c for c in args.cells.split(",") if c], args.seed)
     result["environment"] = environment()
     write_json(os.path.join(args.out, "reproduce.json"), result)
-    write_text(os.path.join(args.out, "reproduce.md"), markdown(result, result["environment"]["command"]))
+    write_text(os.path.join(args.out, "reproduce.md"), markdown(result))
     return 0
 
 

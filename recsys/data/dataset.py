@@ -249,9 +249,9 @@ class Dataset:
         oracle values, evaluation groups and times are read (and checked) when the table has their columns and
         placeholders otherwise, and no label history is looked up (a training target, never an input)."""
         n = table.num_rows
-        blank = Columns.blank(self.layout(), n) if scoring else None
+        blank = Columns.blank(self.layout(), n if scoring else 0)  # placeholders, read only when scoring
         has = set(table.column_names).__contains__ if scoring else (lambda column: True)
-        labelled = self._labelled(table)
+        labelled = not scoring or self._labelled(table)  # training rows must have labels (checked by _labels)
         sparse = {e.name: e.transform(table.column(e.column), where) for e in self.sparse}
         dense = (
             np.stack([e.transform(table.column(e.column), where) for e in self.dense], axis=1)
@@ -521,8 +521,9 @@ class Dataset:
         derived columns) and ``keep``; the spec's other columns (labels, weights, times, groups, row ids) are
         read when the file has them."""
         self._require_fitted()
-        fmt = "auto" if path.endswith(DATA_EXTENSIONS) else self.spec.source.format  # CSV rows for a Parquet source
-        fs = dataclasses.replace(self.spec.source, path=os.path.abspath(path), format=fmt)
+        source = self.spec.main_source
+        fmt = "auto" if path.endswith(DATA_EXTENSIONS) else source.format  # CSV rows for a Parquet source
+        fs = dataclasses.replace(source, path=os.path.abspath(path), format=fmt)
         required = source_columns(self.spec, self.joins.columns_of, feature_columns(self.spec))
         optional = source_columns(self.spec, self.joins.columns_of) - required
         names = set(SourceReader(fs, self.root).column_names(fs.path))

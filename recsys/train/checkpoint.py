@@ -268,6 +268,11 @@ def save_checkpoint(path: str, state: Dict[str, Any], trainer_state: Dict[str, A
                 dcp.save(tensors_only(state), checkpoint_id=tmp)
         except CheckpointException as e:  # a BaseException: wraps every rank's failure
             failures = [err for err, _ in e.failures.values()]
+            # Ctrl-C or SIGTERM (raised as KeyboardInterrupt / SystemExit) while saving stays an interruption:
+            # the half-written folder is removed below and the command exits 130 / 143, not 2
+            stop = next((f for f in failures if isinstance(f, (KeyboardInterrupt, SystemExit))), None)
+            if stop is not None:
+                raise stop from None
             disk = next((f for f in failures if isinstance(f, OSError)), None)
             if disk is not None:
                 raise disk from None
