@@ -35,7 +35,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix $(LINTED)
 	$(VENV)/bin/ruff format $(LINTED)
 
-test: $(STAMP)
+test: lint
 	$(PYTHON) -m pytest -q -m "not slow"
 
 test-all: $(STAMP)

@@ -14,11 +14,11 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def environment() -> Dict[str, Any]:
+    from importlib.metadata import version
+
     import fbgemm_gpu
     import torch
     import torchrec  # noqa: F401
-
-    from importlib.metadata import version
 
     cpu = platform.processor() or platform.machine()
     try:

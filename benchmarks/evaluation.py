@@ -42,9 +42,14 @@ def schema():
 
     return Schema(
         sparse=(SparseFeature("user_id", 1),),
-        tasks=(Task("ctr"), Task("cvr", depends_on="ctr"),
-               Task("stay", kind="regression", depends_on="ctr", eval_threshold=60.0)),
-        num_scenarios=SCENARIOS, scenario_names=("feed", "search", "live", "follow"), user_feature="user_id",
+        tasks=(
+            Task("ctr"),
+            Task("cvr", depends_on="ctr"),
+            Task("stay", kind="regression", depends_on="ctr", eval_threshold=60.0),
+        ),
+        num_scenarios=SCENARIOS,
+        scenario_names=("feed", "search", "live", "follow"),
+        user_feature="user_id",
         eval_groups=(("stage", STAGES),),
     )
 
@@ -67,11 +72,15 @@ def synthetic_predictions(rows: int, users: int, seed: int = 0) -> Dict[str, Any
         return (1 / (1 + np.exp(-(np.log(p / (1 - p)) + rng.normal(0, 0.8, rows))))).astype(np.float32)
 
     return {
-        "row_id": np.arange(rows, dtype=np.int64), "scenario": rng.integers(0, SCENARIOS, rows),
+        "row_id": np.arange(rows, dtype=np.int64),
+        "scenario": rng.integers(0, SCENARIOS, rows),
         "user": user.astype(np.int64),
         "labels": {"ctr": click, "cvr": order, "stay": stay},
-        "scores": {"ctr": noisy(p_click), "cvr": noisy(p_order),
-                   "stay": (stay * rng.lognormal(0, 0.5, rows) + rng.exponential(5.0, rows)).astype(np.float32)},
+        "scores": {
+            "ctr": noisy(p_click),
+            "cvr": noisy(p_order),
+            "stay": (stay * rng.lognormal(0, 0.5, rows) + rng.exponential(5.0, rows)).astype(np.float32),
+        },
         "groups": {"stage": rng.integers(0, len(STAGES), rows)},
         "oracle": {"ctr": p_click.astype(np.float32), "cvr": p_order.astype(np.float32)},
         # a 64-bit raw-user key per row, as Dataset puts there (recsys.data.history.value_keys)
@@ -81,8 +90,9 @@ def synthetic_predictions(rows: int, users: int, seed: int = 0) -> Dict[str, Any
 
 def baseline_module(ref: str) -> ModuleType:
     """``recsys/train/metrics.py`` at git revision ``ref``, loaded as a module (for this run only)."""
-    source = subprocess.run(["git", "show", f"{ref}:recsys/train/metrics.py"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{ref}:recsys/train/metrics.py"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
     folder = tempfile.mkdtemp(prefix="recsys-baseline-")
     try:
         path = os.path.join(folder, "baseline_metrics.py")
@@ -108,8 +118,12 @@ def measure(fn) -> Dict[str, float]:
     load = os.getloadavg()[0]
     cpu, wall = time.process_time(), time.perf_counter()
     report = fn()
-    out = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "load_before": load,
-           "load_after": os.getloadavg()[0]}
+    out = {
+        "wall_s": time.perf_counter() - wall,
+        "cpu_s": time.process_time() - cpu,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+    }
     return out, report
 
 
@@ -164,8 +178,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             if r < args.rounds:
                 run, reports[n] = measure(lambda preds=current[n]: metrics.evaluate(sch, preds))
                 runs[n].append(run)
-                print(f"round {r + 1} {n:,} rows: {run['cpu_s']:.2f} CPU-s, {run['wall_s']:.2f} s "
-                      f"(load {run['load_before']:.2f})", file=sys.stderr)
+                print(
+                    f"round {r + 1} {n:,} rows: {run['cpu_s']:.2f} CPU-s, {run['wall_s']:.2f} s "
+                    f"(load {run['load_before']:.2f})",
+                    file=sys.stderr,
+                )
             if n in old_sizes and r < args.baseline_rounds:
                 baseline_preds = predictions_for(old, data[n])
                 run, old_reports[n] = measure(lambda preds=baseline_preds: old.evaluate(sch, preds))
@@ -177,8 +194,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     env["loadavg_end"] = list(os.getloadavg())
     result: Dict[str, Any] = {
         "environment": env,
-        "workload": {"users": args.users, "tasks": list(sch.task_names), "scenarios": SCENARIOS,
-                     "stages": list(STAGES), "report_keys": {n: len(reports[n]) for n in args.rows}},
+        "workload": {
+            "users": args.users,
+            "tasks": list(sch.task_names),
+            "scenarios": SCENARIOS,
+            "stages": list(STAGES),
+            "report_keys": {n: len(reports[n]) for n in args.rows},
+        },
         "current": {n: summary(n, runs[n]) for n in args.rows},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -204,25 +226,40 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def row(name: str, n: int, s: Dict[str, Any]) -> str:
         c, w = s["rows_per_cpu_s"], s["rows_per_wall_s"]
-        return (f"| {name} | {n:,} | {c['median']:,.0f} ({c['min']:,.0f}-{c['max']:,.0f}) | "
-                f"{w['median']:,.0f} ({w['min']:,.0f}-{w['max']:,.0f}) | {s['cpu_s']['median']:.2f} |")
+        return (
+            f"| {name} | {n:,} | {c['median']:,.0f} ({c['min']:,.0f}-{c['max']:,.0f}) | "
+            f"{w['median']:,.0f} ({w['min']:,.0f}-{w['max']:,.0f}) | {s['cpu_s']['median']:.2f} |"
+        )
 
     for n in args.rows:
         lines.append(row("current", n, result["current"][n]))
     for n in old_sizes:
         lines.append(row(f"baseline ({args.baseline})", n, result["baseline"][n]))
     if old_sizes:
-        lines += ["", "Speed-up (CPU-seconds, baseline / current): " + ", ".join(
-            f"{n:,} rows {result['baseline'][n]['cpu_s']['median'] / result['current'][n]['cpu_s']['median']:.0f}x"
-            for n in old_sizes) + ".", "",
+        lines += [
+            "",
+            "Speed-up (CPU-seconds, baseline / current): "
+            + ", ".join(
+                f"{n:,} rows {result['baseline'][n]['cpu_s']['median'] / result['current'][n]['cpu_s']['median']:.0f}x"
+                for n in old_sizes
+            )
+            + ".",
+            "",
             "Largest |current - baseline| per metric over all keys: the baseline computed AUC and NDCG "
             "(torchmetrics) and the means in float32, the current code in float64; NDCG also differs where scores "
-            "tie within a user (tie-averaged gains against the baseline's sort order):", ""]
+            "tie within a user (tie-averaged gains against the baseline's sort order):",
+            "",
+        ]
         for n in old_sizes:
-            lines.append(f"- {n:,} rows: " + ", ".join(f"{k} {v:.1e}" for k, v in
-                                                       result["baseline_differences"][n].items()))
-    lines += ["", f"Peak resident memory of the run: {result['peak_rss_mb']:,.0f} MB.", "",
-              "![evaluation.png](evaluation.png)"]
+            lines.append(
+                f"- {n:,} rows: " + ", ".join(f"{k} {v:.1e}" for k, v in result["baseline_differences"][n].items())
+            )
+    lines += [
+        "",
+        f"Peak resident memory of the run: {result['peak_rss_mb']:,.0f} MB.",
+        "",
+        "![evaluation.png](evaluation.png)",
+    ]
     md = "\n".join(lines) + "\n"
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "evaluation.json"), result)

@@ -50,8 +50,14 @@ def table_groups(arch: SparseArch) -> List[Tuple[str, List[EmbeddingBagConfig]]]
     return list(by_mode.items())
 
 
-def make_tbe(cfgs: Sequence[EmbeddingBagConfig], mode: str, lr: float, eps: float, bounds_check: BoundsCheckMode,
-             device: torch.device) -> Tuple[SplitTableBatchedEmbeddingBagsCodegen, List[Slot]]:
+def make_tbe(
+    cfgs: Sequence[EmbeddingBagConfig],
+    mode: str,
+    lr: float,
+    eps: float,
+    bounds_check: BoundsCheckMode,
+    device: torch.device,
+) -> Tuple[SplitTableBatchedEmbeddingBagsCodegen, List[Slot]]:
     """One table-batched kernel over ``cfgs`` with exact row-wise Adagrad fused into its backward, and its
     features in order. Tables start uniform in SparseArch's ranges (``[-0.05, 0.05]``, wide ``[-1e-3, 1e-3]``).
 
@@ -72,10 +78,14 @@ def make_tbe(cfgs: Sequence[EmbeddingBagConfig], mode: str, lr: float, eps: floa
             feature_table_map.append(t)
             slots.append((feature, cfg.name, cfg.embedding_dim))
     tbe = SplitTableBatchedEmbeddingBagsCodegen(
-        embedding_specs=specs, feature_table_map=feature_table_map,
-        optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=lr, eps=eps,
+        embedding_specs=specs,
+        feature_table_map=feature_table_map,
+        optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+        learning_rate=lr,
+        eps=eps,
         pooling_mode=PoolingMode.MEAN if mode == "mean" else PoolingMode.SUM,
-        bounds_check_mode=bounds_check, device=device,
+        bounds_check_mode=bounds_check,
+        device=device,
     )
     with torch.no_grad():
         for w, cfg in zip(tbe.split_embedding_weights(), cfgs):
@@ -100,8 +110,7 @@ def kernel_inputs(features: KeyedJaggedTensor, slots: Sequence[Slot]) -> Tuple[t
         if copies == 1:
             return values, offsets
         total = offsets[-1:]
-        return (values.repeat(copies),
-                torch.cat([offsets[:-1] + k * total for k in range(copies)] + [copies * total]))
+        return (values.repeat(copies), torch.cat([offsets[:-1] + k * total for k in range(copies)] + [copies * total]))
     jt = features.to_dict()
     indices = torch.cat([jt[n].values() for n in names]).long()
     lengths = torch.cat([jt[n].lengths() for n in names]).long()
@@ -126,8 +135,9 @@ class BareTbe(nn.Module):
         bound.train_step(inp)   # forward + backward with the fused update
     """
 
-    def __init__(self, arch: SparseArch, lr: float, eps: float, bounds_check: BoundsCheckMode,
-                 device: torch.device) -> None:
+    def __init__(
+        self, arch: SparseArch, lr: float, eps: float, bounds_check: BoundsCheckMode, device: torch.device
+    ) -> None:
         super().__init__()
         self.device = device
         self.tbes = nn.ModuleList()
@@ -157,8 +167,12 @@ class BareTbe(nn.Module):
             fwd += rows_bytes + (nnz + len(offsets)) * INDEX_BYTES + batch * width * FLOAT_BYTES
             # backward with the fused row-wise Adagrad: read the output gradient and the indices, read and
             # write every looked-up row and its one-float momentum
-            bwd += batch * width * FLOAT_BYTES + (nnz + len(offsets)) * INDEX_BYTES + 2 * rows_bytes \
+            bwd += (
+                batch * width * FLOAT_BYTES
+                + (nnz + len(offsets)) * INDEX_BYTES
+                + 2 * rows_bytes
                 + 2 * nnz * FLOAT_BYTES
+            )
         return TbeInput(groups, fwd, bwd)
 
     def forward(self, inp: TbeInput) -> List[torch.Tensor]:

@@ -51,10 +51,18 @@ def train_rate(data: str, batch_size: int, in_memory: bool, steps: int, run_dir:
     from recsys.config import load_config
     from recsys.train.trainer import Trainer
 
-    cfg = load_config(os.path.join(REPO, "configs", "wide_deep_synthetic.yaml"), [
-        f"data.path={data}", f"run_dir={run_dir}", f"data.batch_size={batch_size}", "train.progress=false",
-        "tensorboard=false", f"data.in_memory={str(in_memory).lower()}", "train.pipeline=plain",
-    ])
+    cfg = load_config(
+        os.path.join(REPO, "configs", "wide_deep_synthetic.yaml"),
+        [
+            f"data.path={data}",
+            f"run_dir={run_dir}",
+            f"data.batch_size={batch_size}",
+            "train.progress=false",
+            "tensorboard=false",
+            f"data.in_memory={str(in_memory).lower()}",
+            "train.pipeline=plain",
+        ],
+    )
     trainer = Trainer(cfg)
     loader = trainer.train_loader()
     it = trainer.stepper.steps(loader)
@@ -90,8 +98,13 @@ def main(argv: List[str] = None) -> int:
     tmp = tempfile.mkdtemp(prefix="recsys-loader-")
     try:
         data = os.path.join(tmp, "world")
-        world = WorldConfig(rows=args.rows, users=max(args.rows // 100, 1000), hosts=max(args.rows // 1000, 100),
-                            items=max(args.rows // 200, 500), rows_per_file=500_000)
+        world = WorldConfig(
+            rows=args.rows,
+            users=max(args.rows // 100, 1000),
+            hosts=max(args.rows // 1000, 100),
+            items=max(args.rows // 200, 500),
+            rows_per_file=500_000,
+        )
         generate(world, data, progress=False)
         spec = load_spec(os.path.join(REPO, "configs", "datasets", "synthetic.yaml"))
         ds = Dataset(spec, root=data)
@@ -116,8 +129,9 @@ def main(argv: List[str] = None) -> int:
             return sum(b.size for b in loader)
 
         def stream() -> int:
-            loader = BatchLoader(lambda: ds.stream("train"), names, args.batch_size, shuffle=True, drop_last=True,
-                                 prefetch=0)
+            loader = BatchLoader(
+                lambda: ds.stream("train"), names, args.batch_size, shuffle=True, drop_last=True, prefetch=0
+            )
             return sum(b.size for b in loader)
 
         batch_rate = timed(batches, args.repeats)
@@ -136,8 +150,10 @@ def main(argv: List[str] = None) -> int:
         "features": {"sparse": len(names), "dense": len(spec.dense), "tasks": len(spec.tasks)},
         "rows_per_sec": {"fit": fit_rate, "read": read_rate, "batches": batch_rate, "stream": stream_rate},
         "train_samples_per_sec": {"from_memory": train_mem, "from_parquet": train_parquet},
-        "ratio_to_training": {"batches": batch_rate["median"] / steps["train"],
-                              "stream": stream_rate["median"] / steps["train"]},
+        "ratio_to_training": {
+            "batches": batch_rate["median"] / steps["train"],
+            "stream": stream_rate["median"] / steps["train"],
+        },
     }
     rows = [(STAGES[key], rate) for key, rate in result["rows_per_sec"].items()]
     lines = [
@@ -151,8 +167,9 @@ def main(argv: List[str] = None) -> int:
         "|---|---|---|",
     ]
     for name, r in rows:
-        lines.append(f"| {name} | {r['median']:,.0f} ({r['min']:,.0f}-{r['max']:,.0f}) | "
-                     f"{r['median'] / train_mem:.1f}x |")
+        lines.append(
+            f"| {name} | {r['median']:,.0f} ({r['min']:,.0f}-{r['max']:,.0f}) | {r['median'] / train_mem:.1f}x |"
+        )
     lines += [
         f"| train: Wide&Deep steps (DMP + fused TBE), batches in memory | {train_mem:,.0f} | 1.0x |",
         "",

@@ -62,14 +62,17 @@ def measure(model_name: str, batch_size: int, vocab_cap: int, steps: int, repeat
         return _time_stages(dmp, batch, arch, batch_size, steps, repeats)
 
 
-def _time_stages(dmp: torch.nn.Module, batch: Any, arch: SparseArch, batch_size: int, steps: int,
-                 repeats: int) -> Dict[str, Any]:
+def _time_stages(
+    dmp: torch.nn.Module, batch: Any, arch: SparseArch, batch_size: int, steps: int, repeats: int
+) -> Dict[str, Any]:
     sebc = next(m for m in dmp.modules() if isinstance(m, ShardedEmbeddingBagCollection))
     kjt = batch.sparse
     dist_input = sebc.input_dist(sebc.create_context(), kjt).wait().wait()
-    (mode, cfgs), = table_groups(arch)  # the Criteo-like tables: one sum-pooled kernel
-    kernels = {check: make_tbe(cfgs, mode, 0.05, 1e-8, check, torch.device("cpu"))
-               for check in (BoundsCheckMode.FATAL, BoundsCheckMode.NONE)}
+    ((mode, cfgs),) = table_groups(arch)  # the Criteo-like tables: one sum-pooled kernel
+    kernels = {
+        check: make_tbe(cfgs, mode, 0.05, 1e-8, check, torch.device("cpu"))
+        for check in (BoundsCheckMode.FATAL, BoundsCheckMode.NONE)
+    }
     inputs = kernel_inputs(kjt, kernels[BoundsCheckMode.FATAL][1])
 
     def input_dist() -> None:
@@ -97,7 +100,7 @@ def _time_stages(dmp: torch.nn.Module, batch: Any, arch: SparseArch, batch_size:
     rounds: Dict[str, List[float]] = {n: [] for n in fns}
     names = list(fns)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             rounds[name].append(_cpu_ms(fns[name], steps))
     med = {n: float(np.median(v)) for n, v in rounds.items()}
     return {
@@ -116,13 +119,18 @@ def _time_stages(dmp: torch.nn.Module, batch: Any, arch: SparseArch, batch_size:
 
 def markdown(result: Dict[str, Any]) -> str:
     s = result["settings"]
-    lines = ["## Fixed cost per forward of the recsys path (world size 1)", "",
-             environment_markdown(result["environment"]),
-             f"{s['model']} on the Criteo-like one-hot workload (tables capped at {s['vocab_cap']:,} rows), forward "
-             f"under no_grad; CPU ms per forward, median over {s['repeats']} interleaved rounds of {s['steps']} "
-             "forwards (benchmarks/overhead.py explains the stages).", "",
-             "| batch | " + " | ".join(STAGES) + " | torchrec around the kernel (input_dist + lookup - kernel + "
-             "output_dist) |", "|---|" + "---|" * (len(STAGES) + 1)]
+    lines = [
+        "## Fixed cost per forward of the recsys path (world size 1)",
+        "",
+        environment_markdown(result["environment"]),
+        f"{s['model']} on the Criteo-like one-hot workload (tables capped at {s['vocab_cap']:,} rows), forward "
+        f"under no_grad; CPU ms per forward, median over {s['repeats']} interleaved rounds of {s['steps']} "
+        "forwards (benchmarks/overhead.py explains the stages).",
+        "",
+        "| batch | " + " | ".join(STAGES) + " | torchrec around the kernel (input_dist + lookup - kernel + "
+        "output_dist) |",
+        "|---|" + "---|" * (len(STAGES) + 1),
+    ]
     for c in result["batches"]:
         ms = c["ms"]
         around = ms["input_dist"] + ms["lookup"] - ms["kernel"] + ms["output_dist"]
@@ -131,8 +139,11 @@ def markdown(result: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.overhead",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="dnn")
     p.add_argument("--batch-sizes", default="64,1024,4096")
     p.add_argument("--vocab-cap", type=int, default=1_000_000)
@@ -145,11 +156,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     setup_logging()
     init_distributed("cpu")
-    cells = [measure(args.model, int(b), args.vocab_cap, args.steps, args.repeats)
-             for b in args.batch_sizes.split(",") if b]
-    result = {"environment": environment(), "load_average": list(os.getloadavg()),
-              "settings": {"model": args.model, "vocab_cap": args.vocab_cap, "steps": args.steps,
-                           "repeats": args.repeats}, "stages": list(STAGES), "batches": cells}
+    cells = [
+        measure(args.model, int(b), args.vocab_cap, args.steps, args.repeats) for b in args.batch_sizes.split(",") if b
+    ]
+    result = {
+        "environment": environment(),
+        "load_average": list(os.getloadavg()),
+        "settings": {"model": args.model, "vocab_cap": args.vocab_cap, "steps": args.steps, "repeats": args.repeats},
+        "stages": list(STAGES),
+        "batches": cells,
+    }
     write_json(os.path.join(args.out, "overhead_cpu.json"), result)
     md = markdown(result)
     from benchmarks.plots import overhead_figure, save

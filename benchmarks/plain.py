@@ -74,8 +74,9 @@ class PlainSparseArch(SparseArch):
             base = cfg.name.removesuffix(WIDE_SUFFIX)
             mode = "mean" if cfg.pooling == PoolingType.MEAN else "sum"
             if sparse or base in multi_hot:
-                table: nn.Module = nn.EmbeddingBag(cfg.num_embeddings, cfg.embedding_dim, mode=mode, device=device,
-                                                   sparse=sparse)
+                table: nn.Module = nn.EmbeddingBag(
+                    cfg.num_embeddings, cfg.embedding_dim, mode=mode, device=device, sparse=sparse
+                )
             else:
                 table = nn.Embedding(cfg.num_embeddings, cfg.embedding_dim, device=device)
             with torch.no_grad():
@@ -120,8 +121,15 @@ class TbeSparseArch(SparseArch):
         device: where the kernels run.
     """
 
-    def __init__(self, arch: SparseArch, lr: float, eps: float, bounds_check: BoundsCheckMode,
-                 weights: Optional[Dict[str, torch.Tensor]] = None, device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        arch: SparseArch,
+        lr: float,
+        eps: float,
+        bounds_check: BoundsCheckMode,
+        weights: Optional[Dict[str, torch.Tensor]] = None,
+        device: Optional[torch.device] = None,
+    ) -> None:
         nn.Module.__init__(self)
         _copy_contract(self, arch)
         device = device or torch.device("cpu")
@@ -172,7 +180,9 @@ class FixedSparseArch(SparseArch):
         for i, f in enumerate(arch.schema.sparse):
             self.register_buffer(f"emb_{i}", (torch.randn(batch_size, f.embedding_dim, generator=g) * 0.05).to(device))
             if arch.wide_dim:
-                self.register_buffer(f"wide_{i}", (torch.randn(batch_size, arch.wide_dim, generator=g) * 1e-3).to(device))
+                self.register_buffer(
+                    f"wide_{i}", (torch.randn(batch_size, arch.wide_dim, generator=g) * 1e-3).to(device)
+                )
 
     @torch.no_grad()
     def load(self, embeddings: Embeddings) -> None:
@@ -186,8 +196,11 @@ class FixedSparseArch(SparseArch):
         if features.stride() != self.batch_size:
             raise ValueError(f"FixedSparseArch was built for batches of {self.batch_size}, got {features.stride()}")
         emb = {n: getattr(self, f"emb_{i}").detach().requires_grad_() for i, n in enumerate(self._names)}
-        wide = ({n: getattr(self, f"wide_{i}").detach().requires_grad_() for i, n in enumerate(self._names)}
-                if self.wide_dim else {})
+        wide = (
+            {n: getattr(self, f"wide_{i}").detach().requires_grad_() for i, n in enumerate(self._names)}
+            if self.wide_dim
+            else {}
+        )
         return Embeddings(features=emb, wide=wide)
 
 
@@ -213,15 +226,25 @@ def swap_sparse_arch(model: nn.Module, make: Callable[[SparseArch], nn.Module]) 
     return twin
 
 
-def plain_twin(model: nn.Module, weights: Optional[Dict[str, torch.Tensor]] = None,
-               device: Optional[torch.device] = None, sparse: bool = False) -> nn.Module:
+def plain_twin(
+    model: nn.Module,
+    weights: Optional[Dict[str, torch.Tensor]] = None,
+    device: Optional[torch.device] = None,
+    sparse: bool = False,
+) -> nn.Module:
     """``model`` with plain-PyTorch embedding tables (sparse or dense gradients), starting from ``weights`` by
     table."""
     return swap_sparse_arch(model, lambda arch: PlainSparseArch(arch, weights, device, sparse)).to(device)
 
 
-def tbe_twin(model: nn.Module, lr: float, eps: float, bounds_check: BoundsCheckMode,
-             weights: Optional[Dict[str, torch.Tensor]] = None, device: Optional[torch.device] = None) -> nn.Module:
+def tbe_twin(
+    model: nn.Module,
+    lr: float,
+    eps: float,
+    bounds_check: BoundsCheckMode,
+    weights: Optional[Dict[str, torch.Tensor]] = None,
+    device: Optional[torch.device] = None,
+) -> nn.Module:
     """``model`` with its tables in bare FBGEMM kernels (:class:`TbeSparseArch`), starting from ``weights``."""
     return swap_sparse_arch(model, lambda arch: TbeSparseArch(arch, lr, eps, bounds_check, weights, device)).to(device)
 

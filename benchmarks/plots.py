@@ -58,9 +58,16 @@ DATASET_LABELS = {
 }
 
 # the throughput benchmark's paths (benchmarks/throughput.py, docs/benchmarks.md) in words
-PATH_COLORS = {"recsys": "#4c72b0", "sparse": "#dd8452", "dense": "#c44e52", "tbe_mlp": "#55a868",
-               "recsys_unchecked": "#64b5cd", "tbe": "#8c8c8c", "mlp": "#8172b3",
-               "plain": "#dd8452"}  # the data-path figures' replaced implementation
+PATH_COLORS = {
+    "recsys": "#4c72b0",
+    "sparse": "#dd8452",
+    "dense": "#c44e52",
+    "tbe_mlp": "#55a868",
+    "recsys_unchecked": "#64b5cd",
+    "tbe": "#8c8c8c",
+    "mlp": "#8172b3",
+    "plain": "#dd8452",
+}  # the data-path figures' replaced implementation
 PATH_LEGEND = {
     "recsys": "recsys: the library's training step (DMP, fused FBGEMM TBE, fused row-wise Adagrad)",
     "sparse": "sparse PyTorch (headline peer): nn.EmbeddingBag(sparse=True) per table, sparse Adagrad, Adam",
@@ -96,6 +103,7 @@ class Panel:
 
 
 # --- drawing helpers ------------------------------------------------------------------------------------------
+
 
 def _figure(width: float, height: float) -> "Figure":
     """A figure on the Agg canvas (no pyplot state, no display) with constrained layout."""
@@ -140,8 +148,16 @@ def _title(fig: "Figure", title: str, subtitle: str = "") -> None:
 
 def _legend(fig: "Figure", handles: List[Any], labels: List[str], ncols: int = 1, title: Optional[str] = None) -> None:
     """The figure's legend, below every axes (constrained layout makes room), never over data."""
-    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=8.5, frameon=False,
-               title=title, title_fontsize=8.5)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=ncols,
+        fontsize=8.5,
+        frameon=False,
+        title=title,
+        title_fontsize=8.5,
+    )
 
 
 def _bar_handle(color: str) -> Any:
@@ -170,11 +186,13 @@ def compact(x: float) -> str:
 
 def _errs(stats: Sequence[Optional[Dict[str, float]]]) -> np.ndarray:
     """[2, N] whisker lengths (median - min, max - median) of timing statistics; 0 where missing."""
-    return np.array([[s["median"] - s["min"] if s else 0.0 for s in stats],
-                     [s["max"] - s["median"] if s else 0.0 for s in stats]])
+    return np.array(
+        [[s["median"] - s["min"] if s else 0.0 for s in stats], [s["max"] - s["median"] if s else 0.0 for s in stats]]
+    )
 
 
 # --- quality grids --------------------------------------------------------------------------------------------
+
 
 def quality_figure(result: Dict[str, Any], panels: Sequence[Panel], budget: str = "") -> "Figure":
     """Horizontal bars: one row per experiment, one panel per (dataset, AUC); axes from 0.5 to 1.0, mean ± std
@@ -202,16 +220,36 @@ def quality_figure(result: Dict[str, Any], panels: Sequence[Panel], budget: str 
         mean = np.array([s["mean"] if ok else np.nan for s, ok in zip(stats, ran)])
         std = np.array([s["std"] if ok else 0.0 for s, ok in zip(stats, ran)])
         lo = AUC_RANGE[0]
-        ax.barh(rows[ran], mean[ran] - lo, left=lo, xerr=std[ran], height=0.7, color=BAR,
-                error_kw={"ecolor": "black", "capsize": 2, "linewidth": 1})
-        labels = [ax.text(lo + 0.006, r, f"{m:.4f} ± {s:.4f}", va="center", ha="left", color="white",
-                          fontsize=VALUE_SIZE) for r, m, s in zip(rows[ran], mean[ran], std[ran])]
+        ax.barh(
+            rows[ran],
+            mean[ran] - lo,
+            left=lo,
+            xerr=std[ran],
+            height=0.7,
+            color=BAR,
+            error_kw={"ecolor": "black", "capsize": 2, "linewidth": 1},
+        )
+        labels = [
+            ax.text(lo + 0.006, r, f"{m:.4f} ± {s:.4f}", va="center", ha="left", color="white", fontsize=VALUE_SIZE)
+            for r, m, s in zip(rows[ran], mean[ran], std[ran])
+        ]
         values.append((ax, list(zip(labels, zip(mean[ran], std[ran])))))
         for r in rows[~ran]:
-            ax.text(lo + 0.006, r, "not run on this dataset", va="center", ha="left", color=MUTED,
-                    fontsize=VALUE_SIZE, style="italic")
-        title = panel.metric.label if len(datasets) == 1 else \
-            f"{DATASET_LABELS.get(panel.dataset, panel.dataset)}\n{panel.metric.label}"
+            ax.text(
+                lo + 0.006,
+                r,
+                "not run on this dataset",
+                va="center",
+                ha="left",
+                color=MUTED,
+                fontsize=VALUE_SIZE,
+                style="italic",
+            )
+        title = (
+            panel.metric.label
+            if len(datasets) == 1
+            else f"{DATASET_LABELS.get(panel.dataset, panel.dataset)}\n{panel.metric.label}"
+        )
         oracle = _oracle(cells, panel.metric.oracle)
         if oracle is not None:
             any_oracle = True
@@ -231,8 +269,11 @@ def quality_figure(result: Dict[str, Any], panels: Sequence[Panel], budget: str 
     axes[0].set_ylim(len(names) - 0.5, -0.5)  # first experiment on top
     seeds = result.get("seeds")
     where = DATASET_LABELS.get(datasets[0], datasets[0]) + "; " if len(datasets) == 1 else ""
-    _title(fig, result.get("title", result.get("grid", "")),
-           f"{where}{seeds} seeds, {budget + ' ' if budget else ''}with early stopping")
+    _title(
+        fig,
+        result.get("title", result.get("grid", "")),
+        f"{where}{seeds} seeds, {budget + ' ' if budget else ''}with early stopping",
+    )
     handles, texts = [_bar_handle(BAR)], [f"test AUC: mean ± std over {seeds} seeds (whiskers ±1 std)"]
     if any_oracle:
         handles.append(_line_handle(REFERENCE))
@@ -268,6 +309,7 @@ def _fit_value_labels(fig: "Figure", values: List[Tuple["Axes", List[Any]]]) -> 
 
 
 # --- throughput -----------------------------------------------------------------------------------------------
+
 
 def throughput_figures(result: Dict[str, Any]) -> Dict[str, "Figure"]:
     """The throughput benchmark's figures by name: ``batch`` (samples/s of every path over batch sizes),
@@ -307,12 +349,19 @@ def _batch_figure(result: Dict[str, Any]) -> Optional["Figure"]:
             stats = [c["train"].get(path) for c in cells]
             med = np.array([s["median"] if s else np.nan for s in stats])
             at = x + (j - (len(shown) - 1) / 2) * width
-            ax.bar(at, med, width, yerr=_errs(stats), color=PATH_COLORS[path], capsize=2,
-                   error_kw={"linewidth": 1})
+            ax.bar(at, med, width, yerr=_errs(stats), color=PATH_COLORS[path], capsize=2, error_kw={"linewidth": 1})
             for xi, s in zip(at, stats):
                 if s:
-                    ax.text(xi, s["max"] * 1.15, compact(s["median"]), rotation=90, ha="center", va="bottom",
-                            fontsize=7, bbox=ON_WHITE)
+                    ax.text(
+                        xi,
+                        s["max"] * 1.15,
+                        compact(s["median"]),
+                        rotation=90,
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        bbox=ON_WHITE,
+                    )
                     top = max(top, s["max"])
         ax.set_yscale("log")
         ax.set_ylim(top=top * 8)
@@ -320,11 +369,14 @@ def _batch_figure(result: Dict[str, Any]) -> Optional["Figure"]:
         ax.set_xlabel("batch size")
         ax.set_ylabel("training samples/s (log scale)")
         ax.set_title(f"{model} on {cells[0]['workload']}", fontsize=10)
-    _title(fig, "Training throughput of every path over batch sizes",
-           f"{sweep[0]['description']}; {_where(result)}")
-    _legend(fig, [_bar_handle(PATH_COLORS[p]) for p in series], [PATH_LEGEND[p] for p in series],
-            ncols=2 if len(models) > 1 else 1,
-            title="bar: median samples/s, whiskers min-max over rounds, value printed above")
+    _title(fig, "Training throughput of every path over batch sizes", f"{sweep[0]['description']}; {_where(result)}")
+    _legend(
+        fig,
+        [_bar_handle(PATH_COLORS[p]) for p in series],
+        [PATH_LEGEND[p] for p in series],
+        ncols=2 if len(models) > 1 else 1,
+        title="bar: median samples/s, whiskers min-max over rounds, value printed above",
+    )
     return fig
 
 
@@ -346,9 +398,10 @@ def _ratio_figure(result: Dict[str, Any]) -> Optional["Figure"]:
     fig = _figure(14.5, 2.8 + 0.27 * len(rated))
     axes = fig.subplots(1, 2, sharey=True)
     rows = np.arange(len(rated))
-    panels = (("recsys_over_sparse_train", "recsys ÷ sparse PyTorch", "recsys samples/s ÷ sparse PyTorch samples/s"),
-              ("recsys_over_tbe_mlp_train", "recsys ÷ one-module TBE + MLP",
-               "recsys samples/s ÷ TBE + MLP samples/s"))
+    panels = (
+        ("recsys_over_sparse_train", "recsys ÷ sparse PyTorch", "recsys samples/s ÷ sparse PyTorch samples/s"),
+        ("recsys_over_tbe_mlp_train", "recsys ÷ one-module TBE + MLP", "recsys samples/s ÷ TBE + MLP samples/s"),
+    )
     goal_text = []
     for ax, (key, title, xlabel) in zip(axes, panels):
         stats = [c["ratios"].get(key) for c in rated]
@@ -369,12 +422,22 @@ def _ratio_figure(result: Dict[str, Any]) -> Optional["Figure"]:
     axes[0].set_yticks(rows, [_cell_label(c) for c in rated])
     axes[0].tick_params(axis="y", labelsize=8)
     axes[0].set_ylim(len(rated) - 0.5, -0.5)
-    _title(fig, "Training speed of recsys relative to sparse plain PyTorch and to the same model on bare FBGEMM "
-           "kernels, per cell", _where(result))
-    _legend(fig, [_bar_handle(BAR), _line_handle(REFERENCE), _line_handle(MUTED, "-")],
-            ["median of the per-round (paired) ratios, whiskers min-max, value printed",
-             "goals on the Criteo-like one-hot cells: " + "; ".join(goal_text),
-             "1×: as fast as the other path"], ncols=1)
+    _title(
+        fig,
+        "Training speed of recsys relative to sparse plain PyTorch and to the same model on bare FBGEMM "
+        "kernels, per cell",
+        _where(result),
+    )
+    _legend(
+        fig,
+        [_bar_handle(BAR), _line_handle(REFERENCE), _line_handle(MUTED, "-")],
+        [
+            "median of the per-round (paired) ratios, whiskers min-max, value printed",
+            "goals on the Criteo-like one-hot cells: " + "; ".join(goal_text),
+            "1×: as fast as the other path",
+        ],
+        ncols=1,
+    )
     return fig
 
 
@@ -396,8 +459,7 @@ def _models_figure(result: Dict[str, Any]) -> Optional["Figure"]:
         ax.barh(at, med, height, xerr=_errs(stats), color=PATH_COLORS[path], capsize=2, error_kw={"linewidth": 1})
         for y, s in zip(at, stats):
             if s:
-                ax.text(s["max"], y, " " + compact(s["median"]), va="center", ha="left", fontsize=7.5,
-                        bbox=ON_WHITE)
+                ax.text(s["max"], y, " " + compact(s["median"]), va="center", ha="left", fontsize=7.5, bbox=ON_WHITE)
     ratios = [c.get("ratios", {}).get("recsys_over_sparse_train") for c in cells]
     labels = [c["model"] + (f"  ({r['median']:.2f}×)" if r else "") for c, r in zip(cells, ratios)]
     ax.set_yticks(rows, labels)
@@ -405,13 +467,18 @@ def _models_figure(result: Dict[str, Any]) -> Optional["Figure"]:
     top = max(c["train"][p]["max"] for c in cells for p in paths if c["train"].get(p))
     ax.set_xlim(0, top * 1.15)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: compact(x) if x else "0"))
-    ax.set_xlabel("training samples/s (axis from 0); in brackets: recsys ÷ sparse PyTorch, median of the "
-                  "per-round ratios")
+    ax.set_xlabel(
+        "training samples/s (axis from 0); in brackets: recsys ÷ sparse PyTorch, median of the per-round ratios"
+    )
     batches = sorted({c["batch_size"] for c in cells})
-    _title(fig, f"Registered models on the live-streaming world, batch {', '.join(map(str, batches))}",
-           _where(result))
-    _legend(fig, [_bar_handle(PATH_COLORS[p]) for p in paths], [PATH_LEGEND[p] for p in paths], ncols=1,
-            title="bar: median samples/s, whiskers min-max over rounds, value printed")
+    _title(fig, f"Registered models on the live-streaming world, batch {', '.join(map(str, batches))}", _where(result))
+    _legend(
+        fig,
+        [_bar_handle(PATH_COLORS[p]) for p in paths],
+        [PATH_LEGEND[p] for p in paths],
+        ncols=1,
+        title="bar: median samples/s, whiskers min-max over rounds, value printed",
+    )
     return fig
 
 
@@ -437,9 +504,16 @@ def overhead_figure(result: Dict[str, Any]) -> "Figure":
         vals = []
         for c in cells:
             ms = c["ms"]
-            vals.append([ms["kernel"] - ms["bounds_check"], ms["bounds_check"], ms["lookup"] - ms["kernel"],
-                         ms["input_dist"], ms["output_dist"],
-                         ms["model"] - ms["input_dist"] - ms["lookup"] - ms["output_dist"]][part])
+            vals.append(
+                [
+                    ms["kernel"] - ms["bounds_check"],
+                    ms["bounds_check"],
+                    ms["lookup"] - ms["kernel"],
+                    ms["input_dist"],
+                    ms["output_dist"],
+                    ms["model"] - ms["input_dist"] - ms["lookup"] - ms["output_dist"],
+                ][part]
+            )
         ax.barh(rows, vals, left=left, height=0.6, color=color)
         left += np.asarray(vals)
     for r, total in zip(rows, left):
@@ -449,14 +523,18 @@ def overhead_figure(result: Dict[str, Any]) -> "Figure":
     ax.set_xlim(0, float(left.max()) * 1.18)
     ax.set_xlabel("CPU ms per forward (no_grad), median over interleaved rounds (axis from 0)")
     s = result["settings"]
-    _title(fig, "Where one recsys forward goes at world size 1, by stage",
-           f"{s['model']} on the Criteo-like one-hot workload, tables <= {s['vocab_cap']:,} rows; "
-           f"{_machine(result['environment'])}")
+    _title(
+        fig,
+        "Where one recsys forward goes at world size 1, by stage",
+        f"{s['model']} on the Criteo-like one-hot workload, tables <= {s['vocab_cap']:,} rows; "
+        f"{_machine(result['environment'])}",
+    )
     _legend(fig, [_bar_handle(c) for _, c in OVERHEAD_PARTS], [label for label, _ in OVERHEAD_PARTS], ncols=2)
     return fig
 
 
 # --- data path ------------------------------------------------------------------------------------------------
+
 
 def loader_figure(result: Dict[str, Any]) -> "Figure":
     """Rows/s of every data-path stage against the training step rate (log axis), the 10x target marked."""
@@ -464,8 +542,10 @@ def loader_figure(result: Dict[str, Any]) -> "Figure":
 
     stages = [(STAGES.get(k, k), v) for k, v in result["rows_per_sec"].items()]
     train = result["train_samples_per_sec"]
-    names = [n for n, _ in stages] + ["train: Wide&Deep steps, batches in memory",
-                                      "train: Wide&Deep steps, streaming from Parquet"]
+    names = [n for n, _ in stages] + [
+        "train: Wide&Deep steps, batches in memory",
+        "train: Wide&Deep steps, streaming from Parquet",
+    ]
     med = [s["median"] for _, s in stages] + [train["from_memory"], train["from_parquet"]]
     stats: List[Optional[Dict[str, float]]] = [s for _, s in stages] + [None, None]
     fig = _figure(10, 2.6 + 0.45 * len(names))
@@ -474,8 +554,7 @@ def loader_figure(result: Dict[str, Any]) -> "Figure":
     colors = [BAR] * len(stages) + [PATH_COLORS["plain"]] * 2
     ax.barh(rows, med, height=0.7, xerr=_errs(stats), color=colors, capsize=2, error_kw={"linewidth": 1})
     for r, m, s in zip(rows, med, stats):
-        ax.text(s["max"] if s else m, r, f" {compact(m)}/s", va="center", ha="left", fontsize=VALUE_SIZE,
-                bbox=ON_WHITE)
+        ax.text(s["max"] if s else m, r, f" {compact(m)}/s", va="center", ha="left", fontsize=VALUE_SIZE, bbox=ON_WHITE)
     target = 10 * train["from_memory"]
     ax.axvline(target, color=REFERENCE, linestyle="--", linewidth=1.3)
     ax.set_xscale("log")
@@ -483,12 +562,22 @@ def loader_figure(result: Dict[str, Any]) -> "Figure":
     ax.set_yticks(rows, names)
     ax.set_ylim(len(names) - 0.5, -0.5)
     ax.set_xlabel("rows/s (log scale)")
-    _title(fig, "Data path throughput against the training step rate",
-           f"synthetic world, {result['rows']:,} rows, batch {result['batch_size']:,}; {_machine(result['environment'])}")
-    _legend(fig, [_bar_handle(BAR), _bar_handle(PATH_COLORS["plain"]), _line_handle(REFERENCE)],
-            ["loader stage: median rows/s, whiskers min-max over repeats", "training: samples/s of Wide&Deep steps",
-             f"target: 10x the in-memory training step rate ({compact(target)} rows/s), so the loader is never "
-             "the bottleneck"], ncols=1)
+    _title(
+        fig,
+        "Data path throughput against the training step rate",
+        f"synthetic world, {result['rows']:,} rows, batch {result['batch_size']:,}; {_machine(result['environment'])}",
+    )
+    _legend(
+        fig,
+        [_bar_handle(BAR), _bar_handle(PATH_COLORS["plain"]), _line_handle(REFERENCE)],
+        [
+            "loader stage: median rows/s, whiskers min-max over repeats",
+            "training: samples/s of Wide&Deep steps",
+            f"target: 10x the in-memory training step rate ({compact(target)} rows/s), so the loader is never "
+            "the bottleneck",
+        ],
+        ncols=1,
+    )
     return fig
 
 
@@ -522,20 +611,35 @@ def evaluation_figure(result: Dict[str, Any]) -> "Figure":
     ax.set_ylim(len(names) - 0.5, -0.5)
     ax.set_xlabel("rows evaluated per CPU-second (log scale)")
     work = result["workload"]
-    _title(fig, "Evaluation throughput: AUC, logloss, GAUC, NDCG@k per task, scenario and stage",
-           f"{len(work['tasks'])} tasks, {work['scenarios']} scenarios x {len(work['stages'])} stages, "
-           f"{work['users']:,} users; {_machine(result['environment'])}")
-    _legend(fig, [_bar_handle(BAR), _bar_handle(PATH_COLORS["plain"]), _line_handle(REFERENCE)],
-            ["this implementation: median over rounds, whiskers min-max", "the implementation it replaced",
-             "goal: 1M rows per CPU-second"], ncols=1)
+    _title(
+        fig,
+        "Evaluation throughput: AUC, logloss, GAUC, NDCG@k per task, scenario and stage",
+        f"{len(work['tasks'])} tasks, {work['scenarios']} scenarios x {len(work['stages'])} stages, "
+        f"{work['users']:,} users; {_machine(result['environment'])}",
+    )
+    _legend(
+        fig,
+        [_bar_handle(BAR), _bar_handle(PATH_COLORS["plain"]), _line_handle(REFERENCE)],
+        [
+            "this implementation: median over rounds, whiskers min-max",
+            "the implementation it replaced",
+            "goal: 1M rows per CPU-second",
+        ],
+        ncols=1,
+    )
     return fig
 
 
 # --- layout checks --------------------------------------------------------------------------------------------
 
+
 def _inside(box: "Bbox", outer: "Bbox", slack: float = 1.0) -> bool:
-    return (box.x0 >= outer.x0 - slack and box.y0 >= outer.y0 - slack and box.x1 <= outer.x1 + slack
-            and box.y1 <= outer.y1 + slack)
+    return (
+        box.x0 >= outer.x0 - slack
+        and box.y0 >= outer.y0 - slack
+        and box.x1 <= outer.x1 + slack
+        and box.y1 <= outer.y1 + slack
+    )
 
 
 def _overlap(a: "Bbox", b: "Bbox", slack: float = 0.5) -> bool:
@@ -547,8 +651,10 @@ def _shown_tick_labels(axis: Any) -> List[Any]:
     lo, hi = sorted(axis.get_view_interval())
     eps = (hi - lo) * 1e-9
     shown = []
-    for ticks, locs in ((axis.get_major_ticks(), axis.get_majorticklocs()),
-                        (axis.get_minor_ticks(), axis.get_minorticklocs())):
+    for ticks, locs in (
+        (axis.get_major_ticks(), axis.get_majorticklocs()),
+        (axis.get_minor_ticks(), axis.get_minorticklocs()),
+    ):
         for tick, loc in zip(ticks, locs):
             for label in (tick.label1, tick.label2):
                 if label.get_visible() and label.get_text().strip() and lo - eps <= loc <= hi + eps:
@@ -560,7 +666,7 @@ def _pairwise_overlaps(texts: Sequence[Any], renderer: Any, what: str) -> List[s
     boxes = [(t, t.get_window_extent(renderer)) for t in texts]
     problems = []
     for i, (a, box_a) in enumerate(boxes):
-        for b, box_b in boxes[i + 1:]:
+        for b, box_b in boxes[i + 1 :]:
             if _overlap(box_a, box_b):
                 problems.append(f"{what} overlap: {a.get_text()!r} and {b.get_text()!r}")
     return problems
@@ -587,10 +693,14 @@ def layout_problems(fig: "Figure") -> List[str]:
                 tick_texts.update((id(tick.label1), id(tick.label2)))
             shown = _shown_tick_labels(axis)
             problems += _pairwise_overlaps(shown, renderer, f"{name} tick labels")
-            problems += [f"{name} tick label {t.get_text()!r} lies outside the figure" for t in shown
-                         if not _inside(t.get_window_extent(renderer), outer)]
-        problems += _pairwise_overlaps([t for t in ax.texts if t.get_visible() and t.get_text().strip()],
-                                       renderer, "texts in one axes")
+            problems += [
+                f"{name} tick label {t.get_text()!r} lies outside the figure"
+                for t in shown
+                if not _inside(t.get_window_extent(renderer), outer)
+            ]
+        problems += _pairwise_overlaps(
+            [t for t in ax.texts if t.get_visible() and t.get_text().strip()], renderer, "texts in one axes"
+        )
     for text in fig.findobj(Text):
         if id(text) in tick_texts or not text.get_visible() or not text.get_text().strip():
             continue
@@ -622,6 +732,7 @@ def save(fig: "Figure", path: str) -> List[str]:
 
 # --- re-rendering committed results ---------------------------------------------------------------------------
 
+
 def figures_for(json_path: str) -> Dict[str, "Figure"]:
     """Every figure of one result file, by the PNG path it is committed under (beside the JSON)."""
     with open(json_path) as f:
@@ -643,8 +754,9 @@ def figures_for(json_path: str) -> Dict[str, "Figure"]:
         return {base + ".png": overhead_figure(result)}
     if "current" in result and "workload" in result:
         return {base + ".png": evaluation_figure(result)}
-    raise ValueError(f"{json_path}: not a result of benchmarks.quality, throughput, overhead, loader, evaluation or "
-                     "serving")
+    raise ValueError(
+        f"{json_path}: not a result of benchmarks.quality, throughput, overhead, loader, evaluation or serving"
+    )
 
 
 def committed_results(root: str = RESULTS) -> List[str]:

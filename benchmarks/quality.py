@@ -4,8 +4,8 @@
     python -m benchmarks.quality --quick            # every grid on a tiny world, 1 seed (CI smoke test)
 
 Dataset profiles (``--datasets``, each with its training options, the same for every row): ``synthetic`` (the
-embedded 500k-impression world), ``synthetic-2m`` (the same world sampled four times as densely), ``synthetic-slopes`` (the world with per-user
-slopes on position and host level), ``movielens``
+embedded 500k-impression world), ``synthetic-2m`` (the same world sampled four times as densely),
+``synthetic-slopes`` (the world with per-user slopes on position and host level), ``movielens``
 (MovieLens-100K from ``$RECSYS_MOVIELENS`` or ../shared/data/ml-100k) and ``quick``.
 
 A grid is a module ``benchmarks/grids/<name>.py`` defining ``TITLE`` and ``EXPERIMENTS`` (a list of
@@ -108,8 +108,13 @@ def _generate(world_kwargs: Dict[str, int]) -> Callable[[str], None]:
 
 
 COMMON = ["train.progress=false", "tensorboard=false", "train.early_stopping.patience=2", "model.embedding_dim=16"]
-SYNTHETIC_OVERRIDES = COMMON + ["data.batch_size=2048", "train.epochs=20", "train.dense_optimizer.lr=0.001",
-                               "train.embedding_optimizer.lr=0.05", "train.early_stopping.metric=ctr/auc"]
+SYNTHETIC_OVERRIDES = COMMON + [
+    "data.batch_size=2048",
+    "train.epochs=20",
+    "train.dense_optimizer.lr=0.001",
+    "train.embedding_optimizer.lr=0.05",
+    "train.early_stopping.metric=ctr/auc",
+]
 DATASETS: Dict[str, DatasetProfile] = {
     "synthetic": DatasetProfile(
         spec="configs/datasets/synthetic.yaml",
@@ -136,8 +141,14 @@ DATASETS: Dict[str, DatasetProfile] = {
     "movielens": DatasetProfile(
         spec="configs/datasets/movielens-100k.yaml",
         path=os.environ.get("RECSYS_MOVIELENS", os.path.join(REPO, "..", "shared", "data", "ml-100k")),
-        overrides=COMMON + ["data.batch_size=1024", "train.epochs=20", "train.dense_optimizer.lr=0.001",
-                            "train.embedding_optimizer.lr=0.05", "train.early_stopping.metric=like/auc"],
+        overrides=COMMON
+        + [
+            "data.batch_size=1024",
+            "train.epochs=20",
+            "train.dense_optimizer.lr=0.001",
+            "train.embedding_optimizer.lr=0.05",
+            "train.early_stopping.metric=like/auc",
+        ],
     ),
     "quick": DatasetProfile(
         spec="configs/datasets/synthetic.yaml",
@@ -158,12 +169,16 @@ def grids() -> Dict[str, Any]:
 def dataset_overrides(dataset: str, seed: int, data_path: str) -> List[str]:
     """Overrides every experiment of ``dataset`` shares at ``seed``: data spec and path, training options."""
     profile = DATASETS[dataset]
-    return ([f"data.spec={os.path.join(REPO, profile.spec)}", f"data.path={data_path}", f"train.seed={seed}"]
-            + profile.overrides)
+    return [
+        f"data.spec={os.path.join(REPO, profile.spec)}",
+        f"data.path={data_path}",
+        f"train.seed={seed}",
+    ] + profile.overrides
 
 
-def run_one(exp: Experiment, dataset: str, seed: int, data_path: str, run_root: str,
-            epochs: Optional[int] = None) -> Dict[str, Any]:
+def run_one(
+    exp: Experiment, dataset: str, seed: int, data_path: str, run_root: str, epochs: Optional[int] = None
+) -> Dict[str, Any]:
     """Train and test one experiment at one seed; ``epochs`` caps the profile's epoch budget."""
     from recsys.config import load_config
     from recsys.train.trainer import Trainer
@@ -183,8 +198,13 @@ def run_one(exp: Experiment, dataset: str, seed: int, data_path: str, run_root: 
         shutil.rmtree(run_dir, ignore_errors=True)
         result = Trainer(load_config(None, overrides + [f"run_dir={run_dir}"])).fit()
         shutil.rmtree(run_dir, ignore_errors=True)
-    out = {"test": result["test"], "valid": result["valid"], "best_step": result["best_step"],
-           "seconds": time.perf_counter() - start, "samples_per_sec": result["train_samples_per_sec"]}
+    out = {
+        "test": result["test"],
+        "valid": result["valid"],
+        "best_step": result["best_step"],
+        "seconds": time.perf_counter() - start,
+        "samples_per_sec": result["train_samples_per_sec"],
+    }
     if info:
         out["info"] = info
     return out
@@ -214,7 +234,9 @@ def _per_scenario(overrides: List[str], run_dir: str) -> Dict[str, Any]:
         scenario += 1
     assert schema is not None
     return {split: evaluate(schema, Predictions.concat(p)) for split, p in preds.items()} | {
-        "best_step": steps, "train_samples_per_sec": float(np.mean(speeds))}
+        "best_step": steps,
+        "train_samples_per_sec": float(np.mean(speeds)),
+    }
 
 
 def _yaml(v: Any) -> str:
@@ -228,8 +250,10 @@ def aggregate(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     out = {}
     for k in keys:
         values = np.array([r["test"].get(k, np.nan) for r in runs], dtype=float)
-        out[k] = {"mean": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
-                  "std": float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else 0.0}
+        out[k] = {
+            "mean": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
+            "std": float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else 0.0,
+        }
     return out
 
 
@@ -237,8 +261,9 @@ def default_table(title: str, results: Dict[str, Dict[str, Any]], metrics: Seque
     """Markdown: one row per experiment, one column per dataset x metric, mean ± std."""
     lines = [f"### {title}", ""]
     datasets = sorted({d for r in results.values() for d in r})
-    cols = [(d, m) for d in datasets for m in metrics
-            if any(m in results[e].get(d, {}).get("metrics", {}) for e in results)]
+    cols = [
+        (d, m) for d in datasets for m in metrics if any(m in results[e].get(d, {}).get("metrics", {}) for e in results)
+    ]
     lines.append("| model | " + " | ".join(f"{d}: {m}" for d, m in cols) + " |")
     lines.append("|---|" + "---|" * len(cols))
     for name, per_ds in results.items():
@@ -275,8 +300,16 @@ def epoch_budget(panels: Sequence[Any], epochs: Optional[int]) -> str:
     """The training budget of a grid run in words: the ``--epochs`` cap, else the profiles' epoch budget."""
     if epochs is not None:
         return f"at most {epochs} epochs"
-    caps = sorted({int(o.split("=", 1)[1]) for p in panels for o in DATASETS[p.dataset].overrides
-                   if o.startswith("train.epochs=")} if all(p.dataset in DATASETS for p in panels) else [])
+    caps = sorted(
+        {
+            int(o.split("=", 1)[1])
+            for p in panels
+            for o in DATASETS[p.dataset].overrides
+            if o.startswith("train.epochs=")
+        }
+        if all(p.dataset in DATASETS for p in panels)
+        else []
+    )
     return f"full budget (up to {caps[0]} epochs)" if len(caps) == 1 else "full budget"
 
 
@@ -302,8 +335,9 @@ def metric_for(dataset: str, metric: str) -> str:
     return f"{'like' if dataset == 'movielens' else 'ctr'}/{metric}"
 
 
-def keep_earlier_cells(previous: str, results: Dict[str, Dict[str, Any]], ran: Callable[[str, str], bool],
-                       experiments: Sequence[str]) -> Dict[str, List[Tuple[str, Optional[int]]]]:
+def keep_earlier_cells(
+    previous: str, results: Dict[str, Dict[str, Any]], ran: Callable[[str, str], bool], experiments: Sequence[str]
+) -> Dict[str, List[Tuple[str, Optional[int]]]]:
     """Carry over from the grid's previous results file the cells this run did not ask for (``ran(exp, dataset)``
     is False), so that a grid can be filled one dataset or one row at a time; cells of experiments no longer in
     the grid are dropped. Returns ``{dataset: [(command, epochs), ...]}`` of the kept cells."""
@@ -332,8 +366,16 @@ def keep_earlier_cells(previous: str, results: Dict[str, Dict[str, Any]], ran: C
     return kept
 
 
-def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick: bool, out_dir: str,
-             epochs: Optional[int] = None, only: Optional[Sequence[str]] = None) -> Dict:
+def run_grid(
+    name: str,
+    module: Any,
+    datasets: Sequence[str],
+    seeds: int,
+    quick: bool,
+    out_dir: str,
+    epochs: Optional[int] = None,
+    only: Optional[Sequence[str]] = None,
+) -> Dict:
     """Run every experiment of a grid; finished (experiment, dataset) cells are kept in
     ``<out_dir>/<name>.partial.json`` as they complete, so an interrupted run resumes where it stopped (the
     cells are reused only when seeds and epochs match). ``only`` restricts the run to some experiments (by name);
@@ -358,7 +400,7 @@ def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick:
     tmp = tempfile.mkdtemp(prefix="recsys-quality-")
     try:
         for exp in selected:
-            for d in (["quick"] if quick else [d for d in exp.datasets if d in datasets]):
+            for d in ["quick"] if quick else [d for d in exp.datasets if d in datasets]:
                 if d in done.get(exp.name, {}):
                     results.setdefault(exp.name, {})[d] = done[exp.name][d]
                     continue
@@ -374,9 +416,12 @@ def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick:
                     log.info("[%s] %s on %s, seed %d", name, exp.name, d, seed)
                     runs.append(run_one(exp, d, seed, path, tmp, epochs))
                 results.setdefault(exp.name, {})[d] = {
-                    "model": exp.model, "params": exp.params, "overrides": exp.overrides,
+                    "model": exp.model,
+                    "params": exp.params,
+                    "overrides": exp.overrides,
                     "per_scenario": exp.per_scenario,
-                    "metrics": aggregate(runs), "runs": runs,
+                    "metrics": aggregate(runs),
+                    "runs": runs,
                 }
                 if not quick:
                     write_json(partial, {"settings": settings, "results": results})
@@ -393,14 +438,25 @@ def run_grid(name: str, module: Any, datasets: Sequence[str], seeds: int, quick:
     keys = list(dict.fromkeys(metric_for(d, m) for d in ("synthetic", "movielens", "quick") for m in metrics))
     table = module.render(results) if hasattr(module, "render") else default_table(module.TITLE, results, keys)
     budget = "" if epochs is None else f" Every run trains at most {epochs} epochs (early stopping on validation)."
-    earlier = "".join(f"\n\nKept from an earlier run ({d}): command `{c}`; "
-                      f"{'the profile epoch budget' if e is None else f'at most {e} epochs'}."
-                      for d, origins in sorted(kept.items()) for c, e in origins)
-    md = (f"## {module.TITLE}\n\n{environment_markdown(env)}\nSeeds: {seeds}; mean ± std over seeds of test metrics."
-          f"{budget}{earlier}\n\n{table}\n")
+    earlier = "".join(
+        f"\n\nKept from an earlier run ({d}): command `{c}`; "
+        f"{'the profile epoch budget' if e is None else f'at most {e} epochs'}."
+        for d, origins in sorted(kept.items())
+        for c, e in origins
+    )
+    md = (
+        f"## {module.TITLE}\n\n{environment_markdown(env)}\nSeeds: {seeds}; mean ± std over seeds of test metrics."
+        f"{budget}{earlier}\n\n{table}\n"
+    )
     if not quick:
-        saved = {"grid": name, "title": module.TITLE, "environment": env, "seeds": seeds, "epochs": epochs,
-                 "results": results}
+        saved = {
+            "grid": name,
+            "title": module.TITLE,
+            "environment": env,
+            "seeds": seeds,
+            "epochs": epochs,
+            "results": results,
+        }
         write_json(os.path.join(out_dir, f"{name}.json"), saved)
         write_text(os.path.join(out_dir, f"{name}.md"), md)
         plot(os.path.join(out_dir, f"{name}.png"), module, saved)
@@ -417,10 +473,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="tiny world, 1 seed, few steps: checks the runner works")
     p.add_argument("--out", default=os.path.join(RESULTS, "quality"))
-    p.add_argument("--epochs", type=int, default=None,
-                   help="cap every run at this many epochs (default: the dataset profile's)")
-    p.add_argument("--only", default=None,
-                   help="comma-separated experiment names to (re)run; the grid's other cells are kept")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="cap every run at this many epochs (default: the dataset profile's)"
+    )
+    p.add_argument(
+        "--only", default=None, help="comma-separated experiment names to (re)run; the grid's other cells are kept"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads is not None:
@@ -437,8 +495,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: unknown grid(s) {unknown}; available: {sorted(available)}", file=sys.stderr)
         return 2
     for name in names:
-        run_grid(name, available[name], args.datasets.split(","), 1 if args.quick else args.seeds, args.quick,
-                 args.out, args.epochs, args.only.split(",") if args.only else None)
+        run_grid(
+            name,
+            available[name],
+            args.datasets.split(","),
+            1 if args.quick else args.seeds,
+            args.quick,
+            args.out,
+            args.epochs,
+            args.only.split(",") if args.only else None,
+        )
     return 0
 
 

@@ -35,17 +35,17 @@ log = logging.getLogger("recsys.reproduce")  # shown by recsys.console.setup_log
 # foundation grid is not among them: it was run before the plan-independent table initialisation (1ce89fb)
 # changed every model's initial tables on purpose.
 DEFAULT_CELLS = [
-    "cbmr/Wide&Deep/movielens",                        # wide & deep, the baseline
-    "cbmr/CBMR (EmbCB + MlpCB)/movielens",             # calibration blocks
-    "cbmr/PEPNet/movielens",                           # gates (EPNet / PPNet)
-    "ssim/DeepFM ST/movielens",                        # FM backbone, one model per scenario
-    "ssim/DCN MT/movielens",                           # cross network
-    "ssim/STAR/movielens",                             # multi-scenario: scenario-specific weights
-    "ssim/HMoE/movielens",                             # multi-scenario: label-space mixing
-    "ssim/DFFM/movielens",                             # multi-scenario: domain-facilitated interactions
-    "ssim/DNN SSIM/movielens",                         # instance selection workflow
-    "cvr/ESMM/synthetic",                              # funnel models
-    "cvr/MMoE/synthetic",                              # multi-task experts
+    "cbmr/Wide&Deep/movielens",  # wide & deep, the baseline
+    "cbmr/CBMR (EmbCB + MlpCB)/movielens",  # calibration blocks
+    "cbmr/PEPNet/movielens",  # gates (EPNet / PPNet)
+    "ssim/DeepFM ST/movielens",  # FM backbone, one model per scenario
+    "ssim/DCN MT/movielens",  # cross network
+    "ssim/STAR/movielens",  # multi-scenario: scenario-specific weights
+    "ssim/HMoE/movielens",  # multi-scenario: label-space mixing
+    "ssim/DFFM/movielens",  # multi-scenario: domain-facilitated interactions
+    "ssim/DNN SSIM/movielens",  # instance selection workflow
+    "cvr/ESMM/synthetic",  # funnel models
+    "cvr/MMoE/synthetic",  # multi-task experts
 ]
 
 
@@ -94,27 +94,47 @@ def reproduce(cells: Sequence[str], seed: int) -> Dict[str, Any]:
             continue
         rows = compare(run["test"], cell["runs"][seed]["test"])
         largest = rows[0][3] if rows else float("nan")
-        log.info("%s seed %d: %d test metrics, largest difference %.3g (%.0f s)", text, seed, len(rows), largest,
-                 time.perf_counter() - start)
-        out["cells"][text] = {"epochs": epochs, "metrics": len(rows), "max_abs_diff": largest,
-                              "largest": rows[:3], "differences": rows, "best_step": (cell["runs"][seed]["best_step"], run["best_step"]),
-                              "committed_date": saved["environment"]["date"]}
+        log.info(
+            "%s seed %d: %d test metrics, largest difference %.3g (%.0f s)",
+            text,
+            seed,
+            len(rows),
+            largest,
+            time.perf_counter() - start,
+        )
+        out["cells"][text] = {
+            "epochs": epochs,
+            "metrics": len(rows),
+            "max_abs_diff": largest,
+            "largest": rows[:3],
+            "differences": rows,
+            "best_step": (cell["runs"][seed]["best_step"], run["best_step"]),
+            "committed_date": saved["environment"]["date"],
+        }
     return out
 
 
 def markdown(result: Dict[str, Any]) -> str:
-    lines = ["## Quality cells rerun against the committed numbers", "",
-             environment_markdown(result["environment"]), "",
-             f"Seed {result['seed']}; every numeric test metric of the committed run compared (overall, per scenario "
-             "and per group).", "",
-             "| cell | metrics | largest difference | where | best step (committed, now) |", "|---|---|---|---|---|"]
+    lines = [
+        "## Quality cells rerun against the committed numbers",
+        "",
+        environment_markdown(result["environment"]),
+        "",
+        f"Seed {result['seed']}; every numeric test metric of the committed run compared (overall, per scenario "
+        "and per group).",
+        "",
+        "| cell | metrics | largest difference | where | best step (committed, now) |",
+        "|---|---|---|---|---|",
+    ]
     for text, c in result["cells"].items():
         if "refused" in c:
             lines.append(f"| {text} | - | refused now: {c['refused']} | - | - |")
             continue
         where = c["largest"][0][0] if c["largest"] and c["max_abs_diff"] > 0 else "-"
-        lines.append(f"| {text} | {c['metrics']} | {c['max_abs_diff']:.3g} | {where} | "
-                     f"{c['best_step'][0]}, {c['best_step'][1]} |")
+        lines.append(
+            f"| {text} | {c['metrics']} | {c['max_abs_diff']:.3g} | {where} | "
+            f"{c['best_step'][0]}, {c['best_step'][1]} |"
+        )
     return "\n".join(lines) + "\n"
 
 

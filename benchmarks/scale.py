@@ -65,8 +65,15 @@ def run_cell(data: str, mode: str, run_dir: str, batch_size: int, max_steps: Opt
     from recsys.train.trainer import Trainer
 
     setup_logging()
-    overrides = [f"data.path={data}", f"run_dir={run_dir}", f"data.batch_size={batch_size}", "train.progress=false",
-                 "tensorboard=false", f"data.in_memory={str(MODES[mode]).lower()}", "train.epochs=1"]
+    overrides = [
+        f"data.path={data}",
+        f"run_dir={run_dir}",
+        f"data.batch_size={batch_size}",
+        "train.progress=false",
+        "tensorboard=false",
+        f"data.in_memory={str(MODES[mode]).lower()}",
+        "train.epochs=1",
+    ]
     if max_steps:
         overrides.append(f"train.max_steps={max_steps}")
     cfg = load_config(os.path.join(REPO, "configs", "wide_deep_synthetic.yaml"), overrides)
@@ -81,6 +88,7 @@ def run_cell(data: str, mode: str, run_dir: str, batch_size: int, max_steps: Opt
                 return fn(*args, **kwargs)
             finally:
                 phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
+
         return run
 
     dataset.fit = timed("fit", dataset.fit)
@@ -103,10 +111,17 @@ def run_cell(data: str, mode: str, run_dir: str, batch_size: int, max_steps: Opt
     samples = trainer.state.samples
     wait = sum(loader.wait_seconds for loader in loaders)
     return {
-        "mode": mode, "steps": trainer.state.step, "samples": samples,
-        "seconds": {"fit": phases.get("fit", 0.0), "read": phases.get("read", 0.0),
-                    "setup_other": setup - phases.get("fit", 0.0) - phases.get("read", 0.0),
-                    "train": loop, "eval": run - loop, "total": total},
+        "mode": mode,
+        "steps": trainer.state.step,
+        "samples": samples,
+        "seconds": {
+            "fit": phases.get("fit", 0.0),
+            "read": phases.get("read", 0.0),
+            "setup_other": setup - phases.get("fit", 0.0) - phases.get("read", 0.0),
+            "train": loop,
+            "eval": run - loop,
+            "total": total,
+        },
         "loop_samples_per_sec": samples / loop,
         "end_to_end_samples_per_sec": samples / total,
         "end_to_end_ratio": (samples / total) / (samples / loop),
@@ -139,19 +154,30 @@ def encoder_chunk(vocab_ids: int, chunk: int = 262144, seed: int = 0) -> Dict[st
         after = index.positions(ids)
         times.append(time.perf_counter() - t)
     assert (np.asarray(before) == after).all()  # the same rows
-    return {"vocab_ids": vocab_ids, "chunk_ids": chunk, "index_in_seconds": old, "prebuilt_seconds": min(times),
-            "build_seconds": build, "speedup": old / min(times)}
+    return {
+        "vocab_ids": vocab_ids,
+        "chunk_ids": chunk,
+        "index_in_seconds": old,
+        "prebuilt_seconds": min(times),
+        "build_seconds": build,
+        "speedup": old / min(times),
+    }
 
 
 def markdown(result: Dict[str, Any]) -> str:
-    lines = ["## Scale: `recsys train` end to end", "", environment_markdown(result["environment"]),
-             f"Wide&Deep on the synthetic world ({result['ids']:,} users and items at every size), one epoch (or "
-             f"the steps shown), default splits (80/10/10), batch {result['batch_size']}; each mode in a fresh "
-             "process. Seconds per phase; samples/s of the training "
-             "loop and end to end (setup + fit + read + train + eval); peak RSS of the whole process.", "",
-             "| rows | mode | generate s | fit s | read s | train s | eval s | loop samples/s | end-to-end samples/s "
-             "| e2e / loop | loader wait | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Scale: `recsys train` end to end",
+        "",
+        environment_markdown(result["environment"]),
+        f"Wide&Deep on the synthetic world ({result['ids']:,} users and items at every size), one epoch (or "
+        f"the steps shown), default splits (80/10/10), batch {result['batch_size']}; each mode in a fresh "
+        "process. Seconds per phase; samples/s of the training "
+        "loop and end to end (setup + fit + read + train + eval); peak RSS of the whole process.",
+        "",
+        "| rows | mode | generate s | fit s | read s | train s | eval s | loop samples/s | end-to-end samples/s "
+        "| e2e / loop | loader wait | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for size in result["sizes"]:
         for c in size["cells"]:
             s = c["seconds"]
@@ -161,17 +187,23 @@ def markdown(result: Dict[str, Any]) -> str:
                 f"| {size['rows']:,}{steps} | {c['mode']} | {generated} | {s['fit']:.1f} | "
                 f"{s['read']:.1f} | {s['train']:.1f} | {s['eval']:.1f} | {c['loop_samples_per_sec']:,.0f} | "
                 f"{c['end_to_end_samples_per_sec']:,.0f} | {c['end_to_end_ratio']:.2f}x | "
-                f"{100 * c['loader_wait_share']:.1f}% | {c['peak_rss_bytes'] / 2**30:.2f} GiB |")
+                f"{100 * c['loader_wait_share']:.1f}% | {c['peak_rss_bytes'] / 2**30:.2f} GiB |"
+            )
     enc = result.get("encoder")
     if enc:
-        lines += ["", f"Vocabulary lookup of one {enc['chunk_ids']:,}-id chunk at {enc['vocab_ids']:,} ids: "
-                      f"{enc['index_in_seconds']:.3f} s with the per-chunk `pc.index_in` hash rebuild (before), "
-                      f"{enc['prebuilt_seconds']:.4f} s with the prebuilt index (after; {enc['speedup']:.0f}x, "
-                      f"built once in {enc['build_seconds']:.2f} s)."]
+        lines += [
+            "",
+            f"Vocabulary lookup of one {enc['chunk_ids']:,}-id chunk at {enc['vocab_ids']:,} ids: "
+            f"{enc['index_in_seconds']:.3f} s with the per-chunk `pc.index_in` hash rebuild (before), "
+            f"{enc['prebuilt_seconds']:.4f} s with the prebuilt index (after; {enc['speedup']:.0f}x, "
+            f"built once in {enc['build_seconds']:.2f} s).",
+        ]
     runs = result.get("runs")
     if runs:
-        lines += ["", "Runs (sizes were added by later runs): " + "; ".join(f"`{r['command']}` ({r['date']})"
-                                                                          for r in runs)]
+        lines += [
+            "",
+            "Runs (sizes were added by later runs): " + "; ".join(f"`{r['command']}` ({r['date']})" for r in runs),
+        ]
     goals = result.get("goals")
     if goals:
         lines += ["", "Goals:", ""] + [f"- {g}" for g in goals]
@@ -187,14 +219,18 @@ def goals(result: Dict[str, Any]) -> List[str]:
             if (rows, mode) in cells:
                 s, c = cells[(rows, mode)]
                 limited = " (step-limited)" if s.get("max_steps") else ""
-                out.append(f"{rows:,} rows, {mode}{limited}: end to end {c['end_to_end_ratio']:.2f}x of the loop "
-                           f"(goal >= 0.75x at 10^7), loader wait {100 * c['loader_wait_share']:.1f}% "
-                           "(goal < 5% at 10^7)")
+                out.append(
+                    f"{rows:,} rows, {mode}{limited}: end to end {c['end_to_end_ratio']:.2f}x of the loop "
+                    f"(goal >= 0.75x at 10^7), loader wait {100 * c['loader_wait_share']:.1f}% "
+                    "(goal < 5% at 10^7)"
+                )
     stream = sorted((r, c["peak_rss_bytes"]) for (r, m), (_, c) in cells.items() if m == "stream")
     if len(stream) >= 2:
         (r0, m0), (r1, m1) = stream[0], stream[-1]
-        out.append(f"streaming peak RSS {m1 / 2**30:.2f} GiB at {r1:,} rows vs {m0 / 2**30:.2f} GiB at {r0:,}: "
-                   f"{m1 / m0:.2f}x (goal <= 1.2x from 10^6 to 3x10^7)")
+        out.append(
+            f"streaming peak RSS {m1 / 2**30:.2f} GiB at {r1:,} rows vs {m0 / 2**30:.2f} GiB at {r0:,}: "
+            f"{m1 / m0:.2f}x (goal <= 1.2x from 10^6 to 3x10^7)"
+        )
     return out
 
 
@@ -208,8 +244,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--ids", type=float, default=1e5, help="users and items of every world (hosts: a tenth)")
     p.add_argument("--encoder-ids", type=float, default=1e7, help="vocabulary size of the lookup timing (0: skip)")
     p.add_argument("--out", default=RESULTS)
-    p.add_argument("--append", action="store_true",
-                   help="add these sizes to the sizes of an existing scale.json in --out (each run keeps its command)")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add these sizes to the sizes of an existing scale.json in --out (each run keeps its command)",
+    )
     p.add_argument("--cell", nargs=3, metavar=("DATA", "MODE", "MAX_STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.cell:  # a child process: one run, its JSON on stdout's last line
@@ -224,8 +263,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from recsys.data.synthetic import generate
 
     limit_rows, limit_steps = (float(x) for x in args.max_steps_above.split(":")) if args.max_steps_above else (0, 0)
-    result: Dict[str, Any] = {"environment": environment(), "batch_size": args.batch_size, "ids": int(args.ids),
-                              "sizes": []}
+    result: Dict[str, Any] = {
+        "environment": environment(),
+        "batch_size": args.batch_size,
+        "ids": int(args.ids),
+        "sizes": [],
+    }
     path = os.path.join(args.out, "scale.json")
     if args.append and os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
@@ -242,14 +285,27 @@ def main(argv: Optional[List[str]] = None) -> int:
             data = os.path.join(tmp, "world")
             t = time.perf_counter()
             generate(world_config(size, int(args.ids)), data, progress=False)
-            entry = {"rows": size, "generate_seconds": time.perf_counter() - t, "cells": [],
-                     "max_steps": int(limit_steps) if limit_rows and size > limit_rows else None,
-                     "command": result["environment"]["command"]}
+            entry = {
+                "rows": size,
+                "generate_seconds": time.perf_counter() - t,
+                "cells": [],
+                "max_steps": int(limit_steps) if limit_rows and size > limit_rows else None,
+                "command": result["environment"]["command"],
+            }
             for mode in args.modes.split(","):
                 if mode == "memory" and size > args.memory_up_to:
                     continue
-                cmd = [sys.executable, "-m", "benchmarks.scale", "--batch-size", str(args.batch_size),
-                       "--cell", data, mode, str(entry["max_steps"] or 0)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.scale",
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--cell",
+                    data,
+                    mode,
+                    str(entry["max_steps"] or 0),
+                ]
                 out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
                 entry["cells"].append(json.loads(out.strip().splitlines()[-1]))
                 print(json.dumps({"rows": size, **entry["cells"][-1]}), flush=True)

@@ -33,7 +33,6 @@ within 0.002; p99 at batch 256 stated.
 
 import argparse
 import copy
-import json
 import logging
 import os
 import shutil
@@ -49,8 +48,8 @@ import torch
 
 from benchmarks.common import RESULTS, environment, environment_markdown, write_json, write_text
 from recsys.cli import main as recsys_main
-from recsys.console import setup_logging
 from recsys.config import load_config
+from recsys.console import setup_logging
 from recsys.serving import runtime
 from recsys.serving.export import export_run, inference_tables
 from recsys.serving.loading import load_for_inference
@@ -70,8 +69,13 @@ VARIANT_LEGEND = {
     "script-int8": "TorchScript int8: --quantize int8 (row-wise int8 weights)",
     "aoti-fp32": "AOTInductor fp32: --format aoti (torch.export + ahead-of-time compilation)",
 }
-VARIANT_COLORS = {"eager-fp32": "#dd8452", "eager-int8": "#e8b88a", "script-fp32": "#4c72b0",
-                  "script-int8": "#8fb0e0", "aoti-fp32": "#55a868"}
+VARIANT_COLORS = {
+    "eager-fp32": "#dd8452",
+    "eager-int8": "#e8b88a",
+    "script-fp32": "#4c72b0",
+    "script-int8": "#8fb0e0",
+    "aoti-fp32": "#55a868",
+}
 SPEEDUP_GOAL = 2.0
 SIZE_GOAL = 0.35
 AUC_GOAL = 0.002
@@ -107,9 +111,19 @@ def train(model: str, s: Settings) -> str:
         return run
     from recsys.train.trainer import Trainer
 
-    cfg = load_config(os.path.join(REPO, "configs", "wide_deep_synthetic.yaml"), [
-        f"data.path={s.data}", f"run_dir={run}", f"model.name={model}", "model.params={}",
-        f"train.epochs={s.epochs}", "train.progress=false", "tensorboard=false", *s.train_overrides])
+    cfg = load_config(
+        os.path.join(REPO, "configs", "wide_deep_synthetic.yaml"),
+        [
+            f"data.path={s.data}",
+            f"run_dir={run}",
+            f"model.name={model}",
+            "model.params={}",
+            f"train.epochs={s.epochs}",
+            "train.progress=false",
+            "tensorboard=false",
+            *s.train_overrides,
+        ],
+    )
     t0 = time.perf_counter()
     Trainer(cfg, overwrite=True).fit()
     log.info("%s: trained in %.0f s", model, time.perf_counter() - t0)
@@ -159,13 +173,16 @@ def quality(artifacts: Dict[str, Dict[str, Any]], predicted: pa.Table, rows: pa.
     def aucs(ctr: np.ndarray, cvr: np.ndarray) -> Dict[str, float]:
         return {"ctr_auc": auc(ctr, click), "ctcvr_auc": auc(ctr * cvr, order)}
 
-    out = {"predict": aucs(predicted.column("score_ctr").to_numpy(), predicted.column("score_cvr").to_numpy()),
-           "rows": rows.num_rows}
+    out = {
+        "predict": aucs(predicted.column("score_ctr").to_numpy(), predicted.column("score_cvr").to_numpy()),
+        "rows": rows.num_rows,
+    }
     for variant, a in artifacts.items():
         scores = runtime.Artifact.open(a["folder"]).score(rows)
         out[variant] = aucs(scores["ctr"], scores["cvr"])
-        out[variant]["max_abs_diff_vs_predict"] = float(np.abs(scores["ctr"] - predicted.column("score_ctr")
-                                                               .to_numpy()).max())
+        out[variant]["max_abs_diff_vs_predict"] = float(
+            np.abs(scores["ctr"] - predicted.column("score_ctr").to_numpy()).max()
+        )
     return out
 
 
@@ -195,8 +212,13 @@ def scaled_sizes(model: str, run: str, folder: str) -> Dict[str, Any]:
     from recsys.serving.loading import materialize, open_run
 
     trained = open_run(run)
-    schema = dataclasses.replace(trained.schema, sparse=tuple(
-        dataclasses.replace(f, num_embeddings=SCALED_ROWS.get(f.name, f.num_embeddings)) for f in trained.schema.sparse))
+    schema = dataclasses.replace(
+        trained.schema,
+        sparse=tuple(
+            dataclasses.replace(f, num_embeddings=SCALED_ROWS.get(f.name, f.num_embeddings))
+            for f in trained.schema.sparse
+        ),
+    )
     out: Dict[str, Any] = {"rows": {f.name: f.num_embeddings for f in schema.sparse}}
     for quantize in ("none", "int8"):
         torch.manual_seed(0)
@@ -211,8 +233,10 @@ def scaled_sizes(model: str, run: str, folder: str) -> Dict[str, Any]:
         os.makedirs(target)
         entry = write_program(ServingModule(net.eval()), quantize, "torchscript", target, sample_inputs(schema))
         program = os.path.join(target, entry["file"])
-        out["fp32" if quantize == "none" else "int8"] = {"program": os.path.getsize(program),
-                                                         "tables": table_bytes(torch.jit.load(program))}
+        out["fp32" if quantize == "none" else "int8"] = {
+            "program": os.path.getsize(program),
+            "tables": table_bytes(torch.jit.load(program)),
+        }
         shutil.rmtree(target, ignore_errors=True)
     out["ratio"] = out["int8"]["program"] / out["fp32"]["program"]
     return out
@@ -245,9 +269,17 @@ def run_cell(cell: Cell, s: Settings) -> None:
             cell.latencies.append(time.perf_counter() - t)
             calls += 1
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    cell.rounds.append({"calls": calls, "wall_s": wall, "cpu_s": cpu, "rows_per_s": calls * cell.batch / wall,
-                        "rows_per_cpu_s": calls * cell.batch / max(cpu, 1e-9), "load_before": load,
-                        "load_after": os.getloadavg()[0]})
+    cell.rounds.append(
+        {
+            "calls": calls,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "rows_per_s": calls * cell.batch / wall,
+            "rows_per_cpu_s": calls * cell.batch / max(cpu, 1e-9),
+            "load_before": load,
+            "load_after": os.getloadavg()[0],
+        }
+    )
 
 
 def stats(values: Sequence[float]) -> Dict[str, float]:
@@ -257,9 +289,12 @@ def stats(values: Sequence[float]) -> Dict[str, float]:
 def cell_summary(cell: Cell) -> Dict[str, Any]:
     lat = np.asarray(cell.latencies) * 1e3
     return {
-        "model": cell.model, "variant": cell.variant, "batch": cell.batch,
+        "model": cell.model,
+        "variant": cell.variant,
+        "batch": cell.batch,
         "calls": len(cell.latencies),
-        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
         "rows_per_s": stats([r["rows_per_s"] for r in cell.rounds]),
         "rows_per_cpu_s": stats([r["rows_per_cpu_s"] for r in cell.rounds]),
         "rounds": cell.rounds,
@@ -271,8 +306,7 @@ def ratio(a: Cell, b: Cell, key: str) -> Dict[str, float]:
     return stats([x[key] / y[key] for x, y in zip(a.rounds, b.rounds)])
 
 
-def model_cells(model: str, run: str, artifacts: Dict[str, Dict[str, Any]], rows: pa.Table,
-                s: Settings) -> List[Cell]:
+def model_cells(model: str, run: str, artifacts: Dict[str, Dict[str, Any]], rows: pa.Table, s: Settings) -> List[Cell]:
     """The timed cells of one model: every variant at every batch size, on the first B test rows."""
     prep = runtime.Artifact.open(artifacts["script-fp32"]["folder"]).preprocess
     inputs = {}
@@ -299,8 +333,9 @@ def goals(result: Dict[str, Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"speedup": {}, "size": {}, "auc": {}, "p99_batch_256_ms": {}}
     for model in result["models"]:
         sp = result["speedups"][model]
-        out["speedup"][model] = {str(b): sp[f"script-fp32/eager-fp32@{b}"]["rows_per_cpu_s"]["median"]
-                                 for b in result["batches"] if b <= 16}
+        out["speedup"][model] = {
+            str(b): sp[f"script-fp32/eager-fp32@{b}"]["rows_per_cpu_s"]["median"] for b in result["batches"] if b <= 16
+        }
         size = result["sizes"][model]
         out["size"][model] = {
             "artifact": size["script-int8"]["artifact"] / size["script-fp32"]["artifact"],
@@ -317,68 +352,100 @@ def goals(result: Dict[str, Any]) -> Dict[str, Any]:
 def goal_lines(result: Dict[str, Any]) -> List[str]:
     """One line per goal: met or missed, for which models (docs/serving.md says why)."""
     g = result["goals"]
-    slow = [f"{m} at batch {b} ({v:.2f}x)" for m, sp in g["speedup"].items() for b, v in sp.items()
-            if v < SPEEDUP_GOAL]
-    big = [f"{m} ({v['artifact']:.2f}x; {v['scaled_program']:.2f}x with production-size id tables)"
-           for m, v in g["size"].items() if v["artifact"] > SIZE_GOAL]
+    slow = [f"{m} at batch {b} ({v:.2f}x)" for m, sp in g["speedup"].items() for b, v in sp.items() if v < SPEEDUP_GOAL]
+    big = [
+        f"{m} ({v['artifact']:.2f}x; {v['scaled_program']:.2f}x with production-size id tables)"
+        for m, v in g["size"].items()
+        if v["artifact"] > SIZE_GOAL
+    ]
     off = [f"{m} ({k} {d:+.4f})" for m, v in g["auc"].items() for k, d in v.items() if abs(d) > AUC_GOAL]
     return [
-        f"- exported >= {SPEEDUP_GOAL:g}x eager at batch <= 16: " + ("met for every model" if not slow else
-                                                                 "missed for " + ", ".join(slow)),
-        f"- int8 artifact <= {SIZE_GOAL:g}x fp32: " + ("met for every model" if not big else
-                                                       "missed for " + ", ".join(big)),
-        f"- int8 AUC within {AUC_GOAL:g} of fp32: " + ("met for every model" if not off else
-                                                       "missed for " + ", ".join(off)),
-        "- why a goal is missed, and what would meet it: docs/serving.md, \"Results\"",
+        f"- exported >= {SPEEDUP_GOAL:g}x eager at batch <= 16: "
+        + ("met for every model" if not slow else "missed for " + ", ".join(slow)),
+        f"- int8 artifact <= {SIZE_GOAL:g}x fp32: "
+        + ("met for every model" if not big else "missed for " + ", ".join(big)),
+        f"- int8 AUC within {AUC_GOAL:g} of fp32: "
+        + ("met for every model" if not off else "missed for " + ", ".join(off)),
+        '- why a goal is missed, and what would meet it: docs/serving.md, "Results"',
     ]
 
 
 def markdown(result: Dict[str, Any]) -> str:
     env = result["environment"]
     g = result["goals"]
-    lines = ["## Serving: latency and throughput on CPU", "", environment_markdown(env),
-             f"Load average (1 min) around every round in the JSON; at the end: {result['load_end']}. "
-             f"{result['threads']} intra-op thread; {result['rounds']} interleaved rounds per cell; latency "
-             "percentiles over every call of every round; throughput medians (min-max) over rounds.", "",
-             f"Data: {result['data']}; test split {result['test_rows']:,} rows. Models trained "
-             f"{result['epochs']} epochs (early stopping) with their default options.", ""]
-    lines += ["### Goals", "",
-              "| model | exported / eager, batch 1 | batch 16 | int8 / fp32 artifact size | int8 / fp32 tables | "
-              "int8 / fp32 program, production-size id tables | CTR AUC int8 - fp32 | CTCVR AUC int8 - fp32 | "
-              "p99 at batch 256, TorchScript fp32 / int8 |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Serving: latency and throughput on CPU",
+        "",
+        environment_markdown(env),
+        f"Load average (1 min) around every round in the JSON; at the end: {result['load_end']}. "
+        f"{result['threads']} intra-op thread; {result['rounds']} interleaved rounds per cell; latency "
+        "percentiles over every call of every round; throughput medians (min-max) over rounds.",
+        "",
+        f"Data: {result['data']}; test split {result['test_rows']:,} rows. Models trained "
+        f"{result['epochs']} epochs (early stopping) with their default options.",
+        "",
+    ]
+    lines += [
+        "### Goals",
+        "",
+        "| model | exported / eager, batch 1 | batch 16 | int8 / fp32 artifact size | int8 / fp32 tables | "
+        "int8 / fp32 program, production-size id tables | CTR AUC int8 - fp32 | CTCVR AUC int8 - fp32 | "
+        "p99 at batch 256, TorchScript fp32 / int8 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in result["models"]:
         sp, size, a, p99 = g["speedup"][m], g["size"][m], g["auc"][m], g["p99_batch_256_ms"][m]
-        lines.append(f"| {MODEL_LABELS.get(m, m)} | {sp.get('1', float('nan')):.2f}x | {sp.get('16', float('nan')):.2f}x "
-                     f"| {size['artifact']:.2f}x | {size['tables']:.2f}x | {size['scaled_program']:.2f}x "
-                     f"| {a['ctr_auc']:+.5f} | {a['ctcvr_auc']:+.5f} "
-                     f"| {p99.get('script-fp32', float('nan')):.2f} / {p99.get('script-int8', float('nan')):.2f} ms |")
-    lines += ["", "Exported / eager: rows per CPU-second of the fp32 TorchScript program over the eager fp32 model "
-              f"(goal >= {SPEEDUP_GOAL:g}x); sizes: the whole artifact and the tables inside the program (goal "
-              f"<= {SIZE_GOAL:g}x), and the program at production table sizes ("
-              + ", ".join(f"{k} {v:,} rows" for k, v in SCALED_ROWS.items())
-              + f", random weights); AUC on the raw test rows (goal within {AUC_GOAL:g}).", ""]
+        lines.append(
+            f"| {MODEL_LABELS.get(m, m)} | {sp.get('1', float('nan')):.2f}x | {sp.get('16', float('nan')):.2f}x "
+            f"| {size['artifact']:.2f}x | {size['tables']:.2f}x | {size['scaled_program']:.2f}x "
+            f"| {a['ctr_auc']:+.5f} | {a['ctcvr_auc']:+.5f} "
+            f"| {p99.get('script-fp32', float('nan')):.2f} / {p99.get('script-int8', float('nan')):.2f} ms |"
+        )
+    lines += [
+        "",
+        "Exported / eager: rows per CPU-second of the fp32 TorchScript program over the eager fp32 model "
+        f"(goal >= {SPEEDUP_GOAL:g}x); sizes: the whole artifact and the tables inside the program (goal "
+        f"<= {SIZE_GOAL:g}x), and the program at production table sizes ("
+        + ", ".join(f"{k} {v:,} rows" for k, v in SCALED_ROWS.items())
+        + f", random weights); AUC on the raw test rows (goal within {AUC_GOAL:g}).",
+        "",
+    ]
     lines += goal_lines(result)
-    lines += ["", "### Latency and throughput", "",
-              "| model | variant | batch | p50 ms | p99 ms | rows/s | rows per CPU-second | calls |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "### Latency and throughput",
+        "",
+        "| model | variant | batch | p50 ms | p99 ms | rows/s | rows per CPU-second | calls |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in result["cells"]:
         r, rc = c["rows_per_s"], c["rows_per_cpu_s"]
-        lines.append(f"| {MODEL_LABELS.get(c['model'], c['model'])} | {c['variant']} | {c['batch']:,} | "
-                     f"{c['p50_ms']:.3f} | {c['p99_ms']:.3f} | {r['median']:,.0f} ({r['min']:,.0f}-{r['max']:,.0f}) | "
-                     f"{rc['median']:,.0f} ({rc['min']:,.0f}-{rc['max']:,.0f}) | {c['calls']} |")
-    lines += ["", "### Sizes, AUC and export time", "",
-              "| model | variant | program MB | artifact MB | tables MB | CTR AUC | CTCVR AUC | max abs CTR diff vs "
-              "recsys predict | export s |", "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {MODEL_LABELS.get(c['model'], c['model'])} | {c['variant']} | {c['batch']:,} | "
+            f"{c['p50_ms']:.3f} | {c['p99_ms']:.3f} | {r['median']:,.0f} ({r['min']:,.0f}-{r['max']:,.0f}) | "
+            f"{rc['median']:,.0f} ({rc['min']:,.0f}-{rc['max']:,.0f}) | {c['calls']} |"
+        )
+    lines += [
+        "",
+        "### Sizes, AUC and export time",
+        "",
+        "| model | variant | program MB | artifact MB | tables MB | CTR AUC | CTCVR AUC | max abs CTR diff vs "
+        "recsys predict | export s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in result["models"]:
         q = result["quality"][m]
-        lines.append(f"| {MODEL_LABELS.get(m, m)} | recsys predict | | | | {q['predict']['ctr_auc']:.5f} | "
-                     f"{q['predict']['ctcvr_auc']:.5f} | | |")
+        lines.append(
+            f"| {MODEL_LABELS.get(m, m)} | recsys predict | | | | {q['predict']['ctr_auc']:.5f} | "
+            f"{q['predict']['ctcvr_auc']:.5f} | | |"
+        )
         for v, size in result["sizes"][m].items():
             tables = f"{size['tables'] / 1e6:.3f}" if "tables" in size else "-"
-            lines.append(f"| {MODEL_LABELS.get(m, m)} | {v} | {size['program'] / 1e6:.3f} | "
-                         f"{size['artifact'] / 1e6:.3f} | {tables} | {q[v]['ctr_auc']:.5f} | {q[v]['ctcvr_auc']:.5f} | "
-                         f"{q[v]['max_abs_diff_vs_predict']:.2e} | {result['export_seconds'][m][v]:.1f} |")
+            lines.append(
+                f"| {MODEL_LABELS.get(m, m)} | {v} | {size['program'] / 1e6:.3f} | "
+                f"{size['artifact'] / 1e6:.3f} | {tables} | {q[v]['ctr_auc']:.5f} | {q[v]['ctcvr_auc']:.5f} | "
+                f"{q[v]['max_abs_diff_vs_predict']:.2e} | {result['export_seconds'][m][v]:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -399,12 +466,20 @@ def figures(result: Dict[str, Any]) -> Dict[str, Any]:
             ys = np.arange(len(models)) + (j - (len(variants) - 1) / 2) * height
             meds = [cells[(m, v, batch)]["rows_per_cpu_s"]["median"] for m in models]
             errs = plots._errs([cells[(m, v, batch)]["rows_per_cpu_s"] for m in models])
-            ax.barh(ys, meds, height=height * 0.9, xerr=errs, color=VARIANT_COLORS[v], capsize=1.5,
-                    error_kw={"linewidth": 0.8})
+            ax.barh(
+                ys,
+                meds,
+                height=height * 0.9,
+                xerr=errs,
+                color=VARIANT_COLORS[v],
+                capsize=1.5,
+                error_kw={"linewidth": 0.8},
+            )
             for y, med, m in zip(ys, meds, models):
                 top = cells[(m, v, batch)]["rows_per_cpu_s"]["max"]
-                values.append(ax.text(top, y, f" {plots.compact(med)}", va="center", ha="left",
-                                      fontsize=plots.VALUE_SIZE - 1.5))
+                values.append(
+                    ax.text(top, y, f" {plots.compact(med)}", va="center", ha="left", fontsize=plots.VALUE_SIZE - 1.5)
+                )
         ax.set_xscale("log")
         low = min(c["rows_per_cpu_s"]["min"] for k, c in cells.items() if k[2] == batch)
         high = max(c["rows_per_cpu_s"]["max"] for k, c in cells.items() if k[2] == batch)
@@ -413,12 +488,20 @@ def figures(result: Dict[str, Any]) -> Dict[str, Any]:
         ax.set_ylim(len(models) - 0.5, -0.5)
         ax.set_xlabel("rows per CPU-second (log scale)")
         ax.set_title(f"batch {batch:,}", fontsize=10)
-    for ax in axes[len(batches):]:
+    for ax in axes[len(batches) :]:
         ax.set_visible(False)
-    plots._title(fig, "Serving throughput: eager model vs exported programs, fp32 vs int8 tables",
-                 f"live-streaming world, test rows; {result['threads']} thread; {plots._machine(result['environment'])}")
-    plots._legend(fig, [plots._bar_handle(VARIANT_COLORS[v]) for v in variants], [VARIANT_LEGEND[v] for v in variants],
-                  ncols=1, title="bar: median over rounds, whiskers min-max, value printed")
+    plots._title(
+        fig,
+        "Serving throughput: eager model vs exported programs, fp32 vs int8 tables",
+        f"live-streaming world, test rows; {result['threads']} thread; {plots._machine(result['environment'])}",
+    )
+    plots._legend(
+        fig,
+        [plots._bar_handle(VARIANT_COLORS[v]) for v in variants],
+        [VARIANT_LEGEND[v] for v in variants],
+        ncols=1,
+        title="bar: median over rounds, whiskers min-max, value printed",
+    )
     return {"throughput": fig}
 
 
@@ -427,9 +510,19 @@ def run(s: Settings) -> Dict[str, Any]:
     torch.set_num_threads(s.threads)
     os.makedirs(s.out, exist_ok=True)
     result: Dict[str, Any] = {
-        "benchmark": "serving", "environment": environment(), "data": s.data, "models": list(s.models),
-        "batches": list(s.batches), "threads": s.threads, "rounds": s.rounds, "epochs": s.epochs,
-        "quality": {}, "sizes": {}, "scaled_sizes": {}, "export_seconds": {}, "speedups": {},
+        "benchmark": "serving",
+        "environment": environment(),
+        "data": s.data,
+        "models": list(s.models),
+        "batches": list(s.batches),
+        "threads": s.threads,
+        "rounds": s.rounds,
+        "epochs": s.epochs,
+        "quality": {},
+        "sizes": {},
+        "scaled_sizes": {},
+        "export_seconds": {},
+        "speedups": {},
     }
     cells: List[Cell] = []
     for model in s.models:
@@ -447,18 +540,26 @@ def run(s: Settings) -> Dict[str, Any]:
         if model == s.models[0]:
             cells += preprocess_cells(artifacts["script-fp32"]["folder"], rows, s)
     for r in range(s.rounds):
-        order = cells[r % len(cells):] + cells[: r % len(cells)]
+        order = cells[r % len(cells) :] + cells[: r % len(cells)]
         log.info("round %d/%d: %d cells (load %.2f)", r + 1, s.rounds, len(order), os.getloadavg()[0])
         for cell in order:
             run_cell(cell, s)
     by_key = {(c.model, c.variant, c.batch): c for c in cells}
     for model in s.models:
         result["speedups"][model] = {
-            f"{a}/{b}@{batch}": {k: ratio(by_key[(model, a, batch)], by_key[(model, b, batch)], k)
-                                 for k in ("rows_per_s", "rows_per_cpu_s")}
+            f"{a}/{b}@{batch}": {
+                k: ratio(by_key[(model, a, batch)], by_key[(model, b, batch)], k)
+                for k in ("rows_per_s", "rows_per_cpu_s")
+            }
             for batch in s.batches
-            for a, b in (("script-fp32", "eager-fp32"), ("script-int8", "eager-fp32"), ("script-int8", "script-fp32"),
-                         ("eager-int8", "eager-fp32"), ("aoti-fp32", "eager-fp32"), ("aoti-fp32", "script-fp32"))
+            for a, b in (
+                ("script-fp32", "eager-fp32"),
+                ("script-int8", "eager-fp32"),
+                ("script-int8", "script-fp32"),
+                ("eager-int8", "eager-fp32"),
+                ("aoti-fp32", "eager-fp32"),
+                ("aoti-fp32", "script-fp32"),
+            )
             if (model, a, batch) in by_key
         }
     result["cells"] = [cell_summary(c) for c in cells]
@@ -483,9 +584,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     logging.getLogger("benchmarks").setLevel(logging.INFO)
-    s = Settings(data=args.data, runs=args.runs, out=args.out, models=args.models, batches=args.batches,
-                 epochs=args.epochs, rounds=args.rounds, min_time=args.min_time, min_calls=args.min_calls,
-                 aoti=args.aoti, quick=args.quick)
+    s = Settings(
+        data=args.data,
+        runs=args.runs,
+        out=args.out,
+        models=args.models,
+        batches=args.batches,
+        epochs=args.epochs,
+        rounds=args.rounds,
+        min_time=args.min_time,
+        min_calls=args.min_calls,
+        aoti=args.aoti,
+        quick=args.quick,
+    )
     if args.quick:
         from recsys.data.synthetic import WorldConfig, generate
 

@@ -66,8 +66,10 @@ log = logging.getLogger("benchmarks.throughput")
 
 PATHS = ("recsys", "sparse", "dense", "tbe_mlp", "recsys_unchecked", "tbe", "mlp")
 # timed unless --paths says otherwise: the bare kernel's bandwidth matters on a GPU (HBM fraction)
-DEFAULT_PATHS = {"cpu": ("recsys", "sparse", "dense", "tbe_mlp", "recsys_unchecked"),
-                 "cuda": ("recsys", "sparse", "dense", "tbe_mlp", "recsys_unchecked", "tbe")}
+DEFAULT_PATHS = {
+    "cpu": ("recsys", "sparse", "dense", "tbe_mlp", "recsys_unchecked"),
+    "cuda": ("recsys", "sparse", "dense", "tbe_mlp", "recsys_unchecked", "tbe"),
+}
 # the paths trained by a plain eager loop over a twin of the model (benchmarks/plain.py)
 EAGER = ("sparse", "dense", "tbe_mlp", "mlp")
 # batch size at which the fixed overhead per step / forward is read (the kernels and MLPs are cheap there)
@@ -171,9 +173,15 @@ class RecsysPath:
 
     name = "recsys"
 
-    def __init__(self, model: torch.nn.Module, batches: List[Any], settings: Settings, batch_size: int,
-                 embedding_optimizer: Optional[EmbeddingOptimizerConfig] = None,
-                 sharding: Optional[ShardingConfig] = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        batches: List[Any],
+        settings: Settings,
+        batch_size: int,
+        embedding_optimizer: Optional[EmbeddingOptimizerConfig] = None,
+        sharding: Optional[ShardingConfig] = None,
+    ) -> None:
         self.device = settings.device
         train = TrainConfig(embedding_optimizer=embedding_optimizer or EmbeddingOptimizerConfig())
         self.setup = assemble(model, model.schema, train, sharding or ShardingConfig(), self.device, batch_size)
@@ -215,16 +223,23 @@ class EagerPath:
         embedding_optimizer: the recsys path's embedding optimizer settings (for ``sparse``'s Adagrad).
     """
 
-    def __init__(self, name: str, twin: torch.nn.Module, batches: List[Any], device: torch.device,
-                 embedding_optimizer: Optional[EmbeddingOptimizerConfig] = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        twin: torch.nn.Module,
+        batches: List[Any],
+        device: torch.device,
+        embedding_optimizer: Optional[EmbeddingOptimizerConfig] = None,
+    ) -> None:
         self.name = name
         self.device = device
         self.module = TrainModule(twin, MultiTaskLoss(twin.schema, None, twin.dependent_loss)).to(device)
         emb = embedding_optimizer or EmbeddingOptimizerConfig()
         tables = {id(p) for m in self.module.modules() if isinstance(m, SparseArch) for p in m.parameters()}
         kernels = {id(p) for m in self.module.modules() if isinstance(m, TbeSparseArch) for p in m.parameters()}
-        dense = [p for p in self.module.parameters()
-                 if id(p) not in kernels and (name != "sparse" or id(p) not in tables)]
+        dense = [
+            p for p in self.module.parameters() if id(p) not in kernels and (name != "sparse" or id(p) not in tables)
+        ]
         # the fastest stock Adam (fused kernels on CPU since torch 2.4 and on CUDA): a strong baseline
         self.optimizers: List[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=OptimizerConfig().lr, fused=True)]
         if name == "sparse":
@@ -261,16 +276,19 @@ class TbePath:
 
     name = "tbe"
 
-    def __init__(self, arch: Any, batches: List[Any], settings: Settings, lr: float, eps: float,
-                 bounds_check: Any) -> None:
+    def __init__(
+        self, arch: Any, batches: List[Any], settings: Settings, lr: float, eps: float, bounds_check: Any
+    ) -> None:
         self.kernels = BareTbe(arch, lr, eps, bounds_check, settings.device)
         self.inputs = [self.kernels.prepare(b.sparse) for b in batches]
         self._it = itertools.cycle(self.inputs)
 
     @property
     def bytes_per_step(self) -> Dict[str, float]:
-        return {"forward": float(np.mean([i.forward_bytes for i in self.inputs])),
-                "backward": float(np.mean([i.backward_bytes for i in self.inputs]))}
+        return {
+            "forward": float(np.mean([i.forward_bytes for i in self.inputs])),
+            "backward": float(np.mean([i.backward_bytes for i in self.inputs])),
+        }
 
     def train_step(self) -> None:
         self.kernels.train_step(next(self._it))
@@ -291,12 +309,19 @@ def plain_bytes(schema: Any) -> int:
 
 def _stats(rates: List[float]) -> Dict[str, Any]:
     a = np.asarray(rates, dtype=float)
-    return {"median": float(np.median(a)), "min": float(a.min()), "max": float(a.max()),
-            "q1": float(np.percentile(a, 25)), "q3": float(np.percentile(a, 75)), "rounds": [float(x) for x in a]}
+    return {
+        "median": float(np.median(a)),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "q1": float(np.percentile(a, 25)),
+        "q3": float(np.percentile(a, 75)),
+        "rounds": [float(x) for x in a],
+    }
 
 
-def _time_rounds(paths: Dict[str, Any], step: str, batch_size: int, settings: Settings,
-                 steps: Dict[str, int]) -> Dict[str, Dict[str, Any]]:
+def _time_rounds(
+    paths: Dict[str, Any], step: str, batch_size: int, settings: Settings, steps: Dict[str, int]
+) -> Dict[str, Dict[str, Any]]:
     """Wall samples/s per path over interleaved rounds (the order rotates every round), each with its samples per
     CPU-second of this process (``per_cpu_second``: contention that steals the core shows in the wall rate only)."""
     names = list(paths)
@@ -340,9 +365,16 @@ def _overhead_ms(a: Dict[str, Any], b: Dict[str, Any], batch_size: int) -> Dict[
     return {"median": float(np.median(d)), "min": float(d.min()), "max": float(d.max())}
 
 
-def _build_path(name: str, model: torch.nn.Module, base: torch.nn.Module, batches: List[Any],
-                on_device: List[Any], settings: Settings, batch_size: int,
-                weights: Optional[Dict[str, torch.Tensor]]) -> Any:
+def _build_path(
+    name: str,
+    model: torch.nn.Module,
+    base: torch.nn.Module,
+    batches: List[Any],
+    on_device: List[Any],
+    settings: Settings,
+    batch_size: int,
+    weights: Optional[Dict[str, torch.Tensor]],
+) -> Any:
     """One path of a cell. ``model`` goes to recsys (DMP takes it over); the twins start from ``base``'s dense
     weights and the recsys path's table weights ``weights`` (when it was built first)."""
     embedding_optimizer, sharding = EmbeddingOptimizerConfig(), ShardingConfig()  # the trainer's defaults
@@ -381,8 +413,10 @@ def run_cell(cell: Cell, settings: Settings) -> Dict[str, Any]:
     weights: Optional[Dict[str, torch.Tensor]] = None
     for name in settings.paths:
         if name == "dense" and plain_bytes(wl.schema) > settings.plain_max_gb * 1024**3:
-            skipped[name] = (f"needs ~{plain_bytes(wl.schema) / 1024**3:.1f} GB (tables, dense gradients, Adam "
-                             f"moments) > --plain-max-gb {settings.plain_max_gb}")
+            skipped[name] = (
+                f"needs ~{plain_bytes(wl.schema) / 1024**3:.1f} GB (tables, dense gradients, Adam "
+                f"moments) > --plain-max-gb {settings.plain_max_gb}"
+            )
             continue
         with PeakMemory(settings.device) as mem:
             path = _build_path(name, model, base, batches, on_device, settings, b, weights)
@@ -395,8 +429,12 @@ def run_cell(cell: Cell, settings: Settings) -> Dict[str, Any]:
         memory[name] = mem.result()
         steps[name] = _steps_per_round(path.train_step, settings)
     weights = None
-    out: Dict[str, Any] = {"train": _time_rounds(paths, "train_step", b, settings, steps), "memory": memory,
-                           "steps_per_round": {"train": steps}, "skipped": skipped}
+    out: Dict[str, Any] = {
+        "train": _time_rounds(paths, "train_step", b, settings, steps),
+        "memory": memory,
+        "steps_per_round": {"train": steps},
+        "skipped": skipped,
+    }
     if settings.inference:
         for p in paths.values():
             p.eval_mode()
@@ -434,15 +472,18 @@ def derived(out: Dict[str, Any], batch_size: int, gpu_name: Optional[str]) -> Di
             if other != "recsys":
                 d["ratios"][f"recsys_over_{other}_{phase}"] = _paired_ratio(timed["recsys"], timed[other])
                 if "recsys" in cpu and other in cpu:
-                    d["ratios_per_cpu_second"][f"recsys_over_{other}_{phase}"] = _paired_ratio(cpu["recsys"],
-                                                                                              cpu[other])
+                    d["ratios_per_cpu_second"][f"recsys_over_{other}_{phase}"] = _paired_ratio(
+                        cpu["recsys"], cpu[other]
+                    )
         for key, other in (("", "tbe_mlp"), ("bounds_check_", "recsys_unchecked")):
             if other in timed:
-                d.setdefault(f"{key or 'overhead_'}ms", {})[phase] = _overhead_ms(timed["recsys"], timed[other],
-                                                                                 batch_size)
+                d.setdefault(f"{key or 'overhead_'}ms", {})[phase] = _overhead_ms(
+                    timed["recsys"], timed[other], batch_size
+                )
                 if "recsys" in cpu and other in cpu:
                     d.setdefault(f"{key or 'overhead_'}cpu_ms", {})[phase] = _overhead_ms(
-                        cpu["recsys"], cpu[other], batch_size)
+                        cpu["recsys"], cpu[other], batch_size
+                    )
     train = out["train"]
     if "tbe_bytes_per_step" in out and "tbe" in train:
         per_step = out["tbe_bytes_per_step"]["forward"] + out["tbe_bytes_per_step"]["backward"]
@@ -465,18 +506,30 @@ def goal_status(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     for g in GOALS:
         cell = next((c for c in sweep if c["model"] == first and c["batch_size"] == g.batch_size), None)
         phase = g.key.rsplit("_", 1)[1]
-        row = {"goal": g.text, "key": g.key, "model": first, "batch_size": g.batch_size, "target": g.target,
-               "at_most": g.at_most}
-        for suffix, ratios, overhead in (("", "ratios", "overhead_ms"), ("_cpu", "ratios_per_cpu_second",
-                                                                         "overhead_cpu_ms")):
+        row = {
+            "goal": g.text,
+            "key": g.key,
+            "model": first,
+            "batch_size": g.batch_size,
+            "target": g.target,
+            "at_most": g.at_most,
+        }
+        for suffix, ratios, overhead in (
+            ("", "ratios", "overhead_ms"),
+            ("_cpu", "ratios_per_cpu_second", "overhead_cpu_ms"),
+        ):
             value = None
             if cell is not None:
-                value = (cell.get(overhead, {}).get(phase) if g.key.startswith("overhead")
-                         else cell.get(ratios, {}).get(g.key))
+                value = (
+                    cell.get(overhead, {}).get(phase)
+                    if g.key.startswith("overhead")
+                    else cell.get(ratios, {}).get(g.key)
+                )
             measured = value["median"] if value else None
             row["measured" + suffix] = measured
-            row["met" + suffix] = None if measured is None else (measured <= g.target if g.at_most
-                                                                 else measured >= g.target)
+            row["met" + suffix] = (
+                None if measured is None else (measured <= g.target if g.at_most else measured >= g.target)
+            )
         rows.append(row)
     return rows
 
@@ -486,20 +539,55 @@ def goal_status(result: Dict[str, Any]) -> List[Dict[str, Any]]:
 FULL = {
     # issue 20's cells (Criteo-like one-hot dnn at 64 / 1024 / 4096) and three registry models on the live world;
     # --workloads criteo-4hot, --vocab-sweep and --live-models all widen it (about 1.5 min per cell on 1 thread)
-    "cpu": {"sweep_batch_sizes": "64,1024,4096", "batch_sizes": "4096", "vocab_cap": 1_000_000,
-            "vocab_sweep": "", "vocab_sweep_batch": 4096, "workloads": "criteo-1hot,live",
-            "criteo_models": "dnn", "live_models": "dnn,wide_deep,mmoe", "repeats": 5, "warmup": 3,
-            "min_time": 1.5, "batches": 4, "live_rows": 100_000, "plain_max_gb": 6.0},
-    "cuda": {"sweep_batch_sizes": "16384,32768,65536", "batch_sizes": "32768", "vocab_cap": 10_000_000,
-             "vocab_sweep": "100000,1000000", "vocab_sweep_batch": 32768,
-             "workloads": "criteo-1hot,criteo-4hot,live", "criteo_models": "dnn,dcn", "live_models": "all",
-             "repeats": 5, "warmup": 5, "min_time": 0.2, "batches": 8, "live_rows": 200_000,
-             "plain_max_gb": 40.0},
+    "cpu": {
+        "sweep_batch_sizes": "64,1024,4096",
+        "batch_sizes": "4096",
+        "vocab_cap": 1_000_000,
+        "vocab_sweep": "",
+        "vocab_sweep_batch": 4096,
+        "workloads": "criteo-1hot,live",
+        "criteo_models": "dnn",
+        "live_models": "dnn,wide_deep,mmoe",
+        "repeats": 5,
+        "warmup": 3,
+        "min_time": 1.5,
+        "batches": 4,
+        "live_rows": 100_000,
+        "plain_max_gb": 6.0,
+    },
+    "cuda": {
+        "sweep_batch_sizes": "16384,32768,65536",
+        "batch_sizes": "32768",
+        "vocab_cap": 10_000_000,
+        "vocab_sweep": "100000,1000000",
+        "vocab_sweep_batch": 32768,
+        "workloads": "criteo-1hot,criteo-4hot,live",
+        "criteo_models": "dnn,dcn",
+        "live_models": "all",
+        "repeats": 5,
+        "warmup": 5,
+        "min_time": 0.2,
+        "batches": 8,
+        "live_rows": 200_000,
+        "plain_max_gb": 40.0,
+    },
 }
-QUICK = {"sweep_batch_sizes": "128,256", "batch_sizes": "256", "vocab_cap": 2000, "vocab_sweep": "200",
-         "vocab_sweep_batch": 256, "workloads": "criteo-1hot,criteo-2hot,live", "criteo_models": "dnn",
-         "live_models": "wide_deep", "repeats": 2, "warmup": 2, "min_time": 0.01, "batches": 2, "live_rows": 3000,
-         "plain_max_gb": 1.0}
+QUICK = {
+    "sweep_batch_sizes": "128,256",
+    "batch_sizes": "256",
+    "vocab_cap": 2000,
+    "vocab_sweep": "200",
+    "vocab_sweep_batch": 256,
+    "workloads": "criteo-1hot,criteo-2hot,live",
+    "criteo_models": "dnn",
+    "live_models": "wide_deep",
+    "repeats": 2,
+    "warmup": 2,
+    "min_time": 0.01,
+    "batches": 2,
+    "live_rows": 3000,
+    "plain_max_gb": 1.0,
+}
 
 
 def _slug(text: str) -> str:
@@ -537,7 +625,7 @@ def build_grid(opts: Dict[str, Any]) -> List[Cell]:
             continue
         if not (w.startswith("criteo-") and w.endswith("hot")):
             raise SystemExit(f"error: unknown workload '{w}' (criteo-1hot, criteo-<L>hot, live)")
-        hot = int(w[len("criteo-"):-len("hot")])
+        hot = int(w[len("criteo-") : -len("hot")])
         wl = CriteoWorkload(opts["vocab_cap"], dim=opts["dim"], hot=hot, zipf_a=opts["zipf_a"])
         sizes = _ints(opts["sweep_batch_sizes"]) if hot == 1 else _ints(opts["batch_sizes"])
         cells += [Cell("batch" if hot == 1 else "hot", wl, m, b) for m in criteo_models for b in sizes]
@@ -552,6 +640,7 @@ def build_grid(opts: Dict[str, Any]) -> List[Cell]:
 
 
 # --- reporting ------------------------------------------------------------------------------------------------
+
 
 def _k(x: Optional[float]) -> str:
     if x is None or x != x:
@@ -602,15 +691,15 @@ def _ms(r: Optional[Dict[str, Any]]) -> str:
 # path -> what the markdown calls it
 PATH_WORDS = {
     "recsys": "registry model + TrainModule + fused row-wise Adagrad + DMP (FBGEMM TBE) + dense Adam, stepped as "
-              "the trainer steps",
+    "the trainer steps",
     "sparse": "plain PyTorch done well: per-table nn.EmbeddingBag(sparse=True) + sparse torch.optim.Adagrad, fused "
-              "Adam for the dense part (the headline peer)",
+    "Adam for the dense part (the headline peer)",
     "dense": "what common CTR libraries do (DeepCTR-Torch, FuxiCTR): per-table nn.Embedding / nn.EmbeddingBag with "
-             "dense gradients, fused Adam over every row of every table",
+    "dense gradients, fused Adam over every row of every table",
     "tbe_mlp": "one module: the same tables in bare FBGEMM TBE kernels (fused row-wise Adagrad) fed the KJT's ids "
-               "directly, the same MLP, fused Adam; no torchrec module, no input/output dist, no DMP",
+    "directly, the same MLP, fused Adam; no torchrec module, no input/output dist, no DMP",
     "recsys_unchecked": "the recsys path with FBGEMM's bounds check off (sharding.bounds_check=none), to measure "
-                        "what the check costs",
+    "what the check costs",
     "tbe": "the bare FBGEMM kernels alone (precomputed inputs, fixed output gradient)",
     "mlp": "the same model with fixed pooled vectors instead of lookups (MLPs, loss, Adam)",
 }
@@ -620,11 +709,15 @@ def _goal_lines(result: Dict[str, Any]) -> List[str]:
     rows = goal_status(result)
     if not any(r["measured"] is not None for r in rows):
         return []
-    lines = ["### Goals (issue 20)", "",
-             "Measured: median of the paired per-round values from wall time, and from CPU time (samples per "
-             "CPU-second of the process; on a shared machine the steadier of the two).", "",
-             "| goal | cell | target | measured (wall) | met (wall) | measured (CPU time) | met (CPU time) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "### Goals (issue 20)",
+        "",
+        "Measured: median of the paired per-round values from wall time, and from CPU time (samples per "
+        "CPU-second of the process; on a shared machine the steadier of the two).",
+        "",
+        "| goal | cell | target | measured (wall) | met (wall) | measured (CPU time) | met (CPU time) |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def shown(value: Optional[float], at_most: bool) -> str:
         return "not run" if value is None else f"{value:.3f} ms" if at_most else f"{value:.2f}x"
@@ -634,10 +727,12 @@ def _goal_lines(result: Dict[str, Any]) -> List[str]:
 
     for r in rows:
         unit = " ms" if r["at_most"] else "x"
-        lines.append(f"| {r['goal']} | {r['model']}, batch {r['batch_size']} | "
-                     f"{'<=' if r['at_most'] else '>='} {r['target']:g}{unit} | {shown(r['measured'], r['at_most'])} "
-                     f"| {verdict(r['met'])} | {shown(r.get('measured_cpu'), r['at_most'])} | "
-                     f"{verdict(r.get('met_cpu'))} |")
+        lines.append(
+            f"| {r['goal']} | {r['model']}, batch {r['batch_size']} | "
+            f"{'<=' if r['at_most'] else '>='} {r['target']:g}{unit} | {shown(r['measured'], r['at_most'])} "
+            f"| {verdict(r['met'])} | {shown(r.get('measured_cpu'), r['at_most'])} | "
+            f"{verdict(r.get('met_cpu'))} |"
+        )
     return lines + [""]
 
 
@@ -645,24 +740,38 @@ def _phase_table(cells: List[Dict[str, Any]], phase: str, paths: Sequence[str]) 
     """Rows of wall samples/s (and samples per CPU-second) per path, recsys's ratios to the PyTorch and TBE + MLP
     paths and its overhead per step over TBE + MLP (ms)."""
     others = [p for p in ("sparse", "dense", "tbe_mlp") if p in paths]
-    head = (["workload", "model", "batch"] + [f"{p} samples/s · /CPU-s" for p in paths]
-            + [f"recsys / {p} (wall · CPU time)" for p in others]
-            + ["recsys overhead ms/step over tbe_mlp (wall · CPU time)", "bounds check ms/step (wall · CPU time)"])
+    head = (
+        ["workload", "model", "batch"]
+        + [f"{p} samples/s · /CPU-s" for p in paths]
+        + [f"recsys / {p} (wall · CPU time)" for p in others]
+        + ["recsys overhead ms/step over tbe_mlp (wall · CPU time)", "bounds check ms/step (wall · CPU time)"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         if "error" in c:
-            lines.append(f"| {_label(c)} | {c['model']} | {c['batch_size']} | error: {c['error']} |"
-                         + " |" * (len(head) - 4))
+            lines.append(
+                f"| {_label(c)} | {c['model']} | {c['batch_size']} | error: {c['error']} |" + " |" * (len(head) - 4)
+            )
             continue
         t, r = c.get(phase, {}), c.get("ratios", {})
-        rates = [f"{_rate(t[p])} · {_cpu_rate(t[p])}" if t.get(p) else c.get("skipped", {}).get(p, "")
-                 for p in paths]
-        lines.append("| " + " | ".join(
-            [_label(c), c["model"], str(c["batch_size"])] + rates
-            + [f"{_ratio(r.get(f'recsys_over_{p}_{phase}'))} · "
-               f"{_median_x(c.get('ratios_per_cpu_second', {}).get(f'recsys_over_{p}_{phase}'))}" for p in others]
-            + [f"{_ms(c.get(k + '_ms', {}).get(phase))} · {_median_ms(c.get(k + '_cpu_ms', {}).get(phase))}"
-               for k in ("overhead", "bounds_check")]) + " |")
+        rates = [f"{_rate(t[p])} · {_cpu_rate(t[p])}" if t.get(p) else c.get("skipped", {}).get(p, "") for p in paths]
+        lines.append(
+            "| "
+            + " | ".join(
+                [_label(c), c["model"], str(c["batch_size"])]
+                + rates
+                + [
+                    f"{_ratio(r.get(f'recsys_over_{p}_{phase}'))} · "
+                    f"{_median_x(c.get('ratios_per_cpu_second', {}).get(f'recsys_over_{p}_{phase}'))}"
+                    for p in others
+                ]
+                + [
+                    f"{_ms(c.get(k + '_ms', {}).get(phase))} · {_median_ms(c.get(k + '_cpu_ms', {}).get(phase))}"
+                    for k in ("overhead", "bounds_check")
+                ]
+            )
+            + " |"
+        )
     return lines + [""]
 
 
@@ -672,33 +781,53 @@ def markdown(result: Dict[str, Any]) -> str:
     dev = settings["device"]
     paths = list(settings["paths"])
     load = result["load_average"]
-    lines = [f"## Training and inference throughput ({dev.upper()}{', ' + env['gpu'] if env.get('gpu') else ''})",
-             "", environment_markdown(env),
-             f"Load average (1 / 5 / 15 min) at start: {' / '.join(f'{x:.2f}' for x in load['start'])}, at end: "
-             f"{' / '.join(f'{x:.2f}' for x in load['end'])}; wall time {result['seconds'] / 60:.1f} min. Samples/s: "
-             f"median (min-max) over {settings['repeats']} interleaved rounds of >= {settings['min_time']:g} s per "
-             "path; /CPU-s: samples per CPU-second of the process (median); ratios: median (min-max) of per-round "
-             "ratios; overhead: batch x (1/recsys - 1/tbe_mlp) per round, median (min-max).", ""]
+    lines = [
+        f"## Training and inference throughput ({dev.upper()}{', ' + env['gpu'] if env.get('gpu') else ''})",
+        "",
+        environment_markdown(env),
+        f"Load average (1 / 5 / 15 min) at start: {' / '.join(f'{x:.2f}' for x in load['start'])}, at end: "
+        f"{' / '.join(f'{x:.2f}' for x in load['end'])}; wall time {result['seconds'] / 60:.1f} min. Samples/s: "
+        f"median (min-max) over {settings['repeats']} interleaved rounds of >= {settings['min_time']:g} s per "
+        "path; /CPU-s: samples per CPU-second of the process (median); ratios: median (min-max) of per-round "
+        "ratios; overhead: batch x (1/recsys - 1/tbe_mlp) per round, median (min-max).",
+        "",
+    ]
     lines += _goal_lines(result)
     lines += ["Paths (docs/benchmarks.md):", ""]
     stepped = f" ({'TrainPipelineSparseDist' if settings['pipeline'] else 'plain loop'})"
     lines += [f"* **{p}**: {PATH_WORDS[p]}" + (stepped if p == "recsys" else "") + "." for p in paths]
     lines += ["", f"Memory: peak MiB each path adds ({result['memory_method']}).", ""]
-    titles = {"batch": "Criteo-like one-hot, over batch sizes", "hot": "Criteo-like multi-hot",
-              "vocab": "Criteo-like one-hot, over table sizes", "models": "registered models, live-streaming world"}
+    titles = {
+        "batch": "Criteo-like one-hot, over batch sizes",
+        "hot": "Criteo-like multi-hot",
+        "vocab": "Criteo-like one-hot, over table sizes",
+        "models": "registered models, live-streaming world",
+    }
     for tag, title in titles.items():
         cells = _cells_of(result, tag)
         if not cells:
             continue
-        lines += [f"### Training: {title}", "", f"Workload: {cells[0]['description']}." if tag != "vocab" else
-                  "Workloads: " + "; ".join(sorted({c['description'] for c in cells})) + ".", ""]
+        lines += [
+            f"### Training: {title}",
+            "",
+            f"Workload: {cells[0]['description']}."
+            if tag != "vocab"
+            else "Workloads: " + "; ".join(sorted({c["description"] for c in cells})) + ".",
+            "",
+        ]
         lines += _phase_table(cells, "train", paths)
         mem = [c for c in cells if "memory" in c]
         if mem:
-            lines += ["| workload | model | batch | " + " | ".join(f"MiB {p}" for p in paths) + " |",
-                      "|---|---|---|" + "---|" * len(paths)]
-            lines += [f"| {_label(c)} | {c['model']} | {c['batch_size']} | "
-                      + " | ".join(_mib(c["memory"].get(p)) for p in paths) + " |" for c in mem]
+            lines += [
+                "| workload | model | batch | " + " | ".join(f"MiB {p}" for p in paths) + " |",
+                "|---|---|---|" + "---|" * len(paths),
+            ]
+            lines += [
+                f"| {_label(c)} | {c['model']} | {c['batch_size']} | "
+                + " | ".join(_mib(c["memory"].get(p)) for p in paths)
+                + " |"
+                for c in mem
+            ]
             lines.append("")
     infer = [c for c in result["cells"] if "infer" in c]
     if infer:
@@ -706,18 +835,24 @@ def markdown(result: Dict[str, Any]) -> str:
     bw = [c for c in result["cells"] if "tbe_bandwidth" in c and c["tag"] in ("batch", "hot", "vocab")]
     if bw:
         gpu = any("fraction_of_hbm_peak" in c["tbe_bandwidth"] for c in bw)
-        lines += ["### Embedding lookup bandwidth (bare TBE, forward + backward with the fused update)", "",
-                  "Bytes per step count every looked-up row (FBGEMM's benchmark convention): forward reads the rows, "
-                  "indices and offsets and writes the pooled output; backward reads the output gradient and the "
-                  "indices and reads + writes every looked-up row and its momentum. Hot Zipf rows served from cache "
-                  "count too, so this is an effective bandwidth.", "",
-                  "| workload | tables of | batch | MB / step | GB/s |" + (" fraction of HBM peak |" if gpu else ""),
-                  "|---|---|---|---|---|" + ("---|" if gpu else "")]
+        lines += [
+            "### Embedding lookup bandwidth (bare TBE, forward + backward with the fused update)",
+            "",
+            "Bytes per step count every looked-up row (FBGEMM's benchmark convention): forward reads the rows, "
+            "indices and offsets and writes the pooled output; backward reads the output gradient and the "
+            "indices and reads + writes every looked-up row and its momentum. Hot Zipf rows served from cache "
+            "count too, so this is an effective bandwidth.",
+            "",
+            "| workload | tables of | batch | MB / step | GB/s |" + (" fraction of HBM peak |" if gpu else ""),
+            "|---|---|---|---|---|" + ("---|" if gpu else ""),
+        ]
         for c in bw:
             b = c["tbe_bandwidth"]
-            lines.append(f"| {c['workload']} (cap {c['vocab_cap']:,}) | {c['model']} | {c['batch_size']} | "
-                         f"{b['bytes_per_step'] / 1e6:,.1f} | {b['bytes_per_s'] / 1e9:,.1f} |"
-                         + (f" {b.get('fraction_of_hbm_peak', float('nan')):.1%} |" if gpu else ""))
+            lines.append(
+                f"| {c['workload']} (cap {c['vocab_cap']:,}) | {c['model']} | {c['batch_size']} | "
+                f"{b['bytes_per_step'] / 1e6:,.1f} | {b['bytes_per_s'] / 1e9:,.1f} |"
+                + (f" {b.get('fraction_of_hbm_peak', float('nan')):.1%} |" if gpu else "")
+            )
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -736,9 +871,13 @@ def plots(result: Dict[str, Any], prefix: str) -> List[str]:
 
 # --- command line ---------------------------------------------------------------------------------------------
 
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few rounds: checks the harness works")
     p.add_argument("--workloads", help="criteo-1hot, criteo-<L>hot (multi-hot, mean L ids), live")
@@ -752,21 +891,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dim", type=int, default=16, help="embedding width")
     p.add_argument("--zipf-a", type=float, default=1.05, help="Zipf exponent of the Criteo-like ids")
     p.add_argument("--live-rows", type=int, help="impressions generated for the live-streaming world")
-    p.add_argument("--paths", help=f"which of {','.join(PATHS)} to time (default: "
-                   f"{','.join(DEFAULT_PATHS['cpu'])}; on cuda also tbe)")
-    p.add_argument("--pipeline", choices=("auto", "plain", "sparse_dist"), default="auto",
-                   help="how the recsys path steps (auto: TrainPipelineSparseDist on GPU, like the trainer)")
+    p.add_argument(
+        "--paths",
+        help=f"which of {','.join(PATHS)} to time (default: {','.join(DEFAULT_PATHS['cpu'])}; on cuda also tbe)",
+    )
+    p.add_argument(
+        "--pipeline",
+        choices=("auto", "plain", "sparse_dist"),
+        default="auto",
+        help="how the recsys path steps (auto: TrainPipelineSparseDist on GPU, like the trainer)",
+    )
     p.add_argument("--repeats", type=int, help="interleaved timing rounds")
     p.add_argument("--warmup", type=int, help="untimed steps per path")
     p.add_argument("--min-time", type=float, help="seconds per path and round")
     p.add_argument("--batches", type=int, help="distinct batches per cell")
     p.add_argument("--plain-max-gb", type=float, help="skip the dense path when it would need more memory (GB)")
     p.add_argument("--no-inference", action="store_true", help="time training only")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); 1 gives stable "
-                   "numbers on a machine shared with other jobs, where OpenMP threads wait on each other")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's choice); 1 gives stable "
+        "numbers on a machine shared with other jobs, where OpenMP threads wait on each other",
+    )
     p.add_argument("--out", default=RESULTS)
-    p.add_argument("--render", metavar="JSON", help="only re-derive the ratios and goals of an earlier result from "
-                   "its timings and rewrite it, its markdown and plots")
+    p.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only re-derive the ratios and goals of an earlier result from "
+        "its timings and rewrite it, its markdown and plots",
+    )
     args = p.parse_args(argv)
     if args.render:
         with open(args.render) as f:
@@ -796,8 +949,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = Settings(
         device=info.device,
         pipeline=args.pipeline == "sparse_dist" or (args.pipeline == "auto" and info.device.type == "cuda"),
-        paths=paths, repeats=int(opts["repeats"]), warmup=int(opts["warmup"]), min_time=float(opts["min_time"]),
-        batches=int(opts["batches"]), plain_max_gb=float(opts["plain_max_gb"]), inference=not args.no_inference,
+        paths=paths,
+        repeats=int(opts["repeats"]),
+        warmup=int(opts["warmup"]),
+        min_time=float(opts["min_time"]),
+        batches=int(opts["batches"]),
+        plain_max_gb=float(opts["plain_max_gb"]),
+        inference=not args.no_inference,
     )
     load_start = list(os.getloadavg())
     start = time.perf_counter()
@@ -805,26 +963,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_cells = []
     method = ""
     for cell in tqdm(cells, desc="throughput", unit="cell", disable=not is_terminal()):  # bars only on a terminal
-        row: Dict[str, Any] = {"tag": cell.tag, "workload": cell.workload.name, "model": cell.model,
-                               "batch_size": cell.batch_size, "description": cell.workload.description,
-                               "vocab_cap": getattr(cell.workload, "vocab_cap", None)}
+        row: Dict[str, Any] = {
+            "tag": cell.tag,
+            "workload": cell.workload.name,
+            "model": cell.model,
+            "batch_size": cell.batch_size,
+            "description": cell.workload.description,
+            "vocab_cap": getattr(cell.workload, "vocab_cap", None),
+        }
         t0 = time.perf_counter()
         try:
             row.update(run_cell(cell, settings))
             method = next((m["method"] for m in row["memory"].values()), method)
         except Exception as e:  # one model failing must not lose the others' results; it is reported
-            log.warning("%s on %s at %d: %s: %s", cell.model, cell.workload.name, cell.batch_size,
-                        type(e).__name__, e)
+            log.warning("%s on %s at %d: %s: %s", cell.model, cell.workload.name, cell.batch_size, type(e).__name__, e)
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         row["seconds"] = time.perf_counter() - t0
         out_cells.append(row)
         release()
     result = {
         "environment": environment(),
-        "settings": {"device": settings.device.type, "pipeline": settings.pipeline, "paths": list(paths),
-                     "repeats": settings.repeats, "warmup": settings.warmup, "min_time": settings.min_time,
-                     "batches": settings.batches, "grid": opts,
-                     "goals": [dataclasses.asdict(g) for g in GOALS]},
+        "settings": {
+            "device": settings.device.type,
+            "pipeline": settings.pipeline,
+            "paths": list(paths),
+            "repeats": settings.repeats,
+            "warmup": settings.warmup,
+            "min_time": settings.min_time,
+            "batches": settings.batches,
+            "grid": opts,
+            "goals": [dataclasses.asdict(g) for g in GOALS],
+        },
         "memory_method": method,
         "load_average": {"start": load_start, "end": list(os.getloadavg())},
         "seconds": time.perf_counter() - start,
@@ -833,8 +1002,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result["goals"] = goal_status(result)
     # GPU results carry the device in their name (an H100 run and an H200 run do not overwrite each other)
     gpu = result["environment"].get("gpu")
-    name = f"throughput_{settings.device.type}" + (f"_{_slug(gpu)}" if gpu and settings.device.type == "cuda" else "") \
+    name = (
+        f"throughput_{settings.device.type}"
+        + (f"_{_slug(gpu)}" if gpu and settings.device.type == "cuda" else "")
         + ("_quick" if args.quick else "")
+    )
     write_json(os.path.join(args.out, name + ".json"), result)
     write_report(result, os.path.join(args.out, name))
     return 0

@@ -28,8 +28,32 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Rows per categorical feature of the Criteo 1TB Click Logs data set (as in torchrec's DLRM example,
 # torchrec/inference/dlrm_packager.py, --num_embeddings_per_feature).
 CRITEO_1TB_CARDINALITIES = (
-    45833188, 36746, 17245, 7413, 20243, 3, 7114, 1441, 62, 29275261, 1572176, 345138, 10, 2209, 11267, 128, 4,
-    974, 14, 48937457, 11316796, 40094537, 452104, 12606, 104, 35,
+    45833188,
+    36746,
+    17245,
+    7413,
+    20243,
+    3,
+    7114,
+    1441,
+    62,
+    29275261,
+    1572176,
+    345138,
+    10,
+    2209,
+    11267,
+    128,
+    4,
+    974,
+    14,
+    48937457,
+    11316796,
+    40094537,
+    452104,
+    12606,
+    104,
+    35,
 )
 CRITEO_DENSE = 13
 # Criteo's features are anonymous; groups are assigned so that models selecting features by group
@@ -94,9 +118,11 @@ class CriteoWorkload(Workload):
         super().__init__(
             name=f"criteo-{hot}hot",
             schema=schema,
-            description=(f"Criteo-like: 26 sparse ({'one-hot' if hot == 1 else f'multi-hot, mean {hot} ids'}), "
-                         f"13 dense, tables capped at {vocab_cap:,} rows ({rows:,} rows in all), dim {dim}, "
-                         f"Zipf a={zipf_a}"),
+            description=(
+                f"Criteo-like: 26 sparse ({'one-hot' if hot == 1 else f'multi-hot, mean {hot} ids'}), "
+                f"13 dense, tables capped at {vocab_cap:,} rows ({rows:,} rows in all), dim {dim}, "
+                f"Zipf a={zipf_a}"
+            ),
         )
         self.vocab_cap = vocab_cap
         self.hot = hot
@@ -160,9 +186,11 @@ class LiveWorkload(Workload):
         super().__init__(
             name="live",
             schema=schema,
-            description=(f"live-streaming world: {len(schema.sparse)} sparse (1 multi-hot), {schema.dense_dim} "
-                         f"dense, {len(schema.tasks)} tasks, {schema.num_scenarios} scenarios, "
-                         f"{sum(f.num_embeddings for f in schema.sparse):,} rows in all, dim {dim}"),
+            description=(
+                f"live-streaming world: {len(schema.sparse)} sparse (1 multi-hot), {schema.dense_dim} "
+                f"dense, {len(schema.tasks)} tasks, {schema.num_scenarios} scenarios, "
+                f"{sum(f.num_embeddings for f in schema.sparse):,} rows in all, dim {dim}"
+            ),
         )
 
     def batches(self, batch_size: int, count: int, seed: int = 0) -> List[Batch]:
@@ -189,6 +217,6 @@ def make_workload(name: str, vocab_cap: int, dim: int, zipf_a: float, live_rows:
     if name == "live":
         return LiveWorkload(rows=live_rows, dim=dim)
     if name.startswith("criteo-") and name.endswith("hot"):
-        hot = int(name[len("criteo-"):-len("hot")])
+        hot = int(name[len("criteo-") : -len("hot")])
         return CriteoWorkload(vocab_cap, dim=dim, hot=hot, zipf_a=zipf_a)
     raise ValueError(f"unknown workload '{name}' (live, criteo-1hot, criteo-<L>hot)")

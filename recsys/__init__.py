@@ -39,10 +39,18 @@ __version__ = "0.1.0"
 
 # public name -> the module defining it (imported lazily so `import recsys` stays cheap: no torch)
 _EXPORTS: Dict[str, Tuple[str, ...]] = {
-    "recsys.config": ("Config", "DataConfig", "ModelConfig", "OptimizerConfig", "ShardingConfig", "SplitConfig",
-                      "TrainConfig", "check_config", "load_config"),
-    "recsys.data.spec": ("CategorySpec", "DatasetSpec", "DenseSpec", "FileSpec", "SparseSpec", "TaskSpec",
-                         "load_spec"),
+    "recsys.config": (
+        "Config",
+        "DataConfig",
+        "ModelConfig",
+        "OptimizerConfig",
+        "ShardingConfig",
+        "SplitConfig",
+        "TrainConfig",
+        "check_config",
+        "load_config",
+    ),
+    "recsys.data.spec": ("CategorySpec", "DatasetSpec", "DenseSpec", "FileSpec", "SparseSpec", "TaskSpec", "load_spec"),
     "recsys.data.dataset": ("Dataset",),
     "recsys.models.base": ("build_model", "model_names"),
     "recsys.schema": ("Schema",),

@@ -101,12 +101,21 @@ def _check_out_file(path: str) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from recsys.data.synthetic import WorldConfig, generate
 
-    cfg = WorldConfig(rows=args.rows, users=args.users, hosts=args.hosts, items=args.items, scenes=args.scenes,
-                      days=args.days, seed=args.seed, rows_per_file=args.rows_per_file,
-                      personal_slopes=args.personal_slopes)
+    cfg = WorldConfig(
+        rows=args.rows,
+        users=args.users,
+        hosts=args.hosts,
+        items=args.items,
+        scenes=args.scenes,
+        days=args.days,
+        seed=args.seed,
+        rows_per_file=args.rows_per_file,
+        personal_slopes=args.personal_slopes,
+    )
     summary = generate(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
-    log.info("wrote %d rows to %s (ctr %.3f, cvr|click %.3f)", cfg.rows, args.out, summary["ctr"],
-             summary["cvr_given_click"])
+    log.info(
+        "wrote %d rows to %s (ctr %.3f, cvr|click %.3f)", cfg.rows, args.out, summary["ctr"], summary["cvr_given_click"]
+    )
     return 0
 
 
@@ -120,13 +129,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise RecsysError("train: --overwrite replaces a run and --resume continues it; give one of them")
     resumes: Dict[Optional[str], Union[bool, str]] = {None: False, "always": True, "auto": "auto"}
     resume = resumes[args.resume]
-    trainer = Trainer(cfg, resume=resume,
-                      overwrite=args.overwrite)
+    trainer = Trainer(cfg, resume=resume, overwrite=args.overwrite)
     result = trainer.fit()
     if trainer.is_main:
-        print(format_table(trainer.schema, result["test"] or result["valid"],
-                           title=f"{cfg.model.name} on {trainer.dataset.spec.name}: "
-                                 f"{'test' if result['test'] else 'valid'}", untrained=result["untrained_tasks"]))
+        print(
+            format_table(
+                trainer.schema,
+                result["test"] or result["valid"],
+                title=f"{cfg.model.name} on {trainer.dataset.spec.name}: {'test' if result['test'] else 'valid'}",
+                untrained=result["untrained_tasks"],
+            )
+        )
         log.info("run folder: %s", cfg.run_dir)
     return 0
 
@@ -146,8 +159,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = trainer.evaluate(args.split)
     untrained = untrained_tasks(trainer.loss.weights)
     if trainer.is_main:
-        print(format_table(trainer.schema, report, title=f"{cfg.model.name}: {args.split} ({path})",
-                           untrained=untrained))
+        print(
+            format_table(trainer.schema, report, title=f"{cfg.model.name}: {args.split} ({path})", untrained=untrained)
+        )
         if args.out:  # as in metrics.json: an untrained head's numbers are no results
             write_json_atomic(args.out, {**without_tasks(report, untrained), "untrained_tasks": untrained})
     return 0
@@ -160,8 +174,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     keep = [c.strip() for c in args.keep_columns.split(",") if c.strip()] if args.keep_columns else []
     if args.input is None:
         if keep or args.emit_indices or args.metrics:
-            raise RecsysError("predict: --keep-columns, --emit-indices and --metrics go with --input FILE ... "
-                              "(new rows to score); --split scores a split of the run's own data")
+            raise RecsysError(
+                "predict: --keep-columns, --emit-indices and --metrics go with --input FILE ... "
+                "(new rows to score); --split scores a split of the run's own data"
+            )
         _check_out_file(args.out)
     elif args.split is not None:
         raise RecsysError("predict: give --input FILE ... (new rows) or --split (the run's own data), not both")
@@ -178,14 +194,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from recsys.train.metrics import format_table
     from recsys.train.scoring import score_files
 
-    summary = score_files(trainer, args.input, args.out, keep=keep, emit_indices=args.emit_indices,
-                          checkpoint=path, overwrite=args.overwrite, metrics=args.metrics)
+    summary = score_files(
+        trainer,
+        args.input,
+        args.out,
+        keep=keep,
+        emit_indices=args.emit_indices,
+        checkpoint=path,
+        overwrite=args.overwrite,
+        metrics=args.metrics,
+    )
     if trainer.is_main:
-        log.info("wrote %d rows of scores to %s (%s%s)", summary["rows"], args.out, ", ".join(summary["parts"]),
-                 f"; already complete: {', '.join(summary['skipped'])}" if summary["skipped"] else "")
+        log.info(
+            "wrote %d rows of scores to %s (%s%s)",
+            summary["rows"],
+            args.out,
+            ", ".join(summary["parts"]),
+            f"; already complete: {', '.join(summary['skipped'])}" if summary["skipped"] else "",
+        )
         if "metrics" in summary:
-            print(format_table(trainer.schema, summary["metrics"], title=f"{cfg.model.name}: {len(summary['inputs'])}"
-                               f" input file(s) ({path})"))
+            print(
+                format_table(
+                    trainer.schema,
+                    summary["metrics"],
+                    title=f"{cfg.model.name}: {len(summary['inputs'])} input file(s) ({path})",
+                )
+            )
     return 0
 
 
@@ -193,8 +227,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from recsys.serving.export import describe, export_run
 
-    manifest = export_run(args.run_dir, args.out, checkpoint=args.checkpoint, quantize=args.quantize,
-                          program_format=args.format, overwrite=args.overwrite)
+    manifest = export_run(
+        args.run_dir,
+        args.out,
+        checkpoint=args.checkpoint,
+        quantize=args.quantize,
+        program_format=args.format,
+        overwrite=args.overwrite,
+    )
     print(describe(manifest, args.out))
     return 0
 
@@ -202,10 +242,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 @command("plan")
 def cmd_plan(args: argparse.Namespace) -> int:
     from recsys.config import load_config
-    from recsys.train.planning import plan_config
+    from recsys.train.planning import MAX_PLAN_WORLD_SIZE, plan_config
     from recsys.train.sharding import DEVICES
-
-    from recsys.train.planning import MAX_PLAN_WORLD_SIZE
 
     for flag, value in (("--hbm-gb", args.hbm_gb), ("--host-ddr-gb", args.host_ddr_gb)):
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -215,8 +253,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise RecsysError(f"plan: {flag} must be >= 1, got {value}")
     for world in args.world_size:
         if not 1 <= world <= MAX_PLAN_WORLD_SIZE:
-            raise RecsysError(f"plan: --world-size must be in [1, {MAX_PLAN_WORLD_SIZE}], got {world} (torchrec's "
-                              "planner enumerates every rank: about 3 min at 2048 ranks on 2 CPU cores)")
+            raise RecsysError(
+                f"plan: --world-size must be in [1, {MAX_PLAN_WORLD_SIZE}], got {world} (torchrec's "
+                "planner enumerates every rank: about 3 min at 2048 ranks on 2 CPU cores)"
+            )
     overrides: List[str] = list(args.set or [])
     if args.hbm_gb is not None:
         overrides.append(f"sharding.hbm_gb={args.hbm_gb}")
@@ -249,8 +289,9 @@ def cmd_ssim(args: argparse.Namespace) -> int:
         result = ssim.run_search(_config(args))
         if result["trainer"].is_main:
             print(ssim.report(result, "ssim search"))
-            log.info("learned shared ratio %.4f; scores: %s", result.get("learned_ratio", float("nan")),
-                     result["scores"])
+            log.info(
+                "learned shared ratio %.4f; scores: %s", result.get("learned_ratio", float("nan")), result["scores"]
+            )
         return 0
     if args.phase == "export":
         if args.ratio == "auto":
@@ -258,8 +299,7 @@ def cmd_ssim(args: argparse.Namespace) -> int:
                 raise RecsysError("ssim export --ratio auto needs -c CONFIG (the model retrained per ratio)")
             summary = ssim.choose_ratio(args.scores, args.out, _config(args), args.ratios.split(","))
             print(json.dumps(summary, indent=1))
-            log.info("chosen shared ratio %s (by %s); set: %s", summary["chosen_ratio"], summary["metric"],
-                     args.out)
+            log.info("chosen shared ratio %s (by %s); set: %s", summary["chosen_ratio"], summary["metric"], args.out)
         else:
             info = ssim.export_shared(args.scores, args.out, args.ratio)
             print(json.dumps(info, indent=1))
@@ -303,8 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--days", type=int, default=30)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--rows-per-file", type=int, default=1_000_000)
-    g.add_argument("--personal-slopes", type=float, default=0.0,
-                   help="per-user sensitivity to position and host level (0: the default world)")
+    g.add_argument(
+        "--personal-slopes",
+        type=float,
+        default=0.0,
+        help="per-user sensitivity to position and host level (0: the default world)",
+    )
     g.add_argument("--overwrite", action="store_true")
     g.add_argument("--quiet", action="store_true")
 
@@ -316,12 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model")
     run_args(t)
-    t.add_argument("--resume", nargs="?", const="always", choices=["always", "auto"],
-                   help="continue from the newest checkpoint of the run ('auto': only when there is one, as "
-                        "for scheduler retries); after a torchelastic restart this happens by itself")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in the run folder (its files are removed once the new run's "
-                        "data and model have been checked)")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="always",
+        choices=["always", "auto"],
+        help="continue from the newest checkpoint of the run ('auto': only when there is one, as "
+        "for scheduler retries); after a torchelastic restart this happens by itself",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in the run folder (its files are removed once the new run's "
+        "data and model have been checked)",
+    )
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     run_args(e, "run config YAML (default: the run's own RUN_DIR/config.yaml; a given file must agree with it)")
@@ -332,56 +384,98 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="write per-row scores to Parquet")
     run_args(pr, "run config YAML (default: the run's own RUN_DIR/config.yaml; a given file must agree with it)")
     pr.add_argument("--checkpoint", default="best")
-    pr.add_argument("--split", choices=["train", "valid", "test", "all"],
-                    help="score a split of the run's own data into one file (default: test)")
-    pr.add_argument("--input", nargs="+", metavar="PATH",
-                    help="new rows to score: files, folders or globs (CSV/Parquet read like the dataset spec's "
-                         "source; label columns optional); streamed, one part file per rank in --out")
-    pr.add_argument("--out", required=True,
-                    help="output Parquet file (--split), or folder of part-00000.parquet ... (--input)")
-    pr.add_argument("--keep-columns", default="", metavar="COL,COL",
-                    help="with --input: input columns copied next to the scores (raw values, e.g. user_id,item_id)")
-    pr.add_argument("--emit-indices", action="store_true",
-                    help="with --input: also write the encoded row_id, scenario and user the model saw")
-    pr.add_argument("--metrics", action="store_true",
-                    help="with --input of labelled files: also evaluate the scores (printed, and in predict.json)")
-    pr.add_argument("--overwrite", action="store_true",
-                    help="with --input: replace part files of another scoring job in --out (complete parts of "
-                         "the same job are always kept: a rerun resumes)")
+    pr.add_argument(
+        "--split",
+        choices=["train", "valid", "test", "all"],
+        help="score a split of the run's own data into one file (default: test)",
+    )
+    pr.add_argument(
+        "--input",
+        nargs="+",
+        metavar="PATH",
+        help="new rows to score: files, folders or globs (CSV/Parquet read like the dataset spec's "
+        "source; label columns optional); streamed, one part file per rank in --out",
+    )
+    pr.add_argument(
+        "--out", required=True, help="output Parquet file (--split), or folder of part-00000.parquet ... (--input)"
+    )
+    pr.add_argument(
+        "--keep-columns",
+        default="",
+        metavar="COL,COL",
+        help="with --input: input columns copied next to the scores (raw values, e.g. user_id,item_id)",
+    )
+    pr.add_argument(
+        "--emit-indices",
+        action="store_true",
+        help="with --input: also write the encoded row_id, scenario and user the model saw",
+    )
+    pr.add_argument(
+        "--metrics",
+        action="store_true",
+        help="with --input of labelled files: also evaluate the scores (printed, and in predict.json)",
+    )
+    pr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --input: replace part files of another scoring job in --out (complete parts of "
+        "the same job are always kept: a rerun resumes)",
+    )
 
-    xp = sub.add_parser("export", help="write a serving artifact: program, encoders, preprocessing, manifest",
-                        description="Export a trained run for serving (docs/serving.md): a TorchScript program "
-                                    "(or AOTInductor with --format aoti), the fitted encoders in Parquet/JSON, a "
-                                    "standalone runtime.py that preprocesses raw rows and scores them without "
-                                    "recsys, and MANIFEST.json with versions and checksums.")
+    xp = sub.add_parser(
+        "export",
+        help="write a serving artifact: program, encoders, preprocessing, manifest",
+        description="Export a trained run for serving (docs/serving.md): a TorchScript program "
+        "(or AOTInductor with --format aoti), the fitted encoders in Parquet/JSON, a "
+        "standalone runtime.py that preprocesses raw rows and scores them without "
+        "recsys, and MANIFEST.json with versions and checksums.",
+    )
     xp.add_argument("--run-dir", required=True, help="the trained run folder")
     xp.add_argument("--out", required=True, help="the artifact folder to write (new or empty)")
     xp.add_argument("--checkpoint", default="best", help="best, latest or a checkpoint folder")
-    xp.add_argument("--quantize", default="none", choices=["none", "fp16", "int8"],
-                    help="embedding tables as torchrec/FBGEMM row-wise fp16 or int8 (dense layers stay fp32)")
-    xp.add_argument("--format", default="torchscript", choices=["torchscript", "aoti", "auto"],
-                    help="torchscript (default), aoti (torch.export + AOTInductor, fp32 only, ~1 min to "
-                         "compile) or auto (AOTInductor where it works)")
+    xp.add_argument(
+        "--quantize",
+        default="none",
+        choices=["none", "fp16", "int8"],
+        help="embedding tables as torchrec/FBGEMM row-wise fp16 or int8 (dense layers stay fp32)",
+    )
+    xp.add_argument(
+        "--format",
+        default="torchscript",
+        choices=["torchscript", "aoti", "auto"],
+        help="torchscript (default), aoti (torch.export + AOTInductor, fp32 only, ~1 min to "
+        "compile) or auto (AOTInductor where it works)",
+    )
     xp.add_argument("--overwrite", action="store_true", help="replace an earlier artifact in --out")
 
     pl = sub.add_parser("plan", help="print sharding plans and per-rank memory for a config (no data, no GPU)")
-    pl.add_argument("-c", "--config", required=True, help="run config YAML (its dataset spec must declare "
-                                                           "num_embeddings for every sparse feature)")
+    pl.add_argument(
+        "-c",
+        "--config",
+        required=True,
+        help="run config YAML (its dataset spec must declare num_embeddings for every sparse feature)",
+    )
     pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     pl.add_argument("--world-size", type=int, nargs="+", default=[8], help="total ranks (several: one plan each)")
-    pl.add_argument("--device-type", choices=["h100", "h200", "cpu"],
-                    help="hardware preset: h100 (80 GiB HBM), h200 (141 GiB), cpu (default: the config's "
-                         "sharding.device_type, else h100)")
+    pl.add_argument(
+        "--device-type",
+        choices=["h100", "h200", "cpu"],
+        help="hardware preset: h100 (80 GiB HBM), h200 (141 GiB), cpu (default: the config's "
+        "sharding.device_type, else h100)",
+    )
     pl.add_argument("--ranks-per-host", type=int, help="ranks per machine (default 8 for GPUs, 1 for cpu)")
     pl.add_argument("--hbm-gb", type=float, help="HBM per GPU in GiB (overrides the preset)")
     pl.add_argument("--host-ddr-gb", type=float, help="host memory per machine in GiB (overrides the preset)")
     pl.add_argument("--batch-size", type=int, help="per-rank batch size (default: data.batch_size)")
 
-    sub.add_parser("models", help="list the registered models and what each needs from the data",
-                   description="The model registry: one row per model.name, with what the dataset spec must "
-                               "declare for it (checked before any data is read): tasks (how many), funnel (a "
-                               "binary task with depends_on, e.g. CVR given click), scenarios (a scenario column "
-                               "with two or more values), user (the user feature), time (a timestamp column).")
+    sub.add_parser(
+        "models",
+        help="list the registered models and what each needs from the data",
+        description="The model registry: one row per model.name, with what the dataset spec must "
+        "declare for it (checked before any data is read): tasks (how many), funnel (a "
+        "binary task with depends_on, e.g. CVR given click), scenarios (a scenario column "
+        "with two or more values), user (the user feature), time (a timestamp column).",
+    )
 
     ss = sub.add_parser("ssim", help="SSIM: search, export and retrain with a shared-instance set")
     phases = ss.add_subparsers(dest="phase", required=True)
@@ -390,8 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex = phases.add_parser("export", help="write the shared-instance set (row_id, scenario, score, shared)")
     ex.add_argument("--scores", required=True, help="ssim_scores.parquet of a search run")
     ex.add_argument("--out", required=True, help="output Parquet file")
-    ex.add_argument("--ratio", default="learned",
-                    help="'learned' (the mask), a fraction per scenario, or 'auto' (best validation AUC)")
+    ex.add_argument(
+        "--ratio",
+        default="learned",
+        help="'learned' (the mask), a fraction per scenario, or 'auto' (best validation AUC)",
+    )
     ex.add_argument("--ratios", default="0.1,0.3,0.5,learned", help="candidates of --ratio auto")
     ex.add_argument("-c", "--config", help="with --ratio auto: the config retrained for each candidate")
     ex.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")

@@ -13,11 +13,11 @@ Example::
 import dataclasses
 import datetime
 import difflib
+import math
 import os
 import re
 import typing
 from dataclasses import dataclass, field
-import math
 from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, TypeVar, Union, cast
 
 import yaml
@@ -427,7 +427,8 @@ def from_dict(cls: Type[T], data: Dict[str, Any], where: str = "", source: str =
             raise ConfigError(f"{source}: unknown key '{path}'{hint}")
         kwargs[fields[key].name] = _convert(hints[fields[key].name], value, path, source)
     missing = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
@@ -444,8 +445,7 @@ def to_dict(obj: Any) -> Any:
     """A dataclass config as plain YAML-able data (internal fields left out)."""
     if dataclasses.is_dataclass(obj):
         return {
-            _key_of(f): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-            if not f.metadata.get("internal")
+            _key_of(f): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("internal")
         }
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
@@ -470,7 +470,8 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {shown(key)} (each key may appear once)", key_node.start_mark)
+                    None, None, f"duplicate key {shown(key)} (each key may appear once)", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -514,8 +515,10 @@ def parse_yaml(text: str) -> Any:
             return None
         size = _expanded_size(node, {})
         if size > MAX_YAML_NODES:
-            raise yaml.YAMLError(f"the document expands to {size:,} values through aliases (at most "
-                                 f"{MAX_YAML_NODES:,}); is it an alias bomb?")
+            raise yaml.YAMLError(
+                f"the document expands to {size:,} values through aliases (at most "
+                f"{MAX_YAML_NODES:,}); is it an alias bomb?"
+            )
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -536,8 +539,9 @@ def read_yaml(path: str) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as "
-                          "UTF-8") from None
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8"
+        ) from None
     try:
         return parse_yaml(text)
     except RecursionError:
@@ -566,7 +570,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], source: str 
         node = data
         key = key.strip()
         if key.startswith(SPEC_PREFIX):
-            key = "data.spec_overrides." + key[len(SPEC_PREFIX):]
+            key = "data.spec_overrides." + key[len(SPEC_PREFIX) :]
         parts = key.split(".")
         for p in parts[:-1]:
             child = node.get(p)
@@ -667,8 +671,10 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             try:
                 datetime.datetime.fromisoformat(cut)
             except ValueError:
-                raise ConfigError(f"{source}: 'data.split.{key}' must be a number (in the time column's units) or "
-                                  f"an ISO 8601 date or datetime such as '2014-10-30', got {cut!r}") from None
+                raise ConfigError(
+                    f"{source}: 'data.split.{key}' must be a number (in the time column's units) or "
+                    f"an ISO 8601 date or datetime such as '2014-10-30', got {cut!r}"
+                ) from None
     if cfg.train.epochs < 1:
         raise ConfigError(f"{source}: 'train.epochs' must be >= 1")
     valid_types = set(SHARDING_TYPES)
@@ -686,14 +692,16 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             if kernel not in valid_kernels:
                 close = difflib.get_close_matches(kernel, sorted(valid_kernels), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; kernels: {sorted(valid_kernels)}"
-                raise ConfigError(f"{source}: 'sharding.tables.{name}.compute_kernels' has unknown kernel "
-                                  f"'{kernel}'{hint}")
+                raise ConfigError(
+                    f"{source}: 'sharding.tables.{name}.compute_kernels' has unknown kernel '{kernel}'{hint}"
+                )
         if c.min_partition is not None and (c.min_partition < 4 or c.min_partition % 4):
-            raise ConfigError(f"{source}: 'sharding.tables.{name}.min_partition' must be a positive multiple of 4 "
-                              f"(FBGEMM), got {c.min_partition}")
+            raise ConfigError(
+                f"{source}: 'sharding.tables.{name}.min_partition' must be a positive multiple of 4 "
+                f"(FBGEMM), got {c.min_partition}"
+            )
     if cfg.sharding.ddr_gb is not None and cfg.sharding.host_ddr_gb is not None:
-        raise ConfigError(f"{source}: give 'sharding.ddr_gb' (per rank) or 'sharding.host_ddr_gb' (per host), "
-                          "not both")
+        raise ConfigError(f"{source}: give 'sharding.ddr_gb' (per rank) or 'sharding.host_ddr_gb' (per host), not both")
     for key in ("hbm_gb", "ddr_gb", "host_ddr_gb"):
         value = getattr(cfg.sharding, key)
         if value is not None and value <= 0:
@@ -721,7 +729,8 @@ def check_device_support(sharding: ShardingConfig, device_type: str, source: str
             f"{source}: sharding type(s) {sorted(gpu_only)} need CUDA/NCCL; on CPU use table_wise, "
             "column_wise, table_column_wise or data_parallel"
         )
-    uvm = set(GPU_COMPUTE_KERNELS) & ({sharding.compute_kernel} | {k for c in sharding.tables.values()
-                                                                   for k in c.compute_kernels})
+    uvm = set(GPU_COMPUTE_KERNELS) & (
+        {sharding.compute_kernel} | {k for c in sharding.tables.values() for k in c.compute_kernels}
+    )
     if uvm:
         raise ConfigError(f"{source}: compute kernel(s) {sorted(uvm)} need CUDA; on CPU use fused or dense")

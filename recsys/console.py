@@ -41,11 +41,17 @@ LIBRARY_WARNINGS: Tuple[Tuple[Type[Warning], str, str], ...] = (
     # the DistributedDataParallel calls of DistributedModelParallel and of data-parallel tables
     (FutureWarning, r"`broadcast_buffers` is deprecated", r"torchrec\.distributed\."),
     # the fused embedding optimizer: torchrec's apply_optimizer_in_backward is what DMP fuses into FBGEMM
-    (DeprecationWarning, r"This API is deprecated\. Please use Pytorch Distributed's _apply_optimizer_in_backward",
-     r"torchrec\.optim\.apply_optimizer_in_backward"),
+    (
+        DeprecationWarning,
+        r"This API is deprecated\. Please use Pytorch Distributed's _apply_optimizer_in_backward",
+        r"torchrec\.optim\.apply_optimizer_in_backward",
+    ),
     # the backward of a data-parallel (dense kernel) table: FBGEMM registers no autograd kernel for its lookup
-    (UserWarning, r"fbgemm::dense_embedding_codegen_lookup_function: an autograd kernel was not registered",
-     r"torch\.autograd\.graph"),
+    (
+        UserWarning,
+        r"fbgemm::dense_embedding_codegen_lookup_function: an autograd kernel was not registered",
+        r"torch\.autograd\.graph",
+    ),
 )
 # (logger, message prefix) of library log lines about choices the config made on purpose
 LIBRARY_LOG_LINES: Tuple[Tuple[str, str], ...] = (
@@ -59,9 +65,7 @@ LIBRARY_LOG_LINES: Tuple[Tuple[str, str], ...] = (
 )
 # torch warns once per process, from deep inside a forward pass, when torchrec asks is_fx_tracing(): filtered for
 # good (unless shown)
-FOREVER_LOG_LINES: Tuple[Tuple[str, str], ...] = (
-    ("torch.fx._symbolic_trace", "is_fx_tracing will return true"),
-)
+FOREVER_LOG_LINES: Tuple[Tuple[str, str], ...] = (("torch.fx._symbolic_trace", "is_fx_tracing will return true"),)
 
 _show_library = False
 
@@ -96,8 +100,9 @@ def quiet_library() -> Iterator[None]:
     if _show_library:
         yield
         return
-    drops = [(logging.getLogger(None if name == "root" else name), DropMessage(prefix))
-             for name, prefix in LIBRARY_LOG_LINES]
+    drops = [
+        (logging.getLogger(None if name == "root" else name), DropMessage(prefix)) for name, prefix in LIBRARY_LOG_LINES
+    ]
     for target, drop in drops:
         target.addFilter(drop)
     try:
@@ -198,9 +203,18 @@ class Progress:
                 bar.update()
     """
 
-    def __init__(self, desc: str, total: Optional[float], unit: str = "row", enabled: bool = True,
-                 initial: int = 0, leave: bool = False, unit_scale: bool = False, estimated: bool = False,
-                 interval: float = LINE_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        desc: str,
+        total: Optional[float],
+        unit: str = "row",
+        enabled: bool = True,
+        initial: int = 0,
+        leave: bool = False,
+        unit_scale: bool = False,
+        estimated: bool = False,
+        interval: float = LINE_INTERVAL_S,
+    ) -> None:
         self.desc, self.total, self.unit, self.unit_scale = desc, total, unit, unit_scale
         self.estimated = estimated
         self.interval = interval
@@ -213,8 +227,16 @@ class Progress:
         self.bar: Optional[tqdm] = None
         self.lines = False
         if enabled and is_terminal():
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit_scale,
-                            leave=leave, dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit=unit,
+                unit_scale=unit_scale,
+                leave=leave,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
         else:
             self.lines = enabled
 

@@ -28,16 +28,24 @@ QUICK_WORLD = WorldConfig(rows=60_000, users=1_000, hosts=100, items=600)
 def comparison_table(results: Dict[str, Dict[str, float]], schema, metric: str = "auc") -> str:
     """Markdown: one row per task x slice, the oracle's and each model's ``metric`` side by side."""
     models = list(results)
-    slices = ["all"] + [f"scenario={schema.scenario_name(i)}" for i in range(schema.num_scenarios)] + [
-        f"{name}={v}" for name, values in schema.eval_groups for v in values
-    ]
+    slices = (
+        ["all"]
+        + [f"scenario={schema.scenario_name(i)}" for i in range(schema.num_scenarios)]
+        + [f"{name}={v}" for name, values in schema.eval_groups for v in values]
+    )
     lines = ["| task | slice | oracle | " + " | ".join(models) + " |", "|---|---|---|" + "---|" * len(models)]
     for task in schema.task_names:
         for sl in slices:
             suffix = "" if sl == "all" else f"/{sl}"
             key = f"{task}/{metric}{suffix}"
-            oracle = next((results[m][f"{task}/oracle_{metric}{suffix}"] for m in models
-                           if f"{task}/oracle_{metric}{suffix}" in results[m]), None)
+            oracle = next(
+                (
+                    results[m][f"{task}/oracle_{metric}{suffix}"]
+                    for m in models
+                    if f"{task}/oracle_{metric}{suffix}" in results[m]
+                ),
+                None,
+            )
             cells = [results[m].get(key) for m in models]
             if all(c is None for c in cells):
                 continue
@@ -67,8 +75,12 @@ def run_demo(data_dir: str = "data/synthetic", run_root: str = "runs/demo", quic
         # an untrained head's metrics mean nothing: leave its cells empty
         results[label] = {k: v for k, v in result["test"].items() if k.split("/")[0] not in untrained}
         schema = trainer.schema
-        log.info("%s: test ctr AUC %.4f in %.0f s", label, result["test"].get("ctr/auc", float("nan")),
-                 result["train_seconds"])
+        log.info(
+            "%s: test ctr AUC %.4f in %.0f s",
+            label,
+            result["test"].get("ctr/auc", float("nan")),
+            result["train_seconds"],
+        )
     table = comparison_table(results, schema)
     print("\nTest AUC per task and slice (cvr on clicked impressions; stay: long view > 60 s):\n")
     print(table)

@@ -252,7 +252,11 @@ class Schema:
             for t in self.tasks
         )
         return "\n".join(
-            [f"sparse features ({len(self.sparse)}):", *rows, f"dense features: {self.dense_dim}",
-             f"tasks: {tasks}", f"scenarios: {self.num_scenarios}"]
+            [
+                f"sparse features ({len(self.sparse)}):",
+                *rows,
+                f"dense features: {self.dense_dim}",
+                f"tasks: {tasks}",
+                f"scenarios: {self.num_scenarios}",
+            ]
         )
-

@@ -116,16 +116,34 @@ def _huber(output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 TASK_LOSSES: Dict[str, TaskLoss] = {
-    loss.name: loss for loss in (
-        TaskLoss("bce", "binary", _bce, torch.sigmoid, LabelDomain(values=(0.0, 1.0)),
-                 "binary cross-entropy on the logit; predictions are sigmoid(logit)"),
-        TaskLoss("mse", "regression", _mse, _identity, LabelDomain(),
-                 "squared error on the label"),
-        TaskLoss("log_mse", "regression", _log_mse, _log_mse_inverse, LabelDomain(minimum=0.0),
-                 "squared error on log1p(label), for heavy-tailed labels such as stay times; predictions are "
-                 "expm1(output) clamped at 0"),
-        TaskLoss("huber", "regression", _huber, _identity, LabelDomain(),
-                 "Huber loss (delta 1) on the label: squared near the label, linear beyond"),
+    loss.name: loss
+    for loss in (
+        TaskLoss(
+            "bce",
+            "binary",
+            _bce,
+            torch.sigmoid,
+            LabelDomain(values=(0.0, 1.0)),
+            "binary cross-entropy on the logit; predictions are sigmoid(logit)",
+        ),
+        TaskLoss("mse", "regression", _mse, _identity, LabelDomain(), "squared error on the label"),
+        TaskLoss(
+            "log_mse",
+            "regression",
+            _log_mse,
+            _log_mse_inverse,
+            LabelDomain(minimum=0.0),
+            "squared error on log1p(label), for heavy-tailed labels such as stay times; predictions are "
+            "expm1(output) clamped at 0",
+        ),
+        TaskLoss(
+            "huber",
+            "regression",
+            _huber,
+            _identity,
+            LabelDomain(),
+            "Huber loss (delta 1) on the label: squared near the label, linear beyond",
+        ),
     )
 }
 

@@ -8,10 +8,10 @@ import math
 import os
 
 import pytest
+from test_data import write_movielens
 
 from recsys.config import load_config, read_yaml
 from recsys.train.trainer import Trainer
-from test_data import write_movielens
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["data.batch_size=256", "train.epochs=1", "train.max_steps=3", "train.progress=false", "tensorboard=false"]
@@ -28,8 +28,13 @@ MOVIELENS = shipped("datasets/movielens-100k.yaml")
 
 
 def test_the_lists_are_not_empty():
-    assert {"wide_deep_synthetic.yaml", "cbmr_synthetic.yaml", "multicbmr_synthetic.yaml",
-            "stan_synthetic.yaml", "calibration4cvr_synthetic.yaml"} <= set(SYNTHETIC)
+    assert {
+        "wide_deep_synthetic.yaml",
+        "cbmr_synthetic.yaml",
+        "multicbmr_synthetic.yaml",
+        "stan_synthetic.yaml",
+        "calibration4cvr_synthetic.yaml",
+    } <= set(SYNTHETIC)
     assert MOVIELENS == ["wide_deep_movielens.yaml"]
 
 

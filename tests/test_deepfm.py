@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from scenario_helpers import S, SCHEMA, grads_of, make, nonzero, scenario_batch
+from scenario_helpers import SCHEMA, S, grads_of, make, nonzero, scenario_batch
 
 from recsys.errors import ConfigError
 from recsys.modules.interaction import FactorizationMachine

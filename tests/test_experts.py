@@ -1,6 +1,6 @@
 import torch
 
-from recsys.modules.experts import CGC, MMoE, PLE
+from recsys.modules.experts import CGC, PLE, MMoE
 
 
 def test_mmoe_gates_sum_to_one_and_vary_per_sample():

@@ -5,9 +5,10 @@ import json
 import math
 import os
 
+from conftest import REPO
+
 from benchmarks import reproduce
 from benchmarks.quality import grids
-from conftest import REPO
 
 
 def test_every_default_cell_is_a_committed_cell_of_a_grid():

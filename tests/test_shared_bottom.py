@@ -1,5 +1,4 @@
 import torch
-
 from funnel_util import FUNNEL, NO_FUNNEL, funnel_batch, make_model, touched
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from funnel_util import FUNNEL, NO_FUNNEL, funnel_batch, make_model, table_grads, touched
+
 from recsys.config import ModelConfig
 from recsys.errors import ConfigError
 from recsys.models import build_model

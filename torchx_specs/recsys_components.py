@@ -59,8 +59,19 @@ def _job(
     job_env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     job_env.setdefault("PYTHONUNBUFFERED", "1")
     return ddp(
-        *args, m=module, image=image, name=name, h=h, cpu=cpu, gpu=gpu, memMB=memMB, j=j, env=job_env,
-        max_retries=max_retries, rdzv_port=rdzv_port, mounts=mounts,
+        *args,
+        m=module,
+        image=image,
+        name=name,
+        h=h,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        j=j,
+        env=job_env,
+        max_retries=max_retries,
+        rdzv_port=rdzv_port,
+        mounts=mounts,
     )
 
 
@@ -211,5 +222,4 @@ def benchmark(
     # every rank prints the same report (and `-- --help` the same usage): one copy on the console
     job_env = dict(env or {})
     job_env.setdefault("PET_LOCAL_RANKS_FILTER", "0")
-    return _job("benchmarks.throughput", list(args), name, j, cpu, gpu, memMB, h, 0, image, job_env, mounts,
-                rdzv_port)
+    return _job("benchmarks.throughput", list(args), name, j, cpu, gpu, memMB, h, 0, image, job_env, mounts, rdzv_port)

@@ -25,21 +25,36 @@ EXPERIMENTS = [
     Experiment("MultiCBMR", "multicbmr", {}, datasets=BOTH),
     Experiment("PEPNet", "pepnet", {"hidden": HIDDEN}, datasets=BOTH),
     # the design history of the modules (synthetic world only)
-    Experiment("CBMR, EmbCB first design (SENet)", "cbmr", {"hidden": HIDDEN, "embcb": {"design": "senet",
-               "output_activation": "sigmoid"}}, datasets=SYNTHETIC),
+    Experiment(
+        "CBMR, EmbCB first design (SENet)",
+        "cbmr",
+        {"hidden": HIDDEN, "embcb": {"design": "senet", "output_activation": "sigmoid"}},
+        datasets=SYNTHETIC,
+    ),
     Experiment("CBMR, EmbCB K=2", "cbmr", {"hidden": HIDDEN, "embcb": {"num_vectors": 2}}, datasets=SYNTHETIC),
-    Experiment("CBMR, EmbCB ReLU output", "cbmr", {"hidden": HIDDEN, "embcb": {"output_activation": "relu"}},
-               datasets=SYNTHETIC),
-    Experiment("CBMR, MlpCB parallel gates", "cbmr", {"hidden": HIDDEN, "mlpcb": {"serial": False}},
-               datasets=SYNTHETIC),
+    Experiment(
+        "CBMR, EmbCB ReLU output",
+        "cbmr",
+        {"hidden": HIDDEN, "embcb": {"output_activation": "relu"}},
+        datasets=SYNTHETIC,
+    ),
+    Experiment(
+        "CBMR, MlpCB parallel gates", "cbmr", {"hidden": HIDDEN, "mlpcb": {"serial": False}}, datasets=SYNTHETIC
+    ),
 ]
 METRICS = ["auc", "oracle_auc", "gauc", "logloss"]
 
 # (report key, column title) per dataset; scene columns are added from the reports
 COLUMNS: Dict[str, List[Tuple[str, str]]] = {
-    "synthetic": [("ctr/auc", "CTR AUC"), ("ctr/oracle_auc", "oracle"), ("ctr/gauc", "CTR GAUC"),
-                  ("ctr/logloss", "CTR logloss"), ("stay/rmse", "stay RMSE (s)"), ("stay/auc", "stay AUC (>60 s)"),
-                  ("cvr/auc", "CVR AUC")],
+    "synthetic": [
+        ("ctr/auc", "CTR AUC"),
+        ("ctr/oracle_auc", "oracle"),
+        ("ctr/gauc", "CTR GAUC"),
+        ("ctr/logloss", "CTR logloss"),
+        ("stay/rmse", "stay RMSE (s)"),
+        ("stay/auc", "stay AUC (>60 s)"),
+        ("cvr/auc", "CVR AUC"),
+    ],
     "movielens": [("like/auc", "like AUC"), ("like/gauc", "like GAUC"), ("like/logloss", "like logloss")],
     "quick": [("ctr/auc", "CTR AUC"), ("stay/rmse", "stay RMSE (s)"), ("cvr/auc", "CVR AUC")],
 }
@@ -67,7 +82,7 @@ def render(results: Dict[str, Dict[str, Any]]) -> str:
         rows = {name: r[d]["metrics"] for name, r in results.items() if d in r}
         main = MAIN_AUC[_kind(d)]
         prefix = f"{main}/scenario="
-        scenes = list(dict.fromkeys(k[len(prefix):] for m in rows.values() for k in m if k.startswith(prefix)))
+        scenes = list(dict.fromkeys(k[len(prefix) :] for m in rows.values() for k in m if k.startswith(prefix)))
         cols = [c for c in COLUMNS[_kind(d)] if any(c[0] in m for m in rows.values())]
         cols += [(f"{main}/scenario={s}", f"{main.split('/')[0]} AUC {s}") for s in scenes]
         base = rows.get("Wide&Deep", {}).get(main)
@@ -79,8 +94,13 @@ def render(results: Dict[str, Dict[str, Any]]) -> str:
                 v = m.get(main)
                 spread = max(v["std"], base["std"]) if v else 0.0
                 diff = v["mean"] - base["mean"] if v else float("nan")
-                cells.append("" if name == "Wide&Deep" or not v else
-                             f"{diff:+.4f} ({diff / spread:+.1f})" if spread > 0 else f"{diff:+.4f}")
+                cells.append(
+                    ""
+                    if name == "Wide&Deep" or not v
+                    else f"{diff:+.4f} ({diff / spread:+.1f})"
+                    if spread > 0
+                    else f"{diff:+.4f}"
+                )
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)

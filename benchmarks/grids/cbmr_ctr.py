@@ -17,19 +17,26 @@ this setting the paper's other claim, that EmbCB and MlpCB each add to the gain.
 from typing import Any, Dict
 
 from benchmarks.grids import cbmr
-from benchmarks.grids.cbmr import COLUMNS, EXPERIMENTS as _CBMR, METRICS  # noqa: F401
+from benchmarks.grids.cbmr import COLUMNS, METRICS  # noqa: F401
+from benchmarks.grids.cbmr import EXPERIMENTS as _CBMR
 from benchmarks.quality import Experiment
 from recsys.data.synthetic import CTR_ONLY
 
 TITLE = "CBMR vs Wide&Deep as CTR-only models, full training budget"
-EXPERIMENTS = [Experiment(e.name, e.model, e.params, e.overrides + CTR_ONLY, ("synthetic",))
-               for e in _CBMR if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)", "CBMR (EmbCB only)",
-                                            "CBMR (MlpCB only)", "PEPNet")]
+EXPERIMENTS = [
+    Experiment(e.name, e.model, e.params, e.overrides + CTR_ONLY, ("synthetic",))
+    for e in _CBMR
+    if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)", "CBMR (EmbCB only)", "CBMR (MlpCB only)", "PEPNet")
+]
 
 
 def render(results: Dict[str, Dict[str, Any]]) -> str:
     """The ``cbmr`` table with the CTR columns only (the other heads are not trained here)."""
-    ctr = {name: {d: {**r, "metrics": {k: v for k, v in r["metrics"].items() if k.startswith("ctr/")}}
-                  for d, r in per_dataset.items()}
-           for name, per_dataset in results.items()}
+    ctr = {
+        name: {
+            d: {**r, "metrics": {k: v for k, v in r["metrics"].items() if k.startswith("ctr/")}}
+            for d, r in per_dataset.items()
+        }
+        for name, per_dataset in results.items()
+    }
     return cbmr.render(ctr)

@@ -8,9 +8,13 @@ model keep its lead. The rate 0.1 was fixed before any run.
     python -m benchmarks.quality --grid cbmr_dropout --datasets synthetic
 """
 
-from benchmarks.grids.cbmr import COLUMNS, EXPERIMENTS as _CBMR, METRICS, render  # noqa: F401
+from benchmarks.grids.cbmr import COLUMNS, METRICS, render  # noqa: F401
+from benchmarks.grids.cbmr import EXPERIMENTS as _CBMR
 from benchmarks.quality import Experiment
 
 TITLE = "CBMR vs Wide&Deep, both with dropout 0.1, full training budget"
-EXPERIMENTS = [Experiment(e.name, e.model, {**e.params, "dropout": 0.1}, e.overrides, ("synthetic",))
-               for e in _CBMR if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)")]
+EXPERIMENTS = [
+    Experiment(e.name, e.model, {**e.params, "dropout": 0.1}, e.overrides, ("synthetic",))
+    for e in _CBMR
+    if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)")
+]

@@ -8,9 +8,13 @@ once every id has four times the data.
     python -m benchmarks.quality --grid cbmr_scale --datasets synthetic-2m
 """
 
-from benchmarks.grids.cbmr import COLUMNS, EXPERIMENTS as _CBMR, METRICS, render  # noqa: F401
+from benchmarks.grids.cbmr import COLUMNS, METRICS, render  # noqa: F401
+from benchmarks.grids.cbmr import EXPERIMENTS as _CBMR
 from benchmarks.quality import Experiment
 
 TITLE = "CBMR vs Wide&Deep on 2M impressions of the synthetic world, full training budget"
-EXPERIMENTS = [Experiment(e.name, e.model, e.params, e.overrides, ("synthetic-2m",))
-               for e in _CBMR if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)")]
+EXPERIMENTS = [
+    Experiment(e.name, e.model, e.params, e.overrides, ("synthetic-2m",))
+    for e in _CBMR
+    if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)")
+]

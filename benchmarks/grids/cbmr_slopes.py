@@ -8,9 +8,13 @@ on context features, the case "one sample, one model" is built for. The strength
     python -m benchmarks.quality --grid cbmr_slopes --datasets synthetic-slopes
 """
 
-from benchmarks.grids.cbmr import COLUMNS, EXPERIMENTS as _CBMR, METRICS, render  # noqa: F401
+from benchmarks.grids.cbmr import COLUMNS, METRICS, render  # noqa: F401
+from benchmarks.grids.cbmr import EXPERIMENTS as _CBMR
 from benchmarks.quality import Experiment
 
 TITLE = "CBMR vs Wide&Deep on the synthetic world with per-user slopes, full training budget"
-EXPERIMENTS = [Experiment(e.name, e.model, e.params, e.overrides, ("synthetic-slopes",))
-               for e in _CBMR if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)")]
+EXPERIMENTS = [
+    Experiment(e.name, e.model, e.params, e.overrides, ("synthetic-slopes",))
+    for e in _CBMR
+    if e.name in ("Wide&Deep", "CBMR (EmbCB + MlpCB)")
+]

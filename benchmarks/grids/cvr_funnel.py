@@ -13,7 +13,8 @@ shared-layer baselines (0.684 vs 0.697-0.702 in ``cvr``) or pass them. Either pa
     python -m benchmarks.quality --grid cvr_funnel --datasets synthetic --threads 2
 """
 
-from benchmarks.grids.cvr import COLUMNS, EXPERIMENTS as _CVR, METRICS, PLOT_METRICS, render  # noqa: F401
+from benchmarks.grids.cvr import COLUMNS, METRICS, PLOT_METRICS, render  # noqa: F401
+from benchmarks.grids.cvr import EXPERIMENTS as _CVR
 from benchmarks.quality import Experiment
 
 TITLE = "CTR/CVR multi-task on the funnel alone (no stay-time head), full training budget"

@@ -29,8 +29,14 @@ TITLE = "Multi-scenario: ST / MT / MT-S / SSIM per backbone, STAR, HMoE, DFFM"
 RATIOS: Dict[str, Any] = {"synthetic": 0.3, "movielens": 0.7, "quick": "learned"}
 
 # SSIM search options (the selection network); the backbone comes from the row.
-SEARCH_OPTIONS: Dict[str, Any] = {"kl_weight": 0.01, "eps": 0.5, "temperature_start": 1.0, "temperature_end": 10.0,
-                                  "anneal_steps": 1000, "mask_lr": 0.001}
+SEARCH_OPTIONS: Dict[str, Any] = {
+    "kl_weight": 0.01,
+    "eps": 0.5,
+    "temperature_start": 1.0,
+    "temperature_end": 10.0,
+    "anneal_steps": 1000,
+    "mask_lr": 0.001,
+}
 
 MLP = {"hidden": [256, 128, 64]}
 MTS = {"hidden": [256, 128], "tower_hidden": [64]}
@@ -55,13 +61,24 @@ def ssim_phase(backbone: str, backbone_params: Dict[str, Any]):
         info_file = os.path.join(folder, "info.json")
         if not os.path.exists(info_file):
             params = {"backbone": backbone, "backbone_params": backbone_params, **SEARCH_OPTIONS}
-            cfg = load_config(None, ctx.overrides + ["model.name=ssim_search", f"model.params={_params(params)}",
-                                                     f"run_dir={os.path.join(folder, 'search')}"])
+            cfg = load_config(
+                None,
+                ctx.overrides
+                + [
+                    "model.name=ssim_search",
+                    f"model.params={_params(params)}",
+                    f"run_dir={os.path.join(folder, 'search')}",
+                ],
+            )
             result = run_search(cfg)
             info = export_shared(result["scores"], shared, ratio)
-            info.update({"search_backbone": backbone, "learned_ratio": result["learned_ratio"],
-                         "search_valid": {k: v for k, v in result["valid"].items() if k.count("/") <= 2
-                                          and "/auc" in k}})
+            info.update(
+                {
+                    "search_backbone": backbone,
+                    "learned_ratio": result["learned_ratio"],
+                    "search_valid": {k: v for k, v in result["valid"].items() if k.count("/") <= 2 and "/auc" in k},
+                }
+            )
             with open(info_file, "w") as f:
                 json.dump(info, f)
         with open(info_file) as f:
@@ -71,11 +88,19 @@ def ssim_phase(backbone: str, backbone_params: Dict[str, Any]):
     return prepare
 
 
-def _ssim(name: str, backbone: str, params: Dict[str, Any], search_backbone: Optional[str] = None,
-          search_params: Optional[Dict[str, Any]] = None) -> Experiment:
-    return Experiment(name, "ssim", {"backbone": backbone, "backbone_params": params, "shared_column": "shared"},
-                      prepare=ssim_phase(search_backbone or backbone,
-                                         search_params if search_params is not None else params))
+def _ssim(
+    name: str,
+    backbone: str,
+    params: Dict[str, Any],
+    search_backbone: Optional[str] = None,
+    search_params: Optional[Dict[str, Any]] = None,
+) -> Experiment:
+    return Experiment(
+        name,
+        "ssim",
+        {"backbone": backbone, "backbone_params": params, "shared_column": "shared"},
+        prepare=ssim_phase(search_backbone or backbone, search_params if search_params is not None else params),
+    )
 
 
 ROWS: List[Tuple[str, str, Experiment]] = []
@@ -88,12 +113,16 @@ for label, mt, mts in (("DNN", "dnn", "dnn_mts"), ("DeepFM", "deepfm", "deepfm_m
     ]
 ROWS += [
     ("STAR", "STAR", Experiment("STAR", "star", MLP)),
-    ("HMoE", "HMoE", Experiment("HMoE", "hmoe", {"num_experts": 4, "expert_hidden": [256, 128],
-                                                 "tower_hidden": [64]})),
+    ("HMoE", "HMoE", Experiment("HMoE", "hmoe", {"num_experts": 4, "expert_hidden": [256, 128], "tower_hidden": [64]})),
     ("DFFM", "DFFM", Experiment("DFFM", "dffm", MLP)),
     ("STAR", "STAR+SSIM", _ssim("STAR+SSIM", "star", MLP, "dnn_mts", MTS)),
-    ("HMoE", "HMoE+SSIM", _ssim("HMoE+SSIM", "hmoe", {"num_experts": 4, "expert_hidden": [256, 128],
-                                                      "tower_hidden": [64]}, "dnn_mts", MTS)),
+    (
+        "HMoE",
+        "HMoE+SSIM",
+        _ssim(
+            "HMoE+SSIM", "hmoe", {"num_experts": 4, "expert_hidden": [256, 128], "tower_hidden": [64]}, "dnn_mts", MTS
+        ),
+    ),
 ]
 EXPERIMENTS = [exp for _, _, exp in ROWS]
 METRICS = ["auc", "logloss"]
@@ -111,11 +140,11 @@ def _scenarios(results: Dict[str, Dict[str, Any]], dataset: str, task: str) -> L
     prefix = f"{task}/auc/scenario="
     for per in results.values():
         for run in per.get(dataset, {}).get("runs", []):
-            names = [k[len(prefix):] for k in run.get("test", {}) if k.startswith(prefix)]
+            names = [k[len(prefix) :] for k in run.get("test", {}) if k.startswith(prefix)]
             if names:
                 return names
     keys = sorted({k for per in results.values() for k in per.get(dataset, {}).get("metrics", {})})
-    return [k[len(prefix):] for k in keys if k.startswith(prefix)]
+    return [k[len(prefix) :] for k in keys if k.startswith(prefix)]
 
 
 def render(results: Dict[str, Dict[str, Any]]) -> str:
@@ -128,8 +157,12 @@ def render(results: Dict[str, Dict[str, Any]]) -> str:
         cols = [(f"{s} AUC", f"{task}/auc/scenario={s}") for s in scenarios]
         cols += [(f"{s} logloss", f"{task}/logloss/scenario={s}") for s in scenarios]
         cols += [("all AUC", f"{task}/auc"), ("all logloss", f"{task}/logloss")]
-        out += [f"#### {d} ({task})", "", "| backbone | method | " + " | ".join(c for c, _ in cols) + " |",
-                "|---|---|" + "---|" * len(cols)]
+        out += [
+            f"#### {d} ({task})",
+            "",
+            "| backbone | method | " + " | ".join(c for c, _ in cols) + " |",
+            "|---|---|" + "---|" * len(cols),
+        ]
         notes = []
         for backbone, method, exp in ROWS:
             per = results.get(exp.name, {}).get(d)
@@ -140,8 +173,10 @@ def render(results: Dict[str, Dict[str, Any]]) -> str:
             if infos:
                 shared = ", ".join(f"{i['shared_fraction']:.3f}" for i in infos)
                 learned = ", ".join(f"{i['learned_ratio']:.3f}" for i in infos)
-                notes.append(f"{exp.name}: shared ratio {infos[0]['ratio']} (realised {shared}; the search's "
-                             f"learned mask shared {learned}; searched with {infos[0]['search_backbone']})")
+                notes.append(
+                    f"{exp.name}: shared ratio {infos[0]['ratio']} (realised {shared}; the search's "
+                    f"learned mask shared {learned}; searched with {infos[0]['search_backbone']})"
+                )
         out.append("")
         out += [f"- {n}" for n in notes]
         out.append("")

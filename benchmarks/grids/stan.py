@@ -27,12 +27,13 @@ BACKBONE = {"expert_hidden": [128, 64], "specific_experts": 1, "shared_experts":
 ROWS = [
     Experiment("MMoE", "mmoe", datasets=("synthetic",)),
     Experiment("PLE", "ple", datasets=("synthetic",)),
-    Experiment("PLE (STAN code, no state branch)", "stan", {**BACKBONE, "state_branch": False},
-               datasets=("synthetic",)),
-    Experiment("PLE-stage", "stan", {**BACKBONE, "state_branch": False}, overrides=[STAGE_SPEC],
-               datasets=("synthetic",)),
-    Experiment("STAN branch, no re-weighting", "stan", {**BACKBONE, "loss_weighting": "none"},
-               datasets=("synthetic",)),
+    Experiment(
+        "PLE (STAN code, no state branch)", "stan", {**BACKBONE, "state_branch": False}, datasets=("synthetic",)
+    ),
+    Experiment(
+        "PLE-stage", "stan", {**BACKBONE, "state_branch": False}, overrides=[STAGE_SPEC], datasets=("synthetic",)
+    ),
+    Experiment("STAN branch, no re-weighting", "stan", {**BACKBONE, "loss_weighting": "none"}, datasets=("synthetic",)),
     Experiment("STAN without Beta", "stan", {**BACKBONE, "loss_weighting": "prediction"}, datasets=("synthetic",)),
     Experiment("STAN", "stan", {**BACKBONE, "loss_weighting": "beta"}, datasets=("synthetic",)),
 ]
@@ -45,8 +46,9 @@ def _registered(rows: List[Experiment]) -> List[Experiment]:
         if exp.model in known:
             kept.append(exp)
         else:
-            log.warning("grid stan: skipping row '%s': model '%s' is not registered in this checkout", exp.name,
-                        exp.model)
+            log.warning(
+                "grid stan: skipping row '%s': model '%s' is not registered in this checkout", exp.name, exp.model
+            )
     return kept
 
 
@@ -73,8 +75,7 @@ def render(results: Dict[str, Dict[str, Any]]) -> str:
                 for m in METRICS:
                     for _, suffix in slices:
                         v = entry["metrics"].get(f"{task}/{m}{suffix}")
-                        cells.append("" if v is None or v["mean"] != v["mean"]
-                                     else f"{v['mean']:.4f} ± {v['std']:.4f}")
+                        cells.append("" if v is None or v["mean"] != v["mean"] else f"{v['mean']:.4f} ± {v['std']:.4f}")
                 label = name if dataset == "synthetic" else f"{name} ({dataset})"
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -8,8 +8,9 @@ budget, so a gain cannot come from converging faster.
     python -m benchmarks.quality --grid stan_full --datasets synthetic
 """
 
-from benchmarks.grids.stan import EXPERIMENTS as _STAN, METRICS, PLOT_METRICS, render  # noqa: F401
+from benchmarks.grids.stan import EXPERIMENTS as _STAN  # noqa: F401
 
 TITLE = "STAN vs PLE at the full training budget (synthetic world, per lifecycle stage)"
-EXPERIMENTS = [e for e in _STAN
-               if e.name in ("PLE (STAN code, no state branch)", "STAN branch, no re-weighting", "STAN")]
+EXPERIMENTS = [
+    e for e in _STAN if e.name in ("PLE (STAN code, no state branch)", "STAN branch, no re-weighting", "STAN")
+]

@@ -36,14 +36,20 @@ def check_requirements(model_name: str, outline: DataOutline) -> None:
     need = model_class(model_name).requirements
     where = f"model '{model_name}' on dataset '{outline.name}'"
     if len(outline.tasks) < need.min_tasks:
-        raise ConfigError(f"{where}: the model needs at least {need.min_tasks} tasks, the dataset has "
-                          f"{len(outline.tasks)} ({', '.join(t.name for t in outline.tasks)})")
+        raise ConfigError(
+            f"{where}: the model needs at least {need.min_tasks} tasks, the dataset has "
+            f"{len(outline.tasks)} ({', '.join(t.name for t in outline.tasks)})"
+        )
     if need.scenario and outline.num_scenarios < 2:
-        raise ConfigError(f"{where}: the model is multi-scenario but the dataset declares no scenario column "
-                          "with two or more scenarios (spec key 'scenario')")
+        raise ConfigError(
+            f"{where}: the model is multi-scenario but the dataset declares no scenario column "
+            "with two or more scenarios (spec key 'scenario')"
+        )
     if need.funnel and not any(t.depends_on and t.kind == "binary" for t in outline.tasks):
-        raise ConfigError(f"{where}: the model needs a funnel (a binary task with 'depends_on', e.g. CVR given "
-                          "click); the dataset has none")
+        raise ConfigError(
+            f"{where}: the model needs a funnel (a binary task with 'depends_on', e.g. CVR given "
+            "click); the dataset has none"
+        )
     if need.user and outline.user_feature is None:
         raise ConfigError(f"{where}: the model needs the user feature (spec key 'user')")
     if need.time and not outline.has_time:
@@ -161,8 +167,9 @@ def model_class(name: str) -> Type[RankingModel]:
     return _REGISTRY[name]
 
 
-def build_model(model: ModelConfig, schema: Schema, source: str = "config",
-                where: str = "model.params") -> RankingModel:
+def build_model(
+    model: ModelConfig, schema: Schema, source: str = "config", where: str = "model.params"
+) -> RankingModel:
     """The registered model ``model.name`` with ``model.params`` checked against its config dataclass.
 
     Args:

@@ -89,20 +89,27 @@ class Calibration4CVR(FunnelModel):
         super().__init__(schema, config)
         depth = min(len(config.ctr_hidden), len(config.cvr_hidden))
         if not 0 <= config.calibrate_layer < depth:
-            raise ConfigError(f"model.params.calibrate_layer must be in [0, {depth}) for ctr_hidden "
-                              f"{config.ctr_hidden} and cvr_hidden {config.cvr_hidden}, got {config.calibrate_layer}")
+            raise ConfigError(
+                f"model.params.calibrate_layer must be in [0, {depth}) for ctr_hidden "
+                f"{config.ctr_hidden} and cvr_hidden {config.cvr_hidden}, got {config.calibrate_layer}"
+            )
         if config.bias_features and not config.pos_hidden:
             raise ConfigError("model.params.pos_hidden needs at least one layer when bias_features are given")
-        main, self.bias_features = split_bias_features(schema, config.features, config.bias_features,
-                                                       "calibration4cvr")
+        main, self.bias_features = split_bias_features(schema, config.features, config.bias_features, "calibration4cvr")
         self.sparse_arch = FeatureInput(schema, main, config.use_dense)
         width = self.sparse_arch.width
         self.cvr_grad = GradScale(config.cvr_embedding_grad)
-        pair = functools.partial(CalibratedPair, structure=config.structure, calibration_dim=config.calibration_dim,
-                                 se_reduction=config.se_reduction, ctr_grad=config.ctr_grad_from_cvr,
-                                 activation=config.activation)
-        self.main = pair(width, width, config.ctr_hidden, config.cvr_hidden, config.calibrate_layer,
-                         dropout=config.dropout)
+        pair = functools.partial(
+            CalibratedPair,
+            structure=config.structure,
+            calibration_dim=config.calibration_dim,
+            se_reduction=config.se_reduction,
+            ctr_grad=config.ctr_grad_from_cvr,
+            activation=config.activation,
+        )
+        self.main = pair(
+            width, width, config.ctr_hidden, config.cvr_hidden, config.calibrate_layer, dropout=config.dropout
+        )
         self.pos: Optional[CalibratedPair] = None
         if self.bias_features:
             p = self.sparse_arch.output_dim(self.bias_features)

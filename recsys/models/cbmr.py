@@ -100,9 +100,16 @@ class MlpCBConfig(FeatureOptions):
 def build_embcb(cfg: EmbCBConfig, field_dims: List[int]) -> Optional[EmbCB]:
     if not cfg.enabled:
         return None
-    return EmbCB(field_dims, design=cfg.design, num_vectors=cfg.num_vectors, hidden=cfg.hidden,
-                 interaction_activation=cfg.interaction_activation, output_activation=cfg.output_activation,
-                 gamma=cfg.gamma, granularity=cfg.granularity)
+    return EmbCB(
+        field_dims,
+        design=cfg.design,
+        num_vectors=cfg.num_vectors,
+        hidden=cfg.hidden,
+        interaction_activation=cfg.interaction_activation,
+        output_activation=cfg.output_activation,
+        gamma=cfg.gamma,
+        granularity=cfg.granularity,
+    )
 
 
 class GateInputs:
@@ -134,8 +141,7 @@ class GateInputs:
 
     def __call__(self, emb: Embeddings, batch: Batch) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(gate-only input, main-network input), each [B, G_i] or None."""
-        return (self._part(emb, batch, self.own, self.own_dense),
-                self._part(emb, batch, self.main, self.main_dense))
+        return (self._part(emb, batch, self.own, self.own_dense), self._part(emb, batch, self.main, self.main_dense))
 
 
 @dataclass
@@ -175,8 +181,14 @@ class CBMR(WideDeep):
                 raise ConfigError("model.params.hidden: MlpCB needs at least one hidden layer to calibrate")
             self.gate_inputs = GateInputs(self, config.mlpcb, self.sparse_arch.features, self.sparse_arch.use_dense)
             m = config.mlpcb
-            self.mlpcb = MlpCB(self.gate_inputs.dim, self.deep.hidden_dims, hidden=m.hidden, gamma=m.gamma,
-                               serial=m.serial, stop_gradient=m.stop_gradient)
+            self.mlpcb = MlpCB(
+                self.gate_inputs.dim,
+                self.deep.hidden_dims,
+                hidden=m.hidden,
+                gamma=m.gamma,
+                serial=m.serial,
+                stop_gradient=m.stop_gradient,
+            )
 
     def deep_forward(self, emb: Embeddings, batch: Batch) -> torch.Tensor:
         x = self.sparse_arch.main_input(emb, batch, self.embcb)
@@ -235,18 +247,19 @@ class MultiCBMR(RankingModel):
         if config.num_experts < 1 or not config.expert_hidden:
             raise ConfigError("model.params: MultiCBMR needs at least one expert with at least one layer")
         T = len(self.tasks)
-        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense,
-                                        wide_dim=wide_width(T) if config.wide else 0)
+        self.sparse_arch = FeatureInput(
+            schema, config.features, config.use_dense, wide_dim=wide_width(T) if config.wide else 0
+        )
         self.wide_features = check_features(schema, config.wide_features, "wide_features")
         in_dim = self.sparse_arch.width
         self.embcb = build_embcb(config.embcb, self.sparse_arch.field_dims())
         self.num_experts = config.num_experts
         # the MMoE's experts and gates, driven here: every expert layer is scaled by each task's own gates
-        self.experts = expert_mlps(in_dim, config.num_experts, config.expert_hidden, config.activation,
-                                   config.dropout)
+        self.experts = expert_mlps(in_dim, config.num_experts, config.expert_hidden, config.activation, config.dropout)
         self.expert_gates = softmax_gates({t: in_dim for t in self.tasks}, config.num_experts)
-        self.towers = task_towers({t: config.expert_hidden[-1] for t in self.tasks}, config.tower_hidden,
-                                  config.activation, config.dropout)
+        self.towers = task_towers(
+            {t: config.expert_hidden[-1] for t in self.tasks}, config.tower_hidden, config.activation, config.dropout
+        )
         self.expert_layers = len(config.expert_hidden)
         self.expert_specific = config.expert_specific
         self.gate_inputs: Optional[GateInputs] = None
@@ -256,11 +269,19 @@ class MultiCBMR(RankingModel):
             self.gate_inputs = GateInputs(self, m, self.sparse_arch.features, self.sparse_arch.use_dense)
             width = config.num_experts if config.expert_specific else 1
             dims = [h * width for h in config.expert_hidden] + list(config.tower_hidden)
-            self.mlpcb = nn.ModuleDict({
-                t: MlpCB(self.gate_inputs.dim, dims, hidden=m.hidden, gamma=m.gamma, serial=m.serial,
-                         stop_gradient=m.stop_gradient)
-                for t in self.tasks
-            })
+            self.mlpcb = nn.ModuleDict(
+                {
+                    t: MlpCB(
+                        self.gate_inputs.dim,
+                        dims,
+                        hidden=m.hidden,
+                        gamma=m.gamma,
+                        serial=m.serial,
+                        stop_gradient=m.stop_gradient,
+                    )
+                    for t in self.tasks
+                }
+            )
         self.wide = config.wide
         self.wide_dense = dense_first_order(self.sparse_arch, T) if config.wide else None
 
@@ -277,7 +298,7 @@ class MultiCBMR(RankingModel):
             s = scales[layer]
             if self.expert_specific:
                 h = self._expert(e).hidden_dims[layer]
-                s = s[:, e * h:(e + 1) * h]
+                s = s[:, e * h : (e + 1) * h]
             out.append(s)
         return out
 
@@ -287,8 +308,11 @@ class MultiCBMR(RankingModel):
         # an expert's first block does not depend on the scales applied after it: compute it once
         first = [self._expert(e).blocks[0](x) for e in range(self.num_experts)]
         own, main = self.gate_inputs(emb, batch) if self.gate_inputs is not None else (None, None)
-        wide = (first_order_logits(emb, self.wide_features, len(self.tasks), self.wide_dense, batch.dense)
-                if self.wide else None)
+        wide = (
+            first_order_logits(emb, self.wide_features, len(self.tasks), self.wide_dense, batch.dense)
+            if self.wide
+            else None
+        )
         out: Dict[str, torch.Tensor] = {}
         for i, t in enumerate(self.tasks):
             if self.mlpcb is not None:

@@ -73,8 +73,7 @@ class FMModel(RankingModel):
 
     def __init__(self, schema: Schema, config: DeepFMConfig) -> None:
         super().__init__(schema, config)
-        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense,
-                                        wide_dim=wide_width(len(self.tasks)))
+        self.sparse_arch = FeatureInput(schema, config.features, config.use_dense, wide_dim=wide_width(len(self.tasks)))
         dims = set(self.sparse_arch.field_dims())
         if len(dims) != 1:
             raise ConfigError(f"model.params.features: FM needs equal embedding widths, got {sorted(dims)}")

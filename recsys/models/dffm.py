@@ -72,24 +72,33 @@ class DFFM(RankingModel):
         super().__init__(schema, config)
         default_domain = [f.name for f in schema.features_in(["scenario"])]
         self.domain_features = check_features(
-            schema, config.domain_features if config.domain_features is not None else default_domain,
-            "domain_features")
+            schema, config.domain_features if config.domain_features is not None else default_domain, "domain_features"
+        )
         if not self.domain_features:
-            raise ConfigError("model.params.domain_features: DFFM needs a domain embedding, but the schema has no "
-                              "'scenario'-group feature; name the domain features")
+            raise ConfigError(
+                "model.params.domain_features: DFFM needs a domain embedding, but the schema has no "
+                "'scenario'-group feature; name the domain features"
+            )
         default_fields = [n for n in schema.feature_names if n not in self.domain_features]
         self.fields = check_features(
-            schema, config.interaction_features if config.interaction_features is not None else default_fields,
-            "interaction_features")
+            schema,
+            config.interaction_features if config.interaction_features is not None else default_fields,
+            "interaction_features",
+        )
         dims = {schema.feature(n).embedding_dim for n in self.fields}
         if len(dims) != 1:
-            raise ConfigError(f"model.params.interaction_features: DFFI needs equal embedding widths, got "
-                              f"{sorted(dims)}")
+            raise ConfigError(
+                f"model.params.interaction_features: DFFI needs equal embedding widths, got {sorted(dims)}"
+            )
         # the MLP reads every embedding, the field pairs' interactions and the dense features
         self.sparse_arch = FeatureInput(schema, None, config.use_dense)
-        self.dffi = DomainFacilitatedInteraction(len(self.fields), dims.pop(),
-                                                 self.sparse_arch.output_dim(self.domain_features),
-                                                 hidden=config.micro_hidden, out_dim=config.micro_out)
+        self.dffi = DomainFacilitatedInteraction(
+            len(self.fields),
+            dims.pop(),
+            self.sparse_arch.output_dim(self.domain_features),
+            hidden=config.micro_hidden,
+            out_dim=config.micro_out,
+        )
         self.mlp = config.mlp(self.sparse_arch.width + self.dffi.output_dim, config.hidden, norm=config.norm)
         self.heads = TaskHeads(self.mlp.output_dim, self.tasks)
 

@@ -91,8 +91,7 @@ class FunnelModel(RankingModel):
         """Towers of the tasks outside the funnel over the main input [B, width] (None if there are none)."""
         if not self.others:
             return None
-        return TaskTowers({t: width for t in self.others}, options.extra_hidden, options.activation,
-                          options.dropout)
+        return TaskTowers({t: width for t in self.others}, options.extra_hidden, options.activation, options.dropout)
 
     def funnel_pair(self) -> Tuple[str, str]:
         """The funnel's (CTR, CVR) task names; always there when ``funnel_required``."""
@@ -118,8 +117,9 @@ class FunnelModel(RankingModel):
         return {self.ctr: ctr_sample_weights(batch, self.ctr, ratio)}
 
 
-def split_bias_features(schema: Schema, features: Optional[Sequence[str]], bias_features: Sequence[str],
-                        model: str) -> Tuple[List[str], List[str]]:
+def split_bias_features(
+    schema: Schema, features: Optional[Sequence[str]], bias_features: Sequence[str], model: str
+) -> Tuple[List[str], List[str]]:
     """(main features, bias features): the bias (position) features of a bias network and the features of the
     main networks (default: all the others), both checked against the schema.
 
@@ -127,8 +127,9 @@ def split_bias_features(schema: Schema, features: Optional[Sequence[str]], bias_
         ConfigError: a name is not a feature, or no feature is left for the main networks.
     """
     bias = check_features(schema, bias_features, "bias_features")
-    main = check_features(schema, features if features is not None else [
-        f for f in schema.feature_names if f not in bias], "features")
+    main = check_features(
+        schema, features if features is not None else [f for f in schema.feature_names if f not in bias], "features"
+    )
     if not main:
         raise ConfigError(f"model '{model}': no sparse feature left for the main networks")
     return main, bias

@@ -61,38 +61,63 @@ _SCENARIO = Requirements(scenario=True)
 _HISTORY = Requirements(min_tasks=2, history=True)
 
 INDEX: Tuple[ModelEntry, ...] = (
-    ModelEntry("calibration4cvr", "calibration4cvr", "Calibration4CVR",
-               "Calibration4CVR: the CTR network calibrates the CVR network (4 structures)", _FUNNEL),
+    ModelEntry(
+        "calibration4cvr",
+        "calibration4cvr",
+        "Calibration4CVR",
+        "Calibration4CVR: the CTR network calibrates the CVR network (4 structures)",
+        _FUNNEL,
+    ),
     ModelEntry("cbmr", "cbmr", "CBMR", "CBMR: Wide&Deep + EmbCB + MlpCB, sample-adaptive calibration (CTR)"),
     ModelEntry("dcn", "dcn", "DCN", "DCN / DCN-V2: cross network beside an MLP, one model for all scenarios (MT)"),
-    ModelEntry("dcn_mts", "dcn", "DCNMTS", "DCN / DCN-V2 as a shared bottom, one tower per scenario (MT-S)",
-               _SCENARIO),
+    ModelEntry("dcn_mts", "dcn", "DCNMTS", "DCN / DCN-V2 as a shared bottom, one tower per scenario (MT-S)", _SCENARIO),
     ModelEntry("deepfm", "deepfm", "DeepFM", "DeepFM: first order + FM pairs + MLP, one model for all scenarios (MT)"),
-    ModelEntry("deepfm_mts", "deepfm", "DeepFMMTS", "DeepFM with one tower per scenario on the deep part (MT-S)",
-               _SCENARIO),
-    ModelEntry("dffm", "dffm", "DFFM", "DFFM: feature-pair interactions with weights generated from the scenario",
-               _SCENARIO),
+    ModelEntry(
+        "deepfm_mts", "deepfm", "DeepFMMTS", "DeepFM with one tower per scenario on the deep part (MT-S)", _SCENARIO
+    ),
+    ModelEntry(
+        "dffm", "dffm", "DFFM", "DFFM: feature-pair interactions with weights generated from the scenario", _SCENARIO
+    ),
     ModelEntry("dnn", "dnn", "DNN", "DNN: MLP over concatenated embeddings, one output per task (MT)"),
     ModelEntry("dnn_mts", "dnn", "DNNMTS", "DNN as a shared bottom, one tower per scenario (MT-S)", _SCENARIO),
-    ModelEntry("esmm", "esmm", "ESMM", "ESMM: CTR and CVR towers trained on CTR and CTCVR over all impressions",
-               _FUNNEL),
-    ModelEntry("hmoe", "hmoe", "HMoE", "HMoE: scenario experts and towers, mixed across scenarios in label space",
-               _SCENARIO),
+    ModelEntry(
+        "esmm", "esmm", "ESMM", "ESMM: CTR and CVR towers trained on CTR and CTCVR over all impressions", _FUNNEL
+    ),
+    ModelEntry(
+        "hmoe", "hmoe", "HMoE", "HMoE: scenario experts and towers, mixed across scenarios in label space", _SCENARIO
+    ),
     ModelEntry("mmoe", "mmoe", "MMoE", "MMoE: shared experts, one softmax gate and tower per task", _MULTI_TASK),
-    ModelEntry("multicbmr", "cbmr", "MultiCBMR", "MultiCBMR: multi-task CBMR, experts with task-specific MlpCB",
-               _MULTI_TASK),
+    ModelEntry(
+        "multicbmr", "cbmr", "MultiCBMR", "MultiCBMR: multi-task CBMR, experts with task-specific MlpCB", _MULTI_TASK
+    ),
     ModelEntry("pepnet", "pepnet", "PEPNet", "PEPNet: EPNet on the embeddings, PPNet gates on every tower layer"),
     ModelEntry("ple", "ple", "PLE", "PLE: stacked levels of task-specific and shared experts", _MULTI_TASK),
-    ModelEntry("shared_bottom", "shared_bottom", "SharedBottom", "Shared-Bottom: one shared MLP, one tower per task",
-               _MULTI_TASK),
-    ModelEntry("single_task", "single_task", "SingleTask",
-               "Single-task towers + bias net (Calibration4CVR's single-task baseline)"),
-    ModelEntry("ssim", "ssim", "SSIM", "SSIM retrain: a multi-scenario backbone trained with a shared-instance set",
-               _SCENARIO),
-    ModelEntry("ssim_search", "ssim", "SSIMSearch",
-               "SSIM search: learns which instances every scenario shares (selection net)", _SCENARIO),
-    ModelEntry("stan", "stan", "STAN", "STAN: PLE/MMoE + a user-state branch and stage-adaptive loss weights",
-               _HISTORY),
+    ModelEntry(
+        "shared_bottom",
+        "shared_bottom",
+        "SharedBottom",
+        "Shared-Bottom: one shared MLP, one tower per task",
+        _MULTI_TASK,
+    ),
+    ModelEntry(
+        "single_task",
+        "single_task",
+        "SingleTask",
+        "Single-task towers + bias net (Calibration4CVR's single-task baseline)",
+    ),
+    ModelEntry(
+        "ssim", "ssim", "SSIM", "SSIM retrain: a multi-scenario backbone trained with a shared-instance set", _SCENARIO
+    ),
+    ModelEntry(
+        "ssim_search",
+        "ssim",
+        "SSIMSearch",
+        "SSIM search: learns which instances every scenario shares (selection net)",
+        _SCENARIO,
+    ),
+    ModelEntry(
+        "stan", "stan", "STAN", "STAN: PLE/MMoE + a user-state branch and stage-adaptive loss weights", _HISTORY
+    ),
     ModelEntry("star", "star", "STAR", "STAR: star topology, shared weights times per-scenario weights", _SCENARIO),
     ModelEntry("wide_deep", "wide_deep", "WideDeep", "Wide & Deep: a linear wide part beside a deep MLP"),
 )
@@ -103,8 +128,7 @@ COLUMNS = ("name", "tasks", "funnel", "scenarios", "user", "time", "description"
 def needs(req: Requirements) -> Tuple[str, str, str, str, str]:
     """The table cells of a model's requirements: tasks, funnel, scenarios, user, time ('-' where not needed)."""
     flag = lambda on: "yes" if on else "-"  # noqa: E731
-    return (f">= {req.min_tasks}", flag(req.funnel), ">= 2" if req.scenario else "-", flag(req.user),
-            flag(req.time))
+    return (f">= {req.min_tasks}", flag(req.funnel), ">= 2" if req.scenario else "-", flag(req.user), flag(req.time))
 
 
 def table() -> str:

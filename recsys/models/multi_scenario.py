@@ -71,8 +71,14 @@ class MultiScenarioModel(RankingModel):
 
     def scenario_towers(self, in_dim: int, options: ScenarioTowerOptions) -> ScenarioMLP:
         """One tower per scenario over [B, in_dim], one output per task: [B, in_dim] -> [B, S, T] (MT-S)."""
-        return ScenarioMLP(in_dim, self.num_scenarios, options.tower_hidden, output_dim=len(self.tasks),
-                           activation=options.activation, dropout=options.dropout)
+        return ScenarioMLP(
+            in_dim,
+            self.num_scenarios,
+            options.tower_hidden,
+            output_dim=len(self.tasks),
+            activation=options.activation,
+            dropout=options.dropout,
+        )
 
     def scenario_views(self, batch: Batch) -> ScenarioViews:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -78,28 +78,41 @@ class PEPNet(RankingModel):
         super().__init__(schema, config)
         if not config.hidden:
             raise ConfigError("model.params.hidden: PEPNet needs at least one tower layer")
-        self.domain_features = (check_features(schema, config.domain_features, "domain_features")
-                                if config.domain_features is not None else
-                                [f.name for f in schema.features_in(["scenario"])])
-        self.prior_features = (check_features(schema, config.prior_features, "prior_features")
-                               if config.prior_features is not None else
-                               [f.name for f in schema.features_in(["user", "item", "host"])])
+        self.domain_features = (
+            check_features(schema, config.domain_features, "domain_features")
+            if config.domain_features is not None
+            else [f.name for f in schema.features_in(["scenario"])]
+        )
+        self.prior_features = (
+            check_features(schema, config.prior_features, "prior_features")
+            if config.prior_features is not None
+            else [f.name for f in schema.features_in(["user", "item", "host"])]
+        )
         self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
         in_dim = self.sparse_arch.width
         self.epnet: Optional[EPNet] = None
         if config.epnet:
-            self.epnet = EPNet(self.sparse_arch.output_dim(self.domain_features),
-                               self.sparse_arch.field_dims(),
-                               hidden=config.gate_hidden, gamma=config.gamma, granularity=config.epnet_granularity,
-                               stop_gradient=config.stop_gradient)
+            self.epnet = EPNet(
+                self.sparse_arch.output_dim(self.domain_features),
+                self.sparse_arch.field_dims(),
+                hidden=config.gate_hidden,
+                gamma=config.gamma,
+                granularity=config.epnet_granularity,
+                stop_gradient=config.stop_gradient,
+            )
         self.towers = task_towers({t: in_dim for t in self.tasks}, config.hidden, config.activation, config.dropout)
         self.hidden = list(config.hidden)
         self.ppnet: Optional[MlpCB] = None
         if config.ppnet:
             prior_dim = self.sparse_arch.output_dim(self.prior_features)
-            self.ppnet = MlpCB(prior_dim + in_dim, [h * len(self.tasks) for h in config.hidden],
-                               hidden=config.gate_hidden, gamma=config.gamma, serial=False,
-                               stop_gradient=config.stop_gradient)
+            self.ppnet = MlpCB(
+                prior_dim + in_dim,
+                [h * len(self.tasks) for h in config.hidden],
+                hidden=config.gate_hidden,
+                gamma=config.gamma,
+                serial=False,
+                stop_gradient=config.stop_gradient,
+            )
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
         emb = self.sparse_arch(batch.sparse)
@@ -117,6 +130,6 @@ class PEPNet(RankingModel):
         scales = self.ppnet(prior, x)
         for i, t in enumerate(self.tasks):
             # PPNet's gates cover every task: layer l's scales [B, T * H_l], task i's slice is its own
-            mine = [scales[layer][:, i * h:(i + 1) * h] for layer, h in enumerate(self.hidden)]
+            mine = [scales[layer][:, i * h : (i + 1) * h] for layer, h in enumerate(self.hidden)]
             out[t] = scaled_mlp(cast(MLP, self.towers[t]), x, mine).squeeze(-1)
         return out

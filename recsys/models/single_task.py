@@ -81,12 +81,16 @@ class SingleTask(FunnelModel):
                 raise ConfigError(f"model.params.embedding_grad: '{t}' is not a task ({', '.join(self.tasks)})")
         self.sparse_arch = FeatureInput(schema, main, config.use_dense)
         self.grads = nn.ModuleDict({t: GradScale(config.embedding_grad.get(t, 1.0)) for t in self.tasks})
-        self.towers = TaskTowers({t: self.sparse_arch.width for t in self.tasks}, config.hidden, config.activation,
-                                 config.dropout)
+        self.towers = TaskTowers(
+            {t: self.sparse_arch.width for t in self.tasks}, config.hidden, config.activation, config.dropout
+        )
         self.bias: Optional[TaskTowers] = None
         if self.bias_features:
-            self.bias = TaskTowers({t: self.sparse_arch.output_dim(self.bias_features) for t in self.tasks},
-                                   config.bias_hidden, config.activation)
+            self.bias = TaskTowers(
+                {t: self.sparse_arch.output_dim(self.bias_features) for t in self.tasks},
+                config.bias_hidden,
+                config.activation,
+            )
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:
         x, emb = self.sparse_arch.read(batch)

@@ -36,7 +36,6 @@ from recsys.config import (
     PositiveFloat,
     PositiveInt,
     Width,
-    from_dict,
 )
 from recsys.data.batch import Batch
 from recsys.errors import ConfigError
@@ -64,8 +63,9 @@ def build_backbone(name: str, params: Dict[str, Any], schema: Schema) -> MultiSc
     """The multi-scenario model ``name`` with ``params`` (checked against its config dataclass)."""
     if not issubclass(model_class(name), MultiScenarioModel):
         options = [n for n in model_names() if issubclass(model_class(n), MultiScenarioModel)]
-        raise ConfigError(f"model.params.backbone: '{name}' has no per-scenario towers; SSIM wraps one of "
-                          f"{', '.join(options)}")
+        raise ConfigError(
+            f"model.params.backbone: '{name}' has no per-scenario towers; SSIM wraps one of {', '.join(options)}"
+        )
     model = build_model(ModelConfig(name=name, params=dict(params)), schema, where="model.params.backbone_params")
     assert isinstance(model, MultiScenarioModel)
     return model
@@ -155,9 +155,14 @@ class SSIMSearch(_SSIMWrapper):
         super().__init__(schema, config)
         self._wrap(config.backbone, config.backbone_params)
         self.selection = SelectionNet(
-            self.backbone.instance_dim, schema.num_scenarios, config.selection_hidden, eps=config.eps,
-            temperature_start=config.temperature_start, temperature_end=config.temperature_end,
-            anneal_steps=config.anneal_steps, init_bias=config.init_bias,
+            self.backbone.instance_dim,
+            schema.num_scenarios,
+            config.selection_hidden,
+            eps=config.eps,
+            temperature_start=config.temperature_start,
+            temperature_end=config.temperature_end,
+            anneal_steps=config.anneal_steps,
+            init_bias=config.init_bias,
         )
 
     def forward(self, batch: Batch) -> Dict[str, torch.Tensor]:

@@ -111,29 +111,44 @@ class STAN(RankingModel):
         if config.state_branch:
             self._check_state_inputs(schema, config)
             self.user_features = check_features(
-                schema, config.user_features if config.user_features is not None else
-                self.sparse_arch.names_in(["user"]), "user_features")
+                schema,
+                config.user_features if config.user_features is not None else self.sparse_arch.names_in(["user"]),
+                "user_features",
+            )
             dims = {schema.feature(n).embedding_dim for n in self.user_features}
             if len(dims) != 1:
-                raise ConfigError(f"model.params.user_features: the state branch needs equal embedding widths, "
-                                  f"got {sorted(dims)}")
-            self.state = UserStateBranch(len(self.user_features), dims.pop(), self.tasks,
-                                         heads=config.attention_heads, head_hidden=config.preference_hidden,
-                                         dropout=config.dropout, activation=config.activation)
+                raise ConfigError(
+                    f"model.params.user_features: the state branch needs equal embedding widths, got {sorted(dims)}"
+                )
+            self.state = UserStateBranch(
+                len(self.user_features),
+                dims.pop(),
+                self.tasks,
+                heads=config.attention_heads,
+                head_hidden=config.preference_hidden,
+                dropout=config.dropout,
+                activation=config.activation,
+            )
             state_dim = self.state.output_dim
             if self.weighting == "beta":
                 assert schema.user_feature is not None
                 self.tracker = BetaTracker(schema.feature(schema.user_feature).num_embeddings, self.tasks)
             if config.projector_rows > 0 and schema.eval_groups:
                 self.projector_group, names = schema.eval_groups[0]
-                self.projectors = nn.ModuleDict({
-                    t: EmbeddingProjector(f"stan/state_embedding/{t}", names, config.projector_rows)
-                    for t in self.tasks
-                })
+                self.projectors = nn.ModuleDict(
+                    {
+                        t: EmbeddingProjector(f"stan/state_embedding/{t}", names, config.projector_rows)
+                        for t in self.tasks
+                    }
+                )
         elif config.loss_weighting != "beta" and config.loss_weighting != "none":
             raise ConfigError("model.params.loss_weighting needs the state branch (state_branch: true)")
-        self.towers = task_towers({t: self.backbone.output_dim + state_dim for t in self.tasks}, config.tower_hidden,
-                                  config.activation, config.dropout)
+        self.towers = task_towers(
+            {t: self.backbone.output_dim + state_dim for t in self.tasks},
+            config.tower_hidden,
+            config.activation,
+            config.dropout,
+        )
 
     def _check_state_inputs(self, schema: Schema, config: STANConfig) -> None:
         if schema.user_feature is None:
@@ -185,8 +200,7 @@ class STAN(RankingModel):
             return {}
         real = batch.weights > 0
         return {
-            f"state/{t}": self.state_loss_weight * state_loss(
-                outputs[PREFERENCE + t], batch.history[f"{t}/mean"], real & (batch.history[f"{t}/count"] > 0)
-            )
+            f"state/{t}": self.state_loss_weight
+            * state_loss(outputs[PREFERENCE + t], batch.history[f"{t}/mean"], real & (batch.history[f"{t}/count"] > 0))
             for t in self.tasks
         }

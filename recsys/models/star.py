@@ -74,15 +74,21 @@ class STAR(MultiScenarioModel):
         s, t = schema.num_scenarios, len(self.tasks)
         default_aux = [f.name for f in schema.features_in(["scenario", "context"])]
         self.aux_features = check_features(
-            schema, config.aux_features if config.aux_features is not None else default_aux, "aux_features")
+            schema, config.aux_features if config.aux_features is not None else default_aux, "aux_features"
+        )
         self.sparse_arch = FeatureInput(schema, config.features, config.use_dense)
         in_dim = self.instance_dim = self.sparse_arch.width
         self.norm = PartitionedNorm(in_dim, s, momentum=config.pn_momentum)
-        self.star = StarMLP(in_dim, config.hidden, s, output_dim=t, activation=config.activation,
-                            dropout=config.dropout)
+        self.star = StarMLP(
+            in_dim, config.hidden, s, output_dim=t, activation=config.activation, dropout=config.dropout
+        )
         self.scenario_embedding = nn.Parameter(torch.randn(s, config.scenario_dim) * 0.05)
-        self.aux = MLP(config.scenario_dim + self.sparse_arch.output_dim(self.aux_features), config.aux_hidden,
-                       output_dim=t, activation=config.activation)
+        self.aux = MLP(
+            config.scenario_dim + self.sparse_arch.output_dim(self.aux_features),
+            config.aux_hidden,
+            output_dim=t,
+            activation=config.activation,
+        )
 
     def scenario_views(self, batch: Batch) -> ScenarioViews:
         x, emb = self.sparse_arch.read(batch)

@@ -64,8 +64,9 @@ class WideDeep(RankingModel):
 
     def __init__(self, schema: Schema, config: WideDeepConfig) -> None:
         super().__init__(schema, config)
-        self.sparse_arch = FeatureInput(schema, config.deep_features, config.use_dense, option="deep_features",
-                                        wide_dim=wide_width(len(self.tasks)))
+        self.sparse_arch = FeatureInput(
+            schema, config.deep_features, config.use_dense, option="deep_features", wide_dim=wide_width(len(self.tasks))
+        )
         self.wide_features = check_features(schema, config.wide_features, "wide_features")
         self.deep = config.mlp(self.sparse_arch.width, config.hidden, norm=config.norm)
         self.heads = TaskHeads(self.deep.output_dim, self.tasks)

@@ -324,8 +324,7 @@ class MlpCB(nn.Module):
         return out
 
 
-def scaled_mlp(mlp: MLP, x: torch.Tensor, scales: Sequence[Union[torch.Tensor, float]],
-               start: int = 0) -> torch.Tensor:
+def scaled_mlp(mlp: MLP, x: torch.Tensor, scales: Sequence[Union[torch.Tensor, float]], start: int = 0) -> torch.Tensor:
     """Run ``mlp`` from hidden block ``start`` on, multiplying block ``l``'s output by ``scales[l - start]``.
 
     ``start = 1`` lets a caller compute block 0 once and reuse it under several sets of scales (a block's
@@ -363,8 +362,15 @@ class EPNet(nn.Module):
 
     column_field: torch.Tensor
 
-    def __init__(self, domain_dim: int, field_dims: Sequence[int], hidden: int = 128, gamma: float = 2.0,
-                 granularity: str = "field", stop_gradient: bool = True) -> None:
+    def __init__(
+        self,
+        domain_dim: int,
+        field_dims: Sequence[int],
+        hidden: int = 128,
+        gamma: float = 2.0,
+        granularity: str = "field",
+        stop_gradient: bool = True,
+    ) -> None:
         super().__init__()
         _check_granularity("EPNet", granularity)
         self.field_dims = [int(d) for d in field_dims]

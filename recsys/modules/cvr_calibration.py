@@ -44,8 +44,9 @@ class CTRCalibration(nn.Module):
         z = cal(h_ctr, h_cvr)       # [B, 64]
     """
 
-    def __init__(self, ctr_dim: int, cvr_dim: int, calibration_dim: Optional[int] = None,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self, ctr_dim: int, cvr_dim: int, calibration_dim: Optional[int] = None, activation: str = "relu"
+    ) -> None:
         super().__init__()
         width = calibration_dim or cvr_dim
         self.transform = MLP(ctr_dim, [width], output_dim=width, activation=activation)
@@ -67,8 +68,14 @@ class ScaledCTRCalibration(nn.Module):
     Shapes: ([B, Dc], [B, Dv]) -> [B, Dv + C].
     """
 
-    def __init__(self, ctr_dim: int, cvr_dim: int, calibration_dim: Optional[int] = None,
-                 activation: str = "relu", init_scale: float = 0.5) -> None:
+    def __init__(
+        self,
+        ctr_dim: int,
+        cvr_dim: int,
+        calibration_dim: Optional[int] = None,
+        activation: str = "relu",
+        init_scale: float = 0.5,
+    ) -> None:
         super().__init__()
         if not 0.0 < init_scale < 1.0:
             raise ValueError(f"init_scale must be in (0, 1), got {init_scale}")
@@ -158,8 +165,14 @@ class SEConcatCalibration(SECalibration):
 Calibration = Union["CTRCalibration", "ScaledCTRCalibration", "SECalibration", "SEConcatCalibration"]
 
 
-def make_calibration(structure: str, ctr_dim: int, cvr_dim: int, calibration_dim: Optional[int] = None,
-                     se_reduction: int = 4, activation: str = "relu") -> Calibration:
+def make_calibration(
+    structure: str,
+    ctr_dim: int,
+    cvr_dim: int,
+    calibration_dim: Optional[int] = None,
+    se_reduction: int = 4,
+    activation: str = "relu",
+) -> Calibration:
     """One of :data:`STRUCTURES`; the module has ``output_dim``."""
     if structure == "ctr_mlp":
         return CTRCalibration(ctr_dim, cvr_dim, calibration_dim, activation)
@@ -197,28 +210,42 @@ class CalibratedPair(nn.Module):
         ctr_logit, cvr_logit = pair(x, x)
     """
 
-    def __init__(self, ctr_in: int, cvr_in: int, ctr_hidden: Sequence[int], cvr_hidden: Sequence[int],
-                 layer: Optional[int], structure: str = "cvr_se", calibration_dim: Optional[int] = None,
-                 se_reduction: int = 4, ctr_grad: float = 1.0, activation: str = "relu",
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        ctr_in: int,
+        cvr_in: int,
+        ctr_hidden: Sequence[int],
+        cvr_hidden: Sequence[int],
+        layer: Optional[int],
+        structure: str = "cvr_se",
+        calibration_dim: Optional[int] = None,
+        se_reduction: int = 4,
+        ctr_grad: float = 1.0,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if layer is not None and not 0 <= layer < min(len(ctr_hidden), len(cvr_hidden)):
-            raise ValueError(f"calibrated layer {layer} needs both towers to have more than {layer} hidden layers "
-                             f"(CTR {list(ctr_hidden)}, CVR {list(cvr_hidden)})")
+            raise ValueError(
+                f"calibrated layer {layer} needs both towers to have more than {layer} hidden layers "
+                f"(CTR {list(ctr_hidden)}, CVR {list(cvr_hidden)})"
+            )
         split = len(ctr_hidden) if layer is None else layer + 1
         cut = len(cvr_hidden) if layer is None else layer + 1
         self.layer = layer
         self.ctr_lower = MLP(ctr_in, ctr_hidden[:split], activation=activation, dropout=dropout)
-        self.ctr_upper = MLP(self.ctr_lower.output_dim, ctr_hidden[split:], output_dim=1, activation=activation,
-                             dropout=dropout)
+        self.ctr_upper = MLP(
+            self.ctr_lower.output_dim, ctr_hidden[split:], output_dim=1, activation=activation, dropout=dropout
+        )
         self.cvr_lower = MLP(cvr_in, cvr_hidden[:cut], activation=activation, dropout=dropout)
         self.calibration: Optional[Calibration] = None
         self.ctr_grad: Optional[GradScale] = None
         width = self.cvr_lower.output_dim
         if layer is not None:
             self.ctr_grad = GradScale(ctr_grad)
-            self.calibration = make_calibration(structure, self.ctr_lower.output_dim, width, calibration_dim,
-                                                se_reduction, activation)
+            self.calibration = make_calibration(
+                structure, self.ctr_lower.output_dim, width, calibration_dim, se_reduction, activation
+            )
             width = self.calibration.output_dim
         self.cvr_upper = MLP(width, cvr_hidden[cut:], output_dim=1, activation=activation, dropout=dropout)
 

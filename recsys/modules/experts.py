@@ -24,8 +24,9 @@ from recsys.config import NonNegativeInt, PositiveInt, Width
 from recsys.modules.mlp import MLP, MLPOptions
 
 
-def expert_mlps(in_dim: int, num: int, hidden: Sequence[int], activation: str = "relu",
-                dropout: float = 0.0) -> nn.ModuleList:
+def expert_mlps(
+    in_dim: int, num: int, hidden: Sequence[int], activation: str = "relu", dropout: float = 0.0
+) -> nn.ModuleList:
     """``num`` independent expert MLPs over the same [B, D] input (each [B, D] -> [B, hidden[-1]])."""
     return nn.ModuleList(MLP(in_dim, hidden, activation=activation, dropout=dropout) for _ in range(num))
 
@@ -33,8 +34,9 @@ def expert_mlps(in_dim: int, num: int, hidden: Sequence[int], activation: str = 
 class ExpertGroup(nn.Module):
     """``num`` independent MLP experts on the same input: [B, D] -> [B, num, H]."""
 
-    def __init__(self, in_dim: int, num: int, hidden: Sequence[int], activation: str = "relu",
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_dim: int, num: int, hidden: Sequence[int], activation: str = "relu", dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.experts = expert_mlps(in_dim, num, hidden, activation, dropout)
         self.output_dim = hidden[-1]
@@ -83,8 +85,15 @@ class MMoE(nn.Module):
         reps = mmoe(x)        # {"ctr": [B, 32], "cvr": [B, 32]}
     """
 
-    def __init__(self, in_dim: int, tasks: Sequence[str], num_experts: int = 4,
-                 expert_hidden: Sequence[int] = (128, 64), activation: str = "relu", dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: Sequence[str],
+        num_experts: int = 4,
+        expert_hidden: Sequence[int] = (128, 64),
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.experts = ExpertGroup(in_dim, num_experts, expert_hidden, activation, dropout)
@@ -128,22 +137,36 @@ class CGC(nn.Module):
     Shapes: ``{task: [B, D_t], "shared": [B, D_s]}`` -> ``{task: [B, H]}`` (+ ``"shared"``).
     """
 
-    def __init__(self, in_dims: Dict[str, int], tasks: Sequence[str], specific_experts: int = 1,
-                 shared_experts: int = 1, expert_hidden: Sequence[int] = (128, 64), shared_output: bool = False,
-                 activation: str = "relu", dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_dims: Dict[str, int],
+        tasks: Sequence[str],
+        specific_experts: int = 1,
+        shared_experts: int = 1,
+        expert_hidden: Sequence[int] = (128, 64),
+        shared_output: bool = False,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if specific_experts < 1:
             raise ValueError("CGC needs at least one task-specific expert per task")
         self.tasks = list(tasks)
         self.shared_output = shared_output
-        self.specific = nn.ModuleDict({
-            t: ExpertGroup(in_dims[t], specific_experts, expert_hidden, activation, dropout) for t in self.tasks
-        })
-        self.shared = (ExpertGroup(in_dims["shared"], shared_experts, expert_hidden, activation, dropout)
-                       if shared_experts > 0 else None)
+        self.specific = nn.ModuleDict(
+            {t: ExpertGroup(in_dims[t], specific_experts, expert_hidden, activation, dropout) for t in self.tasks}
+        )
+        self.shared = (
+            ExpertGroup(in_dims["shared"], shared_experts, expert_hidden, activation, dropout)
+            if shared_experts > 0
+            else None
+        )
         self.gates = softmax_gates({t: in_dims[t] for t in self.tasks}, specific_experts + shared_experts)
-        self.shared_gate = (SoftmaxGate(in_dims["shared"], specific_experts * len(self.tasks) + shared_experts)
-                            if shared_output else None)
+        self.shared_gate = (
+            SoftmaxGate(in_dims["shared"], specific_experts * len(self.tasks) + shared_experts)
+            if shared_output
+            else None
+        )
         self.output_dim = expert_hidden[-1]
         self._last_gates: Dict[str, torch.Tensor] = {}
 
@@ -182,9 +205,17 @@ class PLE(nn.Module):
         reps = ple(x)         # {"ctr": [B, 64], "cvr": [B, 64]}
     """
 
-    def __init__(self, in_dim: int, tasks: Sequence[str], levels: int = 1, specific_experts: int = 1,
-                 shared_experts: int = 1, expert_hidden: Sequence[int] = (128, 64), activation: str = "relu",
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: Sequence[str],
+        levels: int = 1,
+        specific_experts: int = 1,
+        shared_experts: int = 1,
+        expert_hidden: Sequence[int] = (128, 64),
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if levels < 1:
             raise ValueError("PLE needs at least one level")
@@ -192,8 +223,18 @@ class PLE(nn.Module):
         layers: List[CGC] = []
         dims = {name: in_dim for name in self.tasks + ["shared"]}
         for level in range(levels):
-            layers.append(CGC(dims, self.tasks, specific_experts, shared_experts, expert_hidden,
-                              shared_output=level < levels - 1, activation=activation, dropout=dropout))
+            layers.append(
+                CGC(
+                    dims,
+                    self.tasks,
+                    specific_experts,
+                    shared_experts,
+                    expert_hidden,
+                    shared_output=level < levels - 1,
+                    activation=activation,
+                    dropout=dropout,
+                )
+            )
             dims = {name: expert_hidden[-1] for name in self.tasks + ["shared"]}
         self.levels = nn.ModuleList(layers)
         self.output_dim = expert_hidden[-1]
@@ -201,8 +242,16 @@ class PLE(nn.Module):
     @classmethod
     def from_options(cls, in_dim: int, tasks: Sequence[str], options: "PLEOptions") -> "PLE":
         """The PLE a model config's :class:`PLEOptions` describe."""
-        return cls(in_dim, tasks, options.levels, options.specific_experts, options.shared_experts,
-                   options.expert_hidden, options.activation, options.dropout)
+        return cls(
+            in_dim,
+            tasks,
+            options.levels,
+            options.specific_experts,
+            options.shared_experts,
+            options.expert_hidden,
+            options.activation,
+            options.dropout,
+        )
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         inputs: Dict[str, torch.Tensor] = {name: x for name in self.tasks + ["shared"]}

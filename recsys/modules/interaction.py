@@ -113,8 +113,12 @@ class DomainFacilitatedInteraction(nn.Module):
     def micro_mlp(self, domain: torch.Tensor):
         """The generated parameters (W1 [B, 2D, H], b1 [B, 1, H], W2 [B, H, O], b2 [B, 1, O])."""
         b = domain.shape[0]
-        return (self.w1(domain).view(b, 2 * self.dim, self.hidden), self.b1(domain).unsqueeze(1),
-                self.w2(domain).view(b, self.hidden, self.out_dim), self.b2(domain).unsqueeze(1))
+        return (
+            self.w1(domain).view(b, 2 * self.dim, self.hidden),
+            self.b1(domain).unsqueeze(1),
+            self.w2(domain).view(b, self.hidden, self.out_dim),
+            self.b2(domain).unsqueeze(1),
+        )
 
     def forward(self, fields: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         pairs = torch.cat([fields[:, self.left], fields[:, self.right]], dim=-1)  # [B, P, 2D]

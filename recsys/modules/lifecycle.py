@@ -21,7 +21,6 @@ from torch.distributions import Beta
 
 from recsys.modules.multitask import task_towers
 
-
 PREFERENCE = "preference/"  # output key prefix of the preference heads' logits
 
 
@@ -73,8 +72,16 @@ class UserStateBranch(nn.Module):
         s_ctr, logit = out["ctr"], out["preference/ctr"]    # [B, 112], [B]
     """
 
-    def __init__(self, num_features: int, dim: int, tasks: Sequence[str], heads: int = 2,
-                 head_hidden: Sequence[int] = (32,), dropout: float = 0.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        num_features: int,
+        dim: int,
+        tasks: Sequence[str],
+        heads: int = 2,
+        head_hidden: Sequence[int] = (32,),
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention heads ({heads}) must divide the embedding width ({dim})")

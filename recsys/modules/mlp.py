@@ -38,9 +38,15 @@ def make_norm(name: str, width: int) -> Optional[nn.Module]:
     return nn.LayerNorm(width) if name == "layer" else None
 
 
-def mlp_layers(in_dim: int, hidden: Sequence[int], output_dim: Optional[int] = None, activation: str = "relu",
-               dropout: float = 0.0, norm: str = "none",
-               linear: LinearFactory = nn.Linear) -> Tuple[List[List[nn.Module]], Optional[nn.Module], int]:
+def mlp_layers(
+    in_dim: int,
+    hidden: Sequence[int],
+    output_dim: Optional[int] = None,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    norm: str = "none",
+    linear: LinearFactory = nn.Linear,
+) -> Tuple[List[List[nn.Module]], Optional[nn.Module], int]:
     """The layers of an MLP, created in order (so a seed gives the same weights whatever container holds them).
 
     Args:
@@ -133,8 +139,7 @@ class MLPOptions:
     activation: Activation = "relu"
     dropout: Fraction = 0.0
 
-    def mlp(self, in_dim: int, hidden: Sequence[int], output_dim: Optional[int] = None,
-            norm: str = "none") -> MLP:
+    def mlp(self, in_dim: int, hidden: Sequence[int], output_dim: Optional[int] = None, norm: str = "none") -> MLP:
         """An :class:`MLP` with these options."""
         return MLP(in_dim, hidden, output_dim, activation=self.activation, dropout=self.dropout, norm=norm)
 

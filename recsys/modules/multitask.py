@@ -36,15 +36,18 @@ def funnel_tasks(schema: Schema, model: str, cvr_task: Optional[str] = None) -> 
     dependents = [t.name for t in schema.tasks if t.kind == "binary" and t.depends_on is not None]
     if cvr_task is not None:
         if cvr_task not in dependents:
-            raise ConfigError(f"model '{model}': model.params.cvr_task '{cvr_task}' is not a binary task with "
-                              f"depends_on (candidates: {dependents or 'none'})")
+            raise ConfigError(
+                f"model '{model}': model.params.cvr_task '{cvr_task}' is not a binary task with "
+                f"depends_on (candidates: {dependents or 'none'})"
+            )
         return schema.task(cvr_task).depends_on, cvr_task  # type: ignore[return-value]
     if not dependents:
-        raise ConfigError(f"model '{model}' needs a click -> conversion funnel: a binary task with depends_on "
-                          f"(tasks: {', '.join(schema.task_names)})")
+        raise ConfigError(
+            f"model '{model}' needs a click -> conversion funnel: a binary task with depends_on "
+            f"(tasks: {', '.join(schema.task_names)})"
+        )
     if len(dependents) > 1:
-        raise ConfigError(f"model '{model}': several funnel tasks {dependents}; choose one with "
-                          "model.params.cvr_task")
+        raise ConfigError(f"model '{model}': several funnel tasks {dependents}; choose one with model.params.cvr_task")
     return schema.task(dependents[0]).depends_on, dependents[0]  # type: ignore[return-value]
 
 
@@ -88,15 +91,16 @@ class GradScale(nn.Module):
         return f"scale={self.scale}"
 
 
-def task_towers(in_dims: Mapping[str, int], hidden: Sequence[int], activation: str = "relu",
-                dropout: float = 0.0) -> nn.ModuleDict:
+def task_towers(
+    in_dims: Mapping[str, int], hidden: Sequence[int], activation: str = "relu", dropout: float = 0.0
+) -> nn.ModuleDict:
     """The tower builder: ``{task: MLP(in_dims[task], hidden, output_dim=1)}`` (``hidden=[]``: a linear output).
 
     Shapes: each tower [B, D_task] -> [B, 1].
     """
-    return nn.ModuleDict({
-        t: MLP(d, hidden, output_dim=1, activation=activation, dropout=dropout) for t, d in in_dims.items()
-    })
+    return nn.ModuleDict(
+        {t: MLP(d, hidden, output_dim=1, activation=activation, dropout=dropout) for t, d in in_dims.items()}
+    )
 
 
 class TaskTowers(nn.Module):
@@ -113,8 +117,9 @@ class TaskTowers(nn.Module):
         logits = towers({"ctr": h_ctr, "cvr": h_cvr})     # {"ctr": [B], "cvr": [B]}
     """
 
-    def __init__(self, in_dims: Mapping[str, int], hidden: Sequence[int], activation: str = "relu",
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_dims: Mapping[str, int], hidden: Sequence[int], activation: str = "relu", dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.tasks: List[str] = list(in_dims)
         self.towers = task_towers(in_dims, hidden, activation, dropout)
@@ -162,8 +167,9 @@ class TowerOptions(MLPOptions):
 def check_ratio(ratio: Optional[float], model: str) -> None:
     """Refuse a CTR:CVR sample ratio that is not positive."""
     if ratio is not None and not ratio > 0:
-        raise ConfigError(f"model '{model}': model.params.ctr_cvr_ratio must be > 0 (or null to keep every "
-                          f"impression), got {ratio}")
+        raise ConfigError(
+            f"model '{model}': model.params.ctr_cvr_ratio must be > 0 (or null to keep every impression), got {ratio}"
+        )
 
 
 def ctr_sample_weights(batch: Batch, ctr: str, ratio: float) -> torch.Tensor:

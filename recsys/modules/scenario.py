@@ -74,14 +74,23 @@ class ScenarioMLP(nn.Module):
         own = select_scenario(views, batch.scenario)   # [B, 2]
     """
 
-    def __init__(self, in_dim: int, num_scenarios: int, hidden: Sequence[int], output_dim: Optional[int] = None,
-                 activation: str = "relu", dropout: float = 0.0, norm: str = "none",
-                 layer: Type[nn.Module] = ScenarioLinear) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        num_scenarios: int,
+        hidden: Sequence[int],
+        output_dim: Optional[int] = None,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        norm: str = "none",
+        layer: Type[nn.Module] = ScenarioLinear,
+    ) -> None:
         super().__init__()
         if norm == "batch":
             raise ValueError("batch norm of scenario views is not defined; use PartitionedNorm")
-        blocks, output, width = mlp_layers(in_dim, hidden, output_dim, activation, dropout, norm,
-                                           linear=lambda i, o: layer(i, o, num_scenarios))
+        blocks, output, width = mlp_layers(
+            in_dim, hidden, output_dim, activation, dropout, norm, linear=lambda i, o: layer(i, o, num_scenarios)
+        )
         layers = [m for block in blocks for m in block] + ([output] if output is not None else [])
         if not layers:
             raise ValueError("ScenarioMLP needs hidden layers or an output_dim")
@@ -196,8 +205,15 @@ class StarMLP(ScenarioMLP):
         logits = star(pn(x, batch.scenario, batch.weights)).squeeze(-1)     # [B, 3]
     """
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], num_scenarios: int, output_dim: int,
-                 activation: str = "relu", dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        num_scenarios: int,
+        output_dim: int,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__(in_dim, num_scenarios, hidden, output_dim, activation, dropout, layer=StarLinear)
 
 

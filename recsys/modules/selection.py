@@ -75,9 +75,17 @@ class SelectionNet(nn.Module):
 
     step: torch.Tensor
 
-    def __init__(self, in_dim: int, num_scenarios: int, hidden: Sequence[int] = (64,), eps: float = 0.5,
-                 temperature_start: float = 1.0, temperature_end: float = 10.0, anneal_steps: int = 1000,
-                 init_bias: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        num_scenarios: int,
+        hidden: Sequence[int] = (64,),
+        eps: float = 0.5,
+        temperature_start: float = 1.0,
+        temperature_end: float = 10.0,
+        anneal_steps: int = 1000,
+        init_bias: float = 0.0,
+    ) -> None:
         super().__init__()
         if not 0.0 < eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {eps}")
@@ -118,5 +126,9 @@ class SelectionNet(nn.Module):
         if self._last is None:
             return {}
         p, g = self._last
-        return {"ssim/shared_ratio": g.mean(), "ssim/mean_p": p.mean(), "ssim/temperature": self.temperature(),
-                "ssim/p": p}
+        return {
+            "ssim/shared_ratio": g.mean(),
+            "ssim/mean_p": p.mean(),
+            "ssim/temperature": self.temperature(),
+            "ssim/p": p,
+        }

@@ -152,8 +152,7 @@ class Embeddings:
         self._feature_keys: Mapping[str, str] = {}
 
     @classmethod
-    def keyed(cls, kt: KeyedTensor, feature_keys: Mapping[str, str],
-              wide_keys: Mapping[str, str]) -> "Embeddings":
+    def keyed(cls, kt: KeyedTensor, feature_keys: Mapping[str, str], wide_keys: Mapping[str, str]) -> "Embeddings":
         """Embeddings over ``kt`` (e.g. an EmbeddingBagCollection's output); ``feature_keys`` / ``wide_keys``
         map each feature to its key in ``kt``."""
         emb = cls(KeyedColumns(kt, feature_keys), KeyedColumns(kt, wide_keys))
@@ -227,25 +226,38 @@ class SparseArch(nn.Module):
             f = first[name]
             scale = init_scale if init_scale is not None else min(0.05, (1.0 / f.num_embeddings) ** 0.5)
             pooling = PoolingType.MEAN if f.pooling == "mean" else PoolingType.SUM
-            tables.append(EmbeddingBagConfig(
-                name=name, embedding_dim=table_width(f.embedding_dim), num_embeddings=f.num_embeddings,
-                feature_names=list(features), pooling=pooling, weight_init_min=-scale, weight_init_max=scale,
-            ))
+            tables.append(
+                EmbeddingBagConfig(
+                    name=name,
+                    embedding_dim=table_width(f.embedding_dim),
+                    num_embeddings=f.num_embeddings,
+                    feature_names=list(features),
+                    pooling=pooling,
+                    weight_init_min=-scale,
+                    weight_init_max=scale,
+                )
+            )
             if wide_dim:
-                tables.append(EmbeddingBagConfig(
-                    name=name + WIDE_SUFFIX, embedding_dim=wide_dim, num_embeddings=f.num_embeddings,
-                    feature_names=list(features), pooling=pooling, weight_init_min=-1e-3, weight_init_max=1e-3,
-                ))
+                tables.append(
+                    EmbeddingBagConfig(
+                        name=name + WIDE_SUFFIX,
+                        embedding_dim=wide_dim,
+                        num_embeddings=f.num_embeddings,
+                        feature_names=list(features),
+                        pooling=pooling,
+                        weight_init_min=-1e-3,
+                        weight_init_max=1e-3,
+                    )
+                )
         self.ebc = EmbeddingBagCollection(tables=tables, device=device or torch.device("meta"))
         # torchrec names a feature read by several tables "feature@table"
         shared = bool(wide_dim)
-        self._keys = {
-            f.name: (f"{f.name}@{f.table_name}" if shared else f.name) for f in schema.sparse
-        }
+        self._keys = {f.name: (f"{f.name}@{f.table_name}" if shared else f.name) for f in schema.sparse}
         self._wide_keys = {f.name: f"{f.name}@{f.table_name}{WIDE_SUFFIX}" for f in schema.sparse} if wide_dim else {}
         # features whose table is padded to a multiple of 4: the model sees their first embedding_dim columns
-        self._padded = {f.name: f.embedding_dim for f in schema.sparse
-                        if f.embedding_dim != table_width(f.embedding_dim)}
+        self._padded = {
+            f.name: f.embedding_dim for f in schema.sparse if f.embedding_dim != table_width(f.embedding_dim)
+        }
         # the main input (:meth:`read`): every feature, no dense features (FeatureInput chooses)
         self.features: List[str] = schema.feature_names
         self.use_dense = False
@@ -274,8 +286,10 @@ class SparseArch(nn.Module):
         # padded tables: the model sees their first embedding_dim columns
         columns = pooled.to_dict()
         return Embeddings(
-            features={name: columns[key][:, :self._padded[name]] if name in self._padded else columns[key]
-                      for name, key in self._keys.items()},
+            features={
+                name: columns[key][:, : self._padded[name]] if name in self._padded else columns[key]
+                for name, key in self._keys.items()
+            },
             wide={name: columns[key] for name, key in self._wide_keys.items()},
         )
 
@@ -360,8 +374,9 @@ def dense_first_order(arch: SparseArch, num_tasks: int) -> Optional[nn.Linear]:
     return nn.Linear(arch.schema.dense_dim, num_tasks) if arch.use_dense else None
 
 
-def first_order_logits(emb: Embeddings, names: Sequence[str], num_tasks: int, dense_linear: Optional[nn.Module],
-                       dense: torch.Tensor) -> torch.Tensor:
+def first_order_logits(
+    emb: Embeddings, names: Sequence[str], num_tasks: int, dense_linear: Optional[nn.Module], dense: torch.Tensor
+) -> torch.Tensor:
     """[B, T]: each task's first-order (wide) logit, its column of the wide tables summed over ``names``, plus
     ``dense_linear(dense)`` ([B, Dd] -> [B, T]) when given."""
     wide = emb.wide_sum(names)[:, :num_tasks]

@@ -68,12 +68,16 @@ EBC_KERNEL = "torchrec's EmbeddingBagCollection (one embedding_bag per table)"
 CHECK_ATOL = 1e-5
 CHECK_RTOL = 1e-5
 
-TORCHSCRIPT_WHY = ("TorchScript, the default: loads with torch.jit.load in any process with torch and fbgemm_gpu "
-                   "(no recsys, no torchrec), for fp32, fp16 and int8 embeddings; --format aoti compiles fp32 "
-                   "models ahead of time with AOTInductor")
+TORCHSCRIPT_WHY = (
+    "TorchScript, the default: loads with torch.jit.load in any process with torch and fbgemm_gpu "
+    "(no recsys, no torchrec), for fp32, fp16 and int8 embeddings; --format aoti compiles fp32 "
+    "models ahead of time with AOTInductor"
+)
 AOTI_WHY = "AOTInductor (torch.export + ahead-of-time compilation for this CPU and torch {torch})"
-AOTI_QUANTIZED = ("torch.export cannot trace FBGEMM's quantized embedding operators on this stack (they hold an "
-                  "fbgemm::AtomicCounter without a fake implementation)")
+AOTI_QUANTIZED = (
+    "torch.export cannot trace FBGEMM's quantized embedding operators on this stack (they hold an "
+    "fbgemm::AtomicCounter without a fake implementation)"
+)
 
 
 def feature_settings(spec: DatasetSpec, schema: Schema) -> Dict[str, Any]:
@@ -81,26 +85,41 @@ def feature_settings(spec: DatasetSpec, schema: Schema) -> Dict[str, Any]:
     ``encoders/``)."""
     scenario = None
     if spec.scenario is not None:
-        scenario = {"column": spec.scenario.column, "values": spec.scenario.values, "num": spec.scenario.num,
-                    "names": list(spec.scenario.display_names())}
+        scenario = {
+            "column": spec.scenario.column,
+            "values": spec.scenario.values,
+            "num": spec.scenario.num,
+            "names": list(spec.scenario.display_names()),
+        }
     return {
         "format": runtime.FEATURES_FORMAT,
-        "sparse": [{
-            "name": s.name, "column": s.source_column, "encoding": s.encoding, "dtype": s.dtype,
-            "multi_hot": s.multi_hot, "separator": s.separator, "oov": s.oov, "group": s.group,
-            "pooling": s.pooling, "table": schema.feature(s.name).table_name,
-            "vocab": f"{runtime.ENCODERS}/vocab.{s.name}.parquet" if s.encoding == "vocab" else None,
-        } for s in spec.sparse],
-        "dense": [{"name": d.name, "column": d.source_column, "transform": d.transform, "fill": d.fill}
-                  for d in spec.dense],
+        "sparse": [
+            {
+                "name": s.name,
+                "column": s.source_column,
+                "encoding": s.encoding,
+                "dtype": s.dtype,
+                "multi_hot": s.multi_hot,
+                "separator": s.separator,
+                "oov": s.oov,
+                "group": s.group,
+                "pooling": s.pooling,
+                "table": schema.feature(s.name).table_name,
+                "vocab": f"{runtime.ENCODERS}/vocab.{s.name}.parquet" if s.encoding == "vocab" else None,
+            }
+            for s in spec.sparse
+        ],
+        "dense": [
+            {"name": d.name, "column": d.source_column, "transform": d.transform, "fill": d.fill} for d in spec.dense
+        ],
         "scenario": scenario,
         "derived": [asdict(d) for d in spec.derived],
         "joins": [{"path": j.path, "on": j.on, "columns": j.columns} for j in spec.joins],
         "user_feature": spec.user,
         "hash": {
             "algorithm": "siphash-2-4 of the UTF-8 text under 'key', then the SplitMix64 finaliser "
-                         "(x ^= x >> 30; x *= 0xBF58476D1CE4E5B9; x ^= x >> 27; x *= 0x94D049BB133111EB; "
-                         "x ^= x >> 31), modulo num_embeddings; integer ids hash their decimal text",
+            "(x ^= x >> 30; x *= 0xBF58476D1CE4E5B9; x ^= x >> 27; x *= 0x94D049BB133111EB; "
+            "x ^= x >> 31), modulo num_embeddings; integer ids hash their decimal text",
             "key": _HASH_KEY,
             "cross_key": CROSS_HASH_KEY,
         },
@@ -116,8 +135,12 @@ def sample_inputs(schema: Schema, rows: int = SAMPLE_ROWS, seed: int = 0) -> Tup
         n = torch.randint(0, 4, (rows,), generator=g) if f.multi_hot else torch.ones(rows, dtype=torch.int64)
         lengths.append(n.to(torch.int32))
         values.append(torch.randint(0, f.num_embeddings, (int(n.sum()),), generator=g))
-    return (torch.randn(rows, schema.dense_dim, generator=g), torch.cat(values), torch.cat(lengths),
-            torch.randint(0, schema.num_scenarios, (rows,), generator=g))
+    return (
+        torch.randn(rows, schema.dense_dim, generator=g),
+        torch.cat(values),
+        torch.cat(lengths),
+        torch.randint(0, schema.num_scenarios, (rows,), generator=g),
+    )
 
 
 def inference_tables(module: ServingModule, weights: str) -> ServingModule:
@@ -158,12 +181,14 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
-def write_program(module: ServingModule, quantize: str, program_format: str, folder: str,
-                  sample: Tuple[torch.Tensor, ...]) -> Dict[str, Any]:
+def write_program(
+    module: ServingModule, quantize: str, program_format: str, folder: str, sample: Tuple[torch.Tensor, ...]
+) -> Dict[str, Any]:
     """Compile ``module`` (tables quantized as asked) into ``folder``; returns the manifest's program entry."""
     if program_format == "aoti" and quantize != "none":
-        raise ConfigError(f"export: --format aoti with --quantize {quantize}: {AOTI_QUANTIZED}; use --format "
-                          "torchscript (or auto)")
+        raise ConfigError(
+            f"export: --format aoti with --quantize {quantize}: {AOTI_QUANTIZED}; use --format torchscript (or auto)"
+        )
     weights = "fp32" if quantize == "none" else quantize
     # submodules FX cannot trace are found on the float module: quantized ones cache state on a failed trace
     _, leaves = trace(module)
@@ -179,8 +204,10 @@ def write_program(module: ServingModule, quantize: str, program_format: str, fol
                 chosen, why, kernel = "aoti", AOTI_WHY.format(torch=torch.__version__), EBC_KERNEL
             except Exception as e:  # torch.export / Inductor failures have many types; one line says which
                 if program_format == "aoti":
-                    raise RecsysError(f"export: AOTInductor failed for this model ({type(e).__name__}: "
-                                      f"{_first_line(e)}); use --format torchscript") from None
+                    raise RecsysError(
+                        f"export: AOTInductor failed for this model ({type(e).__name__}: "
+                        f"{_first_line(e)}); use --format torchscript"
+                    ) from None
                 why = f"TorchScript: AOTInductor failed for this model ({type(e).__name__}: {_first_line(e)})"
     expected = reference
     if chosen == "torchscript":
@@ -190,13 +217,20 @@ def write_program(module: ServingModule, quantize: str, program_format: str, fol
         expected = reference if weights == "fp32" else quantized
         _torchscript(module, leaves, os.path.join(folder, PROGRAM_FILES[chosen]))
     check_program(os.path.join(folder, PROGRAM_FILES[chosen]), chosen, sample, expected)
-    return {"file": PROGRAM_FILES[chosen], "format": chosen, "why": why, "quantize": quantize,
-            "tables": {"weights": weights, "kernel": kernel}, "outputs": module.output_names,
-            "traced_whole": leaves}
+    return {
+        "file": PROGRAM_FILES[chosen],
+        "format": chosen,
+        "why": why,
+        "quantize": quantize,
+        "tables": {"weights": weights, "kernel": kernel},
+        "outputs": module.output_names,
+        "traced_whole": leaves,
+    }
 
 
-def check_program(file: str, program_format: str, sample: Tuple[torch.Tensor, ...],
-                  expected: Dict[str, torch.Tensor]) -> None:
+def check_program(
+    file: str, program_format: str, sample: Tuple[torch.Tensor, ...], expected: Dict[str, torch.Tensor]
+) -> None:
     """The saved program, loaded back, must give the eager module's outputs (``expected``) on ``sample``."""
     program = runtime.load_program(file, program_format)
     with torch.no_grad():
@@ -206,9 +240,11 @@ def check_program(file: str, program_format: str, sample: Tuple[torch.Tensor, ..
         worst = float(excess.max()) if value.numel() else 0.0
         if not worst <= CHECK_ATOL:
             diff = float((got[name] - value).abs().max())
-            raise RecsysError(f"export: the {program_format} program's output '{name}' differs from the model's "
-                              f"by {diff:.3g} on sample inputs (limit {CHECK_ATOL} + {CHECK_RTOL} x |value|); "
-                              "please report this model")
+            raise RecsysError(
+                f"export: the {program_format} program's output '{name}' differs from the model's "
+                f"by {diff:.3g} on sample inputs (limit {CHECK_ATOL} + {CHECK_RTOL} x |value|); "
+                "please report this model"
+            )
 
 
 def versions() -> Dict[str, str]:
@@ -227,9 +263,18 @@ def versions() -> Dict[str, str]:
 
 def schema_entry(schema: Schema) -> Dict[str, Any]:
     return {
-        "sparse": [{"name": f.name, "num_embeddings": f.num_embeddings, "embedding_dim": f.embedding_dim,
-                    "group": f.group, "multi_hot": f.multi_hot, "pooling": f.pooling, "table": f.table_name}
-                   for f in schema.sparse],
+        "sparse": [
+            {
+                "name": f.name,
+                "num_embeddings": f.num_embeddings,
+                "embedding_dim": f.embedding_dim,
+                "group": f.group,
+                "multi_hot": f.multi_hot,
+                "pooling": f.pooling,
+                "table": f.table_name,
+            }
+            for f in schema.sparse
+        ],
         "dense": [d.name for d in schema.dense],
         "num_scenarios": schema.num_scenarios,
         "scenario_names": list(schema.scenario_names),
@@ -239,16 +284,25 @@ def schema_entry(schema: Schema) -> Dict[str, Any]:
 
 def build_manifest(run: InferenceRun, program: Dict[str, Any], folder: str) -> Dict[str, Any]:
     schema = run.schema
-    files = {name: {"size": os.path.getsize(os.path.join(folder, name)),
-                    "sha256": runtime.file_digest(os.path.join(folder, name))}
-             for name in runtime.artifact_files(folder)}
+    files = {
+        name: {
+            "size": os.path.getsize(os.path.join(folder, name)),
+            "sha256": runtime.file_digest(os.path.join(folder, name)),
+        }
+        for name in runtime.artifact_files(folder)
+    }
     return {
         "format": runtime.FORMAT,
-        "model": {"name": run.config.model.name, "params": run.config.model.params,
-                  "embedding_dim": run.config.model.embedding_dim},
+        "model": {
+            "name": run.config.model.name,
+            "params": run.config.model.params,
+            "embedding_dim": run.config.model.embedding_dim,
+        },
         "dataset": run.spec.name,
-        "run": {"run_dir": os.path.abspath(os.path.dirname(os.path.dirname(run.checkpoint))),
-                "checkpoint": os.path.basename(run.checkpoint)},
+        "run": {
+            "run_dir": os.path.abspath(os.path.dirname(os.path.dirname(run.checkpoint))),
+            "checkpoint": os.path.basename(run.checkpoint),
+        },
         "program": program,
         "inputs": [
             {"name": "dense", "dtype": "float32", "shape": ["B", schema.dense_dim]},
@@ -257,10 +311,17 @@ def build_manifest(run: InferenceRun, program: Dict[str, Any], folder: str) -> D
             {"name": "scenario", "dtype": "int64", "shape": ["B"]},
         ],
         "features": schema.feature_names,
-        "tasks": [{"name": t.name, "kind": t.kind, "depends_on": t.depends_on,
-                   "output": "probability" if t.kind == "binary" else
-                   ("expm1 of the log1p-space prediction" if t.loss == "log_mse" else "prediction")}
-                  for t in schema.tasks],
+        "tasks": [
+            {
+                "name": t.name,
+                "kind": t.kind,
+                "depends_on": t.depends_on,
+                "output": "probability"
+                if t.kind == "binary"
+                else ("expm1 of the log1p-space prediction" if t.loss == "log_mse" else "prediction"),
+            }
+            for t in schema.tasks
+        ],
         "schema": schema_entry(schema),
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -276,8 +337,10 @@ def _prepare_out(out: str, overwrite: bool) -> None:
         if not overwrite:
             raise RecsysError(f"{out}: folder is not empty; give a new folder or --overwrite an earlier artifact")
         if not os.path.isfile(os.path.join(out, runtime.MANIFEST)):
-            raise RecsysError(f"{out}: --overwrite replaces only an artifact folder (one with {runtime.MANIFEST}); "
-                              "this folder holds something else")
+            raise RecsysError(
+                f"{out}: --overwrite replaces only an artifact folder (one with {runtime.MANIFEST}); "
+                "this folder holds something else"
+            )
     parent = os.path.dirname(os.path.abspath(out))
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise RecsysError(f"{parent}: is a file; the artifact folder cannot go there")
@@ -285,8 +348,14 @@ def _prepare_out(out: str, overwrite: bool) -> None:
         raise RecsysError(f"{parent}: not writable")
 
 
-def export_run(run_dir: str, out: str, checkpoint: str = "best", quantize: str = "none",
-               program_format: str = "torchscript", overwrite: bool = False) -> Dict[str, Any]:
+def export_run(
+    run_dir: str,
+    out: str,
+    checkpoint: str = "best",
+    quantize: str = "none",
+    program_format: str = "torchscript",
+    overwrite: bool = False,
+) -> Dict[str, Any]:
     """Write the serving artifact of ``run_dir`` to folder ``out``; returns its manifest.
 
     Args:
@@ -337,21 +406,25 @@ def export_run(run_dir: str, out: str, checkpoint: str = "best", quantize: str =
 def artifact_bytes(folder: str, manifest: Dict[str, Any]) -> Dict[str, int]:
     """Bytes of the program and of the whole artifact."""
     files = manifest["files"]
-    return {"program": files[manifest["program"]["file"]]["size"],
-            "total": sum(e["size"] for e in files.values()) + os.path.getsize(os.path.join(folder, runtime.MANIFEST))}
+    return {
+        "program": files[manifest["program"]["file"]]["size"],
+        "total": sum(e["size"] for e in files.values()) + os.path.getsize(os.path.join(folder, runtime.MANIFEST)),
+    }
 
 
 def describe(manifest: Dict[str, Any], folder: str) -> str:
     """What ``recsys export`` prints: where, what and why, in a few lines."""
     program = manifest["program"]
     size = artifact_bytes(folder, manifest)
-    return "\n".join([
-        f"wrote {folder}: {manifest['model']['name']} ({manifest['dataset']}, checkpoint "
-        f"{manifest['run']['checkpoint']}), {program['file']} {size['program'] / 1e6:.2f} MB, "
-        f"artifact {size['total'] / 1e6:.2f} MB",
-        f"program: {program['format']} - {program['why']}",
-        f"tables: {program['tables']['weights']} weights in {program['tables']['kernel']}",
-        f"outputs: {', '.join(program['outputs'])}",
-        f"score without recsys: python {os.path.join(folder, 'runtime.py')} score {folder} --input ROWS.parquet "
-        "--out scores.parquet",
-    ])
+    return "\n".join(
+        [
+            f"wrote {folder}: {manifest['model']['name']} ({manifest['dataset']}, checkpoint "
+            f"{manifest['run']['checkpoint']}), {program['file']} {size['program'] / 1e6:.2f} MB, "
+            f"artifact {size['total'] / 1e6:.2f} MB",
+            f"program: {program['format']} - {program['why']}",
+            f"tables: {program['tables']['weights']} weights in {program['tables']['kernel']}",
+            f"outputs: {', '.join(program['outputs'])}",
+            f"score without recsys: python {os.path.join(folder, 'runtime.py')} score {folder} --input ROWS.parquet "
+            "--out scores.parquet",
+        ]
+    )

@@ -61,7 +61,8 @@ class ServingModule(nn.Module):
         trackers = [(name, m) for name, m in model.named_modules() if isinstance(m, BetaTracker)]
         # one tracker (STAN) names its outputs by task; several would be told apart by their module path
         self.trackers: List[Tuple[str, BetaTracker]] = [
-            (USER_STATE if len(trackers) == 1 else f"{USER_STATE}{name}/", m) for name, m in trackers]
+            (USER_STATE if len(trackers) == 1 else f"{USER_STATE}{name}/", m) for name, m in trackers
+        ]
 
     @property
     def output_names(self) -> List[str]:
@@ -76,8 +77,9 @@ class ServingModule(nn.Module):
         start = lengths[: self.user_position * rows].sum()
         return values[start + torch.arange(rows, device=values.device)]
 
-    def forward(self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
-                scenario: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, scenario: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
         values = values.long()
         lengths = lengths.int()
         zeros = torch.zeros_like(scenario)

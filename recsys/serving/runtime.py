@@ -225,8 +225,10 @@ def _int_of_text(text: Optional[str]) -> Tuple[Optional[int], Optional[str]]:
     if math.isnan(x) or not math.isfinite(x) or x != round(x):
         return None, f"expected an integer id, got {text!r}"
     if abs(x) > FLOAT_EXACT_INT:
-        return None, (f"id {text!r} is written as a floating-point number beyond 2^53, where integers are not "
-                      "exact (write ids as integers or text)")
+        return None, (
+            f"id {text!r} is written as a floating-point number beyond 2^53, where integers are not "
+            "exact (write ids as integers or text)"
+        )
     return int(x), None
 
 
@@ -259,9 +261,16 @@ def integer_ids(arr: Any, column: str, wide_ok: bool = False) -> Tuple[np.ndarra
         inexact = ~missing & ~fractional & (np.abs(x) > FLOAT_EXACT_INT)
         if (missing | fractional | inexact).any():
             i = _first(missing | fractional | inexact)
-            raise InputError("missing id" if missing[i] else f"expected an integer id, got {float(x[i])!r}"
-                             if fractional[i] else f"id {float(x[i])!r} is written as a floating-point number "
-                             "beyond 2^53, where integers are not exact (write ids as integers or text)", column, i)
+            raise InputError(
+                "missing id"
+                if missing[i]
+                else f"expected an integer id, got {float(x[i])!r}"
+                if fractional[i]
+                else f"id {float(x[i])!r} is written as a floating-point number "
+                "beyond 2^53, where integers are not exact (write ids as integers or text)",
+                column,
+                i,
+            )
         return x.astype(np.int64), None
     if _is_text(arr):
         try:
@@ -403,13 +412,16 @@ class SparseFeature:
             bad = (ids < 0) | (ids >= self.num_embeddings)
             if bad.any():
                 i = _first(bad)
-                raise InputError(f"id {ids[i]} is outside [0, {self.num_embeddings}) under the 'identity' policy",
-                                 self.column, row_of(i))
+                raise InputError(
+                    f"id {ids[i]} is outside [0, {self.num_embeddings}) under the 'identity' policy",
+                    self.column,
+                    row_of(i),
+                )
             return ids
         if self.encoding == "hash":
             text = pc.cast(flat, pa.string())
             enc = pc.dictionary_encode(text)
-            hashed = (hash_text(enc.dictionary.to_pylist(), self.hash_key) % np.uint64(self.num_embeddings))
+            hashed = hash_text(enc.dictionary.to_pylist(), self.hash_key) % np.uint64(self.num_embeddings)
             index = _numpy(pc.fill_null(enc.indices, -1)).astype(np.int64)
             return np.where(index >= 0, hashed.astype(np.int64)[np.maximum(index, 0)], 0)
         vocab = self.vocab
@@ -426,8 +438,9 @@ class SparseFeature:
             unseen = (found < 0) & _numpy(flat.is_valid()).astype(bool)
             if unseen.any():
                 i = _first(unseen)
-                raise InputError(f"value {flat[i].as_py()!r} is not in the fitted vocabulary (oov: error)",
-                                 self.column, row_of(i))
+                raise InputError(
+                    f"value {flat[i].as_py()!r} is not in the fitted vocabulary (oov: error)", self.column, row_of(i)
+                )
         return found + 1  # row 0 is the out-of-vocabulary row
 
 
@@ -495,8 +508,9 @@ class Scenario:
         idx = _numpy(pc.fill_null(pc.index_in(arr, value_set=declared), -1)).astype(np.int64)
         if (idx < 0).any():
             i = _first(idx < 0)
-            raise InputError(f"scenario value {arr[i].as_py()!r} is not declared in the spec (declared: {values})",
-                             column, i)
+            raise InputError(
+                f"scenario value {arr[i].as_py()!r} is not declared in the spec (declared: {values})", column, i
+            )
         return idx
 
 
@@ -561,8 +575,10 @@ class Preprocessor:
             self.hash_key: str = features["hash"]["key"]
             self.cross_key: str = features["hash"]["cross_key"]
             self.derived: List[Dict[str, Any]] = list(features["derived"])
-            self.sparse = [SparseFeature(e, state["sparse"][e["name"]]["num_embeddings"],
-                                         self._vocab(encoders, e), self.hash_key) for e in features["sparse"]]
+            self.sparse = [
+                SparseFeature(e, state["sparse"][e["name"]]["num_embeddings"], self._vocab(encoders, e), self.hash_key)
+                for e in features["sparse"]
+            ]
             self.dense = [DenseFeature(e, state["dense"][e["name"]]) for e in features["dense"]]
             self.scenario = Scenario(features["scenario"])
         except (KeyError, TypeError, ValueError) as e:
@@ -590,15 +606,21 @@ class Preprocessor:
             names = rows.column_names if isinstance(rows, pa.Table) else list(rows)
             if entry["name"] not in names:
                 column = pa.array(derive(entry, rows, self.cross_key))
-                rows = rows.append_column(entry["name"], column) if isinstance(rows, pa.Table) else {
-                    **rows, entry["name"]: column}
+                rows = (
+                    rows.append_column(entry["name"], column)
+                    if isinstance(rows, pa.Table)
+                    else {**rows, entry["name"]: column}
+                )
         values, lengths = [], []
         for f in self.sparse:
             ids, per_row = f.encode(_column(rows, f.column))
             values.append(ids)
             lengths.append(per_row)
-        dense = (np.stack([d.encode(_column(rows, d.column)) for d in self.dense], axis=1) if self.dense
-                 else np.zeros((n, 0), dtype=np.float32))
+        dense = (
+            np.stack([d.encode(_column(rows, d.column)) for d in self.dense], axis=1)
+            if self.dense
+            else np.zeros((n, 0), dtype=np.float32)
+        )
         return {
             "dense": np.ascontiguousarray(dense, dtype=np.float32),
             "values": np.concatenate(values).astype(np.int64) if values else np.zeros(0, np.int64),
@@ -649,19 +671,29 @@ def verify(path: str) -> Dict[str, Any]:
     manifest = _read_json(file, "artifact manifest")
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found != FORMAT:
-        raise ArtifactError(f"{file}: format {found!r}, expected {FORMAT!r}: not a recsys serving artifact of this "
-                            "version (export it again with this version of recsys)")
+        raise ArtifactError(
+            f"{file}: format {found!r}, expected {FORMAT!r}: not a recsys serving artifact of this "
+            "version (export it again with this version of recsys)"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{file}: corrupt manifest (no file table)")
     for name, entry in files.items():
-        if (not isinstance(name, str) or name.startswith("/") or ".." in name.split("/") or not isinstance(entry, dict)
-                or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str)):
+        if (
+            not isinstance(name, str)
+            or name.startswith("/")
+            or ".." in name.split("/")
+            or not isinstance(entry, dict)
+            or not isinstance(entry.get("size"), int)
+            or not isinstance(entry.get("sha256"), str)
+        ):
             raise ArtifactError(f"{file}: corrupt manifest (bad entry {name!r})")
     unlisted = sorted(set(artifact_files(path)) - set(files))
     if unlisted:
-        raise ArtifactError(f"{os.path.join(path, unlisted[0])}: not in the artifact's manifest; refusing an "
-                            "artifact with files it was not exported with")
+        raise ArtifactError(
+            f"{os.path.join(path, unlisted[0])}: not in the artifact's manifest; refusing an "
+            "artifact with files it was not exported with"
+        )
     for name, entry in files.items():
         full = os.path.join(path, name)
         if not os.path.isfile(full):
@@ -672,7 +704,11 @@ def verify(path: str) -> Dict[str, Any]:
         if file_digest(full) != entry["sha256"]:
             raise ArtifactError(f"{full}: content differs from the artifact's manifest (corrupt or replaced)")
     program = manifest.get("program")
-    if not isinstance(program, dict) or program.get("format") not in PROGRAM_FORMATS or program.get("file") not in files:
+    if (
+        not isinstance(program, dict)
+        or program.get("format") not in PROGRAM_FORMATS
+        or program.get("file") not in files
+    ):
         raise ArtifactError(f"{file}: corrupt manifest (program entry)")
     return manifest
 
@@ -682,18 +718,22 @@ def load_program(file: str, program_format: str, exported_with: Optional[str] = 
 
     Imports torch and fbgemm_gpu (the program calls fbgemm's operators; recsys and torchrec are not needed)."""
     try:
-        import torch
         import fbgemm_gpu  # noqa: F401 - registers the torch.ops.fbgemm operators the program calls
+        import torch
     except ImportError as e:
         raise ArtifactError(f"{file}: running the program needs torch and fbgemm_gpu ({e})") from None
     if program_format == "aoti":
         if exported_with and exported_with != torch.__version__:
-            raise ArtifactError(f"{file}: an AOTInductor package runs on the torch it was compiled with "
-                                f"({exported_with}); this is torch {torch.__version__}")
+            raise ArtifactError(
+                f"{file}: an AOTInductor package runs on the torch it was compiled with "
+                f"({exported_with}); this is torch {torch.__version__}"
+            )
         try:
             return torch._inductor.aoti_load_package(file)
         except Exception as e:  # a damaged package surfaces as RuntimeError or zipfile errors
-            raise ArtifactError(f"{file}: cannot load the AOTInductor package ({str(e).splitlines()[0][:160]})") from None
+            raise ArtifactError(
+                f"{file}: cannot load the AOTInductor package ({str(e).splitlines()[0][:160]})"
+            ) from None
     try:
         program = torch.jit.load(file, map_location="cpu")
     except Exception as e:  # RuntimeError from TorchScript's reader for a damaged or foreign file
@@ -737,8 +777,9 @@ class Artifact:
     def program(self) -> Any:
         if self._program is None:
             entry = self.manifest["program"]
-            self._program = load_program(os.path.join(self.path, entry["file"]), entry["format"],
-                                         self.manifest.get("versions", {}).get("torch"))
+            self._program = load_program(
+                os.path.join(self.path, entry["file"]), entry["format"], self.manifest.get("versions", {}).get("torch")
+            )
         return self._program
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -811,8 +852,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "check":
             artifact.program  # noqa: B018 - loading is part of the check
             entry = artifact.manifest["program"]
-            print(f"{args.artifact}: {artifact.manifest['model']['name']}, {entry['format']} "
-                  f"({entry['quantize']}), outputs {', '.join(artifact.outputs)}")
+            print(
+                f"{args.artifact}: {artifact.manifest['model']['name']}, {entry['format']} "
+                f"({entry['quantize']}), outputs {', '.join(artifact.outputs)}"
+            )
             return 0
         if args.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -36,8 +36,13 @@ from recsys.train.optim import build_optimizer, fuse_embedding_optimizer
 from recsys.train.sharding import shard
 
 
-def train_module(model: RankingModel, schema: Schema, task_weights: Optional[dict],
-                 embedding_optimizer: EmbeddingOptimizerConfig, device_type: str) -> TrainModule:
+def train_module(
+    model: RankingModel,
+    schema: Schema,
+    task_weights: Optional[dict],
+    embedding_optimizer: EmbeddingOptimizerConfig,
+    device_type: str,
+) -> TrainModule:
     """The model with its losses, the embedding optimizer fused into its tables (not sharded yet: planning
     stops here)."""
     module = TrainModule(model, MultiTaskLoss(schema, task_weights, model.dependent_loss))
@@ -55,8 +60,15 @@ class Setup:
     optimizer: CombinedOptimizer
 
 
-def assemble(model: RankingModel, schema: Schema, train: TrainConfig, sharding: ShardingConfig,
-             device: torch.device, batch_size: int, seed: Optional[int] = None) -> Setup:
+def assemble(
+    model: RankingModel,
+    schema: Schema,
+    train: TrainConfig,
+    sharding: ShardingConfig,
+    device: torch.device,
+    batch_size: int,
+    seed: Optional[int] = None,
+) -> Setup:
     """Assemble ``model`` for training (see the module docstring).
 
     Args:
@@ -71,8 +83,9 @@ def assemble(model: RankingModel, schema: Schema, train: TrainConfig, sharding: 
     module = train_module(model, schema, train.task_weights, train.embedding_optimizer, device.type)
     dmp = shard(module, sharding, device, batch_size, seed=seed)
     groups = {name: (g.params, g.optimizer) for name, g in model.optimizer_groups().items()}
-    optimizer = build_optimizer(dmp, train.dense_optimizer, train.grad_clip_norm, groups,
-                                embedding=train.embedding_optimizer)
+    optimizer = build_optimizer(
+        dmp, train.dense_optimizer, train.grad_clip_norm, groups, embedding=train.embedding_optimizer
+    )
     return Setup(model=model, loss=module.loss, dmp=dmp, optimizer=optimizer)
 
 
@@ -127,8 +140,7 @@ class Stepper:
             self._pipeline.detach()
 
 
-def eval_batches(module: nn.Module, batches: Iterable[Any],
-                 device: torch.device) -> Iterator[Tuple[Any, StepOutput]]:
+def eval_batches(module: nn.Module, batches: Iterable[Any], device: torch.device) -> Iterator[Tuple[Any, StepOutput]]:
     """``(batch on device, StepOutput)`` of every batch, in eval mode and without gradients (train mode is
     restored afterwards, also when the caller stops early)."""
     module.eval()

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tensorboard.compat.proto import summary_pb2
-from tensorboard.plugins.hparams import api_pb2, metadata as hp_metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams import summary_v2 as hp
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
@@ -61,8 +62,18 @@ HPARAM_METRICS = ("auc", "gauc", "logloss", "ctcvr_auc", "rmse", f"ndcg@{NDCG_KS
 PROJECTOR_GROUPS = ("user", "item", "host")
 PROJECTOR_ROWS = 500
 # config keys that say where things are or how they are shown, not how the model was trained
-NOT_HPARAMS = ("data.spec", "data.path", "data.side_columns", "run_dir", "tensorboard", "train.progress",
-               "train.log_every_steps", "train.keep_checkpoints", "train.task_weights", "model.params")
+NOT_HPARAMS = (
+    "data.spec",
+    "data.path",
+    "data.side_columns",
+    "run_dir",
+    "tensorboard",
+    "train.progress",
+    "train.log_every_steps",
+    "train.keep_checkpoints",
+    "train.task_weights",
+    "model.params",
+)
 # what tells runs apart first: listed first, and the five columns shown by default, in the HParams tab
 KEY_HPARAMS = ("dataset", "model.embedding_dim", "model.name", "model.params", "train.task_weights")
 
@@ -109,16 +120,22 @@ def counts_table(schema: Schema, report: Mapping[str, float], skip_tasks: Iterab
             if len(parts) == 3 and parts[2] not in slices:
                 slices.append(parts[2])
     columns = [m for m in CONSTANT_METRICS if m in present]
-    lines = [f"rows: {int(report.get('rows', 0)):,}", "", "| task | slice | " + " | ".join(columns) + " |",
-             "|---|---|" + "---:|" * len(columns)]
+    lines = [
+        f"rows: {int(report.get('rows', 0)):,}",
+        "",
+        "| task | slice | " + " | ".join(columns) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
     for task in schema.task_names:
         if task in skip:
             continue
         for sl in slices:
             cells = [report.get(f"{task}/{m}" + (f"/{sl}" if sl else "")) for m in columns]
             if any(c is not None for c in cells):
-                text = ["" if c is None or c != c else (f"{c:.4f}" if m == "pos_rate" else f"{int(c):,}")
-                        for m, c in zip(columns, cells)]
+                text = [
+                    "" if c is None or c != c else (f"{c:.4f}" if m == "pos_rate" else f"{int(c):,}")
+                    for m, c in zip(columns, cells)
+                ]
                 lines.append(f"| {task} | {sl or 'all'} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
@@ -127,12 +144,14 @@ def scalars_layout(schema: Schema, report: Mapping[str, float], skip_tasks: Iter
     """The Custom Scalars layout: the train charts (a line per loss term, optimizer group, table), then per
     slice dimension (scenario, each evaluation group) one chart per task and metric with the overall value and a
     line per slice value."""
-    layout: Dict[str, Dict[str, List[Any]]] = {"train": {
-        "loss per term": ["Multiline", [rf"^{TRAIN}/loss(/.*)?$"]],
-        "learning rate per optimizer group": ["Multiline", [rf"^{TRAIN}/lr/"]],
-        "gradient norm per optimizer group": ["Multiline", [rf"^{TRAIN}/grad_norm/"]],
-        "embedding rows updated per step": ["Multiline", [rf"^{TRAIN}/rows_updated/"]],
-    }}
+    layout: Dict[str, Dict[str, List[Any]]] = {
+        "train": {
+            "loss per term": ["Multiline", [rf"^{TRAIN}/loss(/.*)?$"]],
+            "learning rate per optimizer group": ["Multiline", [rf"^{TRAIN}/lr/"]],
+            "gradient norm per optimizer group": ["Multiline", [rf"^{TRAIN}/grad_norm/"]],
+            "embedding rows updated per step": ["Multiline", [rf"^{TRAIN}/rows_updated/"]],
+        }
+    }
     skip = set(skip_tasks)
     dimensions: List[str] = []
     for key in report:
@@ -156,8 +175,9 @@ def scalars_layout(schema: Schema, report: Mapping[str, float], skip_tasks: Iter
     return layout
 
 
-def hparam_values(config: Mapping[str, Any], task_weights: Mapping[str, float], dataset: str,
-                  world_size: int) -> Dict[str, Any]:
+def hparam_values(
+    config: Mapping[str, Any], task_weights: Mapping[str, float], dataset: str, world_size: int
+) -> Dict[str, Any]:
     """The run's hyper-parameters for the HParams tab: every config key but paths and display keys
     (:data:`NOT_HPARAMS`), the effective task weights and the model's params as one text each (so runs of
     different models share the same columns), the dataset and the world size. Values are numbers, booleans or
@@ -179,8 +199,11 @@ def hparam_metrics(schema: Schema, metric: str, skip_tasks: Iterable[str], oracl
     tags = [f"{VALID}/best/{metric}"]
     for name in HPARAM_METRICS:  # each task's AUC first: the tab shows five metrics by default
         for task in schema.tasks:
-            if task.name not in skip and undefined_metric(f"{task.name}/{name}", schema.tasks,
-                                                          schema.user_feature is not None, oracle) is None:
+            if (
+                task.name not in skip
+                and undefined_metric(f"{task.name}/{name}", schema.tasks, schema.user_feature is not None, oracle)
+                is None
+            ):
                 tags.append(f"{TEST}/{task.name}/{name}")
     return tags
 
@@ -196,9 +219,12 @@ def experiment_summary(hparams: Iterable[str], metrics: Sequence[str]) -> summar
     differ between runs, so the tab lists and shows them first) and the metrics' tags."""
     infos = [api_pb2.HParamInfo(name=name, differs=name in KEY_HPARAMS) for name in hparams]
     shown = {VALID: "valid", TEST: "test"}
-    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag),
-                                       display_name=" ".join(shown.get(p, p) for p in tag.split("/", 1)))
-                    for tag in metrics]
+    metric_infos = [
+        api_pb2.MetricInfo(
+            name=api_pb2.MetricName(tag=tag), display_name=" ".join(shown.get(p, p) for p in tag.split("/", 1))
+        )
+        for tag in metrics
+    ]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos, time_created_secs=time.time())
     return _hparams_summary(hp_metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
@@ -210,8 +236,9 @@ def session_end_summary(status: int = api_pb2.STATUS_SUCCESS) -> summary_pb2.Sum
 
 
 # --- the projector's feature tables --------------------------------------------------------------------------
-def projector_tables(schema: Schema, encodings: Mapping[str, str],
-                     tables: Mapping[str, Tuple[str, EmbeddingBagConfig]]) -> List[Tuple[str, str]]:
+def projector_tables(
+    schema: Schema, encodings: Mapping[str, str], tables: Mapping[str, Tuple[str, EmbeddingBagConfig]]
+) -> List[Tuple[str, str]]:
     """(feature, table) of the projector: for each group of :data:`PROJECTOR_GROUPS`, the feature with the most
     rows whose rows have names (``vocab`` or ``identity`` encoding; the schema's user feature for ``user``),
     with the widest table it is looked up in.
@@ -229,8 +256,9 @@ def projector_tables(schema: Schema, encodings: Mapping[str, str],
         if not named:
             continue
         feature = max(named, key=lambda f: (f.num_embeddings, not f.multi_hot))  # first of equals: spec order
-        candidates = [(cfg.embedding_dim, name) for name, (_, cfg) in tables.items()
-                      if feature.name in cfg.feature_names]
+        candidates = [
+            (cfg.embedding_dim, name) for name, (_, cfg) in tables.items() if feature.name in cfg.feature_names
+        ]
         if candidates:
             out.append((feature.name, max(candidates, key=lambda c: c[0])[1]))
     return out
@@ -254,8 +282,9 @@ def projector_rows(encoder: Any, limit: int = PROJECTOR_ROWS) -> Tuple[np.ndarra
     return rows, [re.sub(r"[\t\r\n]", " ", str(v)) for v in values]
 
 
-def gather_rows(state: Mapping[str, Any], fqn: str, table: EmbeddingBagConfig, rows: np.ndarray,
-                world_size: int, rank: int) -> Optional[np.ndarray]:
+def gather_rows(
+    state: Mapping[str, Any], fqn: str, table: EmbeddingBagConfig, rows: np.ndarray, world_size: int, rank: int
+) -> Optional[np.ndarray]:
     """Rows ``rows`` of a (sharded) embedding table as a float32 [len(rows), dim] array on rank 0, None on the
     other ranks; collective when ``world_size > 1``. Each rank contributes the part of its local shards
     (row-, column- or table-wise) that holds sampled rows; a data-parallel table is read on rank 0.
@@ -286,7 +315,7 @@ def gather_rows(state: Mapping[str, Any], fqn: str, table: EmbeddingBagConfig, r
         return None
     out = np.zeros((len(rows), table.embedding_dim), dtype=np.float32)
     for positions, col0, values in pieces:
-        out[positions, col0:col0 + values.shape[1]] = values
+        out[positions, col0 : col0 + values.shape[1]] = values
     return out
 
 
@@ -305,8 +334,9 @@ class RunBoard:
         board.scalars({"1_train/loss": 0.41}, step=10)
     """
 
-    def __init__(self, run_dir: str, schema: Schema, untrained: Sequence[str] = (),
-                 purge_step: Optional[int] = None) -> None:
+    def __init__(
+        self, run_dir: str, schema: Schema, untrained: Sequence[str] = (), purge_step: Optional[int] = None
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.schema = schema

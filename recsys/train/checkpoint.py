@@ -101,8 +101,16 @@ def _allowed_globals() -> Dict[Tuple[str, str], Any]:
         ("collections", "OrderedDict"): __import__("collections").OrderedDict,
         ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): dcp_fs._StorageInfo,
     }
-    for name in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
-                 "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING"):
+    for name in (
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    ):
         allowed[("torch.distributed.checkpoint.metadata", name)] = getattr(dcp_md, name)
     for name, value in vars(torch).items():  # dtypes pickle as attributes of torch (torch.float32, ...)
         if isinstance(value, torch.dtype):
@@ -140,8 +148,9 @@ def read_metadata(path: str) -> dcp_md.Metadata:
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing (not a DCP checkpoint)") from None
     except Exception as e:  # UnpicklingError, EOFError, ValueError, ... on a crafted or damaged file
-        raise CheckpointError(f"{file}: untrusted or unreadable checkpoint metadata ({_first_line(e)}); "
-                              "refusing to load it") from None
+        raise CheckpointError(
+            f"{file}: untrusted or unreadable checkpoint metadata ({_first_line(e)}); refusing to load it"
+        ) from None
     if not isinstance(metadata, dcp_md.Metadata) or not isinstance(metadata.state_dict_metadata, dict):
         raise CheckpointError(f"{file}: not DCP checkpoint metadata (got {type(metadata).__name__})")
     return metadata
@@ -193,26 +202,36 @@ def verify_manifest(path: str) -> Dict[str, Dict[str, Any]]:
         if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
             raise ValueError(f"format {manifest.get('format')!r}")
         for name, entry in files.items():
-            if (os.path.basename(name) != name or name.startswith("..") or not isinstance(entry, dict)
-                    or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str)):
+            if (
+                os.path.basename(name) != name
+                or name.startswith("..")
+                or not isinstance(entry, dict)
+                or not isinstance(entry.get("size"), int)
+                or not isinstance(entry.get("sha256"), str)
+            ):
                 raise ValueError(f"bad entry {name!r}")
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no {MANIFEST}, so its files cannot be verified; refusing to load it "
-                              "(not written by this version of recsys?)") from None
+        raise CheckpointError(
+            f"{path}: no {MANIFEST}, so its files cannot be verified; refusing to load it "
+            "(not written by this version of recsys?)"
+        ) from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as e:
         raise CheckpointError(f"{file}: not a valid checkpoint manifest ({_first_line(e)})") from None
     present = {n for n in os.listdir(path) if n not in (MANIFEST, COMPLETE)}
     unlisted = sorted(present - set(files))
     if unlisted:
-        raise CheckpointError(f"{path}: file '{unlisted[0]}' is not in the checkpoint's manifest; refusing to load "
-                              "a checkpoint with planted files")
+        raise CheckpointError(
+            f"{path}: file '{unlisted[0]}' is not in the checkpoint's manifest; refusing to load "
+            "a checkpoint with planted files"
+        )
     for name, entry in files.items():
         full = os.path.join(path, name)
         if not os.path.isfile(full):
             raise CheckpointError(f"{full}: missing (listed in the checkpoint's manifest)")
         if os.path.getsize(full) != entry["size"]:
-            raise CheckpointError(f"{full}: {os.path.getsize(full)} bytes, the manifest says {entry['size']} "
-                                  "(truncated or replaced)")
+            raise CheckpointError(
+                f"{full}: {os.path.getsize(full)} bytes, the manifest says {entry['size']} (truncated or replaced)"
+            )
         if file_digest(full) != entry["sha256"]:
             raise CheckpointError(f"{full}: content differs from the checkpoint's manifest (corrupt or replaced)")
     return files
@@ -239,8 +258,9 @@ def check_checkpoint(path: str) -> dcp_md.Metadata:
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such checkpoint folder")
     if not os.path.exists(os.path.join(path, COMPLETE)):
-        raise CheckpointError(f"{path}: checkpoint is incomplete (no {COMPLETE} marker); it was interrupted while "
-                              "saving")
+        raise CheckpointError(
+            f"{path}: checkpoint is incomplete (no {COMPLETE} marker); it was interrupted while saving"
+        )
     files = verify_manifest(path)
     metadata = read_metadata(path)
     _check_storage(path, metadata, files)
@@ -333,8 +353,9 @@ def _restore_rng(path: str) -> None:
         raise CheckpointError(f"{file}: corrupt RNG state ({_first_line(e)})") from None
 
 
-def load_checkpoint(path: str, state: Dict[str, Any],
-                    restore_rng: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def load_checkpoint(
+    path: str, state: Dict[str, Any], restore_rng: bool = True
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Load tensors into a copy of ``state`` (the live state dicts, any world size); returns the merged state
     and the trainer state. Apply them with ``load_state_dict``."""
     check_checkpoint(path)

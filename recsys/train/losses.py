@@ -111,8 +111,9 @@ class MultiTaskLoss(nn.Module):
             return joint_bce(outputs[task.depends_on], out, label)
         return loss_of(task).forward(out, label)
 
-    def per_view(self, task: Task, outputs: Dict[str, torch.Tensor], batch: Batch,
-                 predictions: torch.Tensor) -> torch.Tensor:
+    def per_view(
+        self, task: Task, outputs: Dict[str, torch.Tensor], batch: Batch, predictions: torch.Tensor
+    ) -> torch.Tensor:
         """Unreduced loss of ``task`` for K predictions of every row: [B, K] (see ``per_sample``)."""
         label = batch.labels[task.name].unsqueeze(1).expand_as(predictions)
         if task.depends_on is not None and self.is_joint(task):
@@ -185,8 +186,9 @@ class TrainModule(nn.Module):
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, StepOutput]:
         outputs = self.model(batch)
-        losses = self.loss(batch, outputs, self.model.loss_weights(batch, outputs),
-                           self.model.loss_views(batch, outputs))
+        losses = self.loss(
+            batch, outputs, self.model.loss_weights(batch, outputs), self.model.loss_views(batch, outputs)
+        )
         losses.update(self.model.extra_losses(batch, outputs))
         total = torch.stack(list(losses.values())).sum()
         detached = {k: v.detach() for k, v in losses.items()}

@@ -97,8 +97,9 @@ class Predictions(EvalFields[np.ndarray]):
         return concat_fields(parts, lambda arrays, f: np.concatenate(arrays))
 
     @staticmethod
-    def of_batch(batch: Batch, keep: torch.Tensor, labels: Sequence[str],
-                 scores: Dict[str, torch.Tensor]) -> "Predictions":
+    def of_batch(
+        batch: Batch, keep: torch.Tensor, labels: Sequence[str], scores: Dict[str, torch.Tensor]
+    ) -> "Predictions":
         """The rows ``keep`` of ``batch`` with their ``scores``, the labels of tasks ``labels`` only (numpy, on
         the host)."""
 
@@ -107,9 +108,13 @@ class Predictions(EvalFields[np.ndarray]):
                 return None  # absent in the batch (an empty tensor)
             return t[keep].detach().cpu().numpy()
 
-        return tree_map(batch, host, into=Predictions,
-                        labels={t: host(batch.labels[t]) for t in labels},
-                        scores={t: host(v) for t, v in scores.items()})
+        return tree_map(
+            batch,
+            host,
+            into=Predictions,
+            labels={t: host(batch.labels[t]) for t in labels},
+            scores={t: host(v) for t, v in scores.items()},
+        )
 
 
 class PredictionCollector:
@@ -178,8 +183,11 @@ def _all_gather(parts: List[Predictions]) -> Predictions:
     ints, floats = _columns(mine) if mine is not None else ([], [])
     layout = ";".join(f"{name}:{a.dtype.str}" for name, a in ints + floats)
     # [rows, layout fingerprint, has a layout]: ranks must agree on the columns before their rows travel
-    meta = torch.tensor([len(mine) if mine is not None else 0, zlib.crc32(layout.encode()), mine is not None],
-                        dtype=torch.int64, device=device)
+    meta = torch.tensor(
+        [len(mine) if mine is not None else 0, zlib.crc32(layout.encode()), mine is not None],
+        dtype=torch.int64,
+        device=device,
+    )
     metas = [torch.empty_like(meta) for _ in range(world)]
     dist.all_gather(metas, meta)
     metas_np = torch.stack(metas).cpu().numpy()
@@ -198,12 +206,12 @@ def _all_gather(parts: List[Predictions]) -> Predictions:
             continue
         block = torch.zeros(longest, len(cols), dtype=dtype)
         if mine is not None and len(mine):
-            block[:len(mine)] = torch.from_numpy(np.stack([a.astype(np_dtype) for _, a in cols], axis=1))
+            block[: len(mine)] = torch.from_numpy(np.stack([a.astype(np_dtype) for _, a in cols], axis=1))
         block = block.to(device)
         blocks = [torch.empty_like(block) for _ in range(world)]
         dist.all_gather(blocks, block)
         for r, b in enumerate(blocks):
-            values = b[:int(rows[r])].cpu().numpy()
+            values = b[: int(rows[r])].cpu().numpy()
             for j, (name, local) in enumerate(cols):
                 gathered[name].append(values[:, j].astype(local.dtype))  # float32 -> float64 -> float32: exact
     return _from_columns({name: np.concatenate(v) for name, v in gathered.items()})
@@ -269,8 +277,13 @@ def _run_starts(keys: np.ndarray) -> np.ndarray:
 class _Rows:
     """Sorted rows as packed keys (fields ``layout``, most significant first) plus ``columns`` read by row."""
 
-    def __init__(self, keys: np.ndarray, layout: Sequence[Tuple[str, int]], columns: Dict[str, np.ndarray],
-                 decode: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(
+        self,
+        keys: np.ndarray,
+        layout: Sequence[Tuple[str, int]],
+        columns: Dict[str, np.ndarray],
+        decode: Callable[[np.ndarray], np.ndarray],
+    ) -> None:
         self.keys, self.layout, self.columns, self.decode = keys, layout, columns, decode
 
     def __len__(self) -> int:
@@ -279,7 +292,7 @@ class _Rows:
     def _shift(self, name: str) -> int:
         """Bits below field ``name``."""
         names = [f for f, _ in self.layout]
-        return sum(bits for _, bits in self.layout[names.index(name) + 1:])
+        return sum(bits for _, bits in self.layout[names.index(name) + 1 :])
 
     def field(self, name: str) -> np.ndarray:
         bits = dict(self.layout)[name]
@@ -303,8 +316,14 @@ class _Order:
         for code, rows in view.parts("scenario").items(): ...   # each scenario's rows, still by score
     """
 
-    def __init__(self, scores: np.ndarray, codes: Mapping[str, np.ndarray], users: Optional[np.ndarray] = None,
-                 positive: Optional[np.ndarray] = None, relevance: Optional[np.ndarray] = None) -> None:
+    def __init__(
+        self,
+        scores: np.ndarray,
+        codes: Mapping[str, np.ndarray],
+        users: Optional[np.ndarray] = None,
+        positive: Optional[np.ndarray] = None,
+        relevance: Optional[np.ndarray] = None,
+    ) -> None:
         key, key_bits, decode = _score_key(scores)
         n = len(key)
         fields = [("user", users, _bits(users))] if users is not None else []
@@ -321,8 +340,10 @@ class _Order:
                 keys >>= index[0][2]
         else:  # too wide with the row index: sort row indices, gather, then pack
             if sum(bits for _, _, bits in fields) > 63:
-                raise ValueError(f"{n} evaluation rows of {_bits(users) if users is not None else 0}-bit users: "
-                                 "too many for one 63-bit sort key")
+                raise ValueError(
+                    f"{n} evaluation rows of {_bits(users) if users is not None else 0}-bit users: "
+                    "too many for one 63-bit sort key"
+                )
             order = _stable_by(key, np.arange(n, dtype=np.int64))
             order = _stable_by(users, order) if users is not None else order
             keys = _pack([(values[order], bits) for _, values, bits in fields])
@@ -351,8 +372,9 @@ class _Order:
             code = code.astype(np.int16 if code_bits < 16 else np.int64)
             bounds = np.concatenate([[0], np.cumsum(np.bincount(code, minlength=1 << code_bits))])
             moved = rows.take(np.argsort(code, kind="stable"))
-        return {c: moved.take(slice(bounds[c], bounds[c + 1])) for c in range(len(bounds) - 1)
-                if bounds[c + 1] > bounds[c]}
+        return {
+            c: moved.take(slice(bounds[c], bounds[c + 1])) for c in range(len(bounds) - 1) if bounds[c + 1] > bounds[c]
+        }
 
 
 # --- runs of sorted rows: the segment sums every metric is made of ---------------------------------------------
@@ -470,8 +492,9 @@ def _user_metrics(rows: _Rows, ideal: Optional[_Rows], ks: Sequence[int], with_g
         u, p, n = runs.mann_whitney(rows.field("positive"))
         valid = (p > 0) & (n > 0)
         size = p[valid] + n[valid]
-        out["gauc"] = float(np.sum(u[valid] / (p[valid] * n[valid]) * size) / np.sum(size)) if valid.any() \
-            else float("nan")
+        out["gauc"] = (
+            float(np.sum(u[valid] / (p[valid] * n[valid]) * size) / np.sum(size)) if valid.any() else float("nan")
+        )
         out["gauc_users"] = int(valid.sum())
     if not ks:
         return out
@@ -548,8 +571,13 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den > 0 else float("nan")
 
 
-def _task_reports(task: Task, p: Predictions, users: Optional[np.ndarray], partitions: Sequence[_Partition],
-                  codes: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
+def _task_reports(
+    task: Task,
+    p: Predictions,
+    users: Optional[np.ndarray],
+    partitions: Sequence[_Partition],
+    codes: Mapping[str, np.ndarray],
+) -> Dict[str, Dict[str, float]]:
     """``{slice suffix: {metric: value}}`` of one task (see the module docstring)."""
     rows = np.flatnonzero(p.labels[task.depends_on] > 0.5) if task.depends_on is not None else None
 
@@ -701,8 +729,13 @@ TABLE_METRICS = ("auc", "oracle_auc", "gauc", "ctcvr_auc", "logloss", "rmse", "m
 UNTRAINED = "untrained (loss weight 0)"
 
 
-def format_table(schema: Schema, report: Dict[str, float], metrics: Iterable[str] = TABLE_METRICS,
-                 title: Optional[str] = None, untrained: Sequence[str] = ()) -> str:
+def format_table(
+    schema: Schema,
+    report: Dict[str, float],
+    metrics: Iterable[str] = TABLE_METRICS,
+    title: Optional[str] = None,
+    untrained: Sequence[str] = (),
+) -> str:
     """A markdown table: one row per task x slice, one column per metric present; a task in ``untrained``
     gets one row saying so instead of its (meaningless) numbers."""
     report = without_tasks(report, untrained)

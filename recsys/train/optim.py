@@ -5,9 +5,9 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.distributed.composable.table_batched_embedding_slice import TableBatchedEmbeddingSlice
 from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -21,8 +21,9 @@ from recsys.train.sharding import embedding_tables
 
 def embedding_optimizer_class(cfg: EmbeddingOptimizerConfig, device_type: str) -> Tuple[Type, Dict[str, float]]:
     if cfg.name == "adam" and device_type != "cuda":
-        raise ConfigError("train.embedding_optimizer.name: fused 'adam' needs CUDA; on CPU use rowwise_adagrad, "
-                          "adagrad or sgd")
+        raise ConfigError(
+            "train.embedding_optimizer.name: fused 'adam' needs CUDA; on CPU use rowwise_adagrad, adagrad or sgd"
+        )
     if cfg.name == "rowwise_adagrad":
         return RowWiseAdagrad, {"lr": cfg.lr, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
     if cfg.name == "adagrad":
@@ -112,8 +113,9 @@ def build_optimizer(
         ids = {id(p) for p in params}
         mine = {k: v for k, v in dense.items() if id(v) in ids}
         if len(mine) != len(ids) or set(mine) & set(claimed):
-            raise ConfigError(f"optimizer group '{name}': its parameters must be distinct trainable dense "
-                              "parameters of the model")
+            raise ConfigError(
+                f"optimizer group '{name}': its parameters must be distinct trainable dense parameters of the model"
+            )
         claimed.update(mine)
         grouped.append((name, KeyedOptimizerWrapper(mine, lambda ps, c=group_cfg: dense_optimizer(ps, c))))
     rest = {k: v for k, v in dense.items() if k not in claimed}

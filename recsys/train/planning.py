@@ -25,7 +25,6 @@ from recsys.schema import Schema
 from recsys.train.assembly import train_module
 from recsys.train.sharding import DEVICES, PlanReport, plan_report
 
-
 # torchrec's planner enumerates every rank (about 3 minutes at 2048 ranks on 2 CPU cores): larger jobs are refused
 # at once rather than planned for an hour
 MAX_PLAN_WORLD_SIZE = 4096
@@ -34,9 +33,7 @@ MAX_PLAN_WORLD_SIZE = 4096
 def declared_schema(cfg: Config) -> Schema:
     """The config's schema from its dataset spec alone (see :meth:`Dataset.declared_schema`)."""
     spec = spec_of(cfg)
-    return Dataset(spec, cfg.resolve(cfg.data.path) if cfg.data.path else None).declared_schema(
-        cfg.model.embedding_dim
-    )
+    return Dataset(spec, cfg.resolve(cfg.data.path) if cfg.data.path else None).declared_schema(cfg.model.embedding_dim)
 
 
 def plan_config(
@@ -69,8 +66,9 @@ def plan_config(
     check_device_support(cfg.sharding, DEVICES[device_type].compute_device)
     schema = declared_schema(cfg)
     model = build_model(cfg.model, schema, source="config")
-    module = train_module(model, schema, cfg.train.task_weights, cfg.train.embedding_optimizer,
-                          DEVICES[device_type].compute_device)
+    module = train_module(
+        model, schema, cfg.train.task_weights, cfg.train.embedding_optimizer, DEVICES[device_type].compute_device
+    )
     sharding = replace(cfg.sharding, device_type=cast(DeviceType, device_type))
     if ranks_per_host is not None and ranks_per_host < 1:
         raise ConfigError(f"ranks per host must be >= 1, got {ranks_per_host}")
@@ -83,8 +81,14 @@ def plan_config(
     for world in world_sizes:
         per_host = min(ranks_per_host if ranks_per_host is not None else DEVICES[device_type].ranks_per_host, world)
         start = time.perf_counter()
-        report = plan_report(module, sharding, world, per_host, device_type,
-                             batch_size if batch_size is not None else cfg.data.batch_size)[1]
+        report = plan_report(
+            module,
+            sharding,
+            world,
+            per_host,
+            device_type,
+            batch_size if batch_size is not None else cfg.data.batch_size,
+        )[1]
         report.planner_seconds = time.perf_counter() - start
         reports.append(report)
     return reports

@@ -30,14 +30,25 @@ MIN_FREE_BYTES = 64 << 20
 
 # keys a resumed run may change: how long it runs, and what it shows
 RESUME_MAY_DIFFER = (
-    "train.epochs", "train.max_steps", "train.early_stopping.patience",
-    "train.progress", "train.log_every_steps", "train.keep_checkpoints", "tensorboard",
+    "train.epochs",
+    "train.max_steps",
+    "train.early_stopping.patience",
+    "train.progress",
+    "train.log_every_steps",
+    "train.keep_checkpoints",
+    "tensorboard",
 )
 # keys an evaluation may set differently from the run it evaluates: where data comes from and how it is batched,
 # how training ran, and the hardware (a checkpoint of N ranks loads on any M)
 EVAL_MAY_DIFFER_PREFIXES = ("train.", "sharding.", "tensorboard", "device", "run_dir")
-EVAL_MAY_DIFFER = ("data.path", "data.batch_size", "data.eval_batch_size", "data.in_memory", "data.chunk_rows",
-                   "data.shuffle_buffer_chunks")
+EVAL_MAY_DIFFER = (
+    "data.path",
+    "data.batch_size",
+    "data.eval_batch_size",
+    "data.in_memory",
+    "data.chunk_rows",
+    "data.shuffle_buffer_chunks",
+)
 # compared by content instead of by path
 PATH_KEYS = ("run_dir", "data.spec", "data.path")
 
@@ -92,8 +103,9 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def differences(saved: Dict[str, Any], live: Dict[str, Any], ignore: Sequence[str] = (),
-                ignore_prefixes: Sequence[str] = ()) -> List[str]:
+def differences(
+    saved: Dict[str, Any], live: Dict[str, Any], ignore: Sequence[str] = (), ignore_prefixes: Sequence[str] = ()
+) -> List[str]:
     """``key (saved -> live)`` for every key whose value differs."""
     keys = sorted(set(saved) | set(live))
     out = []
@@ -108,24 +120,34 @@ def differences(saved: Dict[str, Any], live: Dict[str, Any], ignore: Sequence[st
 def check_resume_identity(checkpoint: str, saved: Optional[Dict[str, Any]], live: Dict[str, Any]) -> None:
     """Refuse to resume ``checkpoint`` with a config or data it was not trained with."""
     if saved is None:
-        raise RecsysError(f"{checkpoint}: the checkpoint records nothing of the config and data it was trained with "
-                          "(written by an older recsys); start a new run instead of resuming it")
+        raise RecsysError(
+            f"{checkpoint}: the checkpoint records nothing of the config and data it was trained with "
+            "(written by an older recsys); start a new run instead of resuming it"
+        )
     diff = differences(saved, live)
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise ConfigError(f"--resume: {checkpoint} was trained with another config or data: {shown}. Only "
-                          f"{', '.join(RESUME_MAY_DIFFER[:3])} may change on resume; start a new run "
-                          "(another --run-dir, or --overwrite) for the rest")
+        raise ConfigError(
+            f"--resume: {checkpoint} was trained with another config or data: {shown}. Only "
+            f"{', '.join(RESUME_MAY_DIFFER[:3])} may change on resume; start a new run "
+            "(another --run-dir, or --overwrite) for the rest"
+        )
 
 
 def check_eval_config(run_config: Dict[str, Any], given: Dict[str, Any], source: str, run_dir: str) -> None:
     """Refuse evaluating a run with a config (``-c``) whose model, features or splits differ from the run's."""
-    diff = differences(flatten(run_config), flatten(given), ignore=EVAL_MAY_DIFFER + ("data.spec",),
-                       ignore_prefixes=EVAL_MAY_DIFFER_PREFIXES)
+    diff = differences(
+        flatten(run_config),
+        flatten(given),
+        ignore=EVAL_MAY_DIFFER + ("data.spec",),
+        ignore_prefixes=EVAL_MAY_DIFFER_PREFIXES,
+    )
     if diff:
         shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
-        raise ConfigError(f"{source} differs from the run's own config ({os.path.join(run_dir, 'config.yaml')}): "
-                          f"{shown}; leave out -c to use the run's config")
+        raise ConfigError(
+            f"{source} differs from the run's own config ({os.path.join(run_dir, 'config.yaml')}): "
+            f"{shown}; leave out -c to use the run's config"
+        )
 
 
 def spec_digest(spec: Any) -> str:
@@ -141,8 +163,10 @@ def check_same_spec(run_spec: str, given_spec: str, given_overrides: Optional[Di
     from recsys.data.spec import load_spec
 
     if spec_digest(load_spec(run_spec)) != spec_digest(load_spec(given_spec, given_overrides)):
-        raise ConfigError(f"{given_spec}: the dataset spec differs from the one the run was trained with "
-                          f"({run_spec}); leave out -c to use the run's own config and spec")
+        raise ConfigError(
+            f"{given_spec}: the dataset spec differs from the one the run was trained with "
+            f"({run_spec}); leave out -c to use the run's own config and spec"
+        )
 
 
 def _existing_ancestor(path: str) -> str:
@@ -181,8 +205,9 @@ def check_free_space(path: str, needed: int, what: str) -> None:
     st = os.statvfs(_existing_ancestor(path))
     free = st.f_bavail * st.f_frsize
     if free < needed:
-        raise RunFolderError(f"{path}: no space left for {what}: about {needed / 2**20:,.0f} MiB needed, "
-                             f"{free / 2**20:,.0f} MiB free")
+        raise RunFolderError(
+            f"{path}: no space left for {what}: about {needed / 2**20:,.0f} MiB needed, {free / 2**20:,.0f} MiB free"
+        )
 
 
 class RunFolder:
@@ -213,15 +238,20 @@ class RunFolder:
         state = ckpt.read_trainer_state(latest)
         name = state.get("best_checkpoint")
         if name is None:
-            raise RecsysError(f"{latest}: the run recorded no best checkpoint (its validation metric was never "
-                              "defined); use --checkpoint latest")
+            raise RecsysError(
+                f"{latest}: the run recorded no best checkpoint (its validation metric was never "
+                "defined); use --checkpoint latest"
+            )
         if not isinstance(name, str) or os.path.basename(name) != name or not name.startswith("step-"):
-            raise RecsysError(f"{os.path.join(latest, ckpt.TRAINER_STATE)}: corrupt best checkpoint entry "
-                              f"{_show(name)}")
+            raise RecsysError(
+                f"{os.path.join(latest, ckpt.TRAINER_STATE)}: corrupt best checkpoint entry {_show(name)}"
+            )
         path = self.checkpoint(name)
         if not os.path.isdir(path):
-            raise RecsysError(f"{path}: the best checkpoint of this run is missing (deleted?); use --checkpoint "
-                              "latest or a checkpoint folder")
+            raise RecsysError(
+                f"{path}: the best checkpoint of this run is missing (deleted?); use --checkpoint "
+                "latest or a checkpoint folder"
+            )
         return path
 
     def latest_checkpoint(self) -> str:
@@ -262,8 +292,10 @@ class RunFolder:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunFolderError(f"{self.path}: another training is using this run folder (it holds "
-                                     f"{LOCK}); wait for it to finish or use another --run-dir") from None
+                raise RunFolderError(
+                    f"{self.path}: another training is using this run folder (it holds "
+                    f"{LOCK}); wait for it to finish or use another --run-dir"
+                ) from None
             raise RunFolderError(f"{self.path}: cannot lock the run folder ({e.strerror})") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -274,8 +306,10 @@ class RunFolder:
         held = self.contents()
         if held and not resume and not overwrite:
             shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-            raise RunFolderError(f"{self.path}: the run folder is not empty ({shown}); use --resume to continue "
-                                 "that run, --overwrite to replace it, or another --run-dir")
+            raise RunFolderError(
+                f"{self.path}: the run folder is not empty ({shown}); use --resume to continue "
+                "that run, --overwrite to replace it, or another --run-dir"
+            )
 
     def clear(self) -> None:
         """Remove every earlier file of the folder (keeping the lock held)."""

@@ -43,7 +43,7 @@ from recsys.data.splits import rank_range
 from recsys.errors import RecsysError
 from recsys.io import atomic_path, write_json_atomic
 from recsys.train.assembly import eval_batches
-from recsys.train.dist import all_reduce_int, barrier, broadcast_object, on_main
+from recsys.train.dist import all_reduce_int, barrier, on_main
 from recsys.train.metrics import PredictionCollector, evaluate
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,10 @@ def output_names(tasks: Sequence[str], keep: Sequence[str], emit_indices: bool) 
     seen = set()
     for name in names:
         if name in seen:
-            raise RecsysError(f"--keep-columns: column '{name}' is given twice or is also an output column "
-                              f"({', '.join(names[len(keep):])})")
+            raise RecsysError(
+                f"--keep-columns: column '{name}' is given twice or is also an output column "
+                f"({', '.join(names[len(keep) :])})"
+            )
         seen.add(name)
     return names
 
@@ -100,8 +102,9 @@ class _Share:
     stop: int
 
 
-def _shares(readers: Sequence[SourceReader], paths: Sequence[str], counts: Sequence[int], rank: int,
-            world_size: int) -> List[_Share]:
+def _shares(
+    readers: Sequence[SourceReader], paths: Sequence[str], counts: Sequence[int], rank: int, world_size: int
+) -> List[_Share]:
     start, stop = rank_range(sum(counts), rank, world_size)
     out, offset = [], 0
     for reader, path, n in zip(readers, paths, counts):
@@ -139,11 +142,16 @@ def _check_out_folder(out_dir: str, job: Dict[str, Any], rows: List[int], overwr
         if not same:
             stale.append(path)
     parts = {PART.format(r) for r in range(len(rows))}
-    stale += sorted(os.path.join(out_dir, f) for f in os.listdir(out_dir)
-                    if f.startswith("part-") and f.endswith(".parquet") and f not in parts)
+    stale += sorted(
+        os.path.join(out_dir, f)
+        for f in os.listdir(out_dir)
+        if f.startswith("part-") and f.endswith(".parquet") and f not in parts
+    )
     if stale and not overwrite:
-        raise RecsysError(f"{stale[0]}: a part of another scoring job (other inputs, checkpoint, columns or "
-                          f"world size); give a new --out or --overwrite to replace it")
+        raise RecsysError(
+            f"{stale[0]}: a part of another scoring job (other inputs, checkpoint, columns or "
+            f"world size); give a new --out or --overwrite to replace it"
+        )
     for path in stale + [os.path.join(out_dir, SUMMARY)]:
         if os.path.exists(path) and (path in stale or not all(done)):
             os.remove(path)
@@ -170,9 +178,11 @@ class _PartWriter:
                 table = table.cast(schema)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 name = next(f.name for f in schema if f.type != table.schema.field(f.name).type)
-                raise RecsysError(f"{source}: column '{name}' is {table.schema.field(name).type} here but "
-                                  f"{schema.field(name).type} in the files before it; a part holds one type "
-                                  "per column") from None
+                raise RecsysError(
+                    f"{source}: column '{name}' is {table.schema.field(name).type} here but "
+                    f"{schema.field(name).type} in the files before it; a part holds one type "
+                    "per column"
+                ) from None
         self._writer.write_table(table)
 
     def close(self, ok: bool) -> None:
@@ -184,9 +194,16 @@ class _PartWriter:
             self._atomic.__exit__(RecsysError, RecsysError("stopped"), None)
 
 
-def score_files(trainer: Any, inputs: Sequence[str], out_dir: str, keep: Sequence[str] = (),
-                emit_indices: bool = False, checkpoint: str = "", overwrite: bool = False,
-                metrics: bool = False) -> Dict[str, Any]:
+def score_files(
+    trainer: Any,
+    inputs: Sequence[str],
+    out_dir: str,
+    keep: Sequence[str] = (),
+    emit_indices: bool = False,
+    checkpoint: str = "",
+    overwrite: bool = False,
+    metrics: bool = False,
+) -> Dict[str, Any]:
     """Score the rows of ``inputs`` with ``trainer``'s model into ``out_dir`` (see the module docstring);
     collective: every rank calls it. Returns the summary rank 0 writes to ``predict.json``.
 
@@ -212,14 +229,22 @@ def score_files(trainer: Any, inputs: Sequence[str], out_dir: str, keep: Sequenc
     readers = [dataset.scoring_reader(f, keep) for f in files]
     counts = on_main(lambda: _count_rows(readers, files))
     world = dist.world_size
-    job = {"inputs": fingerprint(files), "keep": list(keep), "emit_indices": emit_indices,
-           "checkpoint": os.path.abspath(checkpoint) if checkpoint else "", "world_size": world,
-           "columns": names}
+    job = {
+        "inputs": fingerprint(files),
+        "keep": list(keep),
+        "emit_indices": emit_indices,
+        "checkpoint": os.path.abspath(checkpoint) if checkpoint else "",
+        "world_size": world,
+        "columns": names,
+    }
     rows = [rank_range(sum(counts), r, world)[1] - rank_range(sum(counts), r, world)[0] for r in range(world)]
     done = on_main(lambda: _check_out_folder(out_dir, job, rows, overwrite))
     if metrics and any(done):
-        log.warning("predict --metrics: parts %s were complete and are not scored again; the metrics cover the "
-                    "rows scored now only", [r for r, d in enumerate(done) if d])
+        log.warning(
+            "predict --metrics: parts %s were complete and are not scored again; the metrics cover the "
+            "rows scored now only",
+            [r for r, d in enumerate(done) if d],
+        )
     rank = dist.rank
     shares = [] if done[rank] else _shares(readers, files, counts, rank, world)
     collector = PredictionCollector(schema) if metrics else None
@@ -230,8 +255,13 @@ def score_files(trainer: Any, inputs: Sequence[str], out_dir: str, keep: Sequenc
     batch_size = trainer.cfg.data.eval_batch_size or trainer.cfg.data.batch_size
     ok = False
     try:
-        with Progress("predict", sum(rows[r] for r in range(world) if not done[r]), unit="row",
-                      enabled=trainer.cfg.train.progress and trainer.is_main, unit_scale=True) as bar:
+        with Progress(
+            "predict",
+            sum(rows[r] for r in range(world) if not done[r]),
+            unit="row",
+            enabled=trainer.cfg.train.progress and trainer.is_main,
+            unit_scale=True,
+        ) as bar:
             steps = _in_step(_batches(dataset, shares, keep, schema.feature_names, batch_size, labelled), padding)
             for batch, out in eval_batches(trainer.dmp, _queued(steps, pending), trainer.device):
                 kept, size, source = pending.popleft()
@@ -246,9 +276,15 @@ def score_files(trainer: Any, inputs: Sequence[str], out_dir: str, keep: Sequenc
             writer.close(ok)
     every_labelled = all_reduce_int(int(labelled[0]), "min") == 1
     barrier()
-    summary: Dict[str, Any] = {"parts": [PART.format(r) for r in range(world) if rows[r]], "rows": sum(rows),
-                               "rows_per_part": rows, "skipped": [PART.format(r) for r, d in enumerate(done) if d],
-                               "inputs": files, "columns": names, "checkpoint": job["checkpoint"]}
+    summary: Dict[str, Any] = {
+        "parts": [PART.format(r) for r in range(world) if rows[r]],
+        "rows": sum(rows),
+        "rows_per_part": rows,
+        "skipped": [PART.format(r) for r, d in enumerate(done) if d],
+        "inputs": files,
+        "columns": names,
+        "checkpoint": job["checkpoint"],
+    }
     if collector is not None:
         if not every_labelled:
             log.warning("predict --metrics: some input files have no label columns; no metrics")
@@ -260,8 +296,14 @@ def score_files(trainer: Any, inputs: Sequence[str], out_dir: str, keep: Sequenc
     return summary
 
 
-def _batches(dataset: Any, shares: Sequence[_Share], keep: Sequence[str], feature_names: Sequence[str],
-             batch_size: int, labelled: List[bool]) -> Iterator[Tuple[Any, Optional[pa.Table], int, str]]:
+def _batches(
+    dataset: Any,
+    shares: Sequence[_Share],
+    keep: Sequence[str],
+    feature_names: Sequence[str],
+    batch_size: int,
+    labelled: List[bool],
+) -> Iterator[Tuple[Any, Optional[pa.Table], int, str]]:
     """``(batch, kept raw columns, real rows, file)`` of this rank's share, chunk by chunk; ``labelled[0]``
     turns False at the first chunk without labels."""
     for share in shares:
@@ -276,8 +318,9 @@ def _batches(dataset: Any, shares: Sequence[_Share], keep: Sequence[str], featur
                 yield part.to_batch(feature_names), kept.slice(lo, hi - lo), hi - lo, share.path
 
 
-def _in_step(batches: Iterator[Tuple[Any, Optional[pa.Table], int, str]],
-             padding: Any) -> Iterator[Tuple[Any, Optional[pa.Table], int, str]]:
+def _in_step(
+    batches: Iterator[Tuple[Any, Optional[pa.Table], int, str]], padding: Any
+) -> Iterator[Tuple[Any, Optional[pa.Table], int, str]]:
     """``batches`` kept in step with the other ranks' (sharded forward passes are collective): a rank whose
     share is done runs placeholder batches until every share is; a rank whose input fails stops every rank
     (each raises: the failing one its own one-line error)."""
@@ -289,23 +332,25 @@ def _in_step(batches: Iterator[Tuple[Any, Optional[pa.Table], int, str]],
             item, error = None, e
         state = all_reduce_int(2 if error is not None else (1 if item is not None else 0), "max")
         if state == 2:
-            raise error or RecsysError("predict: another rank stopped on an input error (its message is in "
-                                       "that rank's log); nothing of this run was kept")
+            raise error or RecsysError(
+                "predict: another rank stopped on an input error (its message is in "
+                "that rank's log); nothing of this run was kept"
+            )
         if state == 0:
             return
         yield item if item is not None else (padding, None, 0, "")
 
 
-def _queued(steps: Iterator[Tuple[Any, Optional[pa.Table], int, str]],
-            pending: collections.deque) -> Iterator[Any]:
+def _queued(steps: Iterator[Tuple[Any, Optional[pa.Table], int, str]], pending: collections.deque) -> Iterator[Any]:
     """The batches of ``steps``; the rest of each step waits in ``pending`` for its batch's outputs."""
     for batch, kept, size, source in steps:
         pending.append((kept, size, source))
         yield batch
 
 
-def _score_table(kept: pa.Table, batch: Any, outputs: Dict[str, Any], schema: Any, size: int,
-                 emit_indices: bool) -> pa.Table:
+def _score_table(
+    kept: pa.Table, batch: Any, outputs: Dict[str, Any], schema: Any, size: int, emit_indices: bool
+) -> pa.Table:
     """One batch's output rows: kept columns, indices when asked, scores."""
     from recsys.train.losses import prediction_of
 
@@ -314,6 +359,5 @@ def _score_table(kept: pa.Table, batch: Any, outputs: Dict[str, Any], schema: An
         for name in INDEX_COLUMNS:
             columns[name] = getattr(batch, name)[:size].cpu().numpy()
     for t in schema.tasks:
-        columns[f"score_{t.name}"] = prediction_of(t, outputs[t.name].float())[:size].cpu().numpy().astype(
-            np.float32)
+        columns[f"score_{t.name}"] = prediction_of(t, outputs[t.name].float())[:size].cpu().numpy().astype(np.float32)
     return pa.table(columns)

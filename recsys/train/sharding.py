@@ -30,11 +30,10 @@ from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DataParallelWrapper, DefaultDataParallelWrapper
-from torchrec.distributed.types import ShardingEnv
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import PlannerError, ShardingOption, Stats
-from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
@@ -135,8 +134,10 @@ def capacities(
     source = "preset"
     if device_type == "auto":
         if device is None:
-            raise ConfigError("sharding.device_type: 'auto' needs a live device; name one of "
-                              f"{', '.join(DEVICES)} to plan without one")
+            raise ConfigError(
+                "sharding.device_type: 'auto' needs a live device; name one of "
+                f"{', '.join(DEVICES)} to plan without one"
+            )
         if device.type == "cuda":
             props = torch.cuda.get_device_properties(device)
             name = props.name.upper()
@@ -213,8 +214,9 @@ def constraints(module: nn.Module, cfg: ShardingConfig) -> Dict[str, ParameterCo
     return out
 
 
-def check_kernels(table_constraints: Dict[str, ParameterConstraints], the_sharder: EmbeddingBagCollectionSharder,
-                  compute_device: str) -> None:
+def check_kernels(
+    table_constraints: Dict[str, ParameterConstraints], the_sharder: EmbeddingBagCollectionSharder, compute_device: str
+) -> None:
     """One line naming the table when none of its allowed sharding types takes any of its allowed kernels on
     ``compute_device`` (the planner would stop with a long RuntimeError); e.g. ``dense`` serves data_parallel
     only, ``fused_uvm_caching`` needs CUDA."""
@@ -222,10 +224,12 @@ def check_kernels(table_constraints: Dict[str, ParameterConstraints], the_sharde
         offered = {t: the_sharder.compute_kernels(t, compute_device) for t in c.sharding_types or []}
         if offered and not any(k in kernels for kernels in offered.values() for k in c.compute_kernels or []):
             options = "; ".join(f"{t} takes {', '.join(k)}" for t, k in offered.items())
-            raise ConfigError(f"sharding: table '{name}' allows kernels {', '.join(c.compute_kernels or [])} and "
-                              f"sharding types {', '.join(c.sharding_types)}, no pair of which works on "
-                              f"{compute_device} ({options}); set sharding.compute_kernel or "
-                              f"sharding.tables.{name}.compute_kernels / sharding_types")
+            raise ConfigError(
+                f"sharding: table '{name}' allows kernels {', '.join(c.compute_kernels or [])} and "
+                f"sharding types {', '.join(c.sharding_types)}, no pair of which works on "
+                f"{compute_device} ({options}); set sharding.compute_kernel or "
+                f"sharding.tables.{name}.compute_kernels / sharding_types"
+            )
 
 
 def sharder(cfg: ShardingConfig) -> EmbeddingBagCollectionSharder:
@@ -289,8 +293,9 @@ def storage_reservation(module: nn.Module) -> HeuristicalStorageReservation:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # 1.8 suggests a fixed percentage; we want dense + inputs
         try:
-            return HeuristicalStorageReservation(percentage=RESERVED_FRACTION,
-                                                 dense_tensor_estimate=max(dense_storage_estimate(module), 1))
+            return HeuristicalStorageReservation(
+                percentage=RESERVED_FRACTION, dense_tensor_estimate=max(dense_storage_estimate(module), 1)
+            )
         except TypeError:  # torchrec without dense_tensor_estimate
             return HeuristicalStorageReservation(percentage=RESERVED_FRACTION)
 
@@ -346,19 +351,28 @@ class PlanReport:
             "|---|---:|---:|---|---|---:|---|---:|",
         ]
         for t in self.tables:
-            lines.append(f"| {t.name} | {t.rows:,} | {t.dim} | {t.sharding_type} | {t.compute_kernel} | "
-                         f"{len(t.shard_sizes)} | {_ranges(t.ranks)} | {_bytes(t.hbm_bytes + t.ddr_bytes)} |")
-        lines += ["", f"per-rank memory of the embedding shards (weights, optimizer state, lookup buffers); the "
-                      f"planner also reserves {RESERVED_FRACTION:.0%} of each cap, the dense part and the inputs:",
-                  ""]
+            lines.append(
+                f"| {t.name} | {t.rows:,} | {t.dim} | {t.sharding_type} | {t.compute_kernel} | "
+                f"{len(t.shard_sizes)} | {_ranges(t.ranks)} | {_bytes(t.hbm_bytes + t.ddr_bytes)} |"
+            )
+        lines += [
+            "",
+            f"per-rank memory of the embedding shards (weights, optimizer state, lookup buffers); the "
+            f"planner also reserves {RESERVED_FRACTION:.0%} of each cap, the dense part and the inputs:",
+            "",
+        ]
         gpu = c.compute_device == "cuda"
-        lines += (["| ranks | HBM used | HBM cap | DDR used | DDR cap |", "|---|---:|---:|---:|---:|"] if gpu
-                  else ["| ranks | DDR used | DDR cap |", "|---|---:|---:|"])
+        lines += (
+            ["| ranks | HBM used | HBM cap | DDR used | DDR cap |", "|---|---:|---:|---:|---:|"]
+            if gpu
+            else ["| ranks | DDR used | DDR cap |", "|---|---:|---:|"]
+        )
         rows: List[Tuple[Tuple[str, ...], List[int]]] = []
         for r in range(self.world_size):
-            cells = (
-                (_gib(self.hbm_used[r]), _gib(self.hbm_cap[r])) if gpu else ()
-            ) + (_gib(self.ddr_used[r]), _gib(self.ddr_cap[r]))
+            cells = ((_gib(self.hbm_used[r]), _gib(self.hbm_cap[r])) if gpu else ()) + (
+                _gib(self.ddr_used[r]),
+                _gib(self.ddr_cap[r]),
+            )
             if rows and rows[-1][0] == cells:
                 rows[-1][1].append(r)
             else:
@@ -385,9 +399,11 @@ class PlanReport:
         if c.compute_device == "cuda":
             memory.insert(0, f"{_spread(self.hbm_used)} HBM of {_bytes(max(self.hbm_cap, default=0))}")
         ranks = f"{self.world_size} {c.compute_device} rank{'s' if self.world_size != 1 else ''}"
-        return (f"sharding plan: {len(self.tables)} tables on {ranks} ({types}; "
-                f"kernel{'s' if ',' in kernels else ''} {kernels}), per rank {', '.join(memory)}, "
-                f"planned in {self.planner_seconds:.1f} s")
+        return (
+            f"sharding plan: {len(self.tables)} tables on {ranks} ({types}; "
+            f"kernel{'s' if ',' in kernels else ''} {kernels}), per rank {', '.join(memory)}, "
+            f"planned in {self.planner_seconds:.1f} s"
+        )
 
 
 def _spread(per_rank: Sequence[int]) -> str:
@@ -429,9 +445,22 @@ class _ReportStats(Stats):
         self.best_plan: List[ShardingOption] = []
         self.run_time = 0.0
 
-    def log(self, sharding_plan, topology, batch_size, storage_reservation, num_proposals, num_plans,
-            run_time, best_plan, constraints=None, sharders=None, enumerator=None, debug=False,
-            debug_stats=None) -> None:  # noqa: D102 - signature fixed by torchrec
+    def log(
+        self,
+        sharding_plan,
+        topology,
+        batch_size,
+        storage_reservation,
+        num_proposals,
+        num_plans,
+        run_time,
+        best_plan,
+        constraints=None,
+        sharders=None,
+        enumerator=None,
+        debug=False,
+        debug_stats=None,
+    ) -> None:  # noqa: D102 - signature fixed by torchrec
         self.best_plan = list(best_plan)
         self.run_time = float(run_time)
 
@@ -454,10 +483,19 @@ def _report(stats: _ReportStats, topo: Topology, caps: Capacities, batch_size: i
                 report.hbm_used[r] += s_hbm
                 report.ddr_used[r] += s_ddr
         rows, dim = int(so.tensor.shape[0]), int(so.tensor.shape[1])
-        report.tables.append(TablePlacement(
-            so.name, rows, dim, so.sharding_type, so.compute_kernel, sorted(set(ranks)),
-            [(int(s.size[0]), int(s.size[1])) for s in so.shards], hbm, ddr,
-        ))
+        report.tables.append(
+            TablePlacement(
+                so.name,
+                rows,
+                dim,
+                so.sharding_type,
+                so.compute_kernel,
+                sorted(set(ranks)),
+                [(int(s.size[0]), int(s.size[1])) for s in so.shards],
+                hbm,
+                ddr,
+            )
+        )
     return report
 
 
@@ -560,8 +598,8 @@ def _fill(out: torch.Tensor, row0: int, col0: int, cfg: EmbeddingBagConfig, seed
         gen.manual_seed(_block_seed(seed, cfg.name, block))
         values = torch.rand(n, cfg.embedding_dim, generator=gen, device=out.device, dtype=torch.float32)
         a, b = max(row0, start), min(row0 + rows, start + n)
-        chunk = values[a - start:b - start, col0:col0 + cols]
-        out[a - row0:b - row0].copy_(chunk.mul_(hi - lo).add_(lo))
+        chunk = values[a - start : b - start, col0 : col0 + cols]
+        out[a - row0 : b - row0].copy_(chunk.mul_(hi - lo).add_(lo))
 
 
 def table_state_key(state: Mapping[str, object], fqn: str, table: str) -> str:
@@ -653,13 +691,21 @@ def shard(
     tables = embedding_configs(module)
     device_type = cfg.device_type
     if cfg.device_type != "auto" and DEVICES[cfg.device_type].compute_device != device.type:
-        raise ConfigError(f"sharding.device_type: '{cfg.device_type}' describes {DEVICES[cfg.device_type].compute_device} "
-                          f"ranks but this job runs on {device.type}; use 'auto'")
-    the_plan, report = plan_report(module, cfg, world_size, local_world_size, device_type, batch_size,
-                                   dist.GroupMember.WORLD, device)
+        raise ConfigError(
+            f"sharding.device_type: '{cfg.device_type}' describes {DEVICES[cfg.device_type].compute_device} "
+            f"ranks but this job runs on {device.type}; use 'auto'"
+        )
+    the_plan, report = plan_report(
+        module, cfg, world_size, local_world_size, device_type, batch_size, dist.GroupMember.WORLD, device
+    )
     with quiet_library():
-        dmp = DistributedModelParallel(module, device=device, plan=the_plan, sharders=[sharder(cfg)],
-                                       data_parallel_wrapper=data_parallel_wrapper(world_size))
+        dmp = DistributedModelParallel(
+            module,
+            device=device,
+            plan=the_plan,
+            sharders=[sharder(cfg)],
+            data_parallel_wrapper=data_parallel_wrapper(world_size),
+        )
     if seed is not None:
         init_embeddings(dmp, tables, seed)
     dmp.plan_report = report

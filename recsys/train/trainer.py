@@ -48,6 +48,7 @@ from recsys.errors import ConfigError, RecsysError
 from recsys.io import write_json_atomic, write_parquet_atomic, write_text_atomic
 from recsys.models.base import RankingModel, build_model, check_requirements, model_class
 from recsys.train import checkpoint as ckpt
+from recsys.train.assembly import Stepper, assemble, eval_batches
 from recsys.train.board import (
     TEST,
     TRAIN,
@@ -68,7 +69,6 @@ from recsys.train.dist import (
     init_distributed,
     on_main,
 )
-from recsys.train.assembly import Stepper, assemble, eval_batches
 from recsys.train.losses import StepOutput
 from recsys.train.metrics import (
     PredictionCollector,
@@ -78,8 +78,9 @@ from recsys.train.metrics import (
     format_table,
     metric_mode,
     undefined_metric,
+    untrained_tasks,
+    without_tasks,
 )
-from recsys.train.metrics import untrained_tasks, without_tasks
 from recsys.train.run_folder import RunFolder, check_free_space, check_resume_identity, flatten, run_identity
 
 if TYPE_CHECKING:
@@ -197,8 +198,9 @@ class Trainer:
                 self.folder.discard_if_unused()  # a refused or interrupted start leaves no trace
             raise
 
-    def _start(self, dataset: Optional[Dataset], model: Optional[RankingModel], resume: Union[bool, str],
-               overwrite: bool) -> None:
+    def _start(
+        self, dataset: Optional[Dataset], model: Optional[RankingModel], resume: Union[bool, str], overwrite: bool
+    ) -> None:
         config = self.cfg
         show = config.train.progress and self.is_main
         self.dataset = dataset or Dataset.from_config(config, progress=show)
@@ -222,8 +224,15 @@ class Trainer:
 
         torch.manual_seed(config.train.seed)
         model = model if model is not None else build_model(config.model, self.schema, source="config")
-        self.setup = assemble(model, self.schema, config.train, config.sharding, self.device,
-                              config.data.batch_size, seed=config.train.seed)
+        self.setup = assemble(
+            model,
+            self.schema,
+            config.train,
+            config.sharding,
+            self.device,
+            config.data.batch_size,
+            seed=config.train.seed,
+        )
         self.model, self.loss = self.setup.model, self.setup.loss
         self.dmp, self.optimizer = self.setup.dmp, self.setup.optimizer
         self.stepper = Stepper(self.setup, self.device, pipeline=self._use_pipeline())
@@ -246,18 +255,19 @@ class Trainer:
         """Rank 0: the run's TensorBoard writer (after a resume, events a previous attempt wrote beyond the
         checkpoint are dropped), with the run's hyper-parameters and the metrics the HParams tab shows."""
         untrained = [t for t, w in self.loss.weights.items() if w == 0]
-        self.board = RunBoard(self.run_dir, self.schema, untrained,
-                              purge_step=self.state.step + 1 if resumed else None)
+        self.board = RunBoard(self.run_dir, self.schema, untrained, purge_step=self.state.step + 1 if resumed else None)
         self.writer = self.board.writer
         hparams = hparam_values(to_dict(self.cfg), self.loss.weights, self.dataset.spec.name, self.dist.world_size)
-        self.board.start(hparams, hparam_metrics(self.schema, self.metric, untrained, self.dataset.spec.oracle),
-                         run_name(self.run_dir))
+        self.board.start(
+            hparams,
+            hparam_metrics(self.schema, self.metric, untrained, self.dataset.spec.oracle),
+            run_name(self.run_dir),
+        )
 
     # --- the run folder ----------------------------------------------------------------------------------
     def identity(self) -> Dict[str, Any]:
         """What this run's checkpoints depend on (see :func:`recsys.train.run_folder.run_identity`)."""
-        return run_identity(self.cfg, self.dataset.spec, self.dataset.files(), self.dataset.root,
-                            self.dist.world_size)
+        return run_identity(self.cfg, self.dataset.spec, self.dataset.files(), self.dataset.root, self.dist.world_size)
 
     def _claim(self, resume: Union[bool, str], overwrite: bool, restarts: int) -> Tuple[Optional[str], bool]:
         """Rank 0: lock the run folder and decide whether this run resumes (returns (checkpoint or None, fresh)).
@@ -272,8 +282,10 @@ class Trainer:
         if latest is not None:
             check_resume_identity(latest, ckpt.read_trainer_state(latest).get("depends_on"), self.identity())
             if not os.path.isdir(os.path.join(self.run_dir, "encoders")):
-                raise RecsysError(f"{self.run_dir}: the run has checkpoints but no fitted encoders (encoders/ "
-                                  "was deleted?); it cannot be resumed")
+                raise RecsysError(
+                    f"{self.run_dir}: the run has checkpoints but no fitted encoders (encoders/ "
+                    "was deleted?); it cannot be resumed"
+                )
         return latest, latest is None
 
     def _write_run_files(self, fresh: bool) -> None:
@@ -281,12 +293,16 @@ class Trainer:
         restart that found no checkpoint), then write encoders, plan, the resolved config and spec."""
         if fresh:
             self.folder.clear()
-            check_free_space(self.run_dir, self._checkpoint_bytes() * (self.cfg.train.keep_checkpoints + 1),
-                             f"{self.cfg.train.keep_checkpoints + 1} checkpoints")
+            check_free_space(
+                self.run_dir,
+                self._checkpoint_bytes() * (self.cfg.train.keep_checkpoints + 1),
+                f"{self.cfg.train.keep_checkpoints + 1} checkpoints",
+            )
         if self._fitted_now:
             self.dataset.save(os.path.join(self.run_dir, "encoders"))
-        write_text_atomic(os.path.join(self.run_dir, "plan.txt"),
-                          self.dmp.plan_report.format() + "\n\n" + str(self.dmp.plan) + "\n")
+        write_text_atomic(
+            os.path.join(self.run_dir, "plan.txt"), self.dmp.plan_report.format() + "\n\n" + str(self.dmp.plan) + "\n"
+        )
         spec = to_dict(self.dataset.spec)
         spec["root"] = self.dataset.root
         write_text_atomic(os.path.join(self.run_dir, RUN_SPEC), yaml.safe_dump(spec, sort_keys=False))
@@ -379,9 +395,16 @@ class Trainer:
         drop_last = n >= b
         steps = all_reduce_int(n // b if drop_last else (1 if n else 0), "min")
         return BatchLoader(
-            self._source("train"), self.schema.feature_names, b, shuffle=True, seed=self.cfg.train.seed,
-            drop_last=drop_last, num_batches=steps, shuffle_buffer_chunks=self.cfg.data.shuffle_buffer_chunks,
-            length=n, padding_like=self.dataset.empty(),
+            self._source("train"),
+            self.schema.feature_names,
+            b,
+            shuffle=True,
+            seed=self.cfg.train.seed,
+            drop_last=drop_last,
+            num_batches=steps,
+            shuffle_buffer_chunks=self.cfg.data.shuffle_buffer_chunks,
+            length=n,
+            padding_like=self.dataset.empty(),
         )
 
     def eval_loader(self, split: str) -> BatchLoader:
@@ -389,8 +412,15 @@ class Trainer:
         b = self.cfg.data.eval_batch_size or self.cfg.data.batch_size
         n = self._rows(split)
         steps = all_reduce_int(math.ceil(n / b), "max")
-        return BatchLoader(self._source(split), self.schema.feature_names, b, shuffle=False, num_batches=steps,
-                           length=n, padding_like=self.dataset.empty())
+        return BatchLoader(
+            self._source(split),
+            self.schema.feature_names,
+            b,
+            shuffle=False,
+            num_batches=steps,
+            length=n,
+            padding_like=self.dataset.empty(),
+        )
 
     # --- training ----------------------------------------------------------------------------------------
     def _use_pipeline(self) -> bool:
@@ -427,8 +457,9 @@ class Trainer:
         while self.state.epoch < cfg.epochs and not stop:
             loader.set_epoch(self.state.epoch, self.state.batch_in_epoch)
             epoch = _EpochTally(f"epoch {self.state.epoch + 1}/{cfg.epochs}", self._eval_seconds)
-            with Progress(epoch.name, loader.num_batches, unit="step", enabled=show,
-                          initial=self.state.batch_in_epoch, leave=True) as bar:
+            with Progress(
+                epoch.name, loader.num_batches, unit="step", enabled=show, initial=self.state.batch_in_epoch, leave=True
+            ) as bar:
                 for out in self.stepper.steps(loader):
                     self.state.step += 1
                     self.state.batch_in_epoch += 1
@@ -477,8 +508,9 @@ class Trainer:
         outline = self.dataset.outline()
         if es.metric == "auto":
             return default_metric(outline)
-        why = undefined_metric(es.metric, outline.tasks, has_user=outline.user_feature is not None,
-                               oracle=set(self.dataset.spec.oracle))
+        why = undefined_metric(
+            es.metric, outline.tasks, has_user=outline.user_feature is not None, oracle=set(self.dataset.spec.oracle)
+        )
         if why:
             raise ConfigError(f"train.early_stopping.metric: '{es.metric}' {why}")
         return es.metric, (metric_mode(es.metric) if es.mode == "auto" else es.mode)
@@ -506,7 +538,8 @@ class Trainer:
             raise ConfigError(
                 f"train.early_stopping.metric: '{self.metric}' is undefined on every validation: the "
                 f"{len(labels)} validation rows it is computed on are all {kind} for task '{task_name}'; choose "
-                "another metric, or a larger data.split.valid")
+                "another metric, or a larger data.split.valid"
+            )
 
     def _check_finite(self, out: StepOutput) -> torch.Tensor:
         """The step's total loss; raises when it is NaN or infinite."""
@@ -535,19 +568,26 @@ class Trainer:
         report = self.evaluate("valid")
         value = report.get(metric)
         if value is None:
-            raise ConfigError(f"train.early_stopping.metric: '{metric}' is not in the validation report "
-                              f"(e.g. {', '.join(k for k in report if k.count('/') == 1)[:200]})")
+            raise ConfigError(
+                f"train.early_stopping.metric: '{metric}' is not in the validation report "
+                f"(e.g. {', '.join(k for k in report if k.count('/') == 1)[:200]})"
+            )
         defined = math.isfinite(value)
         if not defined and not self._warned_undefined:
             self._warned_undefined = True
             if self.is_main:
-                log.warning("validation %s is undefined (%s) at step %d: counted as no improvement", metric,
-                            value, self.state.step)
+                log.warning(
+                    "validation %s is undefined (%s) at step %d: counted as no improvement",
+                    metric,
+                    value,
+                    self.state.step,
+                )
         record = {"step": self.state.step, "epoch": self.state.epoch, metric: value}
         self.state.history.append(record)
-        improved = defined and (self.state.best_metric is None or (
-            value > self.state.best_metric if mode == "max" else value < self.state.best_metric
-        ))
+        improved = defined and (
+            self.state.best_metric is None
+            or (value > self.state.best_metric if mode == "max" else value < self.state.best_metric)
+        )
         if improved:
             self.state.best_metric, self.state.best_step = float(value), self.state.step
             self.state.best_checkpoint = name
@@ -565,8 +605,13 @@ class Trainer:
         self._log_embeddings()
         if self.is_main:
             best = "none yet" if self.state.best_metric is None else f"{self.state.best_metric:.5f}"
-            log.info("step %d: valid %s = %.5f%s", self.state.step, metric, value,
-                     " (best)" if improved else f" (best {best})")
+            log.info(
+                "step %d: valid %s = %.5f%s",
+                self.state.step,
+                metric,
+                value,
+                " (best)" if improved else f" (best {best})",
+            )
         return stop
 
     def _log_train(self, out: StepOutput, samples_per_sec: float) -> Tuple[float, float]:
@@ -583,7 +628,7 @@ class Trainer:
         values = torch.cat([torch.stack(parts), rows])
         if self.dist.world_size > 1:
             torch.distributed.all_reduce(values)
-            values[:len(names)] /= self.dist.world_size
+            values[: len(names)] /= self.dist.world_size
         numbers: List[float] = values.cpu().tolist()
         losses, rate = dict(zip(names, numbers)), numbers[len(names)]
         loss = float(sum(losses.values()))
@@ -592,7 +637,7 @@ class Trainer:
         step = self.state.step
         scalars: Dict[str, float] = {f"{TRAIN}/loss": loss, f"{TRAIN}/samples_per_sec": rate}
         scalars.update({f"{TRAIN}/loss/{n}": v for n, v in losses.items() if self.loss.weights.get(n) != 0})
-        scalars.update({f"{TRAIN}/rows_updated/{t}": v for t, v in zip(tables, numbers[len(names) + 1:])})
+        scalars.update({f"{TRAIN}/rows_updated/{t}": v for t, v in zip(tables, numbers[len(names) + 1 :])})
         scalars.update(self._optimizer_scalars())
         self.board.scalars(scalars, step)
         for name, module in self.dmp.named_modules():
@@ -633,8 +678,12 @@ class Trainer:
                 out.update({f"{TRAIN}/lr/{name}/{i}": lr for i, lr in enumerate(lrs)})
             if opt is self.dmp.fused_optimizer:  # updated inside backward: no gradient materialises
                 continue
-            grads = [p.grad for g in opt.param_groups for p in g["params"]
-                     if not isinstance(p, ShardedTensor) and p.grad is not None]
+            grads = [
+                p.grad
+                for g in opt.param_groups
+                for p in g["params"]
+                if not isinstance(p, ShardedTensor) and p.grad is not None
+            ]
             if grads:
                 norms = [torch.linalg.vector_norm((g.coalesce().values() if g.is_sparse else g).float()) for g in grads]
                 out[f"{TRAIN}/grad_norm/{name}"] = float(torch.linalg.vector_norm(torch.stack(norms)))
@@ -654,8 +703,14 @@ class Trainer:
         loss_sum, samples = sums.cpu().tolist()
         seconds = max(epoch.seconds(self._eval_seconds), 1e-9)
         if self.is_main:
-            log.info("%s: %d steps in %.1f s, mean loss %.4f, %s samples/s", epoch.name, epoch.steps, seconds,
-                     loss_sum / self.dist.world_size / epoch.steps, f"{samples / seconds:,.0f}")
+            log.info(
+                "%s: %d steps in %.1f s, mean loss %.4f, %s samples/s",
+                epoch.name,
+                epoch.steps,
+                seconds,
+                loss_sum / self.dist.world_size / epoch.steps,
+                f"{samples / seconds:,.0f}",
+            )
 
     def _log_embeddings(self) -> None:
         """Embeddings modules collected during the last evaluation, and a sample of the user, item and host
@@ -709,9 +764,17 @@ class Trainer:
             result[split] = without_tasks(result[split], untrained)
         if self.is_main:
             write_json_atomic(os.path.join(self.run_dir, "metrics.json"), result)
-            write_text_atomic(os.path.join(self.run_dir, "metrics.md"), "\n\n".join(
-                format_table(self.schema, result[split], title=f"{self.cfg.model.name}: {split}", untrained=untrained)
-                for split in ("valid", "test") if result[split]) + "\n")
+            write_text_atomic(
+                os.path.join(self.run_dir, "metrics.md"),
+                "\n\n".join(
+                    format_table(
+                        self.schema, result[split], title=f"{self.cfg.model.name}: {split}", untrained=untrained
+                    )
+                    for split in ("valid", "test")
+                    if result[split]
+                )
+                + "\n",
+            )
             if self.board is not None:
                 self.board.report(result["test"], TEST, self.state.step)
                 self.board.finish()
@@ -725,8 +788,9 @@ class Trainer:
         than its scores (e.g. SSIM's selection scores); collective, so every rank must run it to the end."""
         self._detach_pipeline()
         loader = self.eval_loader(split)
-        with Progress(f"eval {split}", len(loader), unit="batch",
-                      enabled=self.cfg.train.progress and self.is_main) as bar:
+        with Progress(
+            f"eval {split}", len(loader), unit="batch", enabled=self.cfg.train.progress and self.is_main
+        ) as bar:
             for batch, out in eval_batches(self.dmp, loader, self.device):
                 yield batch, out
                 bar.update()
@@ -742,8 +806,10 @@ class Trainer:
             raise ConfigError(f"split must be one of {SPLITS + ('all',)}, got '{split}'")
         if not self._split_rows(split):
             sc = self.cfg.data.split
-            raise RecsysError(f"the '{split}' split has no rows (data.split: {sc.kind}, valid {sc.valid}, test "
-                              f"{sc.test}; {self._split_rows('all')} rows in all)")
+            raise RecsysError(
+                f"the '{split}' split has no rows (data.split: {sc.kind}, valid {sc.valid}, test "
+                f"{sc.test}; {self._split_rows('all')} rows in all)"
+            )
 
     def predictions(self, split: str = "test") -> Predictions:
         """Every row of ``split`` scored by the current model (all ranks' rows, on every rank)."""
@@ -817,8 +883,11 @@ class Trainer:
         warned = self._warned_state
         new = [n for n in differ if n not in warned]
         if new and self.is_main:
-            log.warning("model state differs across ranks and a checkpoint keeps one rank's copy: %s; give the "
-                        "module a sync_state() that makes it agree (see docs/distributed.md)", ", ".join(new))
+            log.warning(
+                "model state differs across ranks and a checkpoint keeps one rank's copy: %s; give the "
+                "module a sync_state() that makes it agree (see docs/distributed.md)",
+                ", ".join(new),
+            )
         self._warned_state = warned | set(differ)
 
     def _init_optimizer_state(self) -> None:
@@ -847,4 +916,3 @@ class Trainer:
                 raise RecsysError(f"{os.path.join(path, ckpt.TRAINER_STATE)}: corrupt loop state ({e})") from None
             if not isinstance(self.state.step, int) or not isinstance(self.state.epoch, int):
                 raise RecsysError(f"{os.path.join(path, ckpt.TRAINER_STATE)}: corrupt loop state (step/epoch)")
-

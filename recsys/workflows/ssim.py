@@ -28,7 +28,6 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 import torch.distributed as dist
 
 from recsys.config import Config, ModelConfig, SideColumnsConfig, from_dict
@@ -52,8 +51,11 @@ def search_config(cfg: Config) -> Config:
     if cfg.model.name != "ssim_search":
         if cfg.model.name == "ssim":
             raise ConfigError("model.name: 'ssim' retrains with a saved set; search with its backbone instead")
-        out.model = ModelConfig(name="ssim_search", embedding_dim=cfg.model.embedding_dim,
-                                params={"backbone": cfg.model.name, "backbone_params": dict(cfg.model.params)})
+        out.model = ModelConfig(
+            name="ssim_search",
+            embedding_dim=cfg.model.embedding_dim,
+            params={"backbone": cfg.model.name, "backbone_params": dict(cfg.model.params)},
+        )
     return out
 
 
@@ -70,8 +72,11 @@ def retrain_config(cfg: Config, shared_path: str, column: str = SHARED_COLUMN) -
     elif name == "ssim":
         retrained = from_dict(SSIMConfig, params, where="model.params")
         name, params = retrained.backbone, dict(retrained.backbone_params)
-    out.model = ModelConfig(name="ssim", embedding_dim=cfg.model.embedding_dim,
-                            params={"backbone": name, "backbone_params": params, "shared_column": column})
+    out.model = ModelConfig(
+        name="ssim",
+        embedding_dim=cfg.model.embedding_dim,
+        params={"backbone": name, "backbone_params": params, "shared_column": column},
+    )
     side = [s for s in out.data.side_columns if column not in s.columns]
     out.data.side_columns = side + [SideColumnsConfig(path=os.path.abspath(shared_path), columns=[column])]
     return out
@@ -90,20 +95,34 @@ def score_instances(trainer: Trainer, split: str = "train") -> Optional[pa.Table
     for batch, _ in trainer.scan(split):
         m, p, g = model.selection_scores(batch)
         keep = (batch.row_id >= 0) & (batch.weights > 0)
-        parts.append({"row_id": batch.row_id[keep].cpu().numpy(), "scenario": batch.scenario[keep].cpu().numpy(),
-                      "score": p[keep].float().cpu().numpy(), "logit": m[keep].float().cpu().numpy(),
-                      "mask": g[keep].cpu().numpy() > 0.5})
-    mine = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in
-            ("row_id", "scenario", "score", "logit", "mask")}
+        parts.append(
+            {
+                "row_id": batch.row_id[keep].cpu().numpy(),
+                "scenario": batch.scenario[keep].cpu().numpy(),
+                "score": p[keep].float().cpu().numpy(),
+                "logit": m[keep].float().cpu().numpy(),
+                "mask": g[keep].cpu().numpy() > 0.5,
+            }
+        )
+    mine = {
+        k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0)
+        for k in ("row_id", "scenario", "score", "logit", "mask")
+    }
     if dist.is_initialized() and dist.get_world_size() > 1:
         everyone: List[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
         mine = {k: np.concatenate([e[k] for e in everyone]) for k in mine}
     if not trainer.is_main:
         return None
-    return pa.table({"row_id": mine["row_id"].astype(np.int64), "scenario": mine["scenario"].astype(np.int64),
-                     "score": mine["score"].astype(np.float32), "logit": mine["logit"].astype(np.float32),
-                     "mask": mine["mask"].astype(bool)})
+    return pa.table(
+        {
+            "row_id": mine["row_id"].astype(np.int64),
+            "scenario": mine["scenario"].astype(np.int64),
+            "score": mine["score"].astype(np.float32),
+            "logit": mine["logit"].astype(np.float32),
+            "mask": mine["mask"].astype(bool),
+        }
+    )
 
 
 def run_search(cfg: Config) -> Dict[str, Any]:
@@ -116,8 +135,12 @@ def run_search(cfg: Config) -> Dict[str, Any]:
     if table is not None:
         write_parquet_atomic(path, table)
         result["learned_ratio"] = float(np.mean(table.column("mask").to_numpy(zero_copy_only=False)))
-        log.info("ssim search: %d training instances scored, %.1f%% shared by the learned mask -> %s",
-                 table.num_rows, 100 * result["learned_ratio"], path)
+        log.info(
+            "ssim search: %d training instances scored, %.1f%% shared by the learned mask -> %s",
+            table.num_rows,
+            100 * result["learned_ratio"],
+            path,
+        )
     result["scores"] = path
     result["trainer"] = trainer
     return result
@@ -166,12 +189,23 @@ def export_shared(scores_path: str, out_path: str, ratio: Ratio) -> Dict[str, An
     if missing:
         raise RecsysError(f"{scores_path}: not an SSIM scores file (missing {sorted(missing)})")
     flags = shared_flags(scores, ratio)
-    table = pa.table({"row_id": scores.column("row_id"), "scenario": scores.column("scenario"),
-                      "score": scores.column("score"), SHARED_COLUMN: pa.array(flags)})
+    table = pa.table(
+        {
+            "row_id": scores.column("row_id"),
+            "scenario": scores.column("scenario"),
+            "score": scores.column("score"),
+            SHARED_COLUMN: pa.array(flags),
+        }
+    )
     scenario = scores.column("scenario").to_numpy()
     per_scenario = {int(s): float(flags[scenario == s].mean()) for s in np.unique(scenario)}
-    info = {"ratio": ratio if ratio == "learned" else float(ratio), "shared_fraction": float(flags.mean()),
-            "shared_fraction_per_scenario": per_scenario, "rows": int(len(flags)), "scores": scores_path}
+    info = {
+        "ratio": ratio if ratio == "learned" else float(ratio),
+        "shared_fraction": float(flags.mean()),
+        "shared_fraction_per_scenario": per_scenario,
+        "rows": int(len(flags)),
+        "scores": scores_path,
+    }
     table = table.replace_schema_metadata({b"ssim": json.dumps(info).encode()})
     write_parquet_atomic(out_path, table)
     return info
@@ -202,10 +236,16 @@ def choose_ratio(scores_path: str, out_path: str, retrain_cfg: Config, ratios: S
             metric = default_metric(trainer.schema)[0]
         result = trainer.fit()
         value = float(result["valid"][metric])
-        rows.append({"ratio": info["ratio"], "shared_fraction": info["shared_fraction"], f"valid {metric}": value,
-                     "file": candidate, "run_dir": cfg.run_dir})
-        log.info("ssim ratio %s (shared %.1f%%): valid %s = %.5f", ratio, 100 * info["shared_fraction"], metric,
-                 value)
+        rows.append(
+            {
+                "ratio": info["ratio"],
+                "shared_fraction": info["shared_fraction"],
+                f"valid {metric}": value,
+                "file": candidate,
+                "run_dir": cfg.run_dir,
+            }
+        )
+        log.info("ssim ratio %s (shared %.1f%%): valid %s = %.5f", ratio, 100 * info["shared_fraction"], metric, value)
     best = max(rows, key=lambda r: r[f"valid {metric}"])
     shutil.copyfile(best["file"], out_path + ".tmp")
     os.replace(out_path + ".tmp", out_path)
@@ -230,5 +270,3 @@ def report(result: Dict[str, Any], title: str) -> str:
     trainer = result["trainer"]
     split = "test" if result["test"] else "valid"
     return format_table(trainer.schema, result[split], title=f"{title}: {split}")
-
-
