@@ -733,11 +733,83 @@ def save(fig: "Figure", path: str) -> List[str]:
 # --- re-rendering committed results ---------------------------------------------------------------------------
 
 
+def scale_figure(result: Dict[str, Any]) -> "Figure":
+    """End to end over the loop's samples/s and peak RSS per world size and data mode (benchmarks/scale.py),
+    the 0.75x goal marked."""
+    names, ratios, rss, colors = [], [], [], []
+    for size in result["sizes"]:
+        for cell in size["cells"]:
+            limited = f", {cell['steps']} steps" if size.get("max_steps") else ""
+            names.append(f"{int(size['rows']):,} rows, {cell['mode']}{limited}")
+            ratios.append(cell["end_to_end_ratio"])
+            rss.append(cell["peak_rss_bytes"] / 2**30)
+            colors.append(BAR if cell["mode"] == "stream" else PATH_COLORS["plain"])
+    fig = _figure(12, 2.4 + 0.45 * len(names))
+    left, right = fig.subplots(1, 2, sharey=True)
+    ys = np.arange(len(names))
+    for ax, values, fmt in ((left, ratios, "{:.2f}x"), (right, rss, "{:.2f} GiB")):
+        ax.barh(ys, values, height=0.7, color=colors)
+        for y, v in zip(ys, values):
+            ax.text(v, y, " " + fmt.format(v), va="center", ha="left", fontsize=VALUE_SIZE, bbox=ON_WHITE)
+        ax.set_xlim(0, max(values) * 1.35)
+    left.axvline(0.75, color=REFERENCE, linestyle="--", linewidth=1.3)
+    left.set_yticks(ys, names)
+    left.set_ylim(len(names) - 0.5, -0.5)
+    left.set_xlabel("end-to-end samples/s / the training loop's samples/s (axis from 0)")
+    right.set_xlabel("peak RSS of the run (GiB, axis from 0)")
+    _title(
+        fig,
+        "recsys train end to end: share of the loop's rate and peak memory by world size",
+        f"Wide&Deep, synthetic world, batch {result['batch_size']:,}; {_machine(result['environment'])}",
+    )
+    _legend(
+        fig,
+        [_bar_handle(BAR), _bar_handle(PATH_COLORS["plain"]), _line_handle(REFERENCE)],
+        ["streaming (data.in_memory=false)", "in memory", "goal: end to end >= 0.75x of the loop (at 10^7 rows)"],
+    )
+    return fig
+
+
+def reproduce_figure(result: Dict[str, Any]) -> "Figure":
+    """The largest difference between a rerun quality cell's test metrics and the committed ones (log axis)."""
+    cells = {k: c for k, c in result["cells"].items() if "max_abs_diff" in c}
+    names = list(cells)
+    diffs = [max(cells[n]["max_abs_diff"], 1e-9) for n in names]
+    fig = _figure(11, 2.4 + 0.4 * len(names))
+    ax = fig.subplots()
+    ys = np.arange(len(names))
+    ax.barh(ys, diffs, height=0.7, color=BAR)
+    for y, n, d in zip(ys, names, diffs):
+        where = cells[n]["largest"][0][0] if cells[n]["largest"] else ""
+        ax.text(d, y, f" {d:.2g} ({where})", va="center", ha="left", fontsize=VALUE_SIZE, bbox=ON_WHITE)
+    ax.axvline(1e-4, color=REFERENCE, linestyle="--", linewidth=1.3)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-9, max(diffs) * 1e4)
+    ax.set_yticks(ys, names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlabel("largest |now - committed| over every test metric of the cell (log scale)")
+    _title(
+        fig,
+        "Committed quality cells rerun at the same seed",
+        f"seed {result['seed']}; {_machine(result['environment'])}",
+    )
+    _legend(
+        fig,
+        [_bar_handle(BAR), _line_handle(REFERENCE)],
+        ["largest difference, the metric named", "1e-4: the committed tables' last printed digit"],
+    )
+    return fig
+
+
 def figures_for(json_path: str) -> Dict[str, "Figure"]:
     """Every figure of one result file, by the PNG path it is committed under (beside the JSON)."""
     with open(json_path) as f:
         result = json.load(f)
     base = os.path.splitext(json_path)[0]
+    if "cells" in result and "seed" in result:  # benchmarks/reproduce.py
+        return {base + ".png": reproduce_figure(result)}
+    if "sizes" in result and "runs" in result:  # benchmarks/scale.py
+        return {base + ".png": scale_figure(result)}
     if "grid" in result:
         from benchmarks.quality import figure
 

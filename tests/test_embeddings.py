@@ -38,21 +38,21 @@ def kt_abc() -> KeyedTensor:
 def test_keyed_columns_returns_the_values_a_view_or_one_concatenation():
     kt = kt_abc()
     values = kt.values()
-    assert keyed_columns(kt, ("a", "b", "c")) is values  # every key in order: no copy
-    bc = keyed_columns(kt, ("b", "c"))
+    assert keyed_columns(kt, ["a", "b", "c"]) is values  # every key in order: no copy
+    bc = keyed_columns(kt, ["b", "c"])
     assert bc.data_ptr() == values[:, 2:].data_ptr() and torch.equal(bc, values[:, 2:8])  # adjacent: a view
-    ca = keyed_columns(kt, ("c", "a"))
+    ca = keyed_columns(kt, ["c", "a"])
     assert torch.equal(ca, torch.cat([values[:, 4:8], values[:, 0:2]], dim=1))
-    assert torch.equal(keyed_columns(kt, ("a", "c")), torch.cat([values[:, :2], values[:, 4:]], dim=1))
+    assert torch.equal(keyed_columns(kt, ["a", "c"]), torch.cat([values[:, :2], values[:, 4:]], dim=1))
     with pytest.raises(KeyError):
-        keyed_columns(kt, ("d",))
+        keyed_columns(kt, ["d"])
 
 
 def test_keyed_stack_and_embeddings_match_per_feature_tensors():
     kt = KeyedTensor(keys=["a", "b", "c"], length_per_key=[3, 3, 3], values=torch.randn(4, 9))
     per = kt.to_dict()
     emb = Embeddings.keyed(kt, {"x": "a", "y": "b", "z": "c"}, {})
-    assert keyed_stack(kt, ("a", "b", "c")).data_ptr() == kt.values().data_ptr()
+    assert keyed_stack(kt, ["a", "b", "c"]).data_ptr() == kt.values().data_ptr()
     for names in (["x", "y", "z"], ["y", "z"], ["z", "x"], ["y"]):
         keys = [{"x": "a", "y": "b", "z": "c"}[n] for n in names]
         assert torch.equal(emb.concat(names), torch.cat([per[k] for k in keys], dim=1))

@@ -58,51 +58,63 @@ def wide_width(num_tasks: int) -> int:
     return max(4, -(-num_tasks // 4) * 4)
 
 
-@functools.lru_cache(maxsize=256)
-def _runs(keys: Tuple[str, ...], widths: Tuple[int, ...], wanted: Tuple[str, ...]) -> Tuple[Tuple[int, int], ...]:
-    """Column ranges ``(start, end)`` of a KeyedTensor laid out as ``keys`` / ``widths`` that hold ``wanted`` in
-    order, adjacent keys merged into one range.
+def _column_runs(names: List[str], widths: List[int], wanted: List[str]) -> List[Tuple[int, int]]:
+    """Column ranges ``(start, end)`` of a KeyedTensor laid out as ``names`` / ``widths`` that hold ``wanted`` in
+    order, adjacent keys merged into one range (TorchScript-compatible: exported programs run it).
 
     Raises:
-        KeyError: a wanted key is not in ``keys``.
+        KeyError: a wanted key is not in ``names``.
     """
-    starts, at = {}, 0
-    for key, width in zip(keys, widths):
-        starts[key] = (at, at + width)
-        at += width
+    starts: Dict[str, Tuple[int, int]] = {}
+    at = 0
+    for i in range(len(names)):
+        starts[names[i]] = (at, at + widths[i])
+        at += widths[i]
     runs: List[Tuple[int, int]] = []
     for key in wanted:
         a, b = starts[key]
-        if runs and runs[-1][1] == a:
+        if len(runs) > 0 and runs[-1][1] == a:
             runs[-1] = (runs[-1][0], b)
         else:
             runs.append((a, b))
-    return tuple(runs)
+    return runs
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_runs(names: Tuple[str, ...], widths: Tuple[int, ...], wanted: Tuple[str, ...]) -> List[Tuple[int, int]]:
+    return _column_runs(list(names), list(widths), list(wanted))  # eager steps: one layout, computed once
 
 
 @torch.fx.wrap
-def keyed_columns(kt: KeyedTensor, keys: Tuple[str, ...]) -> torch.Tensor:
+def keyed_columns(kt: KeyedTensor, keys: List[str]) -> torch.Tensor:
     """[B, sum of widths]: the columns of ``keys`` of ``kt``, in order.
 
     ``kt.values()`` itself when ``keys`` are all its keys in order, a view of its columns when they are
     adjacent, else one concatenation of the runs of adjacent keys: no per-feature views are made and
-    concatenated again. Opaque to FX tracing (one call in a pipeline's traced graph, run on the real KeyedTensor).
+    concatenated again. Opaque to FX tracing (one call in a pipeline's traced graph, run on the real KeyedTensor);
+    TorchScript compiles it for exported programs.
 
     Example::
 
         kt = KeyedTensor(keys=["a", "b", "c"], length_per_key=[2, 2, 4], values=torch.arange(16.).view(2, 8))
-        keyed_columns(kt, ("b", "c"))     # kt.values()[:, 2:8]
+        keyed_columns(kt, ["b", "c"])     # kt.values()[:, 2:8]
     """
     values = kt.values()
-    runs = _runs(tuple(kt.keys()), tuple(kt.length_per_key()), keys)
+    if torch.jit.is_scripting():
+        runs = _column_runs(kt.keys(), kt.length_per_key(), keys)
+    else:
+        runs = _cached_runs(tuple(kt.keys()), tuple(kt.length_per_key()), tuple(keys))
     if len(runs) == 1:
         a, b = runs[0]
         return values if a == 0 and b == values.shape[1] else values[:, a:b]
-    return torch.cat([values[:, a:b] for a, b in runs], dim=1)
+    parts: List[torch.Tensor] = []
+    for run in runs:
+        parts.append(values[:, run[0] : run[1]])
+    return torch.cat(parts, dim=1)
 
 
 @torch.fx.wrap
-def keyed_stack(kt: KeyedTensor, keys: Tuple[str, ...]) -> torch.Tensor:
+def keyed_stack(kt: KeyedTensor, keys: List[str]) -> torch.Tensor:
     """[B, F, D]: the columns of ``keys`` (all of width D) of ``kt`` as one contiguous tensor (a view of
     ``kt.values()`` when ``keys`` are all its keys in order); see :func:`keyed_columns`."""
     x = keyed_columns(kt, keys)
@@ -120,7 +132,7 @@ class KeyedColumns(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._views:
-            self._views[name] = keyed_columns(self._kt, (self._names[name],))
+            self._views[name] = keyed_columns(self._kt, [self._names[name]])
         return self._views[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -163,13 +175,13 @@ class Embeddings:
     def concat(self, names: Sequence[str]) -> torch.Tensor:
         """[B, sum of D] for ``names`` in order."""
         if self._kt is not None:
-            return keyed_columns(self._kt, tuple(self._feature_keys[n] for n in names))
+            return keyed_columns(self._kt, [self._feature_keys[n] for n in names])
         return torch.cat([self.features[n] for n in names], dim=1)
 
     def stack(self, names: Sequence[str]) -> torch.Tensor:
         """[B, F, D] for ``names`` (all of width D)."""
         if self._kt is not None:
-            return keyed_stack(self._kt, tuple(self._feature_keys[n] for n in names))
+            return keyed_stack(self._kt, [self._feature_keys[n] for n in names])
         return torch.stack([self.features[n] for n in names], dim=1)
 
     def wide_sum(self, names: Sequence[str]) -> torch.Tensor:
