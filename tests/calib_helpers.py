@@ -32,18 +32,10 @@ def make_batch(n: int = 8, seed: int = 0):
     scene = np.arange(n) % 3
     cols = Columns(
         dense=rng.normal(size=(n, 2)).astype(np.float32),
-        sparse={
-            "user": rng.integers(0, 30, n),
-            "host": rng.integers(0, 12, n),
-            "item": rng.integers(0, 20, n),
-            "tags": Ragged(rng.integers(0, 6, offsets[-1]), offsets),
-            "scene": scene,
-        },
+        sparse={"user": rng.integers(0, 30, n), "host": rng.integers(0, 12, n), "item": rng.integers(0, 20, n),
+                "tags": Ragged(rng.integers(0, 6, offsets[-1]), offsets), "scene": scene},
         labels={"ctr": click, "stay": (click * rng.uniform(1, 300, n)).astype(np.float32)},
-        scenario=scene,
-        user=rng.integers(0, 30, n),
-        weights=np.ones(n, np.float32),
-        row_id=np.arange(n),
+        scenario=scene, user=rng.integers(0, 30, n), weights=np.ones(n, np.float32), row_id=np.arange(n),
     )
     return cols.to_batch(SCHEMA.feature_names)
 

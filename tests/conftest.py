@@ -34,14 +34,8 @@ def make_config(
     extra: Optional[List[str]] = None,
 ) -> Config:
     overrides = [
-        f"data.path={data_path}",
-        f"run_dir={run_dir}",
-        f"model.name={model}",
-        "model.params={}",
-        "data.batch_size=256",
-        "train.epochs=1",
-        "train.progress=false",
-        "tensorboard=false",
+        f"data.path={data_path}", f"run_dir={run_dir}", f"model.name={model}", "model.params={}",
+        "data.batch_size=256", "train.epochs=1", "train.progress=false", "tensorboard=false",
         "model.embedding_dim=8",
     ] + list(extra or [])
     return load_config(os.path.join(REPO, config), overrides)

@@ -12,99 +12,22 @@ import numpy as np
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
-AVAZU_COLUMNS = [
-    "id",
-    "click",
-    "hour",
-    "C1",
-    "banner_pos",
-    "site_id",
-    "site_domain",
-    "site_category",
-    "app_id",
-    "app_domain",
-    "app_category",
-    "device_id",
-    "device_ip",
-    "device_model",
-    "device_type",
-    "device_conn_type",
-] + [f"C{i}" for i in range(14, 22)]
-KUAIRAND_LOG = [
-    "user_id",
-    "video_id",
-    "date",
-    "hourmin",
-    "time_ms",
-    "is_click",
-    "is_like",
-    "is_follow",
-    "is_comment",
-    "is_forward",
-    "is_hate",
-    "long_view",
-    "play_time_ms",
-    "duration_ms",
-    "profile_stay_time",
-    "comment_stay_time",
-    "is_profile_enter",
-    "is_rand",
-    "tab",
-]
-KUAIRAND_USER = [
-    "user_id",
-    "user_active_degree",
-    "is_lowactive_period",
-    "is_live_streamer",
-    "is_video_author",
-    "follow_user_num",
-    "follow_user_num_range",
-    "fans_user_num",
-    "fans_user_num_range",
-    "friend_user_num",
-    "friend_user_num_range",
-    "register_days",
-    "register_days_range",
-] + [f"onehot_feat{i}" for i in range(18)]
-ALICCP_SPARSE = [
-    "101",
-    "121",
-    "122",
-    "124",
-    "125",
-    "126",
-    "127",
-    "128",
-    "129",
-    "205",
-    "206",
-    "207",
-    "210",
-    "216",
-    "508",
-    "509",
-    "702",
-    "853",
-    "301",
-    "109_14",
-    "110_14",
-    "127_14",
-    "150_14",
-]
+AVAZU_COLUMNS = (["id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id",
+                  "app_domain", "app_category", "device_id", "device_ip", "device_model", "device_type",
+                  "device_conn_type"] + [f"C{i}" for i in range(14, 22)])
+KUAIRAND_LOG = ["user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "is_like", "is_follow",
+                "is_comment", "is_forward", "is_hate", "long_view", "play_time_ms", "duration_ms",
+                "profile_stay_time", "comment_stay_time", "is_profile_enter", "is_rand", "tab"]
+KUAIRAND_USER = (["user_id", "user_active_degree", "is_lowactive_period", "is_live_streamer", "is_video_author",
+                  "follow_user_num", "follow_user_num_range", "fans_user_num", "fans_user_num_range",
+                  "friend_user_num", "friend_user_num_range", "register_days", "register_days_range"]
+                 + [f"onehot_feat{i}" for i in range(18)])
+ALICCP_SPARSE = ["101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
+                 "508", "509", "702", "853", "301", "109_14", "110_14", "127_14", "150_14"]
 ALICCP_DENSE = ["D109_14", "D110_14", "D127_14", "D150_14", "D508", "D509", "D702", "D853"]
 CENSUS_WORDS = ["Not in universe", "Private", "Self-employed-not incorporated", "Local government"]
-TENREC_COLUMNS = [
-    "user_id",
-    "item_id",
-    "click",
-    "follow",
-    "like",
-    "share",
-    "video_category",
-    "watching_times",
-    "gender",
-    "age",
-]
+TENREC_COLUMNS = ["user_id", "item_id", "click", "follow", "like", "share", "video_category", "watching_times",
+                  "gender", "age"]
 
 
 def _write(path: str, lines: List[str], compress: bool = False) -> None:
@@ -155,51 +78,34 @@ def write_avazu(root: str, rows: int = 300, seed: int = 0) -> Dict[str, int]:
     return {"rows": rows}
 
 
-def write_movielens_1m(
-    root: str, users: int = 30, movies: int = 40, ratings: int = 400, seed: int = 0
-) -> Dict[str, int]:
+def write_movielens_1m(root: str, users: int = 30, movies: int = 40, ratings: int = 400,
+                       seed: int = 0) -> Dict[str, int]:
     """ratings.dat, users.dat, movies.dat: '::'-separated, no header; movies.dat in latin-1 with '|' genres and
     titles holding quotes and commas."""
     rng = np.random.default_rng(seed)
-    _write(
-        os.path.join(root, "users.dat"),
-        [
-            f"{u}::{'MF'[u % 2]}::{[1, 18, 25, 35, 45, 50, 56][u % 7]}::{u % 21}::{10000 + u * 7}"
-            for u in range(1, users + 1)
-        ],
-    )
+    _write(os.path.join(root, "users.dat"), [
+        f"{u}::{'MF'[u % 2]}::{[1, 18, 25, 35, 45, 50, 56][u % 7]}::{u % 21}::{10000 + u * 7}"
+        for u in range(1, users + 1)])
     genres = ["Action", "Children's", "Comedy", "Drama", "Film-Noir", "Sci-Fi"]
     with open(os.path.join(root, "movies.dat"), "w", encoding="latin-1") as f:
         for m in range(1, movies + 1):
             picked = "|".join(sorted(set(genres[int(g)] for g in rng.integers(0, len(genres), 1 + m % 3))))
             f.write(f'{m}::"Caf\xe9, the Movie" {m} ({1950 + m})::{picked}\n')
-    _write(
-        os.path.join(root, "ratings.dat"),
-        [
-            f"{int(rng.integers(1, users + 1))}::{int(rng.integers(1, movies + 1))}::{int(rng.integers(1, 6))}::"
-            f"{978300000 + i * 60}"
-            for i in range(ratings)
-        ],
-    )
+    _write(os.path.join(root, "ratings.dat"), [
+        f"{int(rng.integers(1, users + 1))}::{int(rng.integers(1, movies + 1))}::{int(rng.integers(1, 6))}::"
+        f"{978300000 + i * 60}" for i in range(ratings)])
     return {"ratings": ratings}
 
 
-def write_movielens_100k(
-    root: str, users: int = 20, movies: int = 30, ratings: int = 200, seed: int = 0
-) -> Dict[str, int]:
+def write_movielens_100k(root: str, users: int = 20, movies: int = 30, ratings: int = 200,
+                         seed: int = 0) -> Dict[str, int]:
     """u.data (tab-separated), u.user and u.item ('|'-separated, u.item in latin-1), as in ml-100k.zip."""
     rng = np.random.default_rng(seed)
-    _write(
-        os.path.join(root, "u.data"),
-        [
-            f"{int(rng.integers(1, users + 1))}\t{int(rng.integers(1, movies + 1))}\t{int(rng.integers(1, 6))}\t"
-            f"{874724710 + i}"
-            for i in range(ratings)
-        ],
-    )
-    _write(
-        os.path.join(root, "u.user"), [f"{u}|{18 + u}|{'MF'[u % 2]}|student|{55100 + u}" for u in range(1, users + 1)]
-    )
+    _write(os.path.join(root, "u.data"), [
+        f"{int(rng.integers(1, users + 1))}\t{int(rng.integers(1, movies + 1))}\t{int(rng.integers(1, 6))}\t"
+        f"{874724710 + i}" for i in range(ratings)])
+    _write(os.path.join(root, "u.user"), [f"{u}|{18 + u}|{'MF'[u % 2]}|student|{55100 + u}"
+                                          for u in range(1, users + 1)])
     with open(os.path.join(root, "u.item"), "w", encoding="latin-1") as f:
         for m in range(1, movies + 1):
             flags = "|".join(str(int(m % 19 == g)) for g in range(19))
@@ -209,75 +115,32 @@ def write_movielens_100k(
 
 def write_kuairand(root: str, users: int = 20, rows: int = 300, seed: int = 0) -> Dict[str, int]:
     """KuaiRand-Pure (the range columns quoted, as pandas writes them): data/log_standard_4_08_to_4_21_pure.csv,
-    data/log_standard_4_22_to_5_08_pure.csv, data/log_random_4_22_to_5_08_pure.csv and
-    data/user_features_pure.csv, CSV with header. tab takes values 0..14; returns the rows of each log and how
-    many of them are in the five kept tabs."""
+    data/log_standard_4_22_to_5_08_pure.csv,
+    data/log_random_4_22_to_5_08_pure.csv and data/user_features_pure.csv, CSV with header. tab takes values
+    0..14; returns the rows of each log and how many of them are in the five kept tabs."""
     rng = np.random.default_rng(seed)
     out: Dict[str, int] = {}
-    for name, day0, n in (
-        ("log_standard_4_08_to_4_21_pure", 20220408, rows),
-        ("log_standard_4_22_to_5_08_pure", 20220422, rows // 2),
-        ("log_random_4_22_to_5_08_pure", 20220422, rows // 4),
-    ):
-        tabs = rng.choice(
-            [0, 1, 2, 4, 6, 3, 5, 7, 9, 14], size=n, p=[0.3, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.03, 0.02]
-        )
+    for name, day0, n in (("log_standard_4_08_to_4_21_pure", 20220408, rows),
+                          ("log_standard_4_22_to_5_08_pure", 20220422, rows // 2),
+                          ("log_random_4_22_to_5_08_pure", 20220422, rows // 4)):
+        tabs = rng.choice([0, 1, 2, 4, 6, 3, 5, 7, 9, 14], size=n, p=[.3, .2, .1, .1, .1, .05, .05, .05, .03, .02])
         click, like = _funnel(rng, n)
         lines = [",".join(KUAIRAND_LOG)]
         for i in range(n):
             t = 1649347200000 + (day0 - 20220408) * 86400000 + i * 60000
-            lines.append(
-                ",".join(
-                    str(v)
-                    for v in [
-                        int(rng.integers(0, users)),
-                        int(rng.integers(0, 50)),
-                        day0 + i * 10 // n,
-                        f"{i % 24:02d}00",
-                        t,
-                        click[i],
-                        like[i],
-                        0,
-                        0,
-                        0,
-                        0,
-                        int(rng.random() < 0.3),
-                        int(rng.integers(0, 60000)),
-                        int(rng.integers(1000, 90000)),
-                        0,
-                        0,
-                        0,
-                        int("random" in name),
-                        tabs[i],
-                    ]
-                )
-            )
+            lines.append(",".join(str(v) for v in [
+                int(rng.integers(0, users)), int(rng.integers(0, 50)), day0 + i * 10 // n, f"{i % 24:02d}00", t,
+                click[i], like[i], 0, 0, 0, 0, int(rng.random() < 0.3), int(rng.integers(0, 60000)),
+                int(rng.integers(1000, 90000)), 0, 0, 0, int("random" in name), tabs[i]]))
         _write(os.path.join(root, "data", f"{name}.csv"), lines)
         out[name] = n
         out[name + ":kept"] = int(np.isin(tabs, [0, 1, 2, 4, 6]).sum())
     lines = [",".join(KUAIRAND_USER)]
     for u in range(users):
-        lines.append(
-            ",".join(
-                str(v)
-                for v in [
-                    u,
-                    ["high_active", "full_active", "middle_active", "UNKNOWN"][u % 4],
-                    0,
-                    0,
-                    u % 2,
-                    u * 3,
-                    '"(0,10]"',
-                    u * 5,
-                    '"[1,10)"',
-                    u,
-                    '"[1,5)"',
-                    100 + u,
-                    "60-90",
-                ]
-                + [int(x) for x in rng.integers(0, 5, 18)]
-            )
-        )
+        lines.append(",".join(str(v) for v in [
+            u, ["high_active", "full_active", "middle_active", "UNKNOWN"][u % 4], 0, 0, u % 2, u * 3,
+            "\"(0,10]\"", u * 5, "\"[1,10)\"", u, "\"[1,5)\"", 100 + u, "60-90"]
+            + [int(x) for x in rng.integers(0, 5, 18)]))
     _write(os.path.join(root, "data", "user_features_pure.csv"), lines)
     return out
 
@@ -300,28 +163,21 @@ def write_aliccp(root: str, rows: int = 300, seed: int = 0, suffix: str = "_samp
     return out
 
 
-def write_aliexpress(root: str, countries=("NL", "ES", "FR", "US"), rows: int = 120, seed: int = 0) -> Dict[str, int]:
+def write_aliexpress(root: str, countries=("NL", "ES", "FR", "US"), rows: int = 120,
+                     seed: int = 0) -> Dict[str, int]:
     """AliExpress_XX/train.csv and test.csv per country: search_id, categorical_1..16, numerical_1..63, click,
     conversion (the MTReclib / AITM release)."""
     rng = np.random.default_rng(seed)
-    header = (
-        ["search_id"]
-        + [f"categorical_{i}" for i in range(1, 17)]
-        + [f"numerical_{i}" for i in range(1, 64)]
-        + ["click", "conversion"]
-    )
+    header = (["search_id"] + [f"categorical_{i}" for i in range(1, 17)] + [f"numerical_{i}" for i in range(1, 64)]
+              + ["click", "conversion"])
     out = {}
     for country in countries:
         for split, n in (("train", rows), ("test", rows // 3)):
             click, conversion = _funnel(rng, n)
             lines = [",".join(header)]
             for i in range(n):
-                cells = (
-                    [int(rng.integers(0, 50))]
-                    + [int(x) for x in rng.integers(0, 30, 16)]
-                    + [round(float(x), 5) for x in rng.random(63)]
-                    + [click[i], conversion[i]]
-                )
+                cells = ([int(rng.integers(0, 50))] + [int(x) for x in rng.integers(0, 30, 16)]
+                         + [round(float(x), 5) for x in rng.random(63)] + [click[i], conversion[i]])
                 lines.append(",".join(str(v) for v in cells))
             _write(os.path.join(root, f"AliExpress_{country}", f"{split}.csv"), lines)
             out[f"{country}/{split}"] = n
@@ -363,23 +219,9 @@ def write_tenrec(root: str, rows: int = 300, seed: int = 0) -> Dict[str, int]:
         click, like = _funnel(rng, n)
         lines = [",".join(TENREC_COLUMNS)]
         for i in range(n):
-            lines.append(
-                ",".join(
-                    str(v)
-                    for v in [
-                        int(rng.integers(0, 40)),
-                        int(rng.integers(0, 60)),
-                        click[i],
-                        0,
-                        like[i],
-                        0,
-                        int(rng.integers(0, 10)),
-                        int(rng.integers(0, 5)),
-                        int(rng.integers(0, 3)),
-                        int(rng.integers(0, 8)),
-                    ]
-                )
-            )
+            lines.append(",".join(str(v) for v in [
+                int(rng.integers(0, 40)), int(rng.integers(0, 60)), click[i], 0, like[i], 0,
+                int(rng.integers(0, 10)), int(rng.integers(0, 5)), int(rng.integers(0, 3)), int(rng.integers(0, 8))]))
         _write(os.path.join(root, f"{name}.csv"), lines)
         out[name] = n
     return out

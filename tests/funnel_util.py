@@ -11,48 +11,30 @@ from recsys.models import build_model
 from recsys.schema import DenseFeature, Schema, SparseFeature, Task
 
 FUNNEL = Schema(
-    sparse=(
-        SparseFeature("user", 30, 8, group="user"),
-        SparseFeature("item", 20, 8, group="item"),
-        SparseFeature("position", 6, 4, group="context"),
-    ),
+    sparse=(SparseFeature("user", 30, 8, group="user"), SparseFeature("item", 20, 8, group="item"),
+            SparseFeature("position", 6, 4, group="context")),
     dense=(DenseFeature("price"),),
-    tasks=(
-        Task("ctr"),
-        Task("stay", kind="regression", depends_on="ctr", loss="log_mse"),
-        Task("cvr", depends_on="ctr"),
-    ),
+    tasks=(Task("ctr"), Task("stay", kind="regression", depends_on="ctr", loss="log_mse"),
+           Task("cvr", depends_on="ctr")),
     user_feature="user",
 )
-NO_FUNNEL = Schema(
-    sparse=FUNNEL.sparse, dense=FUNNEL.dense, tasks=(Task("ctr"), Task("stay", kind="regression", depends_on="ctr"))
-)
+NO_FUNNEL = Schema(sparse=FUNNEL.sparse, dense=FUNNEL.dense,
+                   tasks=(Task("ctr"), Task("stay", kind="regression", depends_on="ctr")))
 
 
-def funnel_batch(
-    n: int = 12,
-    seed: int = 0,
-    schema: Schema = FUNNEL,
-    click_rate: float = 0.5,
-    labels: Optional[Dict[str, np.ndarray]] = None,
-):
+def funnel_batch(n: int = 12, seed: int = 0, schema: Schema = FUNNEL, click_rate: float = 0.5,
+                 labels: Optional[Dict[str, np.ndarray]] = None):
     """A batch over ``schema`` whose labels respect the funnel (orders and stay only after clicks)."""
     rng = np.random.default_rng(seed)
     click = (rng.random(n) < click_rate).astype(np.float32)
-    made = {
-        "ctr": click,
-        "cvr": click * (rng.random(n) < 0.5).astype(np.float32),
-        "stay": click * rng.exponential(30.0, n).astype(np.float32),
-    }
+    made = {"ctr": click, "cvr": click * (rng.random(n) < 0.5).astype(np.float32),
+            "stay": click * rng.exponential(30.0, n).astype(np.float32)}
     made.update(labels or {})
     cols = Columns(
         dense=rng.normal(size=(n, schema.dense_dim)).astype(np.float32),
         sparse={f.name: rng.integers(0, f.num_embeddings, n) for f in schema.sparse},
-        labels={t: made[t] for t in schema.task_names},
-        scenario=np.zeros(n, np.int64),
-        user=np.zeros(n, np.int64),
-        weights=np.ones(n, np.float32),
-        row_id=np.arange(n),
+        labels={t: made[t] for t in schema.task_names}, scenario=np.zeros(n, np.int64),
+        user=np.zeros(n, np.int64), weights=np.ones(n, np.float32), row_id=np.arange(n),
     )
     return cols.to_batch(schema.feature_names)
 

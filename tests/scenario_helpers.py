@@ -13,28 +13,17 @@ from recsys.schema import DenseFeature, Schema, SparseFeature, Task
 
 S = 3
 SCHEMA = Schema(
-    sparse=(
-        SparseFeature("user", 20, 8, group="user"),
-        SparseFeature("host", 10, 8, group="host"),
-        SparseFeature("tags", 6, 8, multi_hot=True, pooling="mean"),
-        SparseFeature("position", 5, 8, group="context"),
-        SparseFeature("scene", S, 8, group="scenario"),
-    ),
+    sparse=(SparseFeature("user", 20, 8, group="user"), SparseFeature("host", 10, 8, group="host"),
+            SparseFeature("tags", 6, 8, multi_hot=True, pooling="mean"),
+            SparseFeature("position", 5, 8, group="context"), SparseFeature("scene", S, 8, group="scenario")),
     dense=(DenseFeature("x"),),
     tasks=(Task("ctr"), Task("stay", kind="regression", depends_on="ctr", loss="log_mse")),
-    num_scenarios=S,
-    user_feature="user",
-    scenario_feature="scene",
+    num_scenarios=S, user_feature="user", scenario_feature="scene",
 )
 
 
-def scenario_batch(
-    n: int = 12,
-    seed: int = 0,
-    scenario: Optional[Sequence[int]] = None,
-    extras: Optional[Dict[str, Sequence[float]]] = None,
-    schema: Schema = SCHEMA,
-) -> Batch:
+def scenario_batch(n: int = 12, seed: int = 0, scenario: Optional[Sequence[int]] = None,
+                   extras: Optional[Dict[str, Sequence[float]]] = None, schema: Schema = SCHEMA) -> Batch:
     """``n`` random rows; ``scenario`` fixes each row's scenario (the scene feature follows it)."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(0, 3, n)
@@ -43,18 +32,11 @@ def scenario_batch(
     click = (rng.random(n) < 0.5).astype(np.float32)
     cols = Columns(
         dense=rng.normal(size=(n, 1)).astype(np.float32),
-        sparse={
-            "user": rng.integers(0, 20, n),
-            "host": rng.integers(0, 10, n),
-            "tags": Ragged(rng.integers(0, 6, offsets[-1]), offsets),
-            "position": rng.integers(0, 5, n),
-            "scene": sc.copy(),
-        },
+        sparse={"user": rng.integers(0, 20, n), "host": rng.integers(0, 10, n),
+                "tags": Ragged(rng.integers(0, 6, offsets[-1]), offsets), "position": rng.integers(0, 5, n),
+                "scene": sc.copy()},
         labels={"ctr": click, "stay": (click * rng.random(n) * 100).astype(np.float32)},
-        scenario=sc,
-        user=rng.integers(0, 20, n),
-        weights=np.ones(n, np.float32),
-        row_id=np.arange(n),
+        scenario=sc, user=rng.integers(0, 20, n), weights=np.ones(n, np.float32), row_id=np.arange(n),
         extras={k: np.asarray(v, np.float32) for k, v in (extras or {}).items()},
     )
     return cols.to_batch(schema.feature_names)

@@ -46,9 +46,8 @@ def test_the_example_model_trains_with_the_trainer_under_the_pipeline(example, t
     from recsys.train.trainer import Trainer
 
     params = "model.params={bottom: [32], num_experts: 2, expert_hidden: [16], tower: [8]}"
-    trainer = Trainer(
-        tiny_config(model="bottom_mmoe", extra=[params, "train.pipeline=sparse_dist", "train.max_steps=4"])
-    )
+    trainer = Trainer(tiny_config(model="bottom_mmoe", extra=[params, "train.pipeline=sparse_dist",
+                                                              "train.max_steps=4"]))
     model = trainer.model
     assert isinstance(model, example.BottomMMoE)
     assert isinstance(model.sparse_arch, FeatureInput) and isinstance(model.mmoe, MMoE)

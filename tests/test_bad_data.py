@@ -35,13 +35,8 @@ from recsys.errors import DataError
 
 # the rows of GOOD_ROWS as columns, for Parquet files
 BASE: Dict[str, list] = {
-    "user": ["a", "b", "c", "a"],
-    "item": [1, 2, 3, 2],
-    "tags": ["x|y", "y", "", "x"],
-    "price": [1.5, 2.0, 0.5, 3.0],
-    "click": [1, 0, 1, 0],
-    "watch": [30.5, 0.0, 12.0, 0.0],
-    "scene": ["s1", "s2", "s1", "s1"],
+    "user": ["a", "b", "c", "a"], "item": [1, 2, 3, 2], "tags": ["x|y", "y", "", "x"], "price": [1.5, 2.0, 0.5, 3.0],
+    "click": [1, 0, 1, 0], "watch": [30.5, 0.0, 12.0, 0.0], "scene": ["s1", "s2", "s1", "s1"],
 }
 NEAR = 1_230_000_000_000_000_000  # 64-bit hashes near 1.23e18: float64 has 256 between neighbours here
 
@@ -114,7 +109,6 @@ def time_rows(prices: List[str]) -> List[str]:
 # --- races: the moment between two steps is monkeypatched ---------------------------------------------------
 def after_fit(action: Callable[[str], None]) -> Callable[[pytest.MonkeyPatch, str], None]:
     """Run ``action(folder)`` right after the fit pass, before the read pass."""
-
     def patch(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
         fit = Dataset.fit
 
@@ -129,7 +123,6 @@ def after_fit(action: Callable[[str], None]) -> Callable[[pytest.MonkeyPatch, st
 
 def delete_after_listing(name: str) -> Callable[[pytest.MonkeyPatch, str], None]:
     """Delete ``name`` right after a reader has listed the files, before it opens them."""
-
     def patch(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
         init = SourceReader.__init__
 
@@ -147,7 +140,6 @@ def delete_after_listing(name: str) -> Callable[[pytest.MonkeyPatch, str], None]
 def unreadable(name: str) -> Callable[[pytest.MonkeyPatch, str], None]:
     """Make ``name`` unreadable: chmod 000, or, where that does not stop us (root), make opening it fail the
     way pyarrow fails on such a file."""
-
     def patch(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
         path = os.path.join(folder, name)
         if os.geteuid() != 0:
@@ -157,9 +149,8 @@ def unreadable(name: str) -> Callable[[pytest.MonkeyPatch, str], None]:
         def refuse(real):
             def opener(source, *args, **kwargs):
                 if str(source) == path:
-                    raise PermissionError(
-                        13, f"Failed to open local file '{path}'. Detail: [errno 13] Permission denied"
-                    )
+                    raise PermissionError(13, f"Failed to open local file '{path}'. Detail: [errno 13] "
+                                              "Permission denied")
                 return real(source, *args, **kwargs)
 
             return opener
@@ -182,376 +173,170 @@ def dup_parquet() -> pa.Table:
 
 CASES = [
     # --- integer ids ----------------------------------------------------------------------------------------
-    DataCase(
-        "id beyond int64 under dtype int",
-        [
-            "{data}",
-            "column 'user'",
-            "row 2",
-            "id 9223372036854775808 does not fit a signed 64-bit integer",
-            "'encoding: hash'",
-        ],
-        rows=users_as(["101", "9223372036854775808", "103", "101"]),
-        before=USER_INT,
-    ),
-    DataCase(
-        "identity id beyond int64",
-        ["{data}", "column 'item'", "row 1", "id 99999999999999999999 does not fit a signed 64-bit integer"],
-        rows=with_cell(1, "item", "99999999999999999999"),
-    ),
-    DataCase(
-        "uint64 identity id above int64 max",
-        ["{data}", "column 'item'", "row 4", "id 9223372036854775813 does not fit"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", table(item=pa.array([1, 2, 3, 2**63 + 5], pa.uint64()))),
-    ),
-    DataCase(
-        "uint64 vocab id above int64 max",
-        ["{data}", "column 'user'", "row 3", "id 18446744073709551615 does not fit", "'encoding: hash'"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", table(user=pa.array([1, 2, 2**64 - 1, 1], pa.uint64()))),
-    ),
-    DataCase(
-        "id stored as a float beyond 2^53",
-        ["{data}", "column 'user'", "row 1", "beyond 2^53"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", table(user=[1.23e18, 2.0, 3.0, 1.23e18])),
-    ),
-    DataCase(
-        "text id under dtype int",
-        ["{data}", "column 'user'", "row 3", "expected an integer id, got 'c'"],
-        rows=users_as(["101", "102", "c", "101"]),
-        before=USER_INT,
-    ),
-    DataCase(
-        "row id beyond int64",
-        ["{data}", "column 'rid'", "row 3", "does not fit a signed 64-bit integer"],
-        rows=with_column("rid", ["1", "2", "99999999999999999999", "4"]),
-        before=edit("spec.yaml", "user: user", "user: user\nrow_id: rid"),
-    ),
-    DataCase(
-        "integer ids in one file, text in the next",
-        [
-            "{data}/b.parquet",
-            "column 'user'",
-            "ids are text here but integers in {data}/a.parquet",
-            "'dtype: int' or 'dtype: string'",
-        ],
-        setup={"file": "parts"},
-        before=chain(
-            parquet("parts/a.parquet", table(user=[12, 13, 14, 12])),
-            parquet("parts/b.parquet", table(user=["12", "13", "14", "15"])),
-        ),
-    ),
-    DataCase(
-        "unseen id after dropped rows names its file row",
-        ["{data}", "column 'user'", "row 5", "'q' is not in the fitted vocabulary"],
-        rows=[
-            HEADER + ",ts",
-            "a,1,x,1.5,1,30.5,s1,1",
-            "b,2,y,2.0,0,0,s1,2",
-            "c,3,,0.5,1,12,s2,3",
-            "zz,2,x,3.0,0,0,s2,20",
-            "q,1,x,1.0,0,0,s1,21",
-        ],  # rows 3-4 are another scenario, dropped
-        setup={"oov": "error"},
-        args=["--set", "data.scenarios=[0]"],
-        before=TIME_SPLIT,
-    ),
+    DataCase("id beyond int64 under dtype int", ["{data}", "column 'user'", "row 2",
+                                                "id 9223372036854775808 does not fit a signed 64-bit integer",
+                                                "'encoding: hash'"],
+             rows=users_as(["101", "9223372036854775808", "103", "101"]), before=USER_INT),
+    DataCase("identity id beyond int64", ["{data}", "column 'item'", "row 1",
+                                          "id 99999999999999999999 does not fit a signed 64-bit integer"],
+             rows=with_cell(1, "item", "99999999999999999999")),
+    DataCase("uint64 identity id above int64 max", ["{data}", "column 'item'", "row 4",
+                                                    "id 9223372036854775813 does not fit"],
+             setup={"file": "data.parquet"},
+             before=parquet("data.parquet", table(item=pa.array([1, 2, 3, 2**63 + 5], pa.uint64())))),
+    DataCase("uint64 vocab id above int64 max", ["{data}", "column 'user'", "row 3",
+                                                 "id 18446744073709551615 does not fit", "'encoding: hash'"],
+             setup={"file": "data.parquet"},
+             before=parquet("data.parquet", table(user=pa.array([1, 2, 2**64 - 1, 1], pa.uint64())))),
+    DataCase("id stored as a float beyond 2^53", ["{data}", "column 'user'", "row 1", "beyond 2^53"],
+             setup={"file": "data.parquet"},
+             before=parquet("data.parquet", table(user=[1.23e18, 2.0, 3.0, 1.23e18]))),
+    DataCase("text id under dtype int", ["{data}", "column 'user'", "row 3", "expected an integer id, got 'c'"],
+             rows=users_as(["101", "102", "c", "101"]), before=USER_INT),
+    DataCase("row id beyond int64", ["{data}", "column 'rid'", "row 3", "does not fit a signed 64-bit integer"],
+             rows=with_column("rid", ["1", "2", "99999999999999999999", "4"]),
+             before=edit("spec.yaml", "user: user", "user: user\nrow_id: rid")),
+    DataCase("integer ids in one file, text in the next", ["{data}/b.parquet", "column 'user'",
+                                                            "ids are text here but integers in {data}/a.parquet",
+                                                            "'dtype: int' or 'dtype: string'"],
+             setup={"file": "parts"},
+             before=chain(parquet("parts/a.parquet", table(user=[12, 13, 14, 12])),
+                          parquet("parts/b.parquet", table(user=["12", "13", "14", "15"])))),
+    DataCase("unseen id after dropped rows names its file row", ["{data}", "column 'user'", "row 5",
+                                                                 "'q' is not in the fitted vocabulary"],
+             rows=[HEADER + ",ts", "a,1,x,1.5,1,30.5,s1,1", "b,2,y,2.0,0,0,s1,2", "c,3,,0.5,1,12,s2,3",
+                   "zz,2,x,3.0,0,0,s2,20", "q,1,x,1.0,0,0,s1,21"],  # rows 3-4 are another scenario, dropped
+             setup={"oov": "error"}, args=["--set", "data.scenarios=[0]"], before=TIME_SPLIT),
     # --- numbers beyond float32 -----------------------------------------------------------------------------
-    DataCase(
-        "dense value beyond float32",
-        ["{data}", "column 'price'", "row 1", "dense value 1e+39 overflows float32"],
-        rows=with_cell(1, "price", "1e39"),
-    ),
-    DataCase(
-        "regression label beyond float32",
-        ["{data}", "column 'watch'", "row 1", "overflows float32"],
-        rows=with_cell(1, "watch", "1e39"),
-    ),
-    DataCase(
-        "sample weight beyond float32",
-        ["{data}", "column 'w'", "row 2", "sample weight 1e+39 overflows"],
-        rows=with_column("w", ["1", "1e39", "1", "1"]),
-        before=edit("spec.yaml", "user: user", "user: user\nweight: w"),
-    ),
-    DataCase(
-        "standardized value beyond float32",
-        ["{data}", "column 'price'", "row 5", "standardized value", "overflows float32"],
-        rows=time_rows(["0", "1e-30", "0", "1e-30", "1e10"]),
-        before=chain(TIME_SPLIT, edit("spec.yaml", "{name: price}", "{name: price, transform: standardize}")),
-    ),
-    DataCase(
-        "log1p_standardize value beyond float32",
-        ["{data}", "column 'price'", "row 5", "standardized value", "overflows float32"],
-        rows=time_rows(["0", "1e-37", "0", "1e-37", "1e10"]),
-        before=chain(TIME_SPLIT, edit("spec.yaml", "{name: price}", "{name: price, transform: log1p_standardize}")),
-    ),
+    DataCase("dense value beyond float32", ["{data}", "column 'price'", "row 1", "dense value 1e+39 overflows float32"],
+             rows=with_cell(1, "price", "1e39")),
+    DataCase("regression label beyond float32", ["{data}", "column 'watch'", "row 1", "overflows float32"],
+             rows=with_cell(1, "watch", "1e39")),
+    DataCase("sample weight beyond float32", ["{data}", "column 'w'", "row 2", "sample weight 1e+39 overflows"],
+             rows=with_column("w", ["1", "1e39", "1", "1"]),
+             before=edit("spec.yaml", "user: user", "user: user\nweight: w")),
+    DataCase("standardized value beyond float32", ["{data}", "column 'price'", "row 5", "standardized value",
+                                                   "overflows float32"],
+             rows=time_rows(["0", "1e-30", "0", "1e-30", "1e10"]),
+             before=chain(TIME_SPLIT, edit("spec.yaml", "{name: price}", "{name: price, transform: standardize}"))),
+    DataCase("log1p_standardize value beyond float32", ["{data}", "column 'price'", "row 5", "standardized value",
+                                                        "overflows float32"],
+             rows=time_rows(["0", "1e-37", "0", "1e-37", "1e10"]),
+             before=chain(TIME_SPLIT,
+                          edit("spec.yaml", "{name: price}", "{name: price, transform: log1p_standardize}"))),
     # --- headers and specs ----------------------------------------------------------------------------------
-    DataCase(
-        "duplicate CSV column",
-        ["{data}", "column 'price'", "repeats in the file's header"],
-        rows=with_column("price", ["9", "9", "9", "9"]),
-    ),
-    DataCase(
-        "duplicate Parquet column",
-        ["{data}", "column 'price'", "repeats"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", dup_parquet()),
-    ),
-    DataCase(
-        "header-less CSV names a column twice",
-        ["spec.yaml", "'source.columns'", "'price' twice"],
-        rows=GOOD_ROWS[1:],
-        before=edit("spec.yaml", "{path: data.csv", HEADERLESS.replace("watch", "price")),
-    ),
-    DataCase(
-        "empty multi-hot separator",
-        ["spec.yaml", "'sparse[2].separator'", "must not be empty"],
-        before=edit("spec.yaml", "multi_hot: true", 'multi_hot: true, separator: ""'),
-    ),
-    DataCase(
-        "NaN fill",
-        ["spec.yaml", "'dense[0].fill'", "finite", "nan"],
-        before=edit("spec.yaml", "{name: price}", "{name: price, fill: .nan}"),
-    ),
-    DataCase(
-        "infinite fill",
-        ["spec.yaml", "'dense[0].fill'", "finite", "inf"],
-        before=edit("spec.yaml", "{name: price}", "{name: price, fill: -.inf}"),
-    ),
-    DataCase(
-        "fill beyond float32",
-        ["spec.yaml", "'dense[0].fill'", "float32"],
-        before=edit("spec.yaml", "{name: price}", "{name: price, fill: 1.0e+39}"),
-    ),
-    DataCase(
-        "fill outside the log1p domain",
-        ["spec.yaml", "'dense[0].fill'", "needs values > -1"],
-        before=edit("spec.yaml", "{name: price}", "{name: price, transform: log1p, fill: -1.0}"),
-    ),
-    DataCase(
-        "non-positive table size",
-        ["spec.yaml", "'sparse[0].num_embeddings'", "must be positive, got -4"],
-        before=edit(
-            "spec.yaml", "{name: user, group: user", "{name: user, encoding: hash, num_embeddings: -4, group: user"
-        ),
-    ),
-    DataCase(
-        "scenario value declared twice",
-        ["spec.yaml", "'scenario.values'", "'s1' twice"],
-        before=edit("spec.yaml", "values: [s1, s2]", "values: [s1, s2, s1]"),
-    ),
-    DataCase(
-        "empty delimiter", ["spec.yaml", "'source.delimiter' must be one or more characters"], setup={"delimiter": ""}
-    ),
-    DataCase(
-        "unknown text encoding",
-        ["spec.yaml", "'source.encoding'", "'utf-9'"],
-        before=edit("spec.yaml", "extra_columns: allow}", "extra_columns: allow, encoding: utf-9}"),
-    ),
-    DataCase(
-        "file-label pattern that is no regular expression",
-        ["spec.yaml", "'source.file_label.pattern'"],
-        before=edit(
-            "spec.yaml", "extra_columns: allow}", 'extra_columns: allow, file_label: {column: region, pattern: "(["}}'
-        ),
-    ),
-    DataCase(
-        "bucket boundaries out of order",
-        ["spec.yaml", "'derived[0].boundaries'", "must increase"],
-        before=edit(
-            "spec.yaml",
-            "dense:\n",
-            "derived:\n  - {name: band, op: bucketize, column: price, "
-            "boundaries: [3, 1, 2]}\ndense:\n  - {name: band}\n",
-        ),
-    ),
-    DataCase(
-        "column name with surrounding spaces",
-        ["{data}", "column 'price'", "missing column", "the file has ' price', with surrounding spaces"],
-        rows=[HEADER.replace("price", " price")] + GOOD_ROWS[1:],
-    ),
+    DataCase("duplicate CSV column", ["{data}", "column 'price'", "repeats in the file's header"],
+             rows=with_column("price", ["9", "9", "9", "9"])),
+    DataCase("duplicate Parquet column", ["{data}", "column 'price'", "repeats"], setup={"file": "data.parquet"},
+             before=parquet("data.parquet", dup_parquet())),
+    DataCase("header-less CSV names a column twice", ["spec.yaml", "'source.columns'", "'price' twice"],
+             rows=GOOD_ROWS[1:], before=edit("spec.yaml", '{path: data.csv', HEADERLESS.replace("watch", "price"))),
+    DataCase("empty multi-hot separator", ["spec.yaml", "'sparse[2].separator'", "must not be empty"],
+             before=edit("spec.yaml", "multi_hot: true", 'multi_hot: true, separator: ""')),
+    DataCase("NaN fill", ["spec.yaml", "'dense[0].fill'", "finite", "nan"],
+             before=edit("spec.yaml", "{name: price}", "{name: price, fill: .nan}")),
+    DataCase("infinite fill", ["spec.yaml", "'dense[0].fill'", "finite", "inf"],
+             before=edit("spec.yaml", "{name: price}", "{name: price, fill: -.inf}")),
+    DataCase("fill beyond float32", ["spec.yaml", "'dense[0].fill'", "float32"],
+             before=edit("spec.yaml", "{name: price}", "{name: price, fill: 1.0e+39}")),
+    DataCase("fill outside the log1p domain", ["spec.yaml", "'dense[0].fill'", "needs values > -1"],
+             before=edit("spec.yaml", "{name: price}", "{name: price, transform: log1p, fill: -1.0}")),
+    DataCase("non-positive table size", ["spec.yaml", "'sparse[0].num_embeddings'", "must be positive, got -4"],
+             before=edit("spec.yaml", "{name: user, group: user",
+                         "{name: user, encoding: hash, num_embeddings: -4, group: user")),
+    DataCase("scenario value declared twice", ["spec.yaml", "'scenario.values'", "'s1' twice"],
+             before=edit("spec.yaml", "values: [s1, s2]", "values: [s1, s2, s1]")),
+    DataCase("empty delimiter", ["spec.yaml", "'source.delimiter' must be one or more characters"],
+             setup={"delimiter": ""}),
+    DataCase("unknown text encoding", ["spec.yaml", "'source.encoding'", "'utf-9'"],
+             before=edit("spec.yaml", "extra_columns: allow}", "extra_columns: allow, encoding: utf-9}")),
+    DataCase("file-label pattern that is no regular expression", ["spec.yaml", "'source.file_label.pattern'"],
+             before=edit("spec.yaml", "extra_columns: allow}",
+                         'extra_columns: allow, file_label: {column: region, pattern: "(["}}')),
+    DataCase("bucket boundaries out of order", ["spec.yaml", "'derived[0].boundaries'", "must increase"],
+             before=edit("spec.yaml", "dense:\n", "derived:\n  - {name: band, op: bucketize, column: price, "
+                                                  "boundaries: [3, 1, 2]}\ndense:\n  - {name: band}\n")),
+    DataCase("column name with surrounding spaces", ["{data}", "column 'price'", "missing column",
+                                                     "the file has ' price', with surrounding spaces"],
+             rows=[HEADER.replace("price", " price")] + GOOD_ROWS[1:]),
     # --- nested values --------------------------------------------------------------------------------------
-    DataCase(
-        "list in a scenario column",
-        ["{data}", "column 'scene'", "row 1", "nested value ['s1']"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", table(scene=pa.array([["s1"], ["s2"], ["s1"], ["s1"]]))),
-    ),
-    DataCase(
-        "struct in a scenario column",
-        ["{data}", "column 'scene'", "row 2", "nested value {'s': 1}"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", table(scene=pa.array([None, {"s": 1}, {"s": 1}, {"s": 2}]))),
-    ),
-    DataCase(
-        "list in an evaluation-group column",
-        ["{data}", "column 'stage'", "row 1", "nested value ['new']"],
-        setup={"file": "data.parquet"},
-        before=chain(
-            edit("spec.yaml", "user: user", "user: user\neval_groups: {stage: {column: stage, values: [new, old]}}"),
-            parquet("data.parquet", table(stage=pa.array([["new"], ["old"], ["new"], ["new"]]))),
-        ),
-    ),
-    DataCase(
-        "list of lists in a multi-hot column",
-        ["{data}", "column 'tags'", "row 1", "nested value ['x']"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", table(tags=pa.array([[["x"]], [["y"]], [], [["x"]]]))),
-    ),
-    DataCase(
-        "struct in an id column",
-        ["{data}", "column 'user'", "row 1", "nested value {'id': 1}"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", table(user=pa.array([{"id": 1}] * 4))),
-    ),
-    DataCase(
-        "list in a dense column",
-        ["{data}", "column 'price'", "row 1", "nested value [1.0]"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", table(price=pa.array([[1.0], [2.0], [3.0], [4.0]]))),
-    ),
-    DataCase(
-        "null-typed dense column",
-        ["{data}", "column 'price'", "row 1", "missing value in a dense feature"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", table(price=pa.nulls(4))),
-    ),
+    DataCase("list in a scenario column", ["{data}", "column 'scene'", "row 1", "nested value ['s1']"],
+             setup={"file": "data.parquet"},
+             before=parquet("data.parquet", table(scene=pa.array([["s1"], ["s2"], ["s1"], ["s1"]])))),
+    DataCase("struct in a scenario column", ["{data}", "column 'scene'", "row 2", "nested value {'s': 1}"],
+             setup={"file": "data.parquet"},
+             before=parquet("data.parquet", table(scene=pa.array([None, {"s": 1}, {"s": 1}, {"s": 2}])))),
+    DataCase("list in an evaluation-group column", ["{data}", "column 'stage'", "row 1", "nested value ['new']"],
+             setup={"file": "data.parquet"},
+             before=chain(edit("spec.yaml", "user: user", "user: user\neval_groups: {stage: {column: stage, "
+                                                          "values: [new, old]}}"),
+                          parquet("data.parquet", table(stage=pa.array([["new"], ["old"], ["new"], ["new"]]))))),
+    DataCase("list of lists in a multi-hot column", ["{data}", "column 'tags'", "row 1", "nested value ['x']"],
+             setup={"file": "data.parquet"},
+             before=parquet("data.parquet", table(tags=pa.array([[["x"]], [["y"]], [], [["x"]]])))),
+    DataCase("struct in an id column", ["{data}", "column 'user'", "row 1", "nested value {'id': 1}"],
+             setup={"file": "data.parquet"}, before=parquet("data.parquet", table(user=pa.array([{"id": 1}] * 4)))),
+    DataCase("list in a dense column", ["{data}", "column 'price'", "row 1", "nested value [1.0]"],
+             setup={"file": "data.parquet"},
+             before=parquet("data.parquet", table(price=pa.array([[1.0], [2.0], [3.0], [4.0]])))),
+    DataCase("null-typed dense column", ["{data}", "column 'price'", "row 1", "missing value in a dense feature"],
+             setup={"file": "data.parquet"}, before=parquet("data.parquet", table(price=pa.nulls(4)))),
     # --- files that vanish, change or cannot be read --------------------------------------------------------
-    DataCase(
-        "file vanishes between the fit and the read pass",
-        ["{data}/b.csv", "no such file", "after the fit pass"],
-        setup={"file": "parts"},
-        before=TWO_FILES,
-        patch=after_fit(lambda folder: os.remove(os.path.join(folder, "parts", "b.csv"))),
-    ),
-    DataCase(
-        "file changes between the fit and the read pass",
-        ["{data}/b.csv", "changed after the fit pass"],
-        setup={"file": "parts"},
-        before=TWO_FILES,
-        patch=after_fit(lambda folder: open(os.path.join(folder, "parts", "b.csv"), "a").write(GOOD_ROWS[1])),
-    ),
-    DataCase(
-        "file appears between the fit and the read pass",
-        ["{data}/c.csv", "appeared after the fit pass"],
-        setup={"file": "parts"},
-        before=TWO_FILES,
-        patch=after_fit(text("parts/c.csv", CSV)),
-    ),
-    DataCase(
-        "file vanishes between listing and opening",
-        ["{data}/b.csv", "no such file", "vanished"],
-        setup={"file": "parts"},
-        before=TWO_FILES,
-        patch=delete_after_listing("parts/b.csv"),
-    ),
-    DataCase(
-        "unreadable CSV file",
-        ["{data}/b.csv", "cannot read (permission denied)"],
-        setup={"file": "parts"},
-        before=TWO_FILES,
-        patch=unreadable("parts/b.csv"),
-    ),
-    DataCase(
-        "unreadable Parquet file",
-        ["{data}", "cannot read (permission denied)"],
-        setup={"file": "data.parquet"},
-        before=parquet("data.parquet", table()),
-        patch=unreadable("data.parquet"),
-    ),
-    DataCase(
-        "folder where a data file is expected",
-        ["{data}/c.csv", "is a folder, not a data file"],
-        setup={"file": "parts"},
-        before=chain(TWO_FILES, lambda folder: os.mkdir(os.path.join(folder, "parts", "c.csv"))),
-    ),
+    DataCase("file vanishes between the fit and the read pass", ["{data}/b.csv", "no such file",
+                                                                  "after the fit pass"],
+             setup={"file": "parts"}, before=TWO_FILES,
+             patch=after_fit(lambda folder: os.remove(os.path.join(folder, "parts", "b.csv")))),
+    DataCase("file changes between the fit and the read pass", ["{data}/b.csv", "changed after the fit pass"],
+             setup={"file": "parts"}, before=TWO_FILES,
+             patch=after_fit(lambda folder: open(os.path.join(folder, "parts", "b.csv"), "a").write(GOOD_ROWS[1]))),
+    DataCase("file appears between the fit and the read pass", ["{data}/c.csv", "appeared after the fit pass"],
+             setup={"file": "parts"}, before=TWO_FILES, patch=after_fit(text("parts/c.csv", CSV))),
+    DataCase("file vanishes between listing and opening", ["{data}/b.csv", "no such file", "vanished"],
+             setup={"file": "parts"}, before=TWO_FILES, patch=delete_after_listing("parts/b.csv")),
+    DataCase("unreadable CSV file", ["{data}/b.csv", "cannot read (permission denied)"],
+             setup={"file": "parts"}, before=TWO_FILES, patch=unreadable("parts/b.csv")),
+    DataCase("unreadable Parquet file", ["{data}", "cannot read (permission denied)"],
+             setup={"file": "data.parquet"}, before=parquet("data.parquet", table()), patch=unreadable("data.parquet")),
+    DataCase("folder where a data file is expected", ["{data}/c.csv", "is a folder, not a data file"],
+             setup={"file": "parts"},
+             before=chain(TWO_FILES, lambda folder: os.mkdir(os.path.join(folder, "parts", "c.csv")))),
     # --- malformed CSV rows count data rows -----------------------------------------------------------------
-    DataCase(
-        "malformed CSV line names its data row",
-        ["{data}, row 3: malformed CSV line", "expected 7 fields"],
-        rows=GOOD_ROWS[:3] + [GOOD_ROWS[3] + ",extra"] + GOOD_ROWS[4:],
-    ),
-    DataCase(
-        "malformed CSV line after a quoted newline and a blank line",
-        ["{data}, row 3: malformed CSV line"],
-        rows=[HEADER, 'a,1,"x|\ny",1.5,1,30.5,s1', "", GOOD_ROWS[2], GOOD_ROWS[3] + ",extra", GOOD_ROWS[4]],
-    ),
-    DataCase(
-        "malformed line in a header-less CSV",
-        ["{data}, row 3: malformed CSV line"],
-        rows=GOOD_ROWS[1:3] + [GOOD_ROWS[3] + ",extra"],
-        before=edit("spec.yaml", "{path: data.csv", HEADERLESS),
-    ),
+    DataCase("malformed CSV line names its data row", ["{data}, row 3: malformed CSV line", "expected 7 fields"],
+             rows=GOOD_ROWS[:3] + [GOOD_ROWS[3] + ",extra"] + GOOD_ROWS[4:]),
+    DataCase("malformed CSV line after a quoted newline and a blank line", ["{data}, row 3: malformed CSV line"],
+             rows=[HEADER, 'a,1,"x|\ny",1.5,1,30.5,s1', "", GOOD_ROWS[2], GOOD_ROWS[3] + ",extra", GOOD_ROWS[4]]),
+    DataCase("malformed line in a header-less CSV", ["{data}, row 3: malformed CSV line"],
+             rows=GOOD_ROWS[1:3] + [GOOD_ROWS[3] + ",extra"], before=edit("spec.yaml", "{path: data.csv", HEADERLESS)),
     # --- joins and side columns -----------------------------------------------------------------------------
-    DataCase(
-        "missing join key in the side table",
-        ["side.csv", "column 'item'", "row 2", "missing join key"],
-        before=chain(JOIN, text("side.csv", "item,brand\n1,b1\n,b2\n2,b2\n3,b3\n")),
-    ),
-    DataCase(
-        "repeated join key names both rows",
-        ["side.csv", "column 'item'", "row 3", "join key '2' repeats", "side.csv, row 2"],
-        before=chain(JOIN, text("side.csv", "item,brand\n1,b1\n2,b2\n2,b3\n3,b3\n")),
-    ),
-    DataCase(
-        "missing join key in a data row",
-        ["{data}", "column 'item'", "row 2", "missing join key"],
-        rows=with_cell(2, "item", ""),
-        before=chain(JOIN, text("side.csv", "item,brand\n1,b1\n2,b2\n3,b3\n")),
-    ),
-    DataCase(
-        "side-table files disagree on a column type",
-        ["side/b.parquet", "column 'brand'", "type string here but int64"],
-        before=chain(
-            JOIN_FOLDER,
-            parquet("side/a.parquet", pa.table({"item": [1, 2], "brand": [7, 8]})),
-            parquet("side/b.parquet", pa.table({"item": ["3"], "brand": ["b3"]})),
-        ),
-    ),
-    DataCase(
-        "side-table files disagree on their columns",
-        ["side/b.parquet", "column 'color'", "column only here"],
-        before=chain(
-            JOIN_FOLDER,
-            parquet("side/a.parquet", pa.table({"item": [1, 2], "brand": ["b1", "b2"]})),
-            parquet("side/b.parquet", pa.table({"item": [3], "brand": ["b3"], "color": ["red"]})),
-        ),
-    ),
-    DataCase(
-        "side columns: repeated row id names its row",
-        ["sc.csv", "column 'row_id'", "row 3", "row id 1 repeats"],
-        before=chain(SIDE_COLUMNS, text("sc.csv", "row_id,share\n0,1\n1,0\n1,1\n")),
-    ),
-    DataCase(
-        "side columns: non-finite value",
-        ["sc.csv", "column 'share'", "row 2", "non-finite value inf"],
-        before=chain(SIDE_COLUMNS, text("sc.csv", "row_id,share\n0,1\n2,inf\n1,1\n")),
-    ),
-    DataCase(
-        "side columns: value beyond float32",
-        ["sc.csv", "column 'share'", "row 2", "overflows float32"],
-        before=chain(SIDE_COLUMNS, text("sc.csv", "row_id,share\n0,1\n2,1e39\n1,1\n")),
-    ),
-    DataCase(
-        "side columns: row id beyond int64",
-        ["sc.csv", "column 'row_id'", "row 2", "does not fit"],
-        before=chain(SIDE_COLUMNS, text("sc.csv", "row_id,share\n0,1\n99999999999999999999,1\n1,1\n")),
-    ),
+    DataCase("missing join key in the side table", ["side.csv", "column 'item'", "row 2", "missing join key"],
+             before=chain(JOIN, text("side.csv", "item,brand\n1,b1\n,b2\n2,b2\n3,b3\n"))),
+    DataCase("repeated join key names both rows", ["side.csv", "column 'item'", "row 3", "join key '2' repeats",
+                                                   "side.csv, row 2"],
+             before=chain(JOIN, text("side.csv", "item,brand\n1,b1\n2,b2\n2,b3\n3,b3\n"))),
+    DataCase("missing join key in a data row", ["{data}", "column 'item'", "row 2", "missing join key"],
+             rows=with_cell(2, "item", ""), before=chain(JOIN, text("side.csv", "item,brand\n1,b1\n2,b2\n3,b3\n"))),
+    DataCase("side-table files disagree on a column type", ["side/b.parquet", "column 'brand'",
+                                                             "type string here but int64"],
+             before=chain(JOIN_FOLDER, parquet("side/a.parquet", pa.table({"item": [1, 2], "brand": [7, 8]})),
+                          parquet("side/b.parquet", pa.table({"item": ["3"], "brand": ["b3"]})))),
+    DataCase("side-table files disagree on their columns", ["side/b.parquet", "column 'color'", "column only here"],
+             before=chain(JOIN_FOLDER, parquet("side/a.parquet", pa.table({"item": [1, 2], "brand": ["b1", "b2"]})),
+                          parquet("side/b.parquet", pa.table({"item": [3], "brand": ["b3"], "color": ["red"]})))),
+    DataCase("side columns: repeated row id names its row", ["sc.csv", "column 'row_id'", "row 3", "row id 1 repeats"],
+             before=chain(SIDE_COLUMNS, text("sc.csv", "row_id,share\n0,1\n1,0\n1,1\n"))),
+    DataCase("side columns: non-finite value", ["sc.csv", "column 'share'", "row 2", "non-finite value inf"],
+             before=chain(SIDE_COLUMNS, text("sc.csv", "row_id,share\n0,1\n2,inf\n1,1\n"))),
+    DataCase("side columns: value beyond float32", ["sc.csv", "column 'share'", "row 2", "overflows float32"],
+             before=chain(SIDE_COLUMNS, text("sc.csv", "row_id,share\n0,1\n2,1e39\n1,1\n"))),
+    DataCase("side columns: row id beyond int64", ["sc.csv", "column 'row_id'", "row 2", "does not fit"],
+             before=chain(SIDE_COLUMNS, text("sc.csv", "row_id,share\n0,1\n99999999999999999999,1\n1,1\n"))),
     # --- timestamps -----------------------------------------------------------------------------------------
-    DataCase(
-        "infinite timestamp",
-        ["{data}", "column 'ts'", "row 2", "non-finite timestamp inf"],
-        rows=with_column("ts", ["1", "inf", "3", "4"]),
-        before=edit("spec.yaml", "user: user", "user: user\ntime: ts"),
-    ),
-    DataCase(
-        "timestamp that is neither a number nor ISO 8601",
-        ["{data}", "column 'ts'", "row 2", "'yesterday'"],
-        rows=with_column("ts", ["1", "yesterday", "3", "4"]),
-        before=edit("spec.yaml", "user: user", "user: user\ntime: ts"),
-    ),
+    DataCase("infinite timestamp", ["{data}", "column 'ts'", "row 2", "non-finite timestamp inf"],
+             rows=with_column("ts", ["1", "inf", "3", "4"]),
+             before=edit("spec.yaml", "user: user", "user: user\ntime: ts")),
+    DataCase("timestamp that is neither a number nor ISO 8601", ["{data}", "column 'ts'", "row 2", "'yesterday'"],
+             rows=with_column("ts", ["1", "yesterday", "3", "4"]),
+             before=edit("spec.yaml", "user: user", "user: user\ntime: ts")),
 ]
 
 
@@ -573,31 +358,15 @@ def test_there_are_at_least_30_bad_data_cases():
 # --- exact integer ids ----------------------------------------------------------------------------------------
 def id_frame(ids: List[int]) -> pd.DataFrame:
     n = len(ids)
-    return pd.DataFrame(
-        {
-            "user": ids,
-            "rid": ids,
-            "item": np.arange(n) % 5,
-            "price": np.linspace(0, 1, n),
-            "click": np.arange(n) % 2,
-            "ts": np.arange(n, dtype=np.float64),
-        }
-    )
+    return pd.DataFrame({"user": ids, "rid": ids, "item": np.arange(n) % 5, "price": np.linspace(0, 1, n),
+                         "click": np.arange(n) % 2, "ts": np.arange(n, dtype=np.float64)})
 
 
 def id_spec(path: str, user: dict, **extra) -> dict:
-    return {
-        "name": "ids",
-        "source": {"path": path},
-        "sparse": [
-            {"name": "user", "group": "user", **user},
-            {"name": "item", "encoding": "identity", "num_embeddings": 5},
-        ],
-        "dense": [{"name": "price"}],
-        "tasks": [{"name": "ctr", "column": "click"}],
-        "user": "user",
-        **extra,
-    }
+    return {"name": "ids", "source": {"path": path}, "sparse": [{"name": "user", "group": "user", **user},
+                                                                {"name": "item", "encoding": "identity",
+                                                                 "num_embeddings": 5}],
+            "dense": [{"name": "price"}], "tasks": [{"name": "ctr", "column": "click"}], "user": "user", **extra}
 
 
 def fitted(tmp_path, frame: pd.DataFrame, fmt: str, user: dict, side_columns=(), **extra) -> Dataset:
@@ -606,11 +375,8 @@ def fitted(tmp_path, frame: pd.DataFrame, fmt: str, user: dict, side_columns=(),
         frame.to_csv(path, index=False)
     else:
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
-    ds = Dataset(
-        spec_of(id_spec(path.name, user, **extra), str(tmp_path)),
-        split=SplitConfig(valid=0.0, test=0.0),
-        side_columns=side_columns,
-    )
+    ds = Dataset(spec_of(id_spec(path.name, user, **extra), str(tmp_path)), split=SplitConfig(valid=0.0, test=0.0),
+                 side_columns=side_columns)
     ds.fit()
     return ds
 
@@ -632,15 +398,9 @@ def test_64bit_ids_keep_one_vocabulary_row_each(tmp_path, fmt):
     assert rows.tolist() == [NEAR_IDS.index(u) + 1 for u in frame.user]
 
 
-@pytest.mark.parametrize(
-    "user",
-    [
-        {"dtype": "int"},
-        {"dtype": "int", "encoding": "hash", "num_embeddings": 1 << 20},
-        {"dtype": "auto", "encoding": "hash", "num_embeddings": 1 << 20},
-    ],
-    ids=["vocab", "hash", "hash-auto"],
-)
+@pytest.mark.parametrize("user", [{"dtype": "int"}, {"dtype": "int", "encoding": "hash", "num_embeddings": 1 << 20},
+                                  {"dtype": "auto", "encoding": "hash", "num_embeddings": 1 << 20}],
+                         ids=["vocab", "hash", "hash-auto"])
 def test_an_id_reads_alike_from_csv_text_and_parquet_int64(tmp_path, user):
     frame = id_frame(NEAR_IDS)
     encoded = {}
@@ -693,16 +453,8 @@ def test_row_ids_side_columns_and_history_keep_64bit_ids_exact(tmp_path):
     side = tmp_path / "side.csv"
     pd.DataFrame({"row_id": [NEAR + 1, NEAR + 3], "share": [0.25, 0.75]}).to_csv(side, index=False)
     frame["rid"] = [NEAR + 3, NEAR + 4, NEAR + 5, NEAR + 6, NEAR + 7, NEAR + 1]
-    ds = fitted(
-        tmp_path,
-        frame,
-        "csv",
-        {"dtype": "int"},
-        row_id="rid",
-        time="ts",
-        history={},
-        side_columns=[SideColumnsConfig(str(side), ["share"], "row_id", fill=-1.0)],
-    )
+    ds = fitted(tmp_path, frame, "csv", {"dtype": "int"}, row_id="rid", time="ts", history={},
+                side_columns=[SideColumnsConfig(str(side), ["share"], "row_id", fill=-1.0)])
     cols = ds.read()["train"]
     order = np.argsort(cols.time)
     assert cols.row_id[order].tolist() == frame.rid.tolist()
@@ -741,9 +493,8 @@ def test_int_and_text_ids_across_files_are_one_id_under_a_declared_dtype(tmp_pat
     assert cols.sparse["user"][np.argsort(cols.row_id)].tolist() == [1, 2, 1, 1, 3, 1]
 
 
-ID_TEXT = st.tuples(
-    st.integers(-(2**70), 2**70), st.sampled_from(["", "+", " "]), st.integers(0, 3), st.sampled_from(["", ".0", " "])
-)
+ID_TEXT = st.tuples(st.integers(-(2**70), 2**70), st.sampled_from(["", "+", " "]), st.integers(0, 3),
+                    st.sampled_from(["", ".0", " "]))
 
 
 @settings(max_examples=200, deadline=None)
@@ -751,10 +502,8 @@ ID_TEXT = st.tuples(
 def test_integer_text_parses_exactly_like_python(cells):
     """Signs, padding, leading zeros and a ``.0`` suffix: to_int agrees with Python's int() on every id that
     fits int64 and refuses the first one that does not; int_text is the canonical decimal text of any width."""
-    raw = [
-        f"{pre if v >= 0 or pre == ' ' else ''}{'-' if v < 0 else ''}{'0' * zeros}{abs(v)}{post}"
-        for v, pre, zeros, post in cells
-    ]
+    raw = [f"{pre if v >= 0 or pre == ' ' else ''}{'-' if v < 0 else ''}{'0' * zeros}{abs(v)}{post}"
+           for v, pre, zeros, post in cells]
     values = [v for v, *_ in cells]
     where = Where("ids.csv", 0)
     assert int_text(pa.array(raw), where, "user").to_pylist() == [str(v) for v in values]
@@ -789,9 +538,8 @@ def test_quoted_newlines_read_across_block_boundaries(tmp_path):
     n = 40000  # ~1.3 MB: more than one 1 MiB block (small chunks), so quoted newlines fall on block boundaries
     path = tmp_path / "q.csv"
     path.write_text("a,b,c\n" + "".join(f'{i},"line one\nline {i}",{i * 2}\n' for i in range(n)))
-    reader = SourceReader(
-        FileSpec("q.csv"), str(tmp_path), columns={"a", "b", "c"}, chunk_rows=1000, string_columns=["b"]
-    )
+    reader = SourceReader(FileSpec("q.csv"), str(tmp_path), columns={"a", "b", "c"}, chunk_rows=1000,
+                          string_columns=["b"])
     got = reader.read_all()
     assert got.num_rows == n
     assert got.column("a").to_pylist() == list(range(n))
@@ -812,9 +560,8 @@ def test_malformed_row_is_numbered_past_blocks_whose_types_differ(tmp_path):
 
 def test_byte_order_mark_and_crlf_read_like_plain_csv(tmp_path):
     (tmp_path / "bom.csv").write_bytes(("\ufeff" + "\r\n".join(GOOD_ROWS) + "\r\n").encode())
-    reader = SourceReader(
-        FileSpec("bom.csv"), str(tmp_path), columns=set(HEADER.split(",")), string_columns=HEADER.split(",")
-    )
+    reader = SourceReader(FileSpec("bom.csv"), str(tmp_path), columns=set(HEADER.split(",")),
+                          string_columns=HEADER.split(","))
     got = reader.read_all()
     assert got.column_names == HEADER.split(",")
     assert got.column("scene").to_pylist() == ["s1", "s2", "s1", "s1"]  # no '\r' left
@@ -830,29 +577,25 @@ def test_parquet_timestamps_and_iso_text_are_seconds(tmp_path):
         folder.mkdir()
         t = pa.Table.from_pandas(frame, preserve_index=False).append_column("ts", pa.array(ts))
         (pq.write_table if fmt == "parquet" else pa_csv.write_csv)(t, folder / f"data.{fmt}")
-        ds = Dataset(
-            spec_of(id_spec(f"data.{fmt}", {}, time="ts"), str(folder)),
-            split=SplitConfig(kind="time", valid=0.25, test=0.25),
-        )
+        ds = Dataset(spec_of(id_spec(f"data.{fmt}", {}, time="ts"), str(folder)),
+                     split=SplitConfig(kind="time", valid=0.25, test=0.25))
         ds.fit()
         assert ds.valid_from == pytest.approx(np.quantile(seconds, 0.5))
         parts = ds.read()
-        assert sorted(
-            parts["train"].time.tolist() + parts["valid"].time.tolist() + parts["test"].time.tolist()
-        ) == pytest.approx(seconds)
+        assert sorted(parts["train"].time.tolist() + parts["valid"].time.tolist() + parts["test"].time.tolist()) \
+            == pytest.approx(seconds)
 
 
 def test_decimal_dictionary_and_view_columns_read_as_values(tmp_path):
     frame = id_frame([1, 2, 3, 1])
     t = pa.Table.from_pandas(frame, preserve_index=False)
     t = t.set_column(t.column_names.index("price"), "price", pa.array([1, 2, 3, 4], pa.decimal128(10, 2)))
-    t = t.set_column(t.column_names.index("user"), "user", pa.array(["u1", "u2", "u3", "u1"]).dictionary_encode())
+    t = t.set_column(t.column_names.index("user"), "user",
+                     pa.array(["u1", "u2", "u3", "u1"]).dictionary_encode())
     t = t.append_column("scene", pa.array(["s1", "s2", "s1", "s1"], pa.string_view()))
     pq.write_table(t, tmp_path / "data.parquet")
-    ds = Dataset(
-        spec_of(id_spec("data.parquet", {}, scenario={"column": "scene", "values": ["s1", "s2"]}), str(tmp_path)),
-        split=SplitConfig(valid=0.0, test=0.0),
-    )
+    ds = Dataset(spec_of(id_spec("data.parquet", {}, scenario={"column": "scene", "values": ["s1", "s2"]}),
+                         str(tmp_path)), split=SplitConfig(valid=0.0, test=0.0))
     ds.fit()
     assert ds.sparse[0].vocab.to_pylist() == ["u1", "u2", "u3"]
     cols = ds.read()["train"]

@@ -71,21 +71,11 @@ def check_same_function(name: str, schema, batch) -> None:
     recsys.dmp.eval()
     loss_r, out_r = recsys.dmp(batch)
     loss_r.backward()
-    dense_r = {
-        k.split("model.", 1)[1]: p.grad
-        for k, p in in_backward_optimizer_filter(recsys.dmp.named_parameters())
-        if p.requires_grad
-    }
+    dense_r = {k.split("model.", 1)[1]: p.grad for k, p in in_backward_optimizer_filter(recsys.dmp.named_parameters())
+               if p.requires_grad}
     for kind, twin in twins.items():
-        check_twin(
-            f"{name} {kind}",
-            throughput.EagerPath(kind, twin, [batch], CPU).module,
-            schema,
-            batch,
-            loss_r,
-            out_r,
-            dense_r,
-        )
+        check_twin(f"{name} {kind}", throughput.EagerPath(kind, twin, [batch], CPU).module, schema, batch,
+                   loss_r, out_r, dense_r)
     # the MLP-only twin, served the real embeddings, is the same dense function
     mlp = mlp_twin(base, batch.size)
     with torch.no_grad():
@@ -96,13 +86,8 @@ def check_same_function(name: str, schema, batch) -> None:
     mlp.eval()
     out_m = mlp(batch)
     for task in schema.task_names:
-        np.testing.assert_allclose(
-            out_m[task].detach().numpy(),
-            out_r.outputs[task].numpy(),
-            rtol=1e-5,
-            atol=1e-6,
-            err_msg=f"{name}: mlp twin {task}",
-        )
+        np.testing.assert_allclose(out_m[task].detach().numpy(), out_r.outputs[task].numpy(), rtol=1e-5,
+                                   atol=1e-6, err_msg=f"{name}: mlp twin {task}")
 
 
 def check_twin(what: str, module, schema, batch, loss_r, out_r, dense_r) -> None:
@@ -110,29 +95,20 @@ def check_twin(what: str, module, schema, batch, loss_r, out_r, dense_r) -> None
     module.eval()
     loss_p, out_p = module(batch)
     for task in schema.task_names:
-        np.testing.assert_allclose(
-            out_p.outputs[task].detach().numpy(),
-            out_r.outputs[task].detach().numpy(),
-            rtol=1e-5,
-            atol=1e-6,
-            err_msg=f"{what}: {task}",
-        )
+        np.testing.assert_allclose(out_p.outputs[task].detach().numpy(), out_r.outputs[task].detach().numpy(),
+                                   rtol=1e-5, atol=1e-6, err_msg=f"{what}: {task}")
     np.testing.assert_allclose(float(loss_p), float(loss_r), rtol=1e-5)
     # the same backward into the dense layers
     loss_p.backward()
-    dense_p = {
-        k.split("model.", 1)[1]: p.grad
-        for k, p in module.named_parameters()
-        if "sparse_arch" not in k and p.requires_grad
-    }
+    dense_p = {k.split("model.", 1)[1]: p.grad for k, p in module.named_parameters()
+               if "sparse_arch" not in k and p.requires_grad}
     assert dense_r.keys() == dense_p.keys() and dense_r, what
     for k in dense_r:
         if dense_r[k] is None:
             assert dense_p[k] is None or not dense_p[k].any(), (what, k)
             continue
-        np.testing.assert_allclose(
-            dense_p[k].numpy(), dense_r[k].numpy(), rtol=1e-4, atol=1e-6, err_msg=f"{what}: grad of {k}"
-        )
+        np.testing.assert_allclose(dense_p[k].numpy(), dense_r[k].numpy(), rtol=1e-4, atol=1e-6,
+                                   err_msg=f"{what}: grad of {k}")
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -196,20 +172,15 @@ def test_lookup_bytes_hand_computed():
     from recsys.data.columns import Columns, Ragged
 
     n = 4
-    cols = Columns(
-        dense=np.zeros((n, 0), np.float32),
-        sparse={"a": np.arange(n), "b": Ragged(np.array([1, 2, 3, 4, 5, 6]), np.array([0, 1, 3, 3, 6]))},
-        labels={"ctr": np.zeros(n, np.float32)},
-        scenario=np.zeros(n, np.int64),
-        user=np.zeros(n, np.int64),
-        weights=np.ones(n, np.float32),
-        row_id=np.arange(n),
-    )
+    cols = Columns(dense=np.zeros((n, 0), np.float32),
+                   sparse={"a": np.arange(n), "b": Ragged(np.array([1, 2, 3, 4, 5, 6]), np.array([0, 1, 3, 3, 6]))},
+                   labels={"ctr": np.zeros(n, np.float32)}, scenario=np.zeros(n, np.int64), user=np.zeros(n, np.int64),
+                   weights=np.ones(n, np.float32), row_id=np.arange(n))
     bound = kernels.BareTbe(arch_of(model), 0.05, 1e-8, BOUNDS_CHECK["fatal"], CPU)
     inp = bound.prepare(cols.to_batch(["a", "b"]).sparse)
-    rows = 4 * 8 * 4 + 6 * 4 * 4  # looked-up rows x width x 4 bytes
-    index = (10 + 9) * 8  # 10 indices + (2 features x 4 rows + 1) offsets, int64
-    out = 4 * 12 * 4  # pooled output [B, 8 + 4]
+    rows = 4 * 8 * 4 + 6 * 4 * 4            # looked-up rows x width x 4 bytes
+    index = (10 + 9) * 8                    # 10 indices + (2 features x 4 rows + 1) offsets, int64
+    out = 4 * 12 * 4                        # pooled output [B, 8 + 4]
     assert inp.forward_bytes == rows + index + out
     assert inp.backward_bytes == out + index + 2 * rows + 2 * 10 * 4
 
@@ -225,14 +196,9 @@ def test_ratios_overhead_and_goals_follow_the_stated_formulas():
     def stats(rounds):
         return throughput._stats(rounds)
 
-    out = {
-        "train": {
-            "recsys": stats([45.0, 40.0, 44.0]),
-            "sparse": stats([10.0, 20.0, 11.0]),
-            "tbe_mlp": stats([50.0, 50.0, 40.0]),
-        },
-        "infer": {"recsys": stats([100.0, 100.0, 100.0]), "tbe_mlp": stats([125.0, 200.0, 100.0])},
-    }
+    out = {"train": {"recsys": stats([45.0, 40.0, 44.0]), "sparse": stats([10.0, 20.0, 11.0]),
+                     "tbe_mlp": stats([50.0, 50.0, 40.0])},
+           "infer": {"recsys": stats([100.0, 100.0, 100.0]), "tbe_mlp": stats([125.0, 200.0, 100.0])}}
     d = throughput.derived(out, batch_size=2, gpu_name=None)
     assert d["ratios"]["recsys_over_sparse_train"]["median"] == pytest.approx(4.0)  # paired: 4.5, 2.0, 4.0
     assert d["ratios"]["recsys_over_tbe_mlp_train"] == pytest.approx({"median": 0.9, "min": 0.8, "max": 1.1})
@@ -243,34 +209,18 @@ def test_ratios_overhead_and_goals_follow_the_stated_formulas():
     assert d["overhead_ms"]["train"]["median"] == pytest.approx(1e3 * 2 * (1 / 45 - 1 / 50))
 
     def cell(batch, ratios, overhead):
-        return {
-            "tag": "batch",
-            "model": "dnn",
-            "batch_size": batch,
-            "train": {},
-            "ratios": {k: {"median": v} for k, v in ratios.items()},
-            "overhead_ms": {"infer": {"median": overhead}},
-        }
+        return {"tag": "batch", "model": "dnn", "batch_size": batch, "train": {},
+                "ratios": {k: {"median": v} for k, v in ratios.items()}, "overhead_ms": {"infer": {"median": overhead}}}
 
-    result = {
-        "cells": [
-            cell(64, {}, 0.2),
-            cell(1024, {"recsys_over_tbe_mlp_train": 0.95}, 0.0),
-            cell(
-                4096,
-                {"recsys_over_sparse_train": 1.6, "recsys_over_tbe_mlp_train": 0.96, "recsys_over_sparse_infer": 1.1},
-                0.0,
-            ),
-        ]
-    }
+    result = {"cells": [cell(64, {}, 0.2), cell(1024, {"recsys_over_tbe_mlp_train": 0.95}, 0.0),
+                        cell(4096, {"recsys_over_sparse_train": 1.6, "recsys_over_tbe_mlp_train": 0.96,
+                                    "recsys_over_sparse_infer": 1.1}, 0.0)]}
     status = {(g["key"], g["batch_size"]): (g["measured"], g["met"]) for g in throughput.goal_status(result)}
-    assert status == {
-        ("recsys_over_sparse_train", 4096): (1.6, True),
-        ("recsys_over_tbe_mlp_train", 4096): (0.96, False),  # 0.97 wanted
-        ("recsys_over_tbe_mlp_train", 1024): (0.95, True),
-        ("recsys_over_sparse_infer", 4096): (1.1, True),
-        ("overhead_infer", 64): (0.2, False),
-    }  # at most 0.15 ms
+    assert status == {("recsys_over_sparse_train", 4096): (1.6, True),
+                      ("recsys_over_tbe_mlp_train", 4096): (0.96, False),  # 0.97 wanted
+                      ("recsys_over_tbe_mlp_train", 1024): (0.95, True),
+                      ("recsys_over_sparse_infer", 4096): (1.1, True),
+                      ("overhead_infer", 64): (0.2, False)}  # at most 0.15 ms
 
 
 def test_tbe_mlp_step_updates_the_tables_as_recsys_does(live):
@@ -320,29 +270,10 @@ def test_sparse_path_updates_only_the_rows_of_the_batch(live):
 
 def test_quick_run_writes_results_with_the_pipeline(tmp_path):
     """The whole harness at tiny size; the recsys path steps through TrainPipelineSparseDist (the GPU path)."""
-    rc = throughput.main(
-        [
-            "--quick",
-            "--out",
-            str(tmp_path),
-            "--pipeline",
-            "sparse_dist",
-            "--paths",
-            ",".join(throughput.PATHS),
-            "--workloads",
-            "criteo-1hot,live",
-            "--sweep-batch-sizes",
-            "64",
-            "--batch-sizes",
-            "64",
-            "--vocab-sweep",
-            "",
-            "--criteo-models",
-            "dnn",
-            "--live-models",
-            "wide_deep",
-        ]
-    )
+    rc = throughput.main(["--quick", "--out", str(tmp_path), "--pipeline", "sparse_dist",
+                          "--paths", ",".join(throughput.PATHS),
+                          "--workloads", "criteo-1hot,live", "--sweep-batch-sizes", "64", "--batch-sizes", "64",
+                          "--vocab-sweep", "", "--criteo-models", "dnn", "--live-models", "wide_deep"])
     assert rc == 0
     result = json.loads((tmp_path / "throughput_cpu_quick.json").read_text())
     assert result["settings"]["pipeline"] is True
@@ -383,12 +314,8 @@ def test_quality_runner_quick(capsys):
 def test_loader_benchmark_tiny(tmp_path):
     from benchmarks import loader
 
-    assert (
-        loader.main(
-            ["--rows", "4000", "--batch-size", "256", "--repeats", "1", "--train-steps", "3", "--out", str(tmp_path)]
-        )
-        == 0
-    )
+    assert loader.main(["--rows", "4000", "--batch-size", "256", "--repeats", "1", "--train-steps", "3",
+                        "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "loader.json").read_text())
     assert all(r["median"] > 0 for r in result["rows_per_sec"].values())
     assert all(v > 0 for v in result["train_samples_per_sec"].values())
@@ -399,22 +326,12 @@ def test_quality_runner_keeps_the_cells_it_did_not_run(tmp_path):
     from benchmarks.quality import keep_earlier_cells
 
     previous = tmp_path / "g.json"
-    previous.write_text(
-        json.dumps(
-            {
-                "epochs": None,
-                "environment": {"command": "python -m benchmarks.quality --datasets movielens"},
-                "results": {
-                    "A": {"movielens": {"metrics": {"x": 1}}, "synthetic": {"metrics": {"x": 0}}},
-                    "B": {
-                        "movielens": {"metrics": {"x": 2}, "epochs": 3, "command": "c"},
-                        "synthetic": {"metrics": {"x": 5}},
-                    },
-                    "gone": {"movielens": {"metrics": {"x": 7}}},
-                },
-            }
-        )
-    )
+    previous.write_text(json.dumps({
+        "epochs": None, "environment": {"command": "python -m benchmarks.quality --datasets movielens"},
+        "results": {"A": {"movielens": {"metrics": {"x": 1}}, "synthetic": {"metrics": {"x": 0}}},
+                    "B": {"movielens": {"metrics": {"x": 2}, "epochs": 3, "command": "c"},
+                          "synthetic": {"metrics": {"x": 5}}},
+                    "gone": {"movielens": {"metrics": {"x": 7}}}}}))
     # this run redid A on synthetic only (as `--datasets synthetic --only A` would)
     results = {"A": {"synthetic": {"metrics": {"x": 9}}}}
     ran = lambda exp, dataset: dataset == "synthetic" and exp == "A"  # noqa: E731
@@ -445,20 +362,8 @@ def test_every_quality_grid_names_registered_models_and_known_datasets():
 
     registered = set(model_names())
     available = quality.grids()
-    assert {
-        "foundation",
-        "cbmr",
-        "cbmr_full",
-        "cbmr_scale",
-        "cbmr_slopes",
-        "cbmr_dropout",
-        "cbmr_ctr",
-        "cvr",
-        "cvr_funnel",
-        "stan",
-        "stan_full",
-        "ssim",
-    } <= set(available)
+    assert {"foundation", "cbmr", "cbmr_full", "cbmr_scale", "cbmr_slopes", "cbmr_dropout", "cbmr_ctr", "cvr",
+            "cvr_funnel", "stan", "stan_full", "ssim"} <= set(available)
     for name, grid in available.items():
         exps = grid.EXPERIMENTS
         assert exps, f"grid {name} has no experiments"
@@ -469,28 +374,20 @@ def test_every_quality_grid_names_registered_models_and_known_datasets():
             assert set(e.datasets) <= set(quality.DATASETS), f"grid {name}, row {e.name}: {e.datasets}"
     # the full-budget grids repeat rows of their short-budget grids, so their names must match exactly
     assert [e.name for e in available["stan_full"].EXPERIMENTS] == [
-        "PLE (STAN code, no state branch)",
-        "STAN branch, no re-weighting",
-        "STAN",
-    ]
-    assert [e.name for e in available["cbmr_full"].EXPERIMENTS][:3] == [
-        "Wide&Deep",
-        "CBMR (EmbCB + MlpCB)",
-        "MultiCBMR",
-    ]
+        "PLE (STAN code, no state branch)", "STAN branch, no re-weighting", "STAN"]
+    assert [e.name for e in available["cbmr_full"].EXPERIMENTS][:3] == ["Wide&Deep", "CBMR (EmbCB + MlpCB)",
+                                                                         "MultiCBMR"]
 
 
 def test_cbmr_table_renders_any_synthetic_profile_with_the_gap_in_std():
     from benchmarks.grids import cbmr
 
     def cell(auc, std):
-        return {
-            "metrics": {"ctr/auc": {"mean": auc, "std": std}, "ctr/auc/scenario=feed": {"mean": auc + 0.01, "std": std}}
-        }
+        return {"metrics": {"ctr/auc": {"mean": auc, "std": std},
+                            "ctr/auc/scenario=feed": {"mean": auc + 0.01, "std": std}}}
 
-    md = cbmr.render(
-        {"Wide&Deep": {"synthetic-2m": cell(0.79, 0.004)}, "CBMR (EmbCB + MlpCB)": {"synthetic-2m": cell(0.80, 0.002)}}
-    )
+    md = cbmr.render({"Wide&Deep": {"synthetic-2m": cell(0.79, 0.004)},
+                      "CBMR (EmbCB + MlpCB)": {"synthetic-2m": cell(0.80, 0.002)}})
     lines = md.splitlines()
     assert lines[0] == "### synthetic-2m"
     assert "ctr AUC feed" in lines[2]
@@ -503,12 +400,8 @@ def test_overhead_stages_add_up_and_are_written(tmp_path):
     """benchmarks/overhead.py at tiny size: every stage timed, the parts derived as documented, results written."""
     from benchmarks import overhead
 
-    assert (
-        overhead.main(
-            ["--batch-sizes", "32", "--vocab-cap", "200", "--steps", "2", "--repeats", "2", "--out", str(tmp_path)]
-        )
-        == 0
-    )
+    assert overhead.main(["--batch-sizes", "32", "--vocab-cap", "200", "--steps", "2", "--repeats", "2",
+                          "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "overhead_cpu.json").read_text())
     (cell,) = result["batches"]
     assert cell["batch_size"] == 32 and set(cell["ms"]) == set(overhead.STAGES)

@@ -117,9 +117,8 @@ def test_star_mlp_is_the_scenario_mlp_over_star_layers():
     star.eval()
     x = torch.randn(4, 3, 6)
     w0 = star.layers[0].effective_weight()
-    h = nn.functional.gelu(
-        torch.einsum("bsi,sio->bso", x, w0) + star.layers[0].shared_bias + star.layers[0].scenario_bias
-    )
+    h = nn.functional.gelu(torch.einsum("bsi,sio->bso", x, w0) + star.layers[0].shared_bias
+                           + star.layers[0].scenario_bias)
     last = star.layers[-1]
     expected = torch.einsum("bsi,sio->bso", h, last.effective_weight()) + last.shared_bias + last.scenario_bias
     torch.testing.assert_close(star(x), expected)
@@ -152,12 +151,12 @@ def test_task_towers_builder_and_options():
 
 def test_expert_backbones_by_name_match_stan_and_use_the_options():
     assert set(EXPERT_BACKBONES) == set(typing.get_args(typing.get_type_hints(STANConfig)["backbone"]))
-    mmoe = EXPERT_BACKBONES["mmoe"](6, ["a", "b"], MMoEOptions(num_experts=3, expert_hidden=[4, 2], activation="prelu"))
+    mmoe = EXPERT_BACKBONES["mmoe"](6, ["a", "b"], MMoEOptions(num_experts=3, expert_hidden=[4, 2],
+                                                               activation="prelu"))
     assert isinstance(mmoe, MMoE) and len(mmoe.experts) == 3 and mmoe.output_dim == 2
     assert isinstance(mmoe.experts.experts[0].blocks[0][1], nn.PReLU)
-    ple = EXPERT_BACKBONES["ple"](
-        6, ["a", "b"], PLEOptions(levels=2, specific_experts=2, shared_experts=0, expert_hidden=[3], dropout=0.5)
-    )
+    ple = EXPERT_BACKBONES["ple"](6, ["a", "b"], PLEOptions(levels=2, specific_experts=2, shared_experts=0,
+                                                            expert_hidden=[3], dropout=0.5))
     assert isinstance(ple, PLE) and len(ple.levels) == 2 and ple.output_dim == 3
     assert len(ple.levels[0].specific["a"]) == 2 and ple.levels[0].shared is None
     out = ple.eval()(torch.randn(4, 6))
@@ -217,9 +216,7 @@ def test_gate_output_and_field_scaling():
     columns = field_columns([2, 1])
     assert columns.tolist() == [0, 0, 1]
     e = torch.tensor([[1.0, 2.0, 3.0]])
-    torch.testing.assert_close(
-        scale_fields(e, torch.tensor([[10.0, 100.0]]), columns, "field"), torch.tensor([[10.0, 20.0, 300.0]])
-    )
-    torch.testing.assert_close(
-        scale_fields(e, torch.tensor([[1.0, 0.5, 2.0]]), columns, "field_dim"), torch.tensor([[1.0, 1.0, 6.0]])
-    )
+    torch.testing.assert_close(scale_fields(e, torch.tensor([[10.0, 100.0]]), columns, "field"),
+                               torch.tensor([[10.0, 20.0, 300.0]]))
+    torch.testing.assert_close(scale_fields(e, torch.tensor([[1.0, 0.5, 2.0]]), columns, "field_dim"),
+                               torch.tensor([[1.0, 1.0, 6.0]]))

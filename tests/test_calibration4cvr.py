@@ -10,7 +10,8 @@ from recsys.models import build_model
 from recsys.modules.cvr_calibration import STRUCTURES, ScaledCTRCalibration, SECalibration
 from recsys.train.losses import MultiTaskLoss, TrainModule
 
-SMALL = {"ctr_hidden": [16, 8, 4], "cvr_hidden": [16, 8, 4], "pos_hidden": [4], "extra_hidden": [4], "se_reduction": 2}
+SMALL = {"ctr_hidden": [16, 8, 4], "cvr_hidden": [16, 8, 4], "pos_hidden": [4], "extra_hidden": [4],
+         "se_reduction": 2}
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)
@@ -114,15 +115,10 @@ def test_calibration4cvr_refuses_bad_configs():
 def test_training_options_run_under_dmp_and_the_pipeline(tiny_config):
     from recsys.train.trainer import Trainer
 
-    params = (
-        "{structure: ctr_scaled, ctr_hidden: [16, 8], cvr_hidden: [16, 8], calibrate_layer: 0, "
-        "ctr_cvr_ratio: 1.0, cvr_embedding_grad: 0.5, ctr_grad_from_cvr: 0.5}"
-    )
-    trainer = Trainer(
-        tiny_config(
-            model="calibration4cvr", extra=[f"model.params={params}", "train.pipeline=sparse_dist", "train.max_steps=4"]
-        )
-    )
+    params = ("{structure: ctr_scaled, ctr_hidden: [16, 8], cvr_hidden: [16, 8], calibrate_layer: 0, "
+              "ctr_cvr_ratio: 1.0, cvr_embedding_grad: 0.5, ctr_grad_from_cvr: 0.5}")
+    trainer = Trainer(tiny_config(model="calibration4cvr", extra=[f"model.params={params}",
+                                                                  "train.pipeline=sparse_dist", "train.max_steps=4"]))
     report = trainer.fit()["valid"]
     assert trainer.stepper.pipeline_started
     assert all(np.isfinite(report[k]) for k in ("ctr/auc", "cvr/auc", "cvr/ctcvr_auc"))

@@ -23,13 +23,8 @@ def test_cbmr_outputs_per_task_and_gradients_reach_id_tables_and_gate_nets():
     # exactly the users of the batch receive a gradient
     touched = set(torch.nonzero(table_grad(model, "user").abs().sum(1)).flatten().tolist())
     assert touched == set(batch.sparse["user"].values().tolist())
-    for name in (
-        "embcb.shared_vectors",
-        "embcb.fc_hidden.weight",
-        "embcb.fc_out.weight",
-        "mlpcb.gates.0.hidden.weight",
-        "mlpcb.gates.1.out.weight",
-    ):
+    for name in ("embcb.shared_vectors", "embcb.fc_hidden.weight", "embcb.fc_out.weight",
+                 "mlpcb.gates.0.hidden.weight", "mlpcb.gates.1.out.weight"):
         p = dict(model.named_parameters())[name]
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -82,13 +77,8 @@ def test_mlpcb_stop_gradient_switch_removes_the_gate_path_to_the_embeddings():
 
 def test_scene_id_is_among_the_gate_inputs():
     # the deep part does not read the scene: only the gates do, so the scene table learns through them
-    params = {
-        "hidden": [32, 16],
-        "deep_features": ["user", "host", "item", "tags"],
-        "wide_features": ["user"],
-        "embcb": {"enabled": False},
-        "mlpcb": {"features": ["user", "host"]},
-    }
+    params = {"hidden": [32, 16], "deep_features": ["user", "host", "item", "tags"], "wide_features": ["user"],
+              "embcb": {"enabled": False}, "mlpcb": {"features": ["user", "host"]}}
     model = build("cbmr", params)
     assert model.gate_inputs.own == ["scene"]
     grads_of(model, make_batch())
@@ -127,23 +117,16 @@ def test_multicbmr_returns_ctr_logit_and_stay_prediction_and_its_loss_matches_a_
     for table in ("user", "host", "scene"):
         assert table_grad(model, table).abs().sum() > 0, table
     named = dict(model.named_parameters())
-    for name in (
-        "embcb.shared_vectors",
-        "experts.0.blocks.1.0.weight",
-        "experts.2.blocks.0.0.weight",
-        "expert_gates.ctr.linear.weight",
-        "towers.stay.output.weight",
-        "mlpcb.ctr.gates.2.out.weight",
-        "mlpcb.stay.gates.0.hidden.weight",
-    ):
+    for name in ("embcb.shared_vectors", "experts.0.blocks.1.0.weight", "experts.2.blocks.0.0.weight",
+                 "expert_gates.ctr.linear.weight", "towers.stay.output.weight", "mlpcb.ctr.gates.2.out.weight",
+                 "mlpcb.stay.gates.0.hidden.weight"):
         assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
 
 
 def test_multicbmr_scales_are_task_specific_and_optionally_expert_specific():
     shared = build("multicbmr", {"num_experts": 3, "expert_hidden": [16, 8], "tower_hidden": [4]})
-    specific = build(
-        "multicbmr", {"num_experts": 3, "expert_hidden": [16, 8], "tower_hidden": [4], "expert_specific": True}
-    )
+    specific = build("multicbmr", {"num_experts": 3, "expert_hidden": [16, 8], "tower_hidden": [4],
+                                   "expert_specific": True})
     assert shared.mlpcb["ctr"].layer_dims == [16, 8, 4]
     assert specific.mlpcb["ctr"].layer_dims == [48, 24, 4]  # E x H per expert layer, then the tower
     batch = make_batch()
@@ -152,26 +135,16 @@ def test_multicbmr_scales_are_task_specific_and_optionally_expert_specific():
     assert not torch.allclose(ctr_scales[0], stay_scales[0])
     specific(batch)
     s = specific.mlpcb["ctr"]._last[0]
-    e0, e1 = (
-        specific._expert_scales(specific.mlpcb["ctr"]._last, 0),
-        specific._expert_scales(specific.mlpcb["ctr"]._last, 1),
-    )
+    e0, e1 = specific._expert_scales(specific.mlpcb["ctr"]._last, 0), specific._expert_scales(
+        specific.mlpcb["ctr"]._last, 1)
     torch.testing.assert_close(e0[0], s[:, :16])
     torch.testing.assert_close(e1[0], s[:, 16:32])
     assert not torch.allclose(e0[0], e1[0])
 
 
 def test_multicbmr_without_mlpcb_is_mmoe_with_a_wide_part():
-    model = build(
-        "multicbmr",
-        {
-            "num_experts": 2,
-            "expert_hidden": [16, 8],
-            "tower_hidden": [4],
-            "embcb": {"enabled": False},
-            "mlpcb": {"enabled": False},
-        },
-    )
+    model = build("multicbmr", {"num_experts": 2, "expert_hidden": [16, 8], "tower_hidden": [4],
+                                "embcb": {"enabled": False}, "mlpcb": {"enabled": False}})
     batch = make_batch()
     out = model(batch)
     emb = model.sparse_arch(batch.sparse)
@@ -190,10 +163,8 @@ def test_cbmr_trains_embcb_weights_vary_and_tensorboard_has_calibration_stats(ti
     from recsys.train.board import event_dir
     from recsys.train.trainer import Trainer
 
-    cfg = tiny_config(
-        model="cbmr",
-        extra=["train.epochs=2", "tensorboard=true", "train.log_every_steps=5", "model.params={hidden: [32, 16]}"],
-    )
+    cfg = tiny_config(model="cbmr", extra=["train.epochs=2", "tensorboard=true", "train.log_every_steps=5",
+                                           "model.params={hidden: [32, 16]}"])
     trainer = Trainer(cfg)
     result = trainer.fit()
     assert math.isfinite(result["test"]["ctr/auc"])

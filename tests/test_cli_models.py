@@ -35,22 +35,14 @@ def test_every_name_has_its_own_one_line_description():
 def test_needs_cells_name_each_requirement():
     assert needs(Requirements()) == (">= 1", "-", "-", "-", "-")
     assert needs(Requirements(min_tasks=2, funnel=True, scenario=True, user=True, time=True)) == (
-        ">= 2",
-        "yes",
-        ">= 2",
-        "yes",
-        "yes",
-    )
+        ">= 2", "yes", ">= 2", "yes", "yes")
 
 
 def test_models_command_prints_the_table_without_importing_torch():
-    code = (
-        "import sys; from recsys.cli import main; rc = main(['models']); "
-        "sys.stdout.flush(); sys.exit(rc if 'torch' not in sys.modules else 99)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120
-    )
+    code = ("import sys; from recsys.cli import main; rc = main(['models']); "
+            "sys.stdout.flush(); sys.exit(rc if 'torch' not in sys.modules else 99)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == table() + "\n"
     lines = proc.stdout.splitlines()
@@ -59,9 +51,9 @@ def test_models_command_prints_the_table_without_importing_torch():
     assert list(rows) == [e.name for e in INDEX]
     # the columns line up under the header
     start = lines[0].index("scenarios")
-    assert rows["dcn_mts"][start : start + 4] == ">= 2" and rows["dcn"][start] == "-"
+    assert rows["dcn_mts"][start:start + 4] == ">= 2" and rows["dcn"][start] == "-"
     funnel = lines[0].index("funnel")
-    assert rows["esmm"][funnel : funnel + 3] == "yes" and rows["mmoe"][funnel] == "-"
+    assert rows["esmm"][funnel:funnel + 3] == "yes" and rows["mmoe"][funnel] == "-"
     assert rows["esmm"].split()[1:3] == [">=", "2"]
     assert rows["ssim"].rstrip().endswith(next(e.summary for e in INDEX if e.name == "ssim"))
 
@@ -70,15 +62,8 @@ def test_models_into_a_closed_pipe_exits_quietly():
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first line is written
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "recsys", "models"],
-            cwd=REPO,
-            env=_env(),
-            stdout=write,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-        )
+        proc = subprocess.run([sys.executable, "-m", "recsys", "models"], cwd=REPO, env=_env(), stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
     finally:
         os.close(write)
     assert proc.stderr == ""
@@ -86,13 +71,7 @@ def test_models_into_a_closed_pipe_exits_quietly():
 
 
 def test_models_piped_into_head_prints_the_header_only():
-    proc = subprocess.run(
-        ["bash", "-c", f"{sys.executable} -m recsys models | head -1"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = subprocess.run(["bash", "-c", f"{sys.executable} -m recsys models | head -1"], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout.split() == list(COLUMNS)

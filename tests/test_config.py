@@ -161,12 +161,8 @@ def _unranged_numbers(cls, where, seen):
 
 
 # float options whose whole finite range is meaningful (an initial logit bias; split timestamps)
-UNBOUNDED = {
-    "model.params.init_bias",
-    "config.data.split.valid_from",
-    "config.data.split.test_from",
-    "config.data.side_columns[0].fill",
-}
+UNBOUNDED = {"model.params.init_bias", "config.data.split.valid_from", "config.data.split.test_from",
+             "config.data.side_columns[0].fill"}
 
 
 def test_every_model_option_has_a_range():
@@ -183,30 +179,17 @@ def test_every_model_option_has_a_range():
 def test_loading_a_config_probes_no_device_and_imports_no_torch():
     """Issue 18: config loading must not depend on the host (``device: auto`` is resolved by the trainer,
     which then checks the sharding against the device it got)."""
-    code = (
-        "import sys; from recsys.config import load_config; "
-        "cfg = load_config('configs/wide_deep_synthetic.yaml', ['sharding.sharding_types=[row_wise]']); "
-        "sys.exit(99 if 'torch' in sys.modules else 0)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, PYTHONPATH=REPO),
-    )
+    code = ("import sys; from recsys.config import load_config; "
+            "cfg = load_config('configs/wide_deep_synthetic.yaml', ['sharding.sharding_types=[row_wise]']); "
+            "sys.exit(99 if 'torch' in sys.modules else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=REPO))
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_device_support_is_checked_against_the_device_in_use():
-    sharding = from_dict(
-        ShardingConfig,
-        {
-            "sharding_types": ["table_wise"],
-            "tables": {"t": {"sharding_types": ["table_row_wise"], "compute_kernels": ["fused_uvm"]}},
-        },
-    )
+    sharding = from_dict(ShardingConfig, {"sharding_types": ["table_wise"], "tables": {"t": {
+        "sharding_types": ["table_row_wise"], "compute_kernels": ["fused_uvm"]}}})
     check_device_support(sharding, "cuda")
     with pytest.raises(ConfigError, match=r"trainer: sharding type\(s\) \['table_row_wise'\] need CUDA/NCCL"):
         check_device_support(sharding, "cpu", "trainer")
@@ -223,11 +206,8 @@ def test_specs_and_configs_share_the_schemas_vocabularies():
     assert hints[TaskSpec]["loss"] is hints[Task]["loss"] is RegressionLoss
     assert hints[ShardingConfig]["compute_kernel"] is ComputeKernel
     assert set(GPU_SHARDING_TYPES) <= set(SHARDING_TYPES) and set(GPU_COMPUTE_KERNELS) <= set(COMPUTE_KERNELS)
-    with pytest.raises(
-        ConfigError,
-        match=r"'sparse\[0\].group' must be one of \['user', 'host', 'item', 'context', "
-        r"'scenario'\], got 'items'; did you mean 'item'\?",
-    ):
+    with pytest.raises(ConfigError, match=r"'sparse\[0\].group' must be one of \['user', 'host', 'item', 'context', "
+                                          r"'scenario'\], got 'items'; did you mean 'item'\?"):
         from_dict(DatasetSpec, {"name": "t", "source": {"path": "x"}, "sparse": [{"name": "a", "group": "items"}]})
 
 

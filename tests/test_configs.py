@@ -28,13 +28,8 @@ MOVIELENS = shipped("datasets/movielens-100k.yaml")
 
 
 def test_the_lists_are_not_empty():
-    assert {
-        "wide_deep_synthetic.yaml",
-        "cbmr_synthetic.yaml",
-        "multicbmr_synthetic.yaml",
-        "stan_synthetic.yaml",
-        "calibration4cvr_synthetic.yaml",
-    } <= set(SYNTHETIC)
+    assert {"wide_deep_synthetic.yaml", "cbmr_synthetic.yaml", "multicbmr_synthetic.yaml",
+            "stan_synthetic.yaml", "calibration4cvr_synthetic.yaml"} <= set(SYNTHETIC)
     assert MOVIELENS == ["wide_deep_movielens.yaml"]
 
 

@@ -29,31 +29,17 @@ def run_cli(args, tmp_path):
     """``python -m recsys ARGS`` with stdout and stderr as pipes (not a terminal), default warning filters."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "COLUMNS")}
     env["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    proc = subprocess.run(
-        [sys.executable, "-m", "recsys", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([sys.executable, "-m", "recsys", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout, proc.stderr
 
 
 def test_cli_output_is_our_own_one_plan_line_no_bars_and_the_loss(tmp_path, tiny_world):
     run = str(tmp_path / "run")
-    common = [
-        "-c",
-        "configs/wide_deep_synthetic.yaml",
-        "--data",
-        tiny_world,
-        "--run-dir",
-        run,
-        "--set",
-        "data.batch_size=256",
-        "--set",
-        "model.embedding_dim=8",
-        "--set",
-        "train.epochs=2",
-        "--set",
-        "sharding.tables={hour: {sharding_types: [data_parallel]}}",
-    ]  # the dense-kernel warnings too
+    common = ["-c", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--run-dir", run,
+              "--set", "data.batch_size=256", "--set", "model.embedding_dim=8", "--set", "train.epochs=2",
+              "--set", "sharding.tables={hour: {sharding_types: [data_parallel]}}"]  # the dense-kernel warnings too
     out, err = run_cli(["train"] + common, tmp_path)  # progress bars and TensorBoard on: the defaults
     eval_out, eval_err = run_cli(["eval", "--run-dir", run], tmp_path)  # loads the sharded checkpoint (DCP)
     for text in (out, err, eval_out, eval_err):
@@ -61,20 +47,15 @@ def test_cli_output_is_our_own_one_plan_line_no_bars_and_the_loss(tmp_path, tiny
         assert "\r" not in text and "%|" not in text, text  # no tqdm output at all when not a terminal
     for text in (err, eval_err):
         plan = [line for line in text.splitlines() if "sharding plan" in line]
-        assert len(plan) == 1 and plan[0].startswith(
-            "sharding plan: 32 tables on 1 cpu rank (31 table_wise, 1 data_parallel; kernels fused, dense), per rank "
-        ), text
+        assert len(plan) == 1 and plan[0].startswith("sharding plan: 32 tables on 1 cpu rank (31 table_wise, "
+                                                     "1 data_parallel; kernels fused, dense), per rank "), text
         assert "| table |" not in text and "| ranks |" not in text
         assert "Sharding spec not found" not in text and "caching params will be ignored" not in text
     lines = err.splitlines()
-    epochs = [
-        i
-        for i, line in enumerate(lines)
-        if re.fullmatch(r"epoch [12]/2: 18 steps in \d+\.\d s, mean loss \d+\.\d{4}, [\d,]+ samples/s", line)
-    ]
-    valids = [
-        i for i, line in enumerate(lines) if re.fullmatch(r"step (18|36): valid ctr/auc = 0\.\d{5} \(best.*\)", line)
-    ]
+    epochs = [i for i, line in enumerate(lines) if re.fullmatch(
+        r"epoch [12]/2: 18 steps in \d+\.\d s, mean loss \d+\.\d{4}, [\d,]+ samples/s", line)]
+    valids = [i for i, line in enumerate(lines) if re.fullmatch(r"step (18|36): valid ctr/auc = 0\.\d{5} \(best.*\)",
+                                                               line)]
     assert len(epochs) == 2 and len(valids) == 2, err
     assert epochs[0] < valids[0] < epochs[1] < valids[1]  # each epoch's line before its validation's
     assert "| ctr | all |" in out and "| ctr | all |" in eval_out
@@ -160,41 +141,23 @@ def test_a_python_users_console_handler_prints_above_the_bars(monkeypatch):
 
 def test_library_warnings_are_hidden_where_raised_and_shown_on_request(caplog):
     def raise_all():
-        warnings.warn_explicit(
-            "Please use DTensor instead and we are deprecating ShardedTensor.",
-            FutureWarning,
-            "planner_helpers.py",
-            1,
-            module="torch.distributed.checkpoint.planner_helpers",
-        )
-        warnings.warn_explicit(
-            "`broadcast_buffers` is deprecated.",
-            FutureWarning,
-            "model_parallel.py",
-            1,
-            module="torchrec.distributed.model_parallel",
-        )
+        warnings.warn_explicit("Please use DTensor instead and we are deprecating ShardedTensor.", FutureWarning,
+                               "planner_helpers.py", 1, module="torch.distributed.checkpoint.planner_helpers")
+        warnings.warn_explicit("`broadcast_buffers` is deprecated.", FutureWarning, "model_parallel.py", 1,
+                               module="torchrec.distributed.model_parallel")
         # the same message from our own code is ours to fix: never hidden
-        warnings.warn_explicit(
-            "Please use DTensor instead and we are deprecating ShardedTensor.",
-            FutureWarning,
-            "trainer.py",
-            1,
-            module="recsys.train.trainer",
-        )
+        warnings.warn_explicit("Please use DTensor instead and we are deprecating ShardedTensor.", FutureWarning,
+                               "trainer.py", 1, module="recsys.train.trainer")
         warnings.warn_explicit("something else", FutureWarning, "x.py", 1, module="torchrec.distributed.x")
         logging.getLogger("torchrec.distributed.utils").warning(
-            "Sharding Type is data_parallel, caching params will be ignored"
-        )
+            "Sharding Type is data_parallel, caching params will be ignored")
 
     for show, expected in ((False, 2), (True, 4)):
         console.show_library_warnings(show)
         try:
             caplog.clear()
-            with (
-                warnings.catch_warnings(record=True) as caught,
-                caplog.at_level(logging.WARNING, logger="torchrec.distributed.utils"),
-            ):
+            with warnings.catch_warnings(record=True) as caught, \
+                    caplog.at_level(logging.WARNING, logger="torchrec.distributed.utils"):
                 warnings.simplefilter("always")
                 with console.quiet_library():
                     raise_all()
@@ -218,44 +181,24 @@ def test_python_api_shows_no_library_warnings(tiny_config):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = Trainer(
-            tiny_config(extra=["train.max_steps=3", "sharding.tables={hour: {sharding_types: [data_parallel]}}"])
-        )
+        trainer = Trainer(tiny_config(extra=["train.max_steps=3",
+                                             "sharding.tables={hour: {sharding_types: [data_parallel]}}"]))
         trainer.fit()  # DMP, fused optimizer, data-parallel backward, DCP save and load of the best checkpoint
-    library = [
-        f"{w.category.__name__} {w.filename}: {w.message}"
-        for w in caught
-        if any(re.search(m, str(w.message)) for _, m, _ in console.LIBRARY_WARNINGS)
-    ]
+    library = [f"{w.category.__name__} {w.filename}: {w.message}" for w in caught
+               if any(re.search(m, str(w.message)) for _, m, _ in console.LIBRARY_WARNINGS)]
     assert library == []
 
 
 def test_plan_summary_is_one_line_with_types_kernels_and_memory_per_rank():
     gib, mib = 1024**3, 1024**2
     caps = Capacities("h100", "cuda", 80 * gib, 256 * gib, None, "preset")
-    tables = [
-        TablePlacement(f"t{i}", 10, 8, kind, kernel, [0], [(10, 8)], 1, 0)
-        for i, (kind, kernel) in enumerate(
-            [("row_wise", "fused"), ("table_wise", "fused"), ("table_wise", "fused_uvm_caching")]
-        )
-    ]
-    report = PlanReport(
-        2,
-        2,
-        512,
-        caps,
-        tables,
-        hbm_used=[3 * mib, 5 * mib],
-        ddr_used=[0, 0],
-        hbm_cap=[80 * gib] * 2,
-        ddr_cap=[256 * gib] * 2,
-        planner_seconds=0.25,
-    )
-    assert report.summary() == (
-        "sharding plan: 3 tables on 2 cuda ranks (2 table_wise, 1 row_wise; kernels fused, "
-        "fused_uvm_caching), per rank 3.00 MiB to 5.00 MiB HBM of 80.00 GiB, 0 DDR of "
-        "256.00 GiB, planned in 0.2 s"
-    )
+    tables = [TablePlacement(f"t{i}", 10, 8, kind, kernel, [0], [(10, 8)], 1, 0) for i, (kind, kernel) in enumerate(
+        [("row_wise", "fused"), ("table_wise", "fused"), ("table_wise", "fused_uvm_caching")])]
+    report = PlanReport(2, 2, 512, caps, tables, hbm_used=[3 * mib, 5 * mib], ddr_used=[0, 0],
+                        hbm_cap=[80 * gib] * 2, ddr_cap=[256 * gib] * 2, planner_seconds=0.25)
+    assert report.summary() == ("sharding plan: 3 tables on 2 cuda ranks (2 table_wise, 1 row_wise; kernels fused, "
+                                "fused_uvm_caching), per rank 3.00 MiB to 5.00 MiB HBM of 80.00 GiB, 0 DDR of "
+                                "256.00 GiB, planned in 0.2 s")
     assert "\n" not in report.summary()
 
 
@@ -290,15 +233,8 @@ def test_tensorboard_holds_slices_named_optimizer_groups_hparams_and_feature_tab
     from recsys.train.board import event_dir
     from recsys.train.trainer import Trainer
 
-    cfg = tiny_config(
-        extra=[
-            "tensorboard=true",
-            "train.log_every_steps=5",
-            "train.task_weights.stay=0",
-            "train.grad_clip_norm=0.5",
-            "train.dense_optimizer.lr=0.002",
-        ]
-    )
+    cfg = tiny_config(extra=["tensorboard=true", "train.log_every_steps=5", "train.task_weights.stay=0",
+                             "train.grad_clip_norm=0.5", "train.dense_optimizer.lr=0.002"])
     trainer = Trainer(cfg)
     result = trainer.fit()  # one epoch of 18 steps, one validation (the best), the test at the end
     tb = event_dir(cfg.run_dir)
@@ -314,11 +250,9 @@ def test_tensorboard_holds_slices_named_optimizer_groups_hparams_and_feature_tab
     scenes = ("feed", "follow", "nearby", "search")
     for scene in scenes:
         assert values(f"2_valid/ctr/auc/scenario={scene}")[18] == pytest.approx(
-            result["valid"][f"ctr/auc/scenario={scene}"], abs=1e-6
-        )
+            result["valid"][f"ctr/auc/scenario={scene}"], abs=1e-6)
         assert values(f"3_test/cvr/auc/scenario={scene}")[18] == pytest.approx(
-            result["test"][f"cvr/auc/scenario={scene}"], abs=1e-6
-        )
+            result["test"][f"cvr/auc/scenario={scene}"], abs=1e-6)
     assert values("2_valid/best/ctr/auc") == {18: pytest.approx(result["valid"]["ctr/auc"], abs=1e-6)}
     # weight 0 and constants: not charted; the constants are a text table
     assert not [t for t in scalars if "/stay" in t], sorted(t for t in scalars if "/stay" in t)
@@ -350,8 +284,7 @@ def test_tensorboard_holds_slices_named_optimizer_groups_hparams_and_feature_tab
     chart = next(c for c in category.chart if c.title == "ctr auc by scenario")
     pattern = re.compile(chart.multiline.tag[0])
     assert sorted(t for t in scalars if pattern.search(t)) == ["2_valid/ctr/auc"] + [
-        f"2_valid/ctr/auc/scenario={s}" for s in scenes
-    ]
+        f"2_valid/ctr/auc/scenario={s}" for s in scenes]
     assert any(c.title == "valid by stage" for c in layout.category)
 
     # hparams: the config and the final metrics
@@ -376,11 +309,11 @@ def test_tensorboard_holds_slices_named_optimizer_groups_hparams_and_feature_tab
     rows = np.loadtxt(os.path.join(folder, "tensors.tsv"), delimiter="\t", dtype=np.float32)
     labels = open(os.path.join(folder, "metadata.tsv")).read().splitlines()
     encoder = next(e for e in trainer.dataset.sparse if e.name == "user_id")
-    assert labels == [str(v) for v in encoder.vocab.to_pylist()[: len(labels)]] and len(labels) == 300
+    assert labels == [str(v) for v in encoder.vocab.to_pylist()[:len(labels)]] and len(labels) == 300
     state = trainer.dmp.state_dict()
     key = next(k for k in state if k.endswith("embedding_bags.user_id.weight"))
     weights = state[key].local_shards()[0].tensor.detach().numpy()
-    np.testing.assert_allclose(rows, weights[1 : len(labels) + 1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rows, weights[1:len(labels) + 1], rtol=1e-5, atol=1e-6)
     assert math.isfinite(result["test"]["ctr/auc"])
 
 
@@ -390,26 +323,16 @@ def test_projector_takes_the_largest_named_table_of_each_group():
     from recsys.schema import Schema, SparseFeature
     from recsys.train.board import projector_tables
 
-    features = (
-        SparseFeature("user_id", 100, 8, group="user"),
-        SparseFeature("item_id", 50, 8, group="item"),
-        SparseFeature("item_hash", 500, 8, group="item"),
-        SparseFeature("host_id", 9, 8, group="host"),
-    )
+    features = (SparseFeature("user_id", 100, 8, group="user"), SparseFeature("item_id", 50, 8, group="item"),
+                SparseFeature("item_hash", 500, 8, group="item"), SparseFeature("host_id", 9, 8, group="host"))
     schema = Schema(sparse=features, user_feature="user_id")
 
     def table(name, feature, dim):
         config = EmbeddingBagConfig(num_embeddings=10, embedding_dim=dim, name=name, feature_names=[feature])
         return name, ("ebc", config)
 
-    tables = dict(
-        [
-            table("user_id", "user_id", 8),
-            table("user_id__wide", "user_id", 1),
-            table("item_id", "item_id", 8),
-            table("item_hash", "item_hash", 8),
-        ]
-    )
+    tables = dict([table("user_id", "user_id", 8), table("user_id__wide", "user_id", 1),
+                   table("item_id", "item_id", 8), table("item_hash", "item_hash", 8)])
     encodings = {"user_id": "vocab", "item_id": "identity", "item_hash": "hash", "host_id": "vocab"}
     # the item group's largest table is hashed (no names): its largest named one; host_id has no table here
     assert projector_tables(schema, encodings, tables) == [("user_id", "user_id"), ("item_id", "item_id")]

@@ -14,9 +14,8 @@ from recsys.modules.cvr_calibration import (
 B, DC, DV = 7, 12, 8
 
 
-@pytest.mark.parametrize(
-    "structure, width", [("ctr_mlp", DV + 5), ("ctr_scaled", DV + 5), ("cvr_se", DV), ("cvr_se_concat", 2 * DV)]
-)
+@pytest.mark.parametrize("structure, width", [("ctr_mlp", DV + 5), ("ctr_scaled", DV + 5), ("cvr_se", DV),
+                                              ("cvr_se_concat", 2 * DV)])
 def test_each_structure_output_shape(structure, width):
     torch.manual_seed(0)
     cal = make_calibration(structure, DC, DV, calibration_dim=5, se_reduction=3)

@@ -15,31 +15,8 @@ from recsys.train.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = os.path.join(REPO, "configs", "datasets")
-ALICCP_SPARSE = [
-    "101",
-    "121",
-    "122",
-    "124",
-    "125",
-    "126",
-    "127",
-    "128",
-    "129",
-    "205",
-    "206",
-    "207",
-    "210",
-    "216",
-    "508",
-    "509",
-    "702",
-    "853",
-    "301",
-    "109_14",
-    "110_14",
-    "127_14",
-    "150_14",
-]
+ALICCP_SPARSE = ["101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
+                 "508", "509", "702", "853", "301", "109_14", "110_14", "127_14", "150_14"]
 ALICCP_DENSE = ["D109_14", "D110_14", "D127_14", "D150_14", "D508", "D509", "D702", "D853"]
 
 
@@ -82,16 +59,8 @@ def write_aliexpress(root, countries=("NL", "US"), n=500, seed=0):
 
 
 def run_config(config, data, run_dir, model=None, params=None):
-    overrides = [
-        f"data.path={data}",
-        f"run_dir={run_dir}",
-        "data.batch_size=128",
-        "train.epochs=1",
-        "train.max_steps=5",
-        "train.progress=false",
-        "tensorboard=false",
-        "model.embedding_dim=8",
-    ]
+    overrides = [f"data.path={data}", f"run_dir={run_dir}", "data.batch_size=128", "train.epochs=1",
+                 "train.max_steps=5", "train.progress=false", "tensorboard=false", "model.embedding_dim=8"]
     if model:
         overrides += [f"model.name={model}", f"model.params={params or '{}'}"]
     return load_config(os.path.join(REPO, "configs", config), overrides)
@@ -99,9 +68,8 @@ def run_config(config, data, run_dir, model=None, params=None):
 
 def test_aliccp_spec_reads_the_published_format(tmp_path):
     write_aliccp(str(tmp_path))
-    ds = Dataset(
-        load_spec(os.path.join(SPECS, "aliccp.yaml")), root=str(tmp_path), split=SplitConfig(valid=0.1, test=0.0)
-    )
+    ds = Dataset(load_spec(os.path.join(SPECS, "aliccp.yaml")), root=str(tmp_path),
+                 split=SplitConfig(valid=0.1, test=0.0))
     ds.fit()
     schema = ds.schema()
     assert schema.feature_names == [f"f{c}" for c in ALICCP_SPARSE] and schema.dense_dim == len(ALICCP_DENSE)
@@ -116,13 +84,9 @@ def test_aliccp_spec_reads_the_published_format(tmp_path):
     np.testing.assert_array_equal(parts["test"].scenario[order], test["301"])
 
 
-@pytest.mark.parametrize(
-    "model, params",
-    [
-        ("esmm", "{hidden: [16, 8]}"),
-        ("calibration4cvr", "{bias_features: [f301], ctr_hidden: [16, 8], cvr_hidden: [16, 8], calibrate_layer: 0}"),
-    ],
-)
+@pytest.mark.parametrize("model, params", [("esmm", "{hidden: [16, 8]}"),
+                                           ("calibration4cvr", "{bias_features: [f301], ctr_hidden: [16, 8], "
+                                                               "cvr_hidden: [16, 8], calibrate_layer: 0}")])
 def test_models_train_on_aliccp_and_report_the_funnel_metrics(tmp_path, model, params):
     write_aliccp(str(tmp_path / "data"))
     cfg = run_config("esmm_aliccp.yaml", tmp_path / "data", tmp_path / "run", model, params)

@@ -20,16 +20,14 @@ def spec_of(data: dict, root: str) -> DatasetSpec:
     return spec
 
 
-FRAME = pd.DataFrame(
-    {
-        "uid": ["u3", "u1", "u2", "u1", "u9", "u3", "u1", "u2"],
-        "item": [10, 11, 10, 12, 13, 11, 10, 10],
-        "tags": ["a|b", "", "c", "a", "b|c|a", "a", None, "c"],
-        "price": [1.0, 2.0, 3.5, 0.0, 10.0, 2.0, 1.0, 4.0],
-        "click": [1, 0, 1, 0, 1, 1, 0, 0],
-        "scene": ["x", "y", "x", "x", "y", "y", "x", "x"],
-    }
-)
+FRAME = pd.DataFrame({
+    "uid": ["u3", "u1", "u2", "u1", "u9", "u3", "u1", "u2"],
+    "item": [10, 11, 10, 12, 13, 11, 10, 10],
+    "tags": ["a|b", "", "c", "a", "b|c|a", "a", None, "c"],
+    "price": [1.0, 2.0, 3.5, 0.0, 10.0, 2.0, 1.0, 4.0],
+    "click": [1, 0, 1, 0, 1, 1, 0, 0],
+    "scene": ["x", "y", "x", "x", "y", "y", "x", "x"],
+})
 
 
 def base_spec(path: str, **extra) -> dict:
@@ -56,7 +54,8 @@ def fitted(tmp_path, frame=FRAME, fmt="csv", split=None, **extra) -> Dataset:
         frame.to_csv(path, index=False)
     else:
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
-    ds = Dataset(spec_of(base_spec(path.name, **extra), str(tmp_path)), split=split or SplitConfig(valid=0.0, test=0.0))
+    ds = Dataset(spec_of(base_spec(path.name, **extra), str(tmp_path)),
+                 split=split or SplitConfig(valid=0.0, test=0.0))
     ds.fit()
     return ds
 
@@ -114,16 +113,8 @@ def test_unseen_ids_go_to_oov_bucket(tmp_path):
 
 
 def test_random_split_independent_of_chunking_and_deterministic(tmp_path):
-    frame = pd.DataFrame(
-        {
-            "uid": np.arange(2000) % 37,
-            "item": np.arange(2000) % 11,
-            "tags": "a",
-            "price": 1.0,
-            "click": np.arange(2000) % 2,
-            "scene": "x",
-        }
-    )
+    frame = pd.DataFrame({"uid": np.arange(2000) % 37, "item": np.arange(2000) % 11, "tags": "a",
+                          "price": 1.0, "click": np.arange(2000) % 2, "scene": "x"})
     path = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=300)
     spec = spec_of(base_spec("d.parquet"), str(tmp_path))
@@ -227,12 +218,11 @@ def test_loader_epochs_shuffle_deterministically_and_resume(tiny_world):
     assert e0 == e0b and e0 != e1
     assert ids(0, start=3) == e0[3:]
     padded = ids(0, num_batches=len(e0) + 2)
-    assert padded[: len(e0)] == e0 and all(r == -1 for b in padded[len(e0) :] for r in b)
+    assert padded[: len(e0)] == e0 and all(r == -1 for b in padded[len(e0):] for r in b)
     assert len(ids(0, num_batches=2)) == 2
     # streaming with a shuffle buffer yields each row once
-    stream = BatchLoader(
-        lambda: ds.stream("train"), names, 300, shuffle=True, seed=1, prefetch=2, shuffle_buffer_chunks=2
-    )
+    stream = BatchLoader(lambda: ds.stream("train"), names, 300, shuffle=True, seed=1, prefetch=2,
+                         shuffle_buffer_chunks=2)
     seen = sorted(r for b in stream for r in b.row_id.tolist())
     assert seen == sorted(train.row_id.tolist())
 

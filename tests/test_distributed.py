@@ -48,13 +48,8 @@ SHARDING = [
     "city: {sharding_types: [table_column_wise], min_partition: 8}, hour: {sharding_types: [data_parallel]}}",
 ]
 COMMON = SHARDING + [
-    f"train.max_steps={STEPS}",
-    "train.log_every_steps=1",
-    "tensorboard=true",
-    "train.pipeline=plain",
-    "train.epochs=1",
-    "train.progress=false",
-    "model.params={}",
+    f"train.max_steps={STEPS}", "train.log_every_steps=1", "tensorboard=true", "train.pipeline=plain",
+    "train.epochs=1", "train.progress=false", "model.params={}",
 ]
 MODELS = [
     "wide_deep",
@@ -64,16 +59,8 @@ MODELS = [
 
 def torchrun(args: Sequence[str], nproc: int, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m recsys ARGS`` in ``nproc`` processes under torchrun (rendezvous on a free port)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "recsys",
-        *args,
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "recsys", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -127,19 +114,8 @@ def two_rank_job(request, tmp_path_factory, tiny_world):
     STEPS steps; returns (model name, run folder)."""
     name = request.param
     run_dir = str(tmp_path_factory.mktemp(f"two-{name}") / "run")
-    args = [
-        "train",
-        "-c",
-        "configs/wide_deep_synthetic.yaml",
-        "--data",
-        tiny_world,
-        "--run-dir",
-        run_dir,
-        "--set",
-        f"model.name={name}",
-        "--set",
-        f"data.batch_size={RANK_BATCH}",
-    ]
+    args = ["train", "-c", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--run-dir", run_dir,
+            "--set", f"model.name={name}", "--set", f"data.batch_size={RANK_BATCH}"]
     for item in COMMON:
         args += ["--set", item]
     torchrun(args, nproc=2)
@@ -150,15 +126,10 @@ def test_two_rank_job_writes_plan_and_sharded_checkpoint(two_rank_job):
     _, run_dir = two_rank_job
     plan = open(os.path.join(run_dir, "plan.txt")).read()
     assert "sharding plan: 2 cpu rank(s)" in plan
-    for table, kind in [
-        ("user_id", "column_wise"),
-        ("city", "table_column_wise"),
-        ("hour", "data_parallel"),
-        ("gender", "table_wise"),
-    ]:
+    for table, kind in [("user_id", "column_wise"), ("city", "table_column_wise"), ("hour", "data_parallel"),
+                        ("gender", "table_wise")]:
         assert f"| {table} | " in plan and any(
-            line.startswith(f"| {table} | ") and f"| {kind} |" in line for line in plan.splitlines()
-        ), table
+            line.startswith(f"| {table} | ") and f"| {kind} |" in line for line in plan.splitlines()), table
     assert any(line.startswith("| user_id | ") and "| column_wise | fused | 2 |" in line for line in plan.splitlines())
     ckpts = [d for d in os.listdir(os.path.join(run_dir, "checkpoints")) if d.startswith("step-")]
     assert ckpts
@@ -168,25 +139,13 @@ def test_two_rank_job_writes_plan_and_sharded_checkpoint(two_rank_job):
 
 def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(two_rank_job, tmp_path):
     name, run_dir = two_rank_job
-    cfg = make_config(
-        str(tmp_path / "one"), _data_of(run_dir), model=name, extra=COMMON + [f"data.batch_size={2 * RANK_BATCH}"]
-    )
+    cfg = make_config(str(tmp_path / "one"), _data_of(run_dir), model=name,
+                      extra=COMMON + [f"data.batch_size={2 * RANK_BATCH}"])
     ref = Trainer(cfg)
     parts = [ref.dataset.read(r, 2)["train"] for r in range(2)]
     steps = min(len(p) // RANK_BATCH for p in parts)  # what the 2-rank job ran (min over ranks)
-    loaders = [
-        BatchLoader(
-            p,
-            ref.schema.feature_names,
-            RANK_BATCH,
-            shuffle=True,
-            seed=cfg.train.seed,
-            drop_last=True,
-            num_batches=steps,
-            prefetch=0,
-        )
-        for p in parts
-    ]
+    loaders = [BatchLoader(p, ref.schema.feature_names, RANK_BATCH, shuffle=True, seed=cfg.train.seed,
+                           drop_last=True, num_batches=steps, prefetch=0) for p in parts]
     ref.train_loader = lambda: UnionOfRanks(loaders, ref.schema.feature_names)  # type: ignore[method-assign]
     ref_result = ref.fit()
 
@@ -217,21 +176,8 @@ def _data_of(run_dir: str) -> str:
 def test_two_rank_checkpoint_evaluates_identically_on_one_rank(two_rank_job, tmp_path):
     name, run_dir = two_rank_job
     out = tmp_path / "eval.json"
-    args = [
-        "eval",
-        "-c",
-        "configs/wide_deep_synthetic.yaml",
-        "--data",
-        _data_of(run_dir),
-        "--run-dir",
-        run_dir,
-        "--set",
-        f"model.name={name}",
-        "--set",
-        f"data.batch_size={RANK_BATCH}",
-        "--out",
-        str(out),
-    ]
+    args = ["eval", "-c", "configs/wide_deep_synthetic.yaml", "--data", _data_of(run_dir), "--run-dir", run_dir,
+            "--set", f"model.name={name}", "--set", f"data.batch_size={RANK_BATCH}", "--out", str(out)]
     for item in COMMON:
         args += ["--set", item]
     assert main(args) == 0
@@ -297,22 +243,14 @@ def test_per_user_tracker_state_is_merged_checkpointed_and_loaded_on_one_rank(tr
     script = tmp_path / "launch.py"
     script.write_text(LAUNCHER.format(tests=os.path.dirname(os.path.abspath(__file__))))
     steps = 4
-    overrides = [
-        f"model.name={TRACKED}",
-        f"data.batch_size={RANK_BATCH}",
-        f"train.max_steps={steps}",
-        "train.progress=false",
-        "tensorboard=false",
-        "model.params={hidden: [16]}",
-        "model.embedding_dim=8",
-    ]
+    overrides = [f"model.name={TRACKED}", f"data.batch_size={RANK_BATCH}", f"train.max_steps={steps}",
+                 "train.progress=false", "tensorboard=false", "model.params={hidden: [16]}", "model.embedding_dim=8"]
     args = ["train", "-c", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--run-dir", run_dir]
     for item in overrides:
         args += ["--set", item]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args]
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
     # the per-rank counter differs across ranks: the trainer says a checkpoint keeps one copy of it
     warning = [line for line in proc.stderr.splitlines() if "model state differs across ranks" in line]
@@ -326,19 +264,8 @@ def test_per_user_tracker_state_is_merged_checkpointed_and_loaded_on_one_rank(tr
     # what both ranks saw in their first `steps` batches
     parts = [one.dataset.read(r, 2)["train"] for r in range(2)]
     n = min(len(p) // RANK_BATCH for p in parts)
-    loaders = [
-        BatchLoader(
-            p,
-            one.schema.feature_names,
-            RANK_BATCH,
-            shuffle=True,
-            seed=one.cfg.train.seed,
-            drop_last=True,
-            num_batches=n,
-            prefetch=0,
-        )
-        for p in parts
-    ]
+    loaders = [BatchLoader(p, one.schema.feature_names, RANK_BATCH, shuffle=True, seed=one.cfg.train.seed,
+                           drop_last=True, num_batches=n, prefetch=0) for p in parts]
     expected = torch.full_like(got, -1)
     for i, batch in enumerate(UnionOfRanks(loaders, one.schema.feature_names)):
         if i == steps:

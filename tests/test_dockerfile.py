@@ -75,9 +75,8 @@ def copied_before(ops: List[Tuple[str, str]], index: int, workdir: str) -> List[
 def _ignored(path: str, patterns: List[str]) -> bool:
     parts = path.split("/")
     prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    return any(
-        fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.removeprefix("**/")) for pat in patterns for p in prefixes
-    )
+    return any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.removeprefix("**/"))
+               for pat in patterns for p in prefixes)
 
 
 def dockerignore() -> List[str]:
@@ -110,24 +109,13 @@ def test_every_file_install_sh_reads_is_copied_before_it_runs_and_not_ignored():
 def test_the_whole_repository_lands_in_the_workdir_without_local_environments():
     ops = instructions()
     index = install_index(ops)
-    assert ("COPY", ". .") in ops[index + 1 :], "the rest of the repository (configs, torchx_specs) after the install"
+    assert ("COPY", ". .") in ops[index + 1:], "the rest of the repository (configs, torchx_specs) after the install"
     ignore = dockerignore()
-    for kept in (
-        "configs/wide_deep_synthetic.yaml",
-        "torchx_specs/recsys_components.py",
-        "benchmarks/throughput.py",
-        "recsys/cli.py",
-        "scripts/requirements.txt",
-    ):
+    for kept in ("configs/wide_deep_synthetic.yaml", "torchx_specs/recsys_components.py", "benchmarks/throughput.py",
+                 "recsys/cli.py", "scripts/requirements.txt"):
         assert not _ignored(kept, ignore), kept
-    for dropped in (
-        ".venv/bin/python",
-        ".venv-torchrec1.6/bin/python",
-        "data/synthetic/world.json",
-        "runs/wd2/metrics.json",
-        ".git/HEAD",
-        "recsys/__pycache__/cli.cpython-311.pyc",
-    ):
+    for dropped in (".venv/bin/python", ".venv-torchrec1.6/bin/python", "data/synthetic/world.json",
+                    "runs/wd2/metrics.json", ".git/HEAD", "recsys/__pycache__/cli.cpython-311.pyc"):
         assert _ignored(dropped, ignore), dropped
 
 
@@ -138,7 +126,7 @@ def test_install_runs_through_install_sh_only_and_its_venv_is_on_path():
     script = words.index("scripts/install.sh")
     assert words[script - 1] == "bash"
     venv = words[script + 1]
-    assert "FBGEMM_VARIANT=${DEVICE}" in ops[index][1].replace('"', "")
+    assert 'FBGEMM_VARIANT=${DEVICE}' in ops[index][1].replace('"', "")
     # no package installed around install.sh, so the pins stay in scripts/requirements.txt
     assert not any("pip" in arg for op, arg in ops if op == "RUN" and arg is not ops[index][1])
     paths = [arg for op, arg in ops if op == "ENV" and arg.startswith("PATH=")]
@@ -165,31 +153,17 @@ def _run_install(tmp_path, variant: str, gpu: bool) -> subprocess.CompletedProce
         smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3'\n")
         smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FBGEMM_VARIANT": variant, "HOME": str(tmp_path)}
-    return subprocess.run(
-        ["bash", os.path.join(REPO, "scripts", "install.sh"), venv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return subprocess.run(["bash", os.path.join(REPO, "scripts", "install.sh"), venv], env=env, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
 def _pins() -> Dict[str, str]:
-    return dict(
-        line.split("==") for line in _read("scripts/requirements.txt").splitlines() if line and not line.startswith("#")
-    )
+    return dict(line.split("==") for line in _read("scripts/requirements.txt").splitlines()
+                if line and not line.startswith("#"))
 
 
-@pytest.mark.parametrize(
-    "variant,gpu,wheel",
-    [
-        ("cpu", True, "fbgemm-gpu-cpu"),
-        ("cuda", False, "fbgemm-gpu"),
-        ("auto", False, "fbgemm-gpu-cpu"),
-        ("auto", True, "fbgemm-gpu"),
-    ],
-)
+@pytest.mark.parametrize("variant,gpu,wheel", [("cpu", True, "fbgemm-gpu-cpu"), ("cuda", False, "fbgemm-gpu"),
+                                               ("auto", False, "fbgemm-gpu-cpu"), ("auto", True, "fbgemm-gpu")])
 def test_install_sh_installs_the_fbgemm_wheel_the_variant_asks_for(tmp_path, variant, gpu, wheel):
     proc = _run_install(tmp_path, variant, gpu)
     assert proc.returncode == 0, proc.stderr

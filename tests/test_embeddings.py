@@ -2,6 +2,7 @@
 ones of its features, and every registered model computes bit for bit what it computed when SparseArch handed
 it one view per feature (the reference below is that implementation), forward and backward, sharded by DMP."""
 
+
 import pytest
 import torch
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -20,10 +21,8 @@ CPU = torch.device("cpu")
 def per_feature_forward(self: SparseArch, features) -> Embeddings:
     """SparseArch.forward as it was: the KeyedTensor split into one view per feature."""
     pooled = self.ebc(features).to_dict()
-    return Embeddings(
-        features={name: pooled[key] for name, key in self._keys.items()},
-        wide={name: pooled[key] for name, key in self._wide_keys.items()},
-    )
+    return Embeddings(features={name: pooled[key] for name, key in self._keys.items()},
+                      wide={name: pooled[key] for name, key in self._wide_keys.items()})
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def kt_abc() -> KeyedTensor:
 def test_keyed_columns_returns_the_values_a_view_or_one_concatenation():
     kt = kt_abc()
     values = kt.values()
-    assert keyed_columns(kt, ["a", "b", "c"]) is values  # every key in order: no copy
+    assert keyed_columns(kt, ["a", "b", "c"]) is values                    # every key in order: no copy
     bc = keyed_columns(kt, ["b", "c"])
     assert bc.data_ptr() == values[:, 2:].data_ptr() and torch.equal(bc, values[:, 2:8])  # adjacent: a view
     ca = keyed_columns(kt, ["c", "a"])
@@ -77,7 +76,8 @@ def _step(dmp, batch, seed: int, buffers):
     torch.manual_seed(seed)  # the same dropout masks
     loss, _ = dmp(batch)
     loss.backward()
-    grads = {k: p.grad.clone() for k, p in in_backward_optimizer_filter(dmp.named_parameters()) if p.grad is not None}
+    grads = {k: p.grad.clone() for k, p in in_backward_optimizer_filter(dmp.named_parameters())
+             if p.grad is not None}
     return {t: v.clone() for t, v in out.outputs.items()}, loss.detach(), grads
 
 

@@ -30,7 +30,7 @@ def test_esmm_loss_is_the_hand_computed_ctr_plus_ctcvr_loss():
     def bce(p, y):
         return -(y * math.log(p) + (1 - y) * math.log(1 - p))
 
-    ctr_loss = np.mean([bce(sig(a), y) for a, y in zip(ctr, click)])  # all impressions
+    ctr_loss = np.mean([bce(sig(a), y) for a, y in zip(ctr, click)])               # all impressions
     ctcvr_loss = np.mean([bce(sig(a) * sig(b), y) for a, b, y in zip(ctr, cvr, order)])  # all impressions
     assert set(out.losses) == {"ctr", "cvr"}  # two terms: no direct CVR loss
     assert out.losses["ctr"].item() == pytest.approx(ctr_loss, rel=1e-5)

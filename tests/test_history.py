@@ -21,17 +21,15 @@ def shuffled_time_frame(seed: int = 0, n: int = 400) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     ts = rng.integers(0, 120, n) * 10  # ~3 rows per distinct timestamp: ties within a user happen
     click = (rng.random(n) < 0.5).astype(int)
-    return pd.DataFrame(
-        {
-            "row_id": rng.permutation(n) + 1000,
-            "ts": ts,
-            "uid": rng.choice(["a", "b", "c", "d", "e", "f"], n, p=[0.3, 0.25, 0.2, 0.15, 0.07, 0.03]),
-            "item": rng.integers(0, 20, n),
-            "click": click,
-            "stay": np.where(click == 1, np.round(rng.exponential(60, n), 1), 0.0),
-            "order": click * (rng.random(n) < 0.4),
-        }
-    )
+    return pd.DataFrame({
+        "row_id": rng.permutation(n) + 1000,
+        "ts": ts,
+        "uid": rng.choice(["a", "b", "c", "d", "e", "f"], n, p=[0.3, 0.25, 0.2, 0.15, 0.07, 0.03]),
+        "item": rng.integers(0, 20, n),
+        "click": click,
+        "stay": np.where(click == 1, np.round(rng.exponential(60, n), 1), 0.0),
+        "order": click * (rng.random(n) < 0.4),
+    })
 
 
 def write(frame: pd.DataFrame, folder) -> None:
@@ -43,18 +41,12 @@ def write(frame: pd.DataFrame, folder) -> None:
 
 def spec(folder, history=None) -> DatasetSpec:
     data = {
-        "name": "shuffled-time",
-        "source": {"path": str(folder)},
+        "name": "shuffled-time", "source": {"path": str(folder)},
         "sparse": [{"name": "uid", "group": "user"}, {"name": "item", "group": "item"}],
-        "tasks": [
-            {"name": "ctr", "column": "click"},
-            {"name": "stay", "kind": "regression", "depends_on": "ctr", "eval_threshold": 60},
-            {"name": "cvr", "column": "order", "depends_on": "ctr"},
-        ],
-        "user": "uid",
-        "time": "ts",
-        "row_id": "row_id",
-        "history": history if history is not None else {},
+        "tasks": [{"name": "ctr", "column": "click"},
+                  {"name": "stay", "kind": "regression", "depends_on": "ctr", "eval_threshold": 60},
+                  {"name": "cvr", "column": "order", "depends_on": "ctr"}],
+        "user": "uid", "time": "ts", "row_id": "row_id", "history": history if history is not None else {},
     }
     s = from_dict(DatasetSpec, data, source="spec")
     s.validate("spec")
@@ -83,12 +75,9 @@ def brute_force(frame: pd.DataFrame, train_ids, row) -> dict:
     clicked = earlier[earlier.click == 1]
     return {
         "count": len(earlier),
-        "ctr/count": len(earlier),
-        "ctr/mean": earlier.click.mean() if len(earlier) else 0.0,
-        "stay/count": len(clicked),
-        "stay/mean": (clicked.stay > 60).mean() if len(clicked) else 0.0,
-        "cvr/count": len(clicked),
-        "cvr/mean": clicked.order.mean() if len(clicked) else 0.0,
+        "ctr/count": len(earlier), "ctr/mean": earlier.click.mean() if len(earlier) else 0.0,
+        "stay/count": len(clicked), "stay/mean": (clicked.stay > 60).mean() if len(clicked) else 0.0,
+        "cvr/count": len(clicked), "cvr/mean": clicked.order.mean() if len(clicked) else 0.0,
     }
 
 
@@ -154,7 +143,8 @@ def test_history_is_the_same_in_memory_streamed_and_per_rank(tmp_path):
             streamed[int(rid)] = {k: float(v[i]) for k, v in cols.history.items()}
     assert streamed == {r: whole[r] for r in parts["train"].row_id.tolist()}
     # batches carry it, padding rows included
-    loader = BatchLoader(parts["valid"], ds.schema().feature_names, 32, num_batches=20, padding_like=ds.empty())
+    loader = BatchLoader(parts["valid"], ds.schema().feature_names, 32, num_batches=20,
+                         padding_like=ds.empty())
     batches = list(loader)
     assert set(batches[0].history) == set(history_keys(TASKS))
     assert batches[-1].history["count"].shape == (1,) and float(batches[-1].history["count"][0]) == 0.0
@@ -174,15 +164,8 @@ def test_label_history_query_by_hand():
 def test_history_spec_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="history task 'like' is not a task"):
         spec(tmp_path, history={"tasks": ["like"]})
-    data = {
-        "name": "x",
-        "source": {"path": "."},
-        "sparse": [{"name": "u"}],
-        "tasks": [{"name": "t", "kind": "regression"}],
-        "user": "u",
-        "time": "ts",
-        "history": {},
-    }
+    data = {"name": "x", "source": {"path": "."}, "sparse": [{"name": "u"}],
+            "tasks": [{"name": "t", "kind": "regression"}], "user": "u", "time": "ts", "history": {}}
     with pytest.raises(ConfigError, match="without 'eval_threshold'"):
         from_dict(DatasetSpec, data).validate("spec")
     data.pop("time")

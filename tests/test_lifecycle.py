@@ -140,8 +140,7 @@ def test_metadata_unpickler_admits_real_metadata_only(trained, tmp_path):
     metadata = ckpt.read_metadata(latest)  # the real thing loads
     assert metadata.state_dict_metadata and all(
         isinstance(v, torch.distributed.checkpoint.metadata.TensorStorageMetadata)
-        for v in metadata.state_dict_metadata.values()
-    )
+        for v in metadata.state_dict_metadata.values())
     for payload in (pickle.dumps(_Payload(str(tmp_path / "m"))), pickle.dumps(print), b"garbage"):
         folder = tmp_path / f"c{len(payload)}"
         folder.mkdir()
@@ -166,10 +165,8 @@ def test_overwrite_starts_afresh(trained, tmp_path, capsys):
     old_vocab = pq.read_table(os.path.join(run_dir, "encoders", "vocab.user.parquet")).column("value").to_pylist()
     # new data: other users, so reused encoders would show
     with open(data, "w") as f:
-        f.write(
-            "\n".join([GOOD_ROWS[0]] + [r.replace("u", "w", 1) if r.startswith("u") else r for r in MORE_ROWS[1:]])
-            + "\n"
-        )
+        f.write("\n".join([GOOD_ROWS[0]] + [r.replace("u", "w", 1) if r.startswith("u") else r
+                                            for r in MORE_ROWS[1:]]) + "\n")
     rc, _, err = _cli(capsys, "train", "-c", cfg, "--overwrite", "--set", "train.epochs=1")
     assert rc == 0, err
     new = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
@@ -188,16 +185,13 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_is_refused(trained, capsys
     assert sorted(os.listdir(run_dir)) == before
 
 
-@pytest.mark.parametrize(
-    "change, key",
-    [
-        ("data.batch_size=8", "data.batch_size"),
-        ("model.params={hidden: [8]}", "model.params.hidden"),
-        ("train.dense_optimizer.lr=0.01", "train.dense_optimizer.lr"),
-        ("train.embedding_optimizer.name=adagrad", "train.embedding_optimizer.name"),
-        ("model.embedding_dim=8", "model.embedding_dim"),
-    ],
-)
+@pytest.mark.parametrize("change, key", [
+    ("data.batch_size=8", "data.batch_size"),
+    ("model.params={hidden: [8]}", "model.params.hidden"),
+    ("train.dense_optimizer.lr=0.01", "train.dense_optimizer.lr"),
+    ("train.embedding_optimizer.name=adagrad", "train.embedding_optimizer.name"),
+    ("model.embedding_dim=8", "model.embedding_dim"),
+])
 def test_resume_refuses_another_config(trained, capsys, change, key):
     cfg, _, run_dir = trained
     before = open(os.path.join(run_dir, "config.yaml")).read()
@@ -216,9 +210,8 @@ def test_resume_refuses_other_data(trained, capsys):
 
 def test_resume_may_change_the_run_length(trained, capsys):
     cfg, _, run_dir = trained
-    rc, _, err = _cli(
-        capsys, "train", "-c", cfg, "--resume", "--set", "train.epochs=3", "--set", "train.early_stopping.patience=5"
-    )
+    rc, _, err = _cli(capsys, "train", "-c", cfg, "--resume", "--set", "train.epochs=3",
+                      "--set", "train.early_stopping.patience=5")
     assert rc == 0, err
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert metrics["steps"] > 0
@@ -227,21 +220,12 @@ def test_resume_may_change_the_run_length(trained, capsys):
 def test_a_second_training_of_the_same_folder_fails_at_once(tmp_path, capsys):
     cfg, _, run_dir = setup(tmp_path)
     os.makedirs(run_dir)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import fcntl, os, sys, time\n"
-                f"fd = os.open({os.path.join(run_dir, '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-                "print('locked', flush=True)\n"
-                "time.sleep(60)\n"
-            ),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({os.path.join(run_dir, '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         start = time.perf_counter()
@@ -294,9 +278,8 @@ def test_a_moved_run_folder_evaluates_from_anywhere(trained, tmp_path, capsys, m
     assert json.load(open(tmp_path / "a.json")) == json.load(open(tmp_path / "b.json"))
     # the saved config alone (no --run-dir) finds its run, its spec and its data from any directory
     monkeypatch.chdir("/")
-    rc, _, err = _cli(
-        capsys, "eval", "-c", os.path.join(moved, "config.yaml"), "--split", "test", "--out", str(tmp_path / "c.json")
-    )
+    rc, _, err = _cli(capsys, "eval", "-c", os.path.join(moved, "config.yaml"), "--split", "test",
+                      "--out", str(tmp_path / "c.json"))
     assert rc == 0, err
     assert json.load(open(tmp_path / "a.json")) == json.load(open(tmp_path / "c.json"))
 
@@ -341,9 +324,8 @@ def test_an_early_stopping_metric_undefined_on_every_validation_is_refused(tmp_p
     text = open(cfg).read().replace("split: {valid: 0.0, test: 0.0}", "split: {valid: 0.25, test: 0.0, seed: 1}")
     open(cfg, "w").write(text)
     rc, _, err = _cli(capsys, "train", "-c", cfg)
-    _one_line_error(
-        rc, err, "train.early_stopping.metric", "'ctr/auc'", "undefined on every validation", "all negative"
-    )
+    _one_line_error(rc, err, "train.early_stopping.metric", "'ctr/auc'", "undefined on every validation",
+                    "all negative")
     assert not os.path.exists(run_dir)
 
 
@@ -364,20 +346,16 @@ def test_a_nan_validation_metric_never_becomes_the_best(tiny_config, caplog):
 # --- interrupts --------------------------------------------------------------------------------------------
 def _train_cmd(run_dir, world, extra=()):
     # a shorter run than the kill -9 test's: 2 epochs of batch 128 with a small tower
-    return train_cmd(
-        run_dir,
-        world,
-        ["--set", "train.epochs=2", "--set", "data.batch_size=128", "--set", "model.params={hidden: [16]}", *extra],
-    )
+    return train_cmd(run_dir, world, ["--set", "train.epochs=2", "--set", "data.batch_size=128",
+                                      "--set", "model.params={hidden: [16]}", *extra])
 
 
 def test_ctrl_c_says_interrupted_and_resume_is_bitwise(tmp_path, tiny_world):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
     subprocess.run(_train_cmd(straight, tiny_world), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(
-        _train_cmd(stopped, tiny_world), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(_train_cmd(stopped, tiny_world), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not ckpt.list_checkpoints(os.path.join(stopped, "checkpoints")):
         time.sleep(0.05)

@@ -18,12 +18,9 @@ from recsys.train.losses import MultiTaskLoss, joint_bce, log1mexp, prediction_o
 def batch_of(labels, weights=None):
     n = len(next(iter(labels.values())))
     cols = Columns(
-        dense=np.zeros((n, 0), np.float32),
-        sparse={"a": np.zeros(n, np.int64)},
-        labels={k: np.asarray(v, np.float32) for k, v in labels.items()},
-        scenario=np.zeros(n, np.int64),
-        user=np.zeros(n, np.int64),
-        weights=np.asarray(weights if weights is not None else [1.0] * n, np.float32),
+        dense=np.zeros((n, 0), np.float32), sparse={"a": np.zeros(n, np.int64)},
+        labels={k: np.asarray(v, np.float32) for k, v in labels.items()}, scenario=np.zeros(n, np.int64),
+        user=np.zeros(n, np.int64), weights=np.asarray(weights if weights is not None else [1.0] * n, np.float32),
         row_id=np.arange(n),
     )
     return cols.to_batch(["a"])
@@ -31,11 +28,8 @@ def batch_of(labels, weights=None):
 
 SCHEMA = Schema(
     sparse=(SparseFeature("a", 4),),
-    tasks=(
-        Task("ctr"),
-        Task("cvr", depends_on="ctr"),
-        Task("stay", kind="regression", depends_on="ctr", loss="log_mse"),
-    ),
+    tasks=(Task("ctr"), Task("cvr", depends_on="ctr"),
+           Task("stay", kind="regression", depends_on="ctr", loss="log_mse")),
 )
 
 
@@ -47,11 +41,8 @@ def bce(logit, y):
 def test_conditional_losses_match_hand_computation():
     click, order, stay = [1, 0, 1, 0], [1, 0, 0, 0], [30.0, 0.0, 5.0, 0.0]
     batch = batch_of({"ctr": click, "cvr": order, "stay": stay})
-    out = {
-        "ctr": torch.tensor([0.5, -1.0, 2.0, 0.0]),
-        "cvr": torch.tensor([0.3, 9.0, -0.7, -9.0]),
-        "stay": torch.tensor([3.0, 100.0, 1.0, -100.0]),
-    }
+    out = {"ctr": torch.tensor([0.5, -1.0, 2.0, 0.0]), "cvr": torch.tensor([0.3, 9.0, -0.7, -9.0]),
+           "stay": torch.tensor([3.0, 100.0, 1.0, -100.0])}
     losses = MultiTaskLoss(SCHEMA)(batch, out)
     ctr = np.mean([bce(logit, y) for logit, y in zip([0.5, -1.0, 2.0, 0.0], click)])
     cvr = (bce(0.3, 1) + bce(-0.7, 0)) / 2  # only clicked rows; unclicked rows' outputs do not matter
@@ -65,8 +56,7 @@ def test_joint_loss_is_esmm_ctcvr():
     batch = batch_of({"ctr": [1, 0, 1], "cvr": [1, 0, 0], "stay": [1.0, 0.0, 1.0]})
     a, b = torch.tensor([0.2, -1.0, 1.5]), torch.tensor([-0.3, 2.0, 0.1])
     losses = MultiTaskLoss(SCHEMA, task_weights={"stay": 0.0}, dependent_loss="joint")(
-        batch, {"ctr": a, "cvr": b, "stay": torch.zeros(3)}
-    )
+        batch, {"ctr": a, "cvr": b, "stay": torch.zeros(3)})
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     expected = []
     for ai, bi, y in zip(a.tolist(), b.tolist(), [1, 0, 0]):
@@ -123,16 +113,9 @@ def test_the_loss_table_holds_every_declared_loss_with_its_forward_and_inverse_l
 
 def test_losses_predictions_and_label_checks_all_read_the_table(monkeypatch, tmp_path):
     """One entry changed in the table changes training, evaluation and data validation alike."""
-    monkeypatch.setitem(
-        TASK_LOSSES,
-        "huber",
-        replace(
-            TASK_LOSSES["huber"],
-            forward=lambda o, y: (o - y).abs() * 7,
-            inverse=lambda o: o * 2,
-            labels=LabelDomain(minimum=1.0),
-        ),
-    )
+    monkeypatch.setitem(TASK_LOSSES, "huber", replace(
+        TASK_LOSSES["huber"], forward=lambda o, y: (o - y).abs() * 7, inverse=lambda o: o * 2,
+        labels=LabelDomain(minimum=1.0)))
     schema = Schema(sparse=(SparseFeature("a", 4),), tasks=(Task("stay", kind="regression", loss="huber"),))
     batch = batch_of({"stay": [1.0, 4.0]})
     loss = MultiTaskLoss(schema)(batch, {"stay": torch.tensor([2.0, 2.0])})["stay"]
@@ -140,17 +123,10 @@ def test_losses_predictions_and_label_checks_all_read_the_table(monkeypatch, tmp
     assert prediction_of(schema.task("stay"), torch.tensor([3.0])).tolist() == [6.0]
 
     pd.DataFrame({"item": [1, 2, 3], "watch": [4.0, 0.5, 2.0]}).to_csv(tmp_path / "d.csv", index=False)
-    spec = {
-        "name": "t",
-        "source": {"path": "d.csv"},
-        "sparse": [{"name": "item"}],
-        "tasks": [{"name": "stay", "column": "watch", "kind": "regression", "loss": "huber"}],
-    }
-    with pytest.raises(
-        DataError,
-        match=r"d.csv.*column 'watch'.*row 2.*label of task 'stay' must be >= 1 for the "
-        r"huber loss, got 0.5",
-    ):
+    spec = {"name": "t", "source": {"path": "d.csv"}, "sparse": [{"name": "item"}],
+            "tasks": [{"name": "stay", "column": "watch", "kind": "regression", "loss": "huber"}]}
+    with pytest.raises(DataError, match=r"d.csv.*column 'watch'.*row 2.*label of task 'stay' must be >= 1 for the "
+                                        r"huber loss, got 0.5"):
         Dataset(spec_of(spec, str(tmp_path))).fit()
 
 

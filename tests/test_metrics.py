@@ -72,22 +72,15 @@ def test_ndcg_hand_computed_and_skips_groups_without_positives():
 
 
 def test_funnel_metrics_use_depends_on():
-    schema = Schema(
-        sparse=(SparseFeature("u", 8),),
-        tasks=(Task("ctr"), Task("cvr", depends_on="ctr")),
-        num_scenarios=2,
-        user_feature="u",
-    )
+    schema = Schema(sparse=(SparseFeature("u", 8),), tasks=(Task("ctr"), Task("cvr", depends_on="ctr")),
+                    num_scenarios=2, user_feature="u")
     rng = np.random.default_rng(1)
     n = 400
     click = (rng.random(n) < 0.4).astype(float)
     order = click * (rng.random(n) < 0.5)
     p = Predictions(
-        row_id=np.arange(n),
-        scenario=rng.integers(0, 2, n),
-        user=rng.integers(0, 20, n),
-        labels={"ctr": click, "cvr": order},
-        scores={"ctr": rng.random(n), "cvr": rng.random(n)},
+        row_id=np.arange(n), scenario=rng.integers(0, 2, n), user=rng.integers(0, 20, n),
+        labels={"ctr": click, "cvr": order}, scores={"ctr": rng.random(n), "cvr": rng.random(n)},
     )
     report = evaluate(schema, p)
     clicked = click > 0
@@ -101,25 +94,17 @@ def test_funnel_metrics_use_depends_on():
 
 def test_ndcg_graded_relevance_by_hand_per_lifecycle_stage():
     """Stay time as graded relevance (linear gain), restricted to clicked rows, per user, per stage."""
-    schema = Schema(
-        sparse=(SparseFeature("u", 8),),
-        tasks=(Task("ctr"), Task("stay", kind="regression", depends_on="ctr", eval_threshold=60.0)),
-        user_feature="u",
-        eval_groups=(("stage", ("new", "loyal")),),
-    )
+    schema = Schema(sparse=(SparseFeature("u", 8),),
+                    tasks=(Task("ctr"), Task("stay", kind="regression", depends_on="ctr", eval_threshold=60.0)),
+                    user_feature="u", eval_groups=(("stage", ("new", "loyal")),))
     user = np.array([0, 0, 0, 0, 1, 1, 2, 2])
     click = np.array([1, 1, 1, 0, 1, 1, 1, 1], dtype=float)
     stay = np.array([0.0, 120.0, 30.0, 0.0, 60.0, 10.0, 0.0, 0.0])  # user 2 stayed nowhere: no ideal ranking
     score = np.array([0.9, 0.5, 0.1, 5.0, 0.2, 0.8, 0.3, 0.4])  # row 3 is not clicked: not a stay row
     stage = np.array([0, 0, 0, 0, 1, 1, 0, 0])
-    p = Predictions(
-        row_id=np.arange(8),
-        scenario=np.zeros(8, int),
-        user=user,
-        labels={"ctr": click, "stay": stay},
-        scores={"ctr": score, "stay": score},
-        groups={"stage": stage},
-    )
+    p = Predictions(row_id=np.arange(8), scenario=np.zeros(8, int), user=user,
+                    labels={"ctr": click, "stay": stay}, scores={"ctr": score, "stay": score},
+                    groups={"stage": stage})
     report = evaluate(schema, p)
     # user 0 ranks relevances [0, 120, 30]; ideal [120, 30, 0]
     u0 = (120 / np.log2(3) + 30 / np.log2(4)) / (120 + 30 / np.log2(3))
@@ -137,14 +122,9 @@ def test_ndcg_graded_relevance_by_hand_per_lifecycle_stage():
 # --- the same report on any number of ranks -------------------------------------------------------------------
 RANK_SCHEMA = Schema(
     sparse=(SparseFeature("u", 40),),
-    tasks=(
-        Task("ctr"),
-        Task("cvr", depends_on="ctr"),
-        Task("stay", kind="regression", depends_on="ctr", eval_threshold=0.5),
-    ),
-    num_scenarios=3,
-    scenario_names=("feed", "search", "live"),
-    user_feature="u",
+    tasks=(Task("ctr"), Task("cvr", depends_on="ctr"),
+           Task("stay", kind="regression", depends_on="ctr", eval_threshold=0.5)),
+    num_scenarios=3, scenario_names=("feed", "search", "live"), user_feature="u",
     eval_groups=(("stage", ("new", "loyal")),),
 )
 RANK_ROWS, RANK0_ROWS, ROW_ID_BASE = 1500, 1000, 100  # rank 1 has fewer rows: it pads its last batches
@@ -159,20 +139,12 @@ def rank_test_rows(seed: int = 0):
     encoded = np.where(raw < 39, raw + 1, 0).astype(np.int64)
     click = (rng.random(n) < 0.4).astype(np.float32)
     cols = Columns(
-        dense=np.zeros((n, 0), np.float32),
-        sparse={"u": encoded},
-        labels={
-            "ctr": click,
-            "cvr": (click * (rng.random(n) < 0.5)).astype(np.float32),
-            "stay": (click * np.round(rng.exponential(1.0, n), 1)).astype(np.float32),
-        },
-        scenario=rng.integers(0, 3, n),
-        user=encoded,
-        weights=np.ones(n, np.float32),
-        row_id=np.arange(n, dtype=np.int64) + ROW_ID_BASE,
-        groups={"stage": rng.integers(0, 2, n)},
-        oracle={"ctr": rng.random(n).astype(np.float32)},
-        user_key=raw * 1000003 + 12345,
+        dense=np.zeros((n, 0), np.float32), sparse={"u": encoded},
+        labels={"ctr": click, "cvr": (click * (rng.random(n) < 0.5)).astype(np.float32),
+                "stay": (click * np.round(rng.exponential(1.0, n), 1)).astype(np.float32)},
+        scenario=rng.integers(0, 3, n), user=encoded, weights=np.ones(n, np.float32),
+        row_id=np.arange(n, dtype=np.int64) + ROW_ID_BASE, groups={"stage": rng.integers(0, 2, n)},
+        oracle={"ctr": rng.random(n).astype(np.float32)}, user_key=raw * 1000003 + 12345,
     )
     logits = {t: np.round(rng.normal(0, 1, n), 1).astype(np.float32) for t in RANK_SCHEMA.task_names}
     return cols, logits
@@ -214,15 +186,8 @@ def assert_same_report(got, expected):
 def test_two_ranks_report_what_one_rank_reports(tmp_path):
     """Issue 17: NDCG of a 2-rank evaluation was 0.5415 against 0.6369 on one rank (torchmetrics synced the
     already gathered rows again, counting each twice). The full report must not depend on the world size."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        os.path.abspath(__file__),
-        str(tmp_path),
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.abspath(__file__), str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -234,16 +199,8 @@ def test_two_ranks_report_what_one_rank_reports(tmp_path):
     assert two[0]["row_id"] == two[1]["row_id"] == preds.row_id.tolist()  # every row once, padding dropped
     for r in range(2):
         assert_same_report(two[r]["report"], one)
-    for key in (
-        "ctr/auc",
-        "ctr/logloss",
-        "ctr/gauc",
-        "ctr/ndcg@5",
-        "cvr/ndcg@1/scenario=live",
-        "cvr/ctcvr_auc/stage=loyal",
-        "stay/ndcg@5/stage=new",
-        "ctr/oracle_auc/scenario=feed",
-    ):
+    for key in ("ctr/auc", "ctr/logloss", "ctr/gauc", "ctr/ndcg@5", "cvr/ndcg@1/scenario=live",
+                "cvr/ctcvr_auc/stage=loyal", "stay/ndcg@5/stage=new", "ctr/oracle_auc/scenario=feed"):
         assert np.isfinite(one[key]), key
     assert one["ctr/gauc_users"] > 200  # raw users: the unseen ones are not one user
 
@@ -259,35 +216,19 @@ def test_users_unseen_in_training_count_as_distinct_users(tmp_path):
 
     rng = np.random.default_rng(3)
     n_old, n_new = 600, 400  # new users' rows all come after the test cut
-    uid = np.concatenate(
-        [rng.choice([f"old{i}" for i in range(30)], n_old), rng.choice([f"new{i}" for i in range(40)], n_new)]
-    )
+    uid = np.concatenate([rng.choice([f"old{i}" for i in range(30)], n_old),
+                          rng.choice([f"new{i}" for i in range(40)], n_new)])
     ts = np.concatenate([rng.integers(0, 200, n_old), rng.integers(150, 200, n_new)])
-    frame = pd.DataFrame(
-        {
-            "row_id": np.arange(len(uid)),
-            "ts": ts,
-            "uid": uid,
-            "item": rng.integers(0, 10, len(uid)),
-            "click": (rng.random(len(uid)) < 0.4).astype(int),
-        }
-    )
+    frame = pd.DataFrame({"row_id": np.arange(len(uid)), "ts": ts, "uid": uid,
+                          "item": rng.integers(0, 10, len(uid)), "click": (rng.random(len(uid)) < 0.4).astype(int)})
     folder = tmp_path / "data"
     folder.mkdir()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / "part-0.parquet")
-    spec = from_dict(
-        DatasetSpec,
-        {
-            "name": "unseen",
-            "source": {"path": str(folder)},
-            "row_id": "row_id",
-            "time": "ts",
-            "user": "uid",
-            "sparse": [{"name": "uid", "group": "user"}, {"name": "item", "group": "item"}],
-            "tasks": [{"name": "ctr", "column": "click"}],
-        },
-        source="spec",
-    )
+    spec = from_dict(DatasetSpec, {
+        "name": "unseen", "source": {"path": str(folder)}, "row_id": "row_id", "time": "ts", "user": "uid",
+        "sparse": [{"name": "uid", "group": "user"}, {"name": "item", "group": "item"}],
+        "tasks": [{"name": "ctr", "column": "click"}],
+    }, source="spec")
     spec.validate("spec")
     ds = Dataset(spec, split=SplitConfig(kind="time", valid_from=100.0, test_from=150.0), chunk_rows=128)
     ds.fit()
@@ -318,16 +259,11 @@ def test_users_unseen_in_training_count_as_distinct_users(tmp_path):
 
 # --- heads trained with loss weight 0 ---------------------------------------------------------------------------
 def test_format_table_marks_untrained_tasks_without_their_numbers():
-    p = Predictions(
-        row_id=np.arange(6),
-        scenario=np.array([0, 1, 0, 1, 0, 1]),
-        user=np.zeros(6, np.int64),
-        labels={"ctr": np.array([1.0, 0, 1, 0, 1, 1]), "cvr": np.array([1.0, 0, 0, 0, 1, 0])},
-        scores={"ctr": np.linspace(0.1, 0.6, 6), "cvr": np.array([0.4, 0.5, 0.3, 0.2, 0.1, 0.9])},
-    )
-    schema = Schema(
-        sparse=(SparseFeature("u", 8),), tasks=(Task("ctr"), Task("cvr", depends_on="ctr")), num_scenarios=2
-    )
+    p = Predictions(row_id=np.arange(6), scenario=np.array([0, 1, 0, 1, 0, 1]), user=np.zeros(6, np.int64),
+                    labels={"ctr": np.array([1.0, 0, 1, 0, 1, 1]), "cvr": np.array([1.0, 0, 0, 0, 1, 0])},
+                    scores={"ctr": np.linspace(0.1, 0.6, 6), "cvr": np.array([0.4, 0.5, 0.3, 0.2, 0.1, 0.9])})
+    schema = Schema(sparse=(SparseFeature("u", 8),), tasks=(Task("ctr"), Task("cvr", depends_on="ctr")),
+                    num_scenarios=2)
     report = evaluate(schema, p)
     table = format_table(schema, report, untrained=["cvr"])
     columns = table.splitlines()[0].count("|") - 1  # task, slice and the metrics
@@ -344,26 +280,9 @@ def test_untrained_heads_are_marked_in_metrics_json_md_and_the_console(tmp_path,
     from recsys.data.synthetic import CTR_ONLY
 
     run = tmp_path / "ctr-only"
-    args = [
-        "-c",
-        "configs/wide_deep_synthetic.yaml",
-        "--data",
-        tiny_world,
-        "--run-dir",
-        str(run),
-        "--set",
-        "train.max_steps=3",
-        "--set",
-        "data.batch_size=256",
-        "--set",
-        "train.progress=false",
-        "--set",
-        "tensorboard=false",
-        "--set",
-        "model.params={}",
-        "--set",
-        "model.embedding_dim=8",
-    ]
+    args = ["-c", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--run-dir", str(run),
+            "--set", "train.max_steps=3", "--set", "data.batch_size=256", "--set", "train.progress=false",
+            "--set", "tensorboard=false", "--set", "model.params={}", "--set", "model.embedding_dim=8"]
     for item in CTR_ONLY:
         args += ["--set", item]
     assert main(["train"] + args) == 0
@@ -387,9 +306,8 @@ def test_evaluation_benchmark_tiny_with_a_baseline(tmp_path):
 
     in_git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode == 0
     baseline = ["--baseline", "HEAD", "--baseline-max-rows", "3000"] if in_git else []
-    assert (
-        evaluation.main(["--rows", "3000", "--users", "300", "--rounds", "2", "--out", str(tmp_path)] + baseline) == 0
-    )
+    assert evaluation.main(["--rows", "3000", "--users", "300", "--rounds", "2", "--out", str(tmp_path)]
+                           + baseline) == 0
     result = json.load(open(tmp_path / "evaluation.json"))
     current = result["current"]["3000"]
     assert len(current["rounds"]) == 2 and current["rows_per_cpu_s"]["median"] > 0

@@ -95,11 +95,8 @@ def tied_rows(seed: int, n: int, users: int, levels: int) -> Dict[str, np.ndarra
     extra_user = np.array([users, users + 1, users + 1, users + 2, users + 2, users + 2])
     extra_label = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])  # one row; only positives; only negatives
     extra_score = np.array([0.5, 0.5, 0.2, 0.1, 0.1, 0.9])
-    return {
-        "user": np.concatenate([user, extra_user]),
-        "score": np.concatenate([score, extra_score]),
-        "label": np.concatenate([label, extra_label]),
-    }
+    return {"user": np.concatenate([user, extra_user]), "score": np.concatenate([score, extra_score]),
+            "label": np.concatenate([label, extra_label])}
 
 
 # --- AUC, logloss ------------------------------------------------------------------------------------------
@@ -136,14 +133,9 @@ def test_logloss_matches_torch_binary_cross_entropy():
     clipped = torch.from_numpy(np.clip(probs, 1e-7, 1 - 1e-7))
     reference = float(torch.nn.functional.binary_cross_entropy(clipped, torch.from_numpy(labels)))
     assert logloss(probs.astype(np.float32), labels) == pytest.approx(
-        float(
-            torch.nn.functional.binary_cross_entropy(
-                torch.from_numpy(np.clip(probs.astype(np.float32).astype(np.float64), 1e-7, 1 - 1e-7)),
-                torch.from_numpy(labels),
-            )
-        ),
-        rel=TOL,
-    )
+        float(torch.nn.functional.binary_cross_entropy(
+            torch.from_numpy(np.clip(probs.astype(np.float32).astype(np.float64), 1e-7, 1 - 1e-7)),
+            torch.from_numpy(labels))), rel=TOL)
     assert logloss(probs, labels) == pytest.approx(reference, rel=TOL)
     assert np.isnan(logloss(np.zeros(0), np.zeros(0)))
 
@@ -205,16 +197,14 @@ def test_ndcg_with_ties_ignores_row_order():
     perm = rng.permutation(2000)
     for k in NDCG_KS:
         assert grouped_ndcg(users, scores, relevance, k) == pytest.approx(
-            grouped_ndcg(users[perm], scores[perm], relevance[perm], k), rel=1e-12
-        )
+            grouped_ndcg(users[perm], scores[perm], relevance[perm], k), rel=1e-12)
 
 
 def test_auc_and_ndcg_match_sklearn_when_installed():
     metrics = pytest.importorskip("sklearn.metrics")
     rows = tied_rows(3, 2000, 150, 4)
-    assert auc(rows["score"], rows["label"]) == pytest.approx(
-        metrics.roc_auc_score(rows["label"], rows["score"]), abs=TOL
-    )
+    assert auc(rows["score"], rows["label"]) == pytest.approx(metrics.roc_auc_score(rows["label"], rows["score"]),
+                                                              abs=TOL)
     for k in NDCG_KS:
         per_user = []
         for u in np.unique(rows["user"]):
@@ -230,14 +220,9 @@ def test_auc_and_ndcg_match_sklearn_when_installed():
 # --- the whole report against a slice-by-slice torchmetrics reference -------------------------------------------
 SCHEMA = Schema(
     sparse=(SparseFeature("u", 64),),
-    tasks=(
-        Task("ctr"),
-        Task("cvr", depends_on="ctr"),
-        Task("stay", kind="regression", depends_on="ctr", eval_threshold=30.0),
-    ),
-    num_scenarios=2,
-    scenario_names=("feed", "search"),
-    user_feature="u",
+    tasks=(Task("ctr"), Task("cvr", depends_on="ctr"),
+           Task("stay", kind="regression", depends_on="ctr", eval_threshold=30.0)),
+    num_scenarios=2, scenario_names=("feed", "search"), user_feature="u",
     eval_groups=(("stage", ("new", "loyal", "lost")),),  # nobody is "lost": that slice is left out
 )
 
@@ -251,13 +236,10 @@ def report_rows(seed: int = 0, users: int = 60) -> Predictions:
     stay = (click * np.round(rng.exponential(30, n))).astype(np.float32)
     grid = lambda levels: (rng.integers(0, levels, n) / levels).astype(np.float32)  # noqa: E731
     return Predictions(
-        row_id=np.arange(n),
-        scenario=rng.integers(0, 2, n),
-        user=np.zeros(n, np.int64),  # one encoded user
+        row_id=np.arange(n), scenario=rng.integers(0, 2, n), user=np.zeros(n, np.int64),  # one encoded user
         labels={"ctr": click, "cvr": order, "stay": stay},
         scores={"ctr": grid(4), "cvr": grid(3), "stay": (grid(5) * 90).astype(np.float32)},
-        groups={"stage": rng.integers(0, 2, n)},
-        oracle={"ctr": grid(6), "cvr": grid(6)},
+        groups={"stage": rng.integers(0, 2, n)}, oracle={"ctr": grid(6), "cvr": grid(6)},
         user_key=(user * 7919 + 2**40).astype(np.int64),
     )
 
@@ -285,9 +267,8 @@ def reference_report(schema: Schema, p: Predictions) -> Dict[str, float]:
                 if task.depends_on:
                     parent = task.depends_on
                     m["ctcvr_auc"] = tm_auc((p.scores[parent] * p.scores[task.name])[keep], p.labels[task.name][keep])
-                    m["oracle_ctcvr_auc"] = tm_auc(
-                        (p.oracle[parent] * p.oracle[task.name])[keep], p.labels[task.name][keep]
-                    )
+                    m["oracle_ctcvr_auc"] = tm_auc((p.oracle[parent] * p.oracle[task.name])[keep],
+                                                   p.labels[task.name][keep])
                 m["gauc"], m["gauc_users"] = tm_gauc(users, s, y)
             else:
                 err = s.astype(np.float64) - y
@@ -326,11 +307,8 @@ def test_rows_too_wide_for_one_sort_key_take_the_gather_path_with_the_same_metri
     def metrics(u: np.ndarray) -> Dict[str, float]:
         view, ideal = _Order(scores, codes, users=u, relevance=relevance), _Order(relevance, codes, users=u)
         ideal_parts = ideal.parts("scenario")
-        return {
-            f"{c}/{k}": v
-            for c, rows in view.parts("scenario").items()
-            for k, v in _user_metrics(rows, ideal_parts[c], NDCG_KS, with_gauc=False).items()
-        }
+        return {f"{c}/{k}": v for c, rows in view.parts("scenario").items()
+                for k, v in _user_metrics(rows, ideal_parts[c], NDCG_KS, with_gauc=False).items()}
 
     wide = users << 12  # 20-bit users: 20 + 32 + 2 + 12 row bits > 63, without the row 54 bits
     assert metrics(wide) == pytest.approx(metrics(users), abs=TOL)

@@ -9,11 +9,8 @@ from recsys.models import build_model, model_names
 from recsys.schema import DenseFeature, Schema, SparseFeature, Task
 
 SCHEMA = Schema(
-    sparse=(
-        SparseFeature("user", 20, 8, group="user"),
-        SparseFeature("host", 10, 8, group="host"),
-        SparseFeature("tags", 6, 8, multi_hot=True, pooling="mean"),
-    ),
+    sparse=(SparseFeature("user", 20, 8, group="user"), SparseFeature("host", 10, 8, group="host"),
+            SparseFeature("tags", 6, 8, multi_hot=True, pooling="mean")),
     dense=(DenseFeature("x"),),
     tasks=(Task("ctr"), Task("stay", kind="regression", depends_on="ctr")),
     user_feature="user",
@@ -26,15 +23,10 @@ def tiny_batch(n=6, seed=0):
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     cols = Columns(
         dense=rng.normal(size=(n, 1)).astype(np.float32),
-        sparse={
-            "user": rng.integers(0, 20, n),
-            "host": rng.integers(0, 10, n),
-            "tags": Ragged(rng.integers(0, 6, offsets[-1]), offsets),
-        },
+        sparse={"user": rng.integers(0, 20, n), "host": rng.integers(0, 10, n),
+                "tags": Ragged(rng.integers(0, 6, offsets[-1]), offsets)},
         labels={"ctr": (rng.random(n) < 0.5).astype(np.float32), "stay": rng.random(n).astype(np.float32)},
-        scenario=np.zeros(n, np.int64),
-        user=rng.integers(0, 20, n),
-        weights=np.ones(n, np.float32),
+        scenario=np.zeros(n, np.int64), user=rng.integers(0, 20, n), weights=np.ones(n, np.float32),
         row_id=np.arange(n),
     )
     return cols.to_batch(SCHEMA.feature_names)

@@ -27,16 +27,8 @@ def tiny_dataset(tiny_world, **kwargs) -> Dataset:
 
 def test_side_columns_join_every_split_by_row_id(tmp_path, tiny_world):
     ids = np.array([5, 17, 400, 4999, 123456], dtype=np.int64)  # the last id is not in the data
-    pq.write_table(
-        pa.table(
-            {
-                "row_id": ids,
-                "flag": pa.array([True, False, True, True, True]),
-                "score": np.array([0.5, 0.25, 2.0, 3.0, 9.0], np.float32),
-            }
-        ),
-        tmp_path / "side.parquet",
-    )
+    pq.write_table(pa.table({"row_id": ids, "flag": pa.array([True, False, True, True, True]),
+                             "score": np.array([0.5, 0.25, 2.0, 3.0, 9.0], np.float32)}), tmp_path / "side.parquet")
     side = [SideColumnsConfig(str(tmp_path / "side.parquet"), ["flag", "score"], fill=-1.0)]
     parts = tiny_dataset(tiny_world, side_columns=side).read()
     expected = dict(zip(ids.tolist(), zip([1.0, 0.0, 1.0, 1.0, 1.0], [0.5, 0.25, 2.0, 3.0, 9.0])))
@@ -82,15 +74,10 @@ def test_loss_views_weight_several_predictions_per_row():
     from recsys.data.columns import Columns
 
     n = 3
-    batch = Columns(
-        dense=np.zeros((n, 0), np.float32),
-        sparse={"a": np.zeros(n, np.int64)},
-        labels={"ctr": np.array([1, 0, 1], np.float32), "stay": np.array([1.0, 2.0, 3.0], np.float32)},
-        scenario=np.zeros(n, np.int64),
-        user=np.zeros(n, np.int64),
-        weights=np.array([1.0, 1.0, 0.0], np.float32),
-        row_id=np.arange(n),
-    ).to_batch(["a"])
+    batch = Columns(dense=np.zeros((n, 0), np.float32), sparse={"a": np.zeros(n, np.int64)},
+                    labels={"ctr": np.array([1, 0, 1], np.float32), "stay": np.array([1.0, 2.0, 3.0], np.float32)},
+                    scenario=np.zeros(n, np.int64), user=np.zeros(n, np.int64),
+                    weights=np.array([1.0, 1.0, 0.0], np.float32), row_id=np.arange(n)).to_batch(["a"])
     preds = torch.tensor([[0.5, -1.0], [2.0, 0.0], [9.0, 9.0]])
     w = torch.tensor([[0.25, 0.75], [1.0, 0.0], [0.5, 0.5]], requires_grad=True)
     outputs = {"ctr": torch.zeros(n), "stay": torch.tensor([1.5, 2.5, 0.0])}
@@ -116,11 +103,11 @@ def test_optimizer_groups_must_be_dense_parameters_of_the_model(tiny_config):
     emb = trainer.cfg.train.embedding_optimizer
     stranger = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(ConfigError, match="'mine'"):
-        build_optimizer(trainer.dmp, OptimizerConfig(), None, {"mine": ([stranger], OptimizerConfig())}, embedding=emb)
+        build_optimizer(trainer.dmp, OptimizerConfig(), None, {"mine": ([stranger], OptimizerConfig())},
+                        embedding=emb)
     head = list(trainer.model.heads.parameters())
-    opt = build_optimizer(
-        trainer.dmp, OptimizerConfig(lr=0.01), None, {"heads": (head, OptimizerConfig(lr=0.5))}, embedding=emb
-    )
+    opt = build_optimizer(trainer.dmp, OptimizerConfig(lr=0.01), None, {"heads": (head, OptimizerConfig(lr=0.5))},
+                          embedding=emb)
     lrs = {name: {g["lr"] for g in o.param_groups} for name, o in opt.optimizers}
     assert lrs["heads"] == {0.5} and lrs["dense"] == {0.01}
     with pytest.raises(ConfigError, match="reserved"):
@@ -132,13 +119,8 @@ def test_st_trains_one_model_per_scenario_and_reports_them_together(tmp_path, ti
 
     profile = DATASETS["quick"]
     assert "train.max_steps=6" in profile.overrides
-    result = run_one(
-        Experiment("ST", "dnn", {"hidden": [16]}, per_scenario=True, overrides=["train.max_steps=2"]),
-        "quick",
-        0,
-        tiny_world,
-        str(tmp_path),
-    )
+    result = run_one(Experiment("ST", "dnn", {"hidden": [16]}, per_scenario=True, overrides=["train.max_steps=2"]),
+                     "quick", 0, tiny_world, str(tmp_path))
     assert len(result["best_step"]) == 4  # one model per scenario of the tiny world
     test = result["test"]
     for scenario in ("feed", "follow", "nearby", "search"):
@@ -157,9 +139,8 @@ def test_prepare_phase_runs_first_and_its_overrides_apply(tmp_path, tiny_world):
         ctx.info["searched"] = True
         return ["train.max_steps=2", "train.eval_every_steps=1"]
 
-    result = run_one(
-        Experiment("two phases", "dnn", {"hidden": [8]}, prepare=prepare), "quick", 1, tiny_world, str(tmp_path)
-    )
+    result = run_one(Experiment("two phases", "dnn", {"hidden": [8]}, prepare=prepare), "quick", 1, tiny_world,
+                     str(tmp_path))
     assert calls == [("quick", 1, tiny_world, str(tmp_path))]
     assert result["info"] == {"searched": True}
     assert result["best_step"] in (1, 2)  # evaluated every step, stopped after the phase's max_steps
@@ -176,18 +157,14 @@ def test_ssim_grid_renders_the_paper_shaped_table():
     assert all(e.prepare is not None for e in grid.EXPERIMENTS if "SSIM" in e.name)
 
     def metrics(base):
-        return {
-            f"like/{m}{s}": {"mean": base + i / 100, "std": 0.001}
-            for i, s in enumerate(["", "/scenario=<25", "/scenario=25-34", "/scenario=35+"])
-            for m in ("auc", "logloss")
-        }
+        return {f"like/{m}{s}": {"mean": base + i / 100, "std": 0.001}
+                for i, s in enumerate(["", "/scenario=<25", "/scenario=25-34", "/scenario=35+"])
+                for m in ("auc", "logloss")}
 
     info = {"ratio": 0.3, "shared_fraction": 0.3, "learned_ratio": 0.41, "search_backbone": "dnn_mts"}
     order = {"like/auc/scenario=<25": 0.7, "like/auc/scenario=25-34": 0.7, "like/auc/scenario=35+": 0.7}
-    results = {
-        "DNN MT": {"movielens": {"metrics": metrics(0.7), "runs": [{"test": order}]}},
-        "DNN SSIM": {"movielens": {"metrics": metrics(0.75), "runs": [{"info": info}]}},
-    }
+    results = {"DNN MT": {"movielens": {"metrics": metrics(0.7), "runs": [{"test": order}]}},
+               "DNN SSIM": {"movielens": {"metrics": metrics(0.75), "runs": [{"info": info}]}}}
     table = grid.render(results)
     lines = table.splitlines()
     header = next(line for line in lines if line.startswith("| backbone"))

@@ -14,9 +14,8 @@ def test_funnel_tasks_come_from_depends_on():
     assert funnel_tasks(FUNNEL, "m") == ("ctr", "cvr")  # the regression 'stay' also depends on ctr: not a funnel
     with pytest.raises(ConfigError, match="needs a click -> conversion funnel"):
         funnel_tasks(NO_FUNNEL, "esmm")
-    two = Schema(
-        sparse=FUNNEL.sparse, tasks=(Task("click"), Task("cart", depends_on="click"), Task("buy", depends_on="click"))
-    )
+    two = Schema(sparse=FUNNEL.sparse, tasks=(Task("click"), Task("cart", depends_on="click"),
+                                                Task("buy", depends_on="click")))
     with pytest.raises(ConfigError, match="cvr_task"):
         funnel_tasks(two, "esmm")
     assert funnel_tasks(two, "esmm", cvr_task="buy") == ("click", "buy")
@@ -72,11 +71,8 @@ def test_outputs_do_not_depend_on_labels(name):
     model = make_model(name)
     model.eval()
     a = funnel_batch(16, seed=3)
-    b = funnel_batch(
-        16,
-        seed=3,
-        labels={"ctr": np.zeros(16, np.float32), "cvr": np.zeros(16, np.float32), "stay": np.zeros(16, np.float32)},
-    )
+    b = funnel_batch(16, seed=3, labels={"ctr": np.zeros(16, np.float32), "cvr": np.zeros(16, np.float32),
+                                         "stay": np.zeros(16, np.float32)})
     out_a, out_b = model(a), model(b)
     assert set(out_a) == set(FUNNEL.task_names)
     for t in FUNNEL.task_names:

@@ -14,10 +14,8 @@ from recsys.train.optim import dense_kernel_tables
 from recsys.train.trainer import Trainer
 
 STEPS = 5
-DATA_PARALLEL = (
-    "sharding.tables={hour: {sharding_types: [data_parallel]}, "
-    "hour__wide: {sharding_types: [data_parallel]}, gender: {sharding_types: [data_parallel]}}"
-)
+DATA_PARALLEL = ("sharding.tables={hour: {sharding_types: [data_parallel]}, "
+                 "hour__wide: {sharding_types: [data_parallel]}, gender: {sharding_types: [data_parallel]}}")
 
 
 def local(value: torch.Tensor) -> torch.Tensor:
@@ -27,11 +25,8 @@ def local(value: torch.Tensor) -> torch.Tensor:
 
 
 def trained(tiny_world, tmp_path, name, extra):
-    cfg = make_config(
-        str(tmp_path / name),
-        tiny_world,
-        extra=[f"train.max_steps={STEPS}", "train.pipeline=plain", "train.grad_clip_norm=0.01"] + extra,
-    )
+    cfg = make_config(str(tmp_path / name), tiny_world, extra=[
+        f"train.max_steps={STEPS}", "train.pipeline=plain", "train.grad_clip_norm=0.01"] + extra)
     trainer = Trainer(cfg)
     before = {k: local(v) for k, v in trainer.dmp.state_dict().items()}
     result = trainer.fit()
@@ -57,9 +52,8 @@ def test_a_data_parallel_table_trains_as_it_does_table_wise(tiny_world, tmp_path
     assert dp_result["valid"]["ctr/auc"] == pytest.approx(tw_result["valid"]["ctr/auc"], abs=1e-4)
 
 
-@pytest.mark.parametrize(
-    "name,weight_decay", [("adam", 0.0), ("adam", 0.01), ("adamw", 0.01), ("adagrad", 0.001), ("sgd", 0.001)]
-)
+@pytest.mark.parametrize("name,weight_decay", [("adam", 0.0), ("adam", 0.01), ("adamw", 0.01), ("adagrad", 0.001),
+                                               ("sgd", 0.001)])
 def test_dense_optimizers_use_multi_tensor_kernels_with_the_values_of_the_per_parameter_loop(name, weight_decay):
     """dense_optimizer asks for torch's foreach kernels (fewer ops per step); they must move every parameter
     exactly as torch's per-parameter loop (its CPU default) does, so training runs are unchanged."""

@@ -24,13 +24,8 @@ def test_pepnet_outputs_and_gradients_reach_tables_and_gates():
     for table in ("user", "host", "item", "tags", "scene"):
         assert table_grad(model, table).abs().sum() > 0, table
     named = dict(model.named_parameters())
-    for name in (
-        "epnet.gate.hidden.weight",
-        "epnet.gate.out.weight",
-        "ppnet.gates.0.hidden.weight",
-        "ppnet.gates.1.out.weight",
-        "towers.ctr.output.weight",
-    ):
+    for name in ("epnet.gate.hidden.weight", "epnet.gate.out.weight", "ppnet.gates.0.hidden.weight",
+                 "ppnet.gates.1.out.weight", "towers.ctr.output.weight"):
         assert named[name].grad.abs().sum() > 0, name
 
 
@@ -44,10 +39,8 @@ def test_pepnet_stop_gradient_leaves_the_main_embeddings_to_the_main_path():
     g_stop, g_free = table_grad(stop, "tags").clone(), table_grad(free, "tags").clone()
     # 'tags' is neither a prior nor a domain feature: with stop-gradient it learns only through the towers,
     # i.e. exactly as if the gates' outputs were constants
-    hooks = [
-        free.epnet.gate.register_forward_hook(lambda m, i, o: o.detach()),
-        free.ppnet.register_forward_hook(lambda m, i, o: tuple(t.detach() for t in o)),
-    ]
+    hooks = [free.epnet.gate.register_forward_hook(lambda m, i, o: o.detach()),
+             free.ppnet.register_forward_hook(lambda m, i, o: tuple(t.detach() for t in o))]
     grads_of(free, batch)
     for h in hooks:
         h.remove()

@@ -26,7 +26,8 @@ def test_presets_and_overrides_set_the_topology():
     h200 = topology(ShardingConfig(), world_size=8, local_world_size=8, device_type="h200")
     assert {d.storage.hbm for d in h200.devices} == {141 * GIB}
     assert h200.hbm_mem_bw > h100.hbm_mem_bw
-    custom = topology(ShardingConfig(hbm_gb=40, host_ddr_gb=512), world_size=4, local_world_size=4, device_type="h100")
+    custom = topology(ShardingConfig(hbm_gb=40, host_ddr_gb=512), world_size=4, local_world_size=4,
+                      device_type="h100")
     assert {d.storage.hbm for d in custom.devices} == {40 * GIB}
     assert {d.storage.ddr for d in custom.devices} == {128 * GIB}
     per_rank = capacities(ShardingConfig(ddr_gb=10), local_world_size=4, device_type="h100")
@@ -43,20 +44,14 @@ def test_live_cpu_topology_splits_this_hosts_memory_among_its_ranks():
 
 
 def test_constraints_come_from_the_config():
-    schema = Schema(
-        sparse=(
-            SparseFeature("user_id", 1000, 16, group="user"),
-            SparseFeature("item_id", 100, 16, group="item"),
-            SparseFeature("hour", 24, 16, group="context"),
-        )
-    )
+    schema = Schema(sparse=(SparseFeature("user_id", 1000, 16, group="user"),
+                            SparseFeature("item_id", 100, 16, group="item"),
+                            SparseFeature("hour", 24, 16, group="context")))
     model = build_model(ModelConfig(name="wide_deep", params={"hidden": [8]}), schema)
     cfg = ShardingConfig(
         sharding_types=["table_wise", "data_parallel"],
-        tables={
-            "user_id": TableShardingConfig(sharding_types=["column_wise"], min_partition=8, pooling_factor=2.0),
-            "item_id": TableShardingConfig(compute_kernels=["fused"]),
-        },
+        tables={"user_id": TableShardingConfig(sharding_types=["column_wise"], min_partition=8, pooling_factor=2.0),
+                "item_id": TableShardingConfig(compute_kernels=["fused"])},
     )
     got = constraints(model, cfg)
     assert got["user_id"].sharding_types == ["column_wise"] and got["user_id"].min_partition == 8
@@ -78,15 +73,8 @@ def test_sharding_config_is_checked():
     with pytest.raises(ConfigError, match="not both"):
         load_config(BILLION, ["sharding.ddr_gb=10", "sharding.host_ddr_gb=100"])
     with pytest.raises(ConfigError, match=r"compute kernel\(s\) \['fused_uvm_caching'\] need CUDA"):
-        load_config(
-            BILLION,
-            [
-                "device=cpu",
-                "sharding.sharding_types=[table_wise]",
-                "sharding.tables={}",
-                "sharding.compute_kernel=fused_uvm_caching",
-            ],
-        )
+        load_config(BILLION, ["device=cpu", "sharding.sharding_types=[table_wise]", "sharding.tables={}",
+                              "sharding.compute_kernel=fused_uvm_caching"])
 
 
 def test_billion_row_schema_comes_from_the_spec_alone():
@@ -132,20 +120,8 @@ def test_recsys_plan_refuses_when_the_tables_do_not_fit(capsys):
     assert main(["plan", "-c", BILLION, "--world-size", "2", "--set", "sharding.device_type=h200"]) == 2
     assert capsys.readouterr().err.startswith("error: sharding: no plan fits 2 x h200: 141.0 GiB HBM")
     # with host memory and an HBM cache for the user table it fits
-    assert (
-        main(
-            [
-                "plan",
-                "-c",
-                BILLION,
-                "--world-size",
-                "2",
-                "--set",
-                "sharding.tables.user_id.compute_kernels=[fused,fused_uvm_caching]",
-            ]
-        )
-        == 0
-    )
+    assert main(["plan", "-c", BILLION, "--world-size", "2",
+                 "--set", "sharding.tables.user_id.compute_kernels=[fused,fused_uvm_caching]"]) == 0
     out = capsys.readouterr().out
     user = next(line for line in out.splitlines() if line.startswith("| user_id | "))
     assert "fused_uvm_caching" in user
@@ -155,15 +131,8 @@ def test_plan_config_h200_and_cpu_presets():
     cfg = load_config(BILLION)
     h200 = plan_config(cfg, [8], "h200")[0]
     assert h200.capacities.hbm_bytes == 141 * GIB and max(h200.hbm_used) < 141 * GIB
-    small = load_config(
-        BILLION,
-        [
-            "device=cpu",
-            "sharding.sharding_types=[table_wise,column_wise]",
-            "sharding.host_ddr_gb=1024",
-            "sharding.tables={}",
-        ],
-    )
+    small = load_config(BILLION, ["device=cpu", "sharding.sharding_types=[table_wise,column_wise]",
+                                  "sharding.host_ddr_gb=1024", "sharding.tables={}"])
     cpu = plan_config(small, [4], "cpu", ranks_per_host=1, batch_size=1024)[0]
     assert cpu.capacities.compute_device == "cpu" and cpu.batch_size == 1024
     assert sum(cpu.hbm_used) == 0 and sum(cpu.ddr_used) > 238 * GIB  # the user table lives in host memory

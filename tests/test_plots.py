@@ -64,16 +64,10 @@ def test_cvr_plots_show_ctr_cvr_and_ctcvr_auc_from_0_5_with_values_and_oracles()
         (fig,) = plots.figures_for(path).values()
         titles = [ax.get_title() for ax in fig.axes]
         assert [t.split(" (oracle")[0] for t in titles] == [
-            "CTR AUC (all impressions)",
-            "CVR AUC (clicked impressions)",
-            "CTCVR AUC (all impressions)",
-        ]
+            "CTR AUC (all impressions)", "CVR AUC (clicked impressions)", "CTCVR AUC (all impressions)"]
         names = list(result["results"])
-        for ax, key, oracle in zip(
-            fig.axes,
-            ("ctr/auc", "cvr/auc", "cvr/ctcvr_auc"),
-            ("ctr/oracle_auc", "cvr/oracle_auc", "cvr/oracle_ctcvr_auc"),
-        ):
+        for ax, key, oracle in zip(fig.axes, ("ctr/auc", "cvr/auc", "cvr/ctcvr_auc"),
+                                   ("ctr/oracle_auc", "cvr/oracle_auc", "cvr/oracle_ctcvr_auc")):
             cells = [result["results"][n]["synthetic"]["metrics"] for n in names]
             assert ax.get_xlim() == (0.5, 1.0)  # the whole AUC range above random ranking, not a cropped one
             bars = ax.patches
@@ -90,10 +84,8 @@ def test_cvr_plots_show_ctr_cvr_and_ctcvr_auc_from_0_5_with_values_and_oracles()
 def test_grid_without_plot_metrics_shows_each_datasets_main_auc():
     path = os.path.join(plots.RESULTS, "quality", "cbmr.json")
     (fig,) = plots.figures_for(path).values()
-    assert [ax.get_title() for ax in fig.axes] == [
-        "synthetic world (500k impressions)\nCTR AUC (oracle 0.8730)",
-        "MovieLens-100K\nlike AUC",
-    ]
+    assert [ax.get_title() for ax in fig.axes] == ["synthetic world (500k impressions)\nCTR AUC (oracle 0.8730)",
+                                                    "MovieLens-100K\nlike AUC"]
     # rows a dataset did not run are named, not left as an unexplained gap
     assert sum(t.get_text() == "not run on this dataset" for t in fig.axes[1].texts) == 4
 

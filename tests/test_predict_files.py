@@ -28,15 +28,8 @@ def scored(tmp_path_factory, serving_spec, tiny_world):  # noqa: F811 - the fixt
     and times."""
     tmp = tmp_path_factory.mktemp("predict")
     run = str(tmp / "run")
-    Trainer(
-        serving_config(
-            run,
-            serving_spec,
-            tiny_world,
-            "wide_deep",
-            ["train.max_steps=2", "data.eval_batch_size=300", "data.chunk_rows=700"],
-        )
-    ).fit()
+    Trainer(serving_config(run, serving_spec, tiny_world, "wide_deep",
+                           ["train.max_steps=2", "data.eval_batch_size=300", "data.chunk_rows=700"])).fit()
     files = sorted(os.path.join(tiny_world, f) for f in os.listdir(tiny_world) if f.endswith(".parquet"))[:2]
     table = pa.concat_tables([pq.read_table(f) for f in files])
     labelled, unlabelled = str(tmp / "labelled.parquet"), str(tmp / "unlabelled.parquet")
@@ -44,14 +37,8 @@ def scored(tmp_path_factory, serving_spec, tiny_world):  # noqa: F811 - the fixt
     pq.write_table(table.drop_columns(LABEL_COLUMNS), unlabelled, row_group_size=1000)
     everything = str(tmp / "all.parquet")
     assert main(["predict", "--run-dir", run, "--split", "all", "--out", everything]) == 0
-    return {
-        "run": run,
-        "tmp": tmp,
-        "labelled": labelled,
-        "unlabelled": unlabelled,
-        "table": table,
-        "all": pq.read_table(everything),
-    }
+    return {"run": run, "tmp": tmp, "labelled": labelled, "unlabelled": unlabelled, "table": table,
+            "all": pq.read_table(everything)}
 
 
 def predict(scored, out: str, *inputs: str, extra=()) -> int:
@@ -96,12 +83,10 @@ def test_unseen_ids_score_through_their_out_of_vocabulary_rows(scored):
     seen_users = table.column("user_id").to_numpy()
     inputs = {}
     for name, base in (("a", 10**12), ("b", 2 * 10**12)):  # two different sets of ids training never saw
-        unseen = table.set_column(
-            table.column_names.index("user_id"), "user_id", pa.array(base + np.arange(table.num_rows), pa.int64())
-        )
-        unseen = unseen.set_column(
-            unseen.column_names.index("item_id"), "item_id", pa.array(base + np.arange(table.num_rows), pa.int64())
-        )
+        unseen = table.set_column(table.column_names.index("user_id"), "user_id",
+                                  pa.array(base + np.arange(table.num_rows), pa.int64()))
+        unseen = unseen.set_column(unseen.column_names.index("item_id"), "item_id",
+                                   pa.array(base + np.arange(table.num_rows), pa.int64()))
         inputs[name] = str(scored["tmp"] / f"unseen-{name}.parquet")
         pq.write_table(unseen, inputs[name])
     parts = {}
@@ -140,18 +125,8 @@ def test_a_rerun_skips_complete_parts_and_refuses_parts_of_another_job(scored, c
 
 def test_two_ranks_write_one_part_each_and_a_rerun_scores_only_the_missing_one(scored):
     out = str(scored["tmp"] / "two-ranks")
-    args = [
-        "predict",
-        "--run-dir",
-        scored["run"],
-        "--input",
-        scored["unlabelled"],
-        scored["labelled"],
-        "--out",
-        out,
-        "--keep-columns",
-        "row_id",
-    ]
+    args = ["predict", "--run-dir", scored["run"], "--input", scored["unlabelled"], scored["labelled"],
+            "--out", out, "--keep-columns", "row_id"]
     torchrun(args, nproc=2)
     assert sorted(os.listdir(out)) == ["part-00000.parquet", "part-00001.parquet", "predict.json"]
     parts = [pq.read_table(os.path.join(out, f"part-0000{r}.parquet")) for r in range(2)]
@@ -162,9 +137,8 @@ def test_two_ranks_write_one_part_each_and_a_rerun_scores_only_the_missing_one(s
     single = pq.read_table(os.path.join(one, "part-00000.parquet"))
     both = pa.concat_tables(parts)
     assert both.column("row_id").to_pylist() == single.column("row_id").to_pylist()
-    np.testing.assert_allclose(
-        both.column("score_ctr").to_numpy(), single.column("score_ctr").to_numpy(), rtol=0, atol=1e-6
-    )
+    np.testing.assert_allclose(both.column("score_ctr").to_numpy(), single.column("score_ctr").to_numpy(),
+                               rtol=0, atol=1e-6)
     first = os.path.join(out, "part-00000.parquet")
     stamp = os.stat(first).st_mtime_ns
     os.remove(os.path.join(out, "part-00001.parquet"))
@@ -182,8 +156,7 @@ def write_csv(table: pa.Table, path: str, tenure_days=None) -> str:
         values[row] = value
     text = table.set_column(table.column_names.index("tenure_days"), "tenure_days", pa.array(values))
     text = text.drop_columns(["user_interests"]).append_column(
-        "user_interests", pa.array(["|".join(map(str, v)) for v in table.column("user_interests").to_pylist()])
-    )
+        "user_interests", pa.array(["|".join(map(str, v)) for v in table.column("user_interests").to_pylist()]))
     pa_csv.write_csv(text, path)
     return path
 
@@ -198,9 +171,8 @@ def test_csv_rows_score_as_the_same_parquet_rows_and_keep_their_text(scored):
         assert predict(scored, out, path, extra=["--keep-columns", "user_id"]) == 0
         parts[path] = pq.read_table(os.path.join(out, "part-00000.parquet"))
     assert parts[csv].column("user_id").to_pylist() == [str(u) for u in table.column("user_id").to_pylist()]
-    np.testing.assert_allclose(
-        parts[csv].column("score_ctr").to_numpy(), parts[parquet].column("score_ctr").to_numpy(), rtol=0, atol=1e-6
-    )
+    np.testing.assert_allclose(parts[csv].column("score_ctr").to_numpy(),
+                               parts[parquet].column("score_ctr").to_numpy(), rtol=0, atol=1e-6)
 
 
 def test_bad_input_is_one_line_naming_file_column_and_row_and_writes_nothing(scored, capsys):
@@ -218,19 +190,5 @@ def test_bad_input_is_one_line_naming_file_column_and_row_and_writes_nothing(sco
     capsys.readouterr()
     assert predict(scored, str(scored["tmp"] / "x"), scored["unlabelled"], extra=["--keep-columns", "nope"]) == 2
     assert "column 'nope'" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "predict",
-                "--run-dir",
-                scored["run"],
-                "--input",
-                scored["unlabelled"],
-                "--split",
-                "test",
-                "--out",
-                str(scored["tmp"] / "y"),
-            ]
-        )
-        == 2
-    )
+    assert main(["predict", "--run-dir", scored["run"], "--input", scored["unlabelled"], "--split", "test",
+                 "--out", str(scored["tmp"] / "y")]) == 2

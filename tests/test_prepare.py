@@ -52,30 +52,19 @@ def test_missing_files_wrong_layout_and_an_existing_config_are_one_line_each(tmp
     os.remove(tmp_path / "ml-1m" / "movies.dat")
     fx.write_movielens_1m(str(tmp_path / "pipes"))
     cases = [
-        (
-            ["movielens-1m", str(tmp_path / "ml-1m")],
-            f"{tmp_path / 'ml-1m'}: not a MovieLens-1M folder: missing "
-            "movies.dat (download https://files.grouplens.org/datasets/"
-            "movielens/ml-1m.zip and extract it)",
-        ),
+        (["movielens-1m", str(tmp_path / "ml-1m")], f"{tmp_path / 'ml-1m'}: not a MovieLens-1M folder: missing "
+                                                    "movies.dat (download https://files.grouplens.org/datasets/"
+                                                    "movielens/ml-1m.zip and extract it)"),
         (["movielens-100k", str(tmp_path / "ml-1m")], "not a MovieLens-100K folder: missing u.data, u.user, u.item"),
         (["movielens-1m", str(tmp_path / "nowhere")], "no such folder"),
     ]
     (tmp_path / "pipes" / "movies.dat").write_text("1|Toy Story (1995)|Animation\n")
-    cases.append(
-        (
-            ["movielens-1m", str(tmp_path / "pipes")],
-            f"{tmp_path / 'pipes' / 'movies.dat'}, row 1: expected 3 fields separated by '::'",
-        )
-    )
+    cases.append((["movielens-1m", str(tmp_path / "pipes")],
+                  f"{tmp_path / 'pipes' / 'movies.dat'}, row 1: expected 3 fields separated by '::'"))
     (tmp_path / "taken.yaml").write_text("keep me\n")
     fx.write_movielens_1m(str(tmp_path / "ok"))
-    cases.append(
-        (
-            ["movielens-1m", str(tmp_path / "ok"), "--out", str(tmp_path / "taken.yaml")],
-            "taken.yaml: exists (give --overwrite",
-        )
-    )
+    cases.append((["movielens-1m", str(tmp_path / "ok"), "--out", str(tmp_path / "taken.yaml")],
+                  "taken.yaml: exists (give --overwrite"))
     for args, says in cases:
         rc = main(["prepare"] + args + (["--out", str(tmp_path / "new.yaml")] if "--out" not in args else []))
         err = capsys.readouterr().err.strip()

@@ -46,10 +46,8 @@ def _clicks(folder, n=3000, seed=0):
     price = rng.lognormal(2.0, 1.0, n)
     p = 1 / (1 + np.exp(-(np.sin(user) + np.cos(item) - 0.2 * np.log1p(price))))
     os.makedirs(folder, exist_ok=True)
-    pq.write_table(
-        pa.table({"user_id": user, "item_id": item, "price": price, "click": (rng.random(n) < p).astype(np.int64)}),
-        os.path.join(folder, "clicks.parquet"),
-    )
+    pq.write_table(pa.table({"user_id": user, "item_id": item, "price": price,
+                             "click": (rng.random(n) < p).astype(np.int64)}), os.path.join(folder, "clicks.parquet"))
 
 
 def _readme_code() -> str:
@@ -76,15 +74,12 @@ def test_readme_without_yaml_example_trains_and_its_run_folder_evaluates(tmp_pat
     assert abs(float(json.load(open(out))["click/auc"]) - auc) < 1e-9
 
 
-@pytest.mark.parametrize(
-    "edit, key",
-    [
-        (lambda cfg: setattr(cfg.data, "batch_size", 0), "data.batch_size"),
-        (lambda cfg: setattr(cfg.train, "epochs", -1), "train.epochs"),
-        (lambda cfg: setattr(cfg.model, "embedding_dim", float("nan")), "model.embedding_dim"),
-        (lambda cfg: setattr(cfg, "device", "tpu"), "device"),
-    ],
-)
+@pytest.mark.parametrize("edit, key", [
+    (lambda cfg: setattr(cfg.data, "batch_size", 0), "data.batch_size"),
+    (lambda cfg: setattr(cfg.train, "epochs", -1), "train.epochs"),
+    (lambda cfg: setattr(cfg.model, "embedding_dim", float("nan")), "model.embedding_dim"),
+    (lambda cfg: setattr(cfg, "device", "tpu"), "device"),
+])
 def test_a_config_built_in_code_is_refused_like_a_file(tmp_path, edit, key):
     cfg = recsys.Config(model=recsys.ModelConfig(name="wide_deep"), run_dir=str(tmp_path / "run"))
     edit(cfg)

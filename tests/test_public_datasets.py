@@ -18,22 +18,9 @@ from recsys.data.spec import load_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = os.path.join(REPO, "configs", "datasets")
-FAST = [
-    "--set",
-    "data.batch_size=64",
-    "--set",
-    "train.epochs=1",
-    "--set",
-    "train.max_steps=2",
-    "--set",
-    "train.progress=false",
-    "--set",
-    "tensorboard=false",
-    "--set",
-    "model.embedding_dim=8",
-    "--set",
-    "train.early_stopping.patience=5",
-]
+FAST = ["--set", "data.batch_size=64", "--set", "train.epochs=1", "--set", "train.max_steps=2",
+        "--set", "train.progress=false", "--set", "tensorboard=false", "--set", "model.embedding_dim=8",
+        "--set", "train.early_stopping.patience=5"]
 
 PUBLIC = [  # (run config, fixture writer, tasks whose validation AUC is reported)
     ("criteo.yaml", fx.write_criteo, ["click"]),
@@ -50,18 +37,8 @@ PUBLIC = [  # (run config, fixture writer, tasks whose validation AUC is reporte
 @pytest.mark.parametrize("config,writer,tasks", PUBLIC, ids=[c for c, _, _ in PUBLIC])
 def test_public_config_trains_on_its_published_layout(config, writer, tasks, tmp_path, capsys):
     writer(str(tmp_path / "data"))
-    rc = main(
-        [
-            "train",
-            "-c",
-            os.path.join(REPO, "configs", config),
-            "--data",
-            str(tmp_path / "data"),
-            "--run-dir",
-            str(tmp_path / "run"),
-        ]
-        + FAST
-    )
+    rc = main(["train", "-c", os.path.join(REPO, "configs", config), "--data", str(tmp_path / "data"),
+               "--run-dir", str(tmp_path / "run")] + FAST)
     assert rc == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 2
@@ -85,15 +62,11 @@ def test_kuairand_keeps_the_five_main_tabs_and_reports_the_rows_dropped(tmp_path
     counts = ds.split_counts
     assert counts["train"] + counts["valid"] == rows[train_log + ":kept"]
     assert counts["test"] == rows[test_log + ":kept"]
-    assert ds.filtered_out == {
-        None: rows[train_log] - rows[train_log + ":kept"],
-        2: rows[test_log] - rows[test_log + ":kept"],
-    }
+    assert ds.filtered_out == {None: rows[train_log] - rows[train_log + ":kept"],
+                               2: rows[test_log] - rows[test_log + ":kept"]}
     dropped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("filter: dropped")]
-    assert dropped[0] == (
-        f"filter: dropped {rows[train_log] - rows[train_log + ':kept']} of {rows[train_log]} rows "
-        f"of {os.path.join(str(tmp_path), 'data/log_standard_4_08_to_4_21_*.csv')}"
-    )
+    assert dropped[0] == (f"filter: dropped {rows[train_log] - rows[train_log + ':kept']} of {rows[train_log]} rows "
+                          f"of {os.path.join(str(tmp_path), 'data/log_standard_4_08_to_4_21_*.csv')}")
     parts = ds.read()
     assert sorted(set(np.concatenate([p.scenario for p in parts.values()]).tolist())) == [0, 1, 2, 3, 4]
     assert ds.schema().num_scenarios == 5 and [t.name for t in ds.schema().tasks] == ["click", "long_view", "like"]

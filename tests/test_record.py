@@ -35,7 +35,6 @@ def full_columns(seed: int = 0) -> Columns:
     rng = np.random.default_rng(seed)
     values = {}
     for name, f in row_fields(Columns):
-
         def column(shape, dtype=f.dtype):
             if np.issubdtype(dtype, np.integer):
                 return rng.integers(0, 1 << 40, shape).astype(dtype)
@@ -43,10 +42,8 @@ def full_columns(seed: int = 0) -> Columns:
 
         if f.layout == "sparse":
             offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 4, N))]).astype(np.int64)
-            values[name] = {
-                "single": rng.integers(0, 50, N).astype(np.int64),
-                "multi": Ragged(rng.integers(0, 50, offsets[-1]).astype(np.int64), offsets),
-            }
+            values[name] = {"single": rng.integers(0, 50, N).astype(np.int64),
+                            "multi": Ragged(rng.integers(0, 50, offsets[-1]).astype(np.int64), offsets)}
         elif f.layout == "keyed":
             values[name] = {f"{name}_a": column(N), f"{name}_b": column(N)}
         elif f.layout == "matrix":
@@ -92,8 +89,7 @@ def test_columns_take_concat_and_pack_cover_every_field():
         assert_same_rows(joined, cols)
         assert joined.sparse["multi"].values.tolist() == cols.sparse["multi"].values.tolist()
     assert cols.nbytes() == sum(a.nbytes for a in arrays(cols)) + cols.sparse["single"].nbytes + (
-        cols.sparse["multi"].values.nbytes + cols.sparse["multi"].offsets.nbytes
-    )
+        cols.sparse["multi"].values.nbytes + cols.sparse["multi"].offsets.nbytes)
 
 
 def test_an_optional_field_present_in_some_parts_only_is_refused():
@@ -162,13 +158,9 @@ def test_a_datasets_layout_names_every_field_its_rows_carry(tiny_world, tmp_path
     every optional part of a spec in use: history, time, user, oracle, groups, side columns, multi-hot."""
     side = tmp_path / "side.csv"
     side.write_text("row_id,flag\n0,1\n5,1\n")
-    ds = Dataset(
-        load_spec(os.path.join(REPO, "configs", "datasets", "synthetic.yaml")),
-        root=tiny_world,
-        split=SplitConfig(valid=0.2, test=0.2),
-        max_rows=2000,
-        side_columns=[SideColumnsConfig(str(side), ["flag"])],
-    )
+    ds = Dataset(load_spec(os.path.join(REPO, "configs", "datasets", "synthetic.yaml")), root=tiny_world,
+                 split=SplitConfig(valid=0.2, test=0.2), max_rows=2000,
+                 side_columns=[SideColumnsConfig(str(side), ["flag"])])
     ds.fit()
     train = ds.read(splits=("train",))["train"]
     layout = train.layout()
@@ -177,10 +169,8 @@ def test_a_datasets_layout_names_every_field_its_rows_carry(tiny_world, tmp_path
     assert layout.present >= {name for name, f in row_fields(Columns) if f.optional}
 
 
-SCHEMA = Schema(
-    sparse=(SparseFeature("single", 50), SparseFeature("multi", 50, multi_hot=True)),
-    tasks=(Task("labels_a"), Task("labels_b", kind="regression")),
-)
+SCHEMA = Schema(sparse=(SparseFeature("single", 50), SparseFeature("multi", 50, multi_hot=True)),
+                tasks=(Task("labels_a"), Task("labels_b", kind="regression")))
 
 
 def test_predictions_keep_every_evaluated_field_of_the_kept_rows_and_travel_as_columns():
@@ -216,7 +206,7 @@ def test_predictions_keep_every_evaluated_field_of_the_kept_rows_and_travel_as_c
 ANCHOR = '    user_key: Optional[A] = row_field("row", np.int64, optional=True)\n'
 ADDED = '    session: Optional[A] = row_field("row", np.int64, pad=-7, optional=True)\n'
 
-WORKER = r"""
+WORKER = r'''
 import json, os, sys
 import numpy as np, torch, torch.distributed as dist
 from recsys.data.columns import Columns
@@ -242,7 +232,7 @@ preds = collector.gather()
 json.dump({"seen": seen, "row_id": preds.row_id.tolist(), "session": preds.session.tolist()},
           open(os.path.join(sys.argv[1], f"rank-{rank}.json"), "w"))
 dist.destroy_process_group()
-"""
+'''
 
 
 def test_a_field_added_to_the_record_definition_reaches_evaluation_on_every_rank(tmp_path):
@@ -260,24 +250,10 @@ def test_a_field_added_to_the_record_definition_reaches_evaluation_on_every_rank
     with socket.socket() as s:  # a free port for the two ranks' rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(worker), str(tmp_path)],
-            cwd=tmp_path,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(
-                os.environ,
-                OMP_NUM_THREADS="1",
-                PYTHONPATH=str(package),
-                RANK=str(r),
-                WORLD_SIZE="2",
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port),
-            ),
-        )
-        for r in range(2)
-    ]
+    procs = [subprocess.Popen([sys.executable, str(worker), str(tmp_path)], cwd=tmp_path, stderr=subprocess.PIPE,
+                              text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(package), RANK=str(r),
+                                                  WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for r in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-4000:]

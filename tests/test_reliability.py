@@ -31,9 +31,8 @@ def test_out_of_range_id_is_caught_by_the_bounds_check(tiny_config):
     values[start] = rows + 1000  # past the end of the host table: must not be read from another table's memory
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    batch.sparse = KeyedJaggedTensor(
-        keys=keys, values=values, lengths=batch.sparse.lengths(), stride=batch.sparse.stride()
-    )
+    batch.sparse = KeyedJaggedTensor(keys=keys, values=values, lengths=batch.sparse.lengths(),
+                                     stride=batch.sparse.stride())
     with torch.no_grad(), pytest.raises(RuntimeError, match="idx < num_rows|out of bounds|bounds"):
         trainer.dmp(batch)
 
@@ -56,20 +55,16 @@ def test_incomplete_checkpoint_is_refused(tmp_path):
 
 
 def test_gradient_clipping_bounds_the_dense_update(tiny_config):
-    trainer = Trainer(
-        tiny_config(
-            extra=["train.dense_optimizer.name=sgd", "train.dense_optimizer.lr=1.0", "train.grad_clip_norm=0.001"]
-        )
-    )
+    trainer = Trainer(tiny_config(extra=["train.dense_optimizer.name=sgd", "train.dense_optimizer.lr=1.0",
+                                         "train.grad_clip_norm=0.001"]))
     dense = {n: p.detach().clone() for n, p in trainer.dmp.named_parameters() if "embedding_bags" not in n}
     batch = next(iter(trainer.train_loader()))
     trainer.optimizer.zero_grad()
     loss, _ = trainer.dmp(batch)
     loss.backward()
     trainer.optimizer.step()
-    moved = torch.sqrt(
-        sum(((p.detach() - dense[n]) ** 2).sum() for n, p in trainer.dmp.named_parameters() if n in dense)
-    )
+    moved = torch.sqrt(sum(((p.detach() - dense[n]) ** 2).sum()
+                           for n, p in trainer.dmp.named_parameters() if n in dense))
     assert 0 < float(moved) <= 0.001 * 1.0001  # SGD step = lr * clipped gradient
 
 
@@ -93,33 +88,10 @@ def test_model_requirements_are_checked_before_reading():
 
 
 def _train_cmd(run_dir, world, extra=()):
-    return [
-        sys.executable,
-        "-m",
-        "recsys",
-        "train",
-        "-c",
-        os.path.join(REPO, "configs", "wide_deep_synthetic.yaml"),
-        "--data",
-        world,
-        "--run-dir",
-        run_dir,
-        "--set",
-        "train.epochs=3",
-        "--set",
-        "data.batch_size=64",
-        "--set",
-        "train.checkpoint_every_steps=5",
-        "--set",
-        "train.progress=false",
-        "--set",
-        "tensorboard=false",
-        "--set",
-        "model.embedding_dim=8",
-        "--set",
-        "train.early_stopping.patience=100",
-        *extra,
-    ]
+    return [sys.executable, "-m", "recsys", "train", "-c", os.path.join(REPO, "configs", "wide_deep_synthetic.yaml"),
+            "--data", world, "--run-dir", run_dir, "--set", "train.epochs=3", "--set", "data.batch_size=64",
+            "--set", "train.checkpoint_every_steps=5", "--set", "train.progress=false", "--set", "tensorboard=false",
+            "--set", "model.embedding_dim=8", "--set", "train.early_stopping.patience=100", *extra]
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run_bitwise(tmp_path, tiny_world):
@@ -127,9 +99,8 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run_bitwise(tmp_path, tiny_
     straight = str(tmp_path / "straight")
     subprocess.run(_train_cmd(straight, tiny_world), check=True, env=env, capture_output=True)
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(
-        _train_cmd(killed, tiny_world), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(_train_cmd(killed, tiny_world), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         done = ckpt.list_checkpoints(os.path.join(killed, "checkpoints"))

@@ -21,38 +21,15 @@ def test_cell_phases_and_rates_are_consistent(tiny_world, tmp_path):
 def test_encoder_timing_and_report():
     enc = scale.encoder_chunk(20_000, chunk=5_000)  # asserts the two lookups give the same rows
     assert enc["vocab_ids"] == 20_000 and enc["prebuilt_seconds"] > 0 and enc["index_in_seconds"] > 0
-    cell = {
-        "mode": "stream",
-        "steps": 10,
-        "samples": 100,
-        "loop_samples_per_sec": 50.0,
-        "end_to_end_samples_per_sec": 40.0,
-        "end_to_end_ratio": 0.8,
-        "loader_wait_share": 0.01,
-        "peak_rss_bytes": 2**30,
-        "seconds": {"fit": 1, "read": 0, "train": 2, "eval": 1, "total": 2.5},
-    }
+    cell = {"mode": "stream", "steps": 10, "samples": 100, "loop_samples_per_sec": 50.0,
+            "end_to_end_samples_per_sec": 40.0, "end_to_end_ratio": 0.8, "loader_wait_share": 0.01,
+            "peak_rss_bytes": 2**30, "seconds": {"fit": 1, "read": 0, "train": 2, "eval": 1, "total": 2.5}}
     big = dict(cell, peak_rss_bytes=int(1.1 * 2**30))
-    result = {
-        "environment": {
-            "cpu": "x",
-            "cpu_count": 2,
-            "threads": 2,
-            "torch": "t",
-            "fbgemm_gpu": "f",
-            "torchrec": "r",
-            "python": "p",
-            "date": "d",
-            "command": "c",
-        },
-        "batch_size": 10,
-        "ids": 1000,
-        "encoder": enc,
-        "sizes": [
-            {"rows": 1000, "generate_seconds": 1.0, "max_steps": None, "cells": [cell]},
-            {"rows": 3000, "generate_seconds": 2.0, "max_steps": 10, "cells": [big]},
-        ],
-    }
+    result = {"environment": {"cpu": "x", "cpu_count": 2, "threads": 2, "torch": "t", "fbgemm_gpu": "f",
+                              "torchrec": "r", "python": "p", "date": "d", "command": "c"},
+              "batch_size": 10, "ids": 1000, "encoder": enc,
+              "sizes": [{"rows": 1000, "generate_seconds": 1.0, "max_steps": None, "cells": [cell]},
+                        {"rows": 3000, "generate_seconds": 2.0, "max_steps": 10, "cells": [big]}]}
     result["goals"] = scale.goals(result)
     assert "streaming peak RSS 1.10 GiB at 3,000 rows vs 1.00 GiB at 1,000: 1.10x" in result["goals"][-1]
     md = scale.markdown(result)

@@ -44,35 +44,22 @@ SPEC = {
         {"name": "position", "group": "context"},
         {"name": "scene_id", "column": "scene", "group": "scenario"},
     ],
-    "dense": [
-        {"name": "tenure_days", "transform": "log1p_standardize"},
-        {"name": "item_price", "transform": "log1p_standardize"},
-    ],
+    "dense": [{"name": "tenure_days", "transform": "log1p_standardize"},
+              {"name": "item_price", "transform": "log1p_standardize"}],
     "tasks": [
         {"name": "ctr", "column": "click", "kind": "binary"},
-        {
-            "name": "stay",
-            "column": "stay_time",
-            "kind": "regression",
-            "depends_on": "ctr",
-            "loss": "log_mse",
-            "weight": 0.2,
-            "eval_threshold": 60,
-            "min_value": 0,
-        },
+        {"name": "stay", "column": "stay_time", "kind": "regression", "depends_on": "ctr", "loss": "log_mse",
+         "weight": 0.2, "eval_threshold": 60, "min_value": 0},
         {"name": "cvr", "column": "order", "kind": "binary", "depends_on": "ctr"},
     ],
     "scenario": {"column": "scene", "num": 4, "names": ["feed", "follow", "nearby", "search"]},
-    "user": "user_id",
-    "time": "ts",
-    "row_id": "row_id",
-    "oracle": {"ctr": "p_click", "cvr": "p_order"},
+    "user": "user_id", "time": "ts", "row_id": "row_id", "oracle": {"ctr": "p_click", "cvr": "p_order"},
     "eval_groups": {"stage": {"column": "stage", "num": 4, "names": ["new", "wandering", "sticky", "loyal"]}},
     "history": {},
 }
 
 # run in a fresh interpreter: recsys and torchrec cannot be imported, the artifact's own runtime.py is used
-SCORER = r"""
+SCORER = r'''
 import importlib.abc, importlib.util, json, os, sys
 
 class Refuse(importlib.abc.MetaPathFinder):
@@ -101,7 +88,7 @@ for i, (artifact, out) in enumerate(jobs["artifacts"]):
 print(json.dumps({"recsys": "recsys" in sys.modules,
                   "torchrec": any(m.split(".")[0] == "torchrec" for m in sys.modules),
                   "fbgemm_gpu": "fbgemm_gpu" in sys.modules}))
-"""
+'''
 
 
 def clean_env() -> Dict[str, str]:
@@ -117,31 +104,17 @@ def score_without_recsys(tmp, rows: str, artifacts, batch_size: int = 97) -> Dic
     with open(script, "w") as f:
         f.write(SCORER)
     jobs = json.dumps({"rows": rows, "artifacts": artifacts, "batch_size": batch_size})
-    proc = subprocess.run(
-        [sys.executable, script, jobs], cwd=tmp, env=clean_env(), capture_output=True, text=True, timeout=900
-    )
+    proc = subprocess.run([sys.executable, script, jobs], cwd=tmp, env=clean_env(), capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def serving_config(run_dir: str, spec: str, data: str, model: str, extra=()):
-    return load_config(
-        os.path.join(REPO, "configs/wide_deep_synthetic.yaml"),
-        [
-            f"data.spec={spec}",
-            f"data.path={data}",
-            f"run_dir={run_dir}",
-            f"model.name={model}",
-            "model.params={}",
-            "data.batch_size=256",
-            "train.epochs=1",
-            "train.progress=false",
-            "tensorboard=false",
-            "model.embedding_dim=8",
-            "train.pipeline=plain",
-            *extra,
-        ],
-    )
+    return load_config(os.path.join(REPO, "configs/wide_deep_synthetic.yaml"), [
+        f"data.spec={spec}", f"data.path={data}", f"run_dir={run_dir}", f"model.name={model}", "model.params={}",
+        "data.batch_size=256", "train.epochs=1", "train.progress=false", "tensorboard=false",
+        "model.embedding_dim=8", "train.pipeline=plain", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +148,8 @@ def train_predict_export(tmp, spec: str, data: str, model: str, extra=(), quanti
 def every_model(tmp_path_factory, serving_spec, tiny_world):
     """Every registered model trained, predicted, exported, then scored by its artifact without recsys."""
     tmp = str(tmp_path_factory.mktemp("serving"))
-    runs = {
-        name: train_predict_export(tmp, serving_spec, tiny_world, name, ["train.max_steps=2"]) for name in model_names()
-    }
+    runs = {name: train_predict_export(tmp, serving_spec, tiny_world, name, ["train.max_steps=2"])
+            for name in model_names()}
     row_ids = pq.read_table(runs["wide_deep"]["predict"]).column("row_id").to_numpy()
     rows = raw_rows(tiny_world, row_ids, os.path.join(tmp, "rows.parquet"))
     for name, run in runs.items():
@@ -234,15 +206,11 @@ def test_load_for_inference_gives_an_unsharded_eval_model_with_the_trained_table
     run = runs["wide_deep"]["run"]
     model = load_for_inference(run, checkpoint="latest")
     assert not model.training
-    assert all(
-        t.device.type == "cpu" and not t.is_meta and type(t) is torch.Tensor for t in model.state_dict().values()
-    )
+    assert all(t.device.type == "cpu" and not t.is_meta and type(t) is torch.Tensor
+               for t in model.state_dict().values())
     trained = Trainer(load_config(os.path.join(run, "config.yaml")), fit_data=False)  # DMP, as recsys eval does
-    trained.load(
-        os.path.join(run, "checkpoints", sorted(os.listdir(os.path.join(run, "checkpoints")))[-1]),
-        restore_loop=False,
-        model_only=True,
-    )
+    trained.load(os.path.join(run, "checkpoints", sorted(os.listdir(os.path.join(run, "checkpoints")))[-1]),
+                 restore_loop=False, model_only=True)
     sharded = trained.dmp.state_dict()
     for key, value in model.state_dict().items():
         live = sharded[f"model.{key}"]
@@ -255,13 +223,8 @@ def test_manifest_lists_every_file_with_its_checksum_and_the_versions(every_mode
     folder = runs["dnn"]["artifact"]
     manifest = runtime.verify(folder)
     assert set(manifest["files"]) == set(runtime.artifact_files(folder))
-    assert {
-        "model.pt",
-        "features.json",
-        "runtime.py",
-        "encoders/encoders.json",
-        "encoders/vocab.user_id.parquet",
-    } <= set(manifest["files"])
+    assert {"model.pt", "features.json", "runtime.py", "encoders/encoders.json",
+            "encoders/vocab.user_id.parquet"} <= set(manifest["files"])
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == runtime.file_digest(os.path.join(folder, name))
     assert set(manifest["versions"]) >= {"recsys", "torch", "torchrec", "fbgemm_gpu", "python"}
@@ -277,9 +240,8 @@ def test_manifest_lists_every_file_with_its_checksum_and_the_versions(every_mode
 def trained_wide_deep(tmp_path_factory, serving_spec, tiny_world):
     """Wide & Deep trained for up to 4 epochs (test CTR AUC about 0.64), exported as fp32, fp16 and int8."""
     tmp = str(tmp_path_factory.mktemp("quantized"))
-    run = train_predict_export(
-        tmp, serving_spec, tiny_world, "wide_deep", ["model.embedding_dim=16", "train.epochs=4", "data.batch_size=128"]
-    )
+    run = train_predict_export(tmp, serving_spec, tiny_world, "wide_deep",
+                               ["model.embedding_dim=16", "train.epochs=4", "data.batch_size=128"])
     for how in ("fp16", "int8"):
         export_run(run["run"], os.path.join(tmp, f"artifact-{how}"), quantize=how)
         run[how] = os.path.join(tmp, f"artifact-{how}")
@@ -369,9 +331,8 @@ def test_a_corrupt_or_foreign_artifact_is_refused_with_one_line(every_model, tmp
     shutil.copytree(runs["dnn"]["artifact"], copy)
     folder = damage(copy, target, how, runs["dnn"]["run"])
     runtime_py = os.path.join(runs["dnn"]["artifact"], "runtime.py")  # an intact runtime checks the damaged folder
-    proc = subprocess.run(
-        [sys.executable, runtime_py, "check", folder], env=clean_env(), capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run([sys.executable, runtime_py, "check", folder], env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
@@ -386,58 +347,25 @@ def test_runtime_score_command_writes_scores_and_refuses_bad_input_with_one_line
     out = str(tmp_path / "scores.parquet")
     good = str(tmp_path / "rows.parquet")
     pq.write_table(rows, good)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            runtime_py,
-            "score",
-            run["artifact"],
-            "--input",
-            good,
-            "--out",
-            out,
-            "--keep-columns",
-            "row_id,user_id",
-        ],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = subprocess.run([sys.executable, runtime_py, "score", run["artifact"], "--input", good, "--out", out,
+                           "--keep-columns", "row_id,user_id"], env=clean_env(), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     scores = pq.read_table(out)
     assert scores.column_names == ["row_id", "user_id", "score_ctr", "score_stay", "score_cvr"]
     assert np.array_equal(scores.column("row_id").to_numpy(), row_ids)
-    np.testing.assert_allclose(
-        scores.column("score_ctr").to_numpy(),
-        pq.read_table(run["predict"]).column("score_ctr").to_numpy(),
-        rtol=0,
-        atol=PARITY_ATOL,
-    )
+    np.testing.assert_allclose(scores.column("score_ctr").to_numpy(),
+                               pq.read_table(run["predict"]).column("score_ctr").to_numpy(), rtol=0, atol=PARITY_ATOL)
     text = pc.cast(rows.column("tenure_days"), pa.string()).to_pylist()
     text[5] = "twelve"
     bad = rows.set_column(rows.column_names.index("tenure_days"), "tenure_days", pa.array(text))
     pq.write_table(bad, str(tmp_path / "bad.parquet"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            runtime_py,
-            "score",
-            run["artifact"],
-            "--input",
-            str(tmp_path / "bad.parquet"),
-            "--out",
-            str(tmp_path / "never.parquet"),
-        ],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = subprocess.run([sys.executable, runtime_py, "score", run["artifact"], "--input",
+                           str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "never.parquet")],
+                          env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (
-        f"error: {tmp_path / 'bad.parquet'}, column 'tenure_days', row 6: expected a number, got 'twelve'"
-    )
+    assert proc.stderr.strip() == (f"error: {tmp_path / 'bad.parquet'}, column 'tenure_days', row 6: expected a "
+                                   "number, got 'twelve'")
     assert not os.path.exists(tmp_path / "never.parquet")
 
 
@@ -467,9 +395,8 @@ def test_export_refusals_are_one_line_and_leave_nothing(every_model, tmp_path, c
 def test_auto_format_writes_torchscript_for_int8_and_says_why(every_model, tmp_path, capsys):
     runs, _, _, _ = every_model
     out = str(tmp_path / "auto")
-    assert (
-        main(["export", "--run-dir", runs["dnn"]["run"], "--out", out, "--quantize", "int8", "--format", "auto"]) == 0
-    )
+    assert main(["export", "--run-dir", runs["dnn"]["run"], "--out", out, "--quantize", "int8",
+                 "--format", "auto"]) == 0
     printed = capsys.readouterr().out
     program = runtime.verify(out)["program"]
     assert program["format"] == "torchscript" and program["quantize"] == "int8"
@@ -490,9 +417,8 @@ def test_aoti_program_scores_like_recsys_predict(every_model, tmp_path, tiny_wor
     assert score_without_recsys(str(tmp_path), rows, [(out, scores)])["recsys"] is False
     served, predicted = pq.read_table(scores), pq.read_table(run["predict"])
     for task in ("ctr", "stay", "cvr"):
-        np.testing.assert_allclose(
-            served.column(task).to_numpy(), predicted.column(f"score_{task}").to_numpy(), rtol=0, atol=PARITY_ATOL
-        )
+        np.testing.assert_allclose(served.column(task).to_numpy(), predicted.column(f"score_{task}").to_numpy(),
+                                   rtol=0, atol=PARITY_ATOL)
 
 
 def test_a_two_rank_sharded_checkpoint_exports_to_the_scores_of_one_rank_predict(tmp_path, serving_spec, tiny_world):
@@ -500,24 +426,15 @@ def test_a_two_rank_sharded_checkpoint_exports_to_the_scores_of_one_rank_predict
     on one: the artifact scores as ``recsys predict`` on one rank does."""
     run = str(tmp_path / "run")
     args = ["train", "-c", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--run-dir", run]
-    for item in [
-        f"data.spec={serving_spec}",
-        "model.params={}",
-        "data.batch_size=128",
-        "train.max_steps=3",
-        "train.epochs=1",
-        "train.progress=false",
-        "tensorboard=false",
-        "model.embedding_dim=16",
-        "sharding.sharding_types=[table_wise]",
-        "sharding.tables={user_id: {sharding_types: [column_wise], min_partition: 8}, "
-        "item_id: {sharding_types: [column_wise], min_partition: 8}}",
-    ]:
+    for item in [f"data.spec={serving_spec}", "model.params={}", "data.batch_size=128", "train.max_steps=3",
+                 "train.epochs=1", "train.progress=false", "tensorboard=false", "model.embedding_dim=16",
+                 "sharding.sharding_types=[table_wise]",
+                 "sharding.tables={user_id: {sharding_types: [column_wise], min_partition: 8}, "
+                 "item_id: {sharding_types: [column_wise], min_partition: 8}}"]:
         args += ["--set", item]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "recsys", *args]
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     checkpoint = os.path.join(run, "checkpoints", sorted(os.listdir(os.path.join(run, "checkpoints")))[-1])
     assert {"__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(checkpoint))

@@ -40,12 +40,8 @@ def recsys_inputs(ds: Dataset, order_by_row_id: bool = True):
     if order_by_row_id:
         cols = cols.take(np.argsort(cols.row_id, kind="stable"))
     dense, values, lengths, scenario = batch_inputs(cols.to_batch([f.name for f in ds.sparse]))
-    return {
-        "dense": dense.numpy(),
-        "values": values.numpy(),
-        "lengths": lengths.numpy().astype(np.int32),
-        "scenario": scenario.numpy(),
-    }, cols.row_id
+    return {"dense": dense.numpy(), "values": values.numpy(), "lengths": lengths.numpy().astype(np.int32),
+            "scenario": scenario.numpy()}, cols.row_id
 
 
 def preprocessor(ds: Dataset, folder: str) -> runtime.Preprocessor:
@@ -71,10 +67,8 @@ def test_hash_is_pandas_siphash_bit_for_bit():
         expected = pd.util.hash_array(np.array(texts, dtype=object), hash_key=key)
         np.testing.assert_array_equal(runtime.hash_text(texts, key), expected)
     # a missing value hashes as pandas hashes None in an object array
-    assert (
-        runtime.hash_text(["a", None], CROSS_HASH_KEY)[1]
-        == pd.util.hash_array(np.array(["a", None], dtype=object), hash_key=CROSS_HASH_KEY)[1]
-    )
+    assert runtime.hash_text(["a", None], CROSS_HASH_KEY)[1] == pd.util.hash_array(
+        np.array(["a", None], dtype=object), hash_key=CROSS_HASH_KEY)[1]
 
 
 def test_synthetic_world_rows_preprocess_exactly_as_recsys_encodes_them(tmp_path, tiny_world):
@@ -90,44 +84,40 @@ def test_synthetic_world_rows_preprocess_exactly_as_recsys_encodes_them(tmp_path
     assert got["lengths"].reshape(len(ds.sparse), -1)[[f.name for f in ds.sparse].index("user_interests")].max() > 1
 
 
-EDGE_TRAIN = pd.DataFrame(
-    {
-        "rid": [1, 2, 3, 4, 5, 6],
-        "uid": [10, 11, 12, 10, 11, 10],
-        "tag": ["a", "b", "a", "c", "a", "b"],
-        "tid": ["7", "8", "7", "9", "8", "7"],
-        "h_text": ["x", "y", "z", "x", "y", "ü"],
-        "h_int": [1, -2, 3, 4, 5, 6],
-        "ident": [0, 1, 2, 3, 4, 5],
-        "multi": ["a|b", "b", "", "c|a", None, "a"],
-        "age": [15.0, 30.0, 45.0, 60.0, 22.0, 35.0],
-        "x1": [0.0, 1.0, 0.0, 0.0, 2.0, 0.0],
-        "x2": [1.0, 0.0, 0.0, 3.0, 0.0, 0.0],
-        "price": [1.0, np.nan, 3.0, 10.0, 0.5, 2.0],
-        "score": ["1.5", " 2 ", "", "4", "0.25", "8"],
-        "scene": ["s1", "s2", "s3", "s1", "s2", "s3"],
-        "click": [1, 0, 1, 0, 1, 0],
-    }
-)
-EDGE_NEW = pd.DataFrame(
-    {
-        "rid": [101, 102, 103, 104, 105, 106, 107],
-        "uid": [10, 99, 11, 12, 1 << 40, 10, 11],  # 99, 2^40: unseen -> OOV row 0
-        "tag": ["a", None, "zzz", "b", "c", "a", "b"],  # None and unseen -> 0
-        "tid": ["+007", " 8 ", "9.0", "1e1", "0009", "7", "8"],  # integer text, exactly
-        "h_text": ["x", "", "日本", "new", "y", "ü", None],  # hashed text; a missing value -> 0
-        "h_int": [1, -2, 1 << 62, 0, 7, -(1 << 63), 3],
-        "ident": [9, 0, 5, 1, 2, 3, 4],
-        "multi": ["a||b", " c |a", "", None, "zzz|a", "b", "a|a"],  # empty tokens dropped, untrimmed kept
-        "age": [18.0, 25.0, 34.9, 35.0, 99.0, 0.0, 50.0],
-        "x1": [0.0, 0.0, 5.0, 0.0, 0.0, 1.0, 0.0],
-        "x2": [0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0],
-        "price": [np.nan, 1e6, 0.0, 2.0, 3.0, np.inf, 1.0],
-        "score": ["", "3", "-1.5", "2e2", " 7 ", "0", "1"],
-        "scene": ["s3", "s1", "s2", "s2", "s1", "s3", "s1"],
-        "click": [0, 1, 0, 1, 0, 1, 0],
-    }
-)
+EDGE_TRAIN = pd.DataFrame({
+    "rid": [1, 2, 3, 4, 5, 6],
+    "uid": [10, 11, 12, 10, 11, 10],
+    "tag": ["a", "b", "a", "c", "a", "b"],
+    "tid": ["7", "8", "7", "9", "8", "7"],
+    "h_text": ["x", "y", "z", "x", "y", "ü"],
+    "h_int": [1, -2, 3, 4, 5, 6],
+    "ident": [0, 1, 2, 3, 4, 5],
+    "multi": ["a|b", "b", "", "c|a", None, "a"],
+    "age": [15.0, 30.0, 45.0, 60.0, 22.0, 35.0],
+    "x1": [0.0, 1.0, 0.0, 0.0, 2.0, 0.0],
+    "x2": [1.0, 0.0, 0.0, 3.0, 0.0, 0.0],
+    "price": [1.0, np.nan, 3.0, 10.0, 0.5, 2.0],
+    "score": ["1.5", " 2 ", "", "4", "0.25", "8"],
+    "scene": ["s1", "s2", "s3", "s1", "s2", "s3"],
+    "click": [1, 0, 1, 0, 1, 0],
+})
+EDGE_NEW = pd.DataFrame({
+    "rid": [101, 102, 103, 104, 105, 106, 107],
+    "uid": [10, 99, 11, 12, 1 << 40, 10, 11],                       # 99, 2^40: unseen -> OOV row 0
+    "tag": ["a", None, "zzz", "b", "c", "a", "b"],                   # None and unseen -> 0
+    "tid": ["+007", " 8 ", "9.0", "1e1", "0009", "7", "8"],          # integer text, exactly
+    "h_text": ["x", "", "日本", "new", "y", "ü", None],                # hashed text; a missing value -> 0
+    "h_int": [1, -2, 1 << 62, 0, 7, -(1 << 63), 3],
+    "ident": [9, 0, 5, 1, 2, 3, 4],
+    "multi": ["a||b", " c |a", "", None, "zzz|a", "b", "a|a"],      # empty tokens dropped, untrimmed kept
+    "age": [18.0, 25.0, 34.9, 35.0, 99.0, 0.0, 50.0],
+    "x1": [0.0, 0.0, 5.0, 0.0, 0.0, 1.0, 0.0],
+    "x2": [0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+    "price": [np.nan, 1e6, 0.0, 2.0, 3.0, np.inf, 1.0],
+    "score": ["", "3", "-1.5", "2e2", " 7 ", "0", "1"],
+    "scene": ["s3", "s1", "s2", "s2", "s1", "s3", "s1"],
+    "click": [0, 1, 0, 1, 0, 1, 0],
+})
 EDGE_SPEC = {
     "name": "edge",
     "source": {"path": "data.parquet"},
@@ -235,7 +225,5 @@ def test_a_bad_value_is_refused_naming_the_same_column_and_row_as_recsys(tmp_pat
     with pytest.raises(runtime.InputError) as runtime_error:
         prep(pq.read_table(os.path.join(new, "data.parquet")))
     assert f"column '{column}', row 4: {message}" in str(runtime_error.value)
-    assert str(recsys_error.value).endswith(str(runtime_error.value)), (
-        str(recsys_error.value),
-        str(runtime_error.value),
-    )
+    assert str(recsys_error.value).endswith(str(runtime_error.value)), (str(recsys_error.value),
+                                                                       str(runtime_error.value))

@@ -46,15 +46,9 @@ def test_set_changes_any_spec_key_paths_relative_to_the_working_directory(tmp_pa
     rows = fx.write_aliccp(str(tmp_path / "data"))
     os.rename(tmp_path / "data" / "ali_ccp_train_sample.csv", tmp_path / "mine.csv")  # a name the spec does not know
     monkeypatch.chdir(tmp_path)
-    rc = main(
-        ["train", "-c", ALICCP_RUN, "--data", "data", "--run-dir", "run"]
-        + sets(
-            "data.spec.sources.train.path=mine.csv",
-            "data.spec.sparse.f101.embedding_dim=5",
-            "data.spec.tasks.cvr.weight=2",
-            *FAST,
-        )
-    )
+    rc = main(["train", "-c", ALICCP_RUN, "--data", "data", "--run-dir", "run"]
+              + sets("data.spec.sources.train.path=mine.csv", "data.spec.sparse.f101.embedding_dim=5",
+                     "data.spec.tasks.cvr.weight=2", *FAST))
     assert rc == 0, capsys.readouterr().err
     spec = yaml.safe_load((tmp_path / "run" / "spec.yaml").read_text())
     assert spec["sources"]["train"]["path"] == str(tmp_path / "mine.csv")
@@ -68,23 +62,10 @@ def test_set_changes_any_spec_key_paths_relative_to_the_working_directory(tmp_pa
 
 def test_spec_override_of_an_unknown_entry_or_key_is_one_line(tmp_path, capsys):
     fx.write_aliccp(str(tmp_path / "data"))
-    for item, says in (
-        ("data.spec.sparse.f999.embedding_dim=8", "data.spec.sparse.f999: no such entry (entries: f101"),
-        ("data.spec.sources.trian.path=x.csv", "unknown key 'sources.trian'; did you mean 'train'?"),
-    ):
-        rc = main(
-            [
-                "train",
-                "-c",
-                ALICCP_RUN,
-                "--data",
-                str(tmp_path / "data"),
-                "--run-dir",
-                str(tmp_path / "run"),
-                "--set",
-                item,
-            ]
-        )
+    for item, says in (("data.spec.sparse.f999.embedding_dim=8", "data.spec.sparse.f999: no such entry (entries: f101"),
+                       ("data.spec.sources.trian.path=x.csv", "unknown key 'sources.trian'; did you mean 'train'?")):
+        rc = main(["train", "-c", ALICCP_RUN, "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run"),
+                   "--set", item])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and says in err, err
         assert not (tmp_path / "run").exists()
@@ -92,9 +73,8 @@ def test_spec_override_of_an_unknown_entry_or_key_is_one_line(tmp_path, capsys):
 
 def test_overrides_address_list_entries_by_name_or_index():
     spec = os.path.join(REPO, "configs", "datasets", "kuairand.yaml")
-    changed = load_spec(
-        spec, {"filter": {"0": {"in": [0, 1]}}, "dense": {"0": {"fill": 1.5}}, "tasks": {"like": {"weight": 0.5}}}
-    )
+    changed = load_spec(spec, {"filter": {"0": {"in": [0, 1]}}, "dense": {"0": {"fill": 1.5}},
+                               "tasks": {"like": {"weight": 0.5}}})
     assert [(f.column, f.is_in) for f in changed.filter] == [("tab", [0, 1])]
     assert changed.dense[0].fill == 1.5 and [t.weight for t in changed.tasks] == [1.0, 1.0, 0.5]
     replaced = load_spec(spec, {"filter": {"column": "tab", "not_in": [3]}})
@@ -103,11 +83,8 @@ def test_overrides_address_list_entries_by_name_or_index():
 
 def test_paths_in_a_config_file_are_relative_to_it_run_dir_and_spec_overrides_included(tmp_path):
     spec = os.path.join(REPO, "configs", "datasets", "aliccp.yaml")
-    path = write(
-        tmp_path / "conf" / "run.yaml",
-        f"data:\n  spec: {spec}\n  path: ../data\n"
-        "  spec_overrides: {sources: {valid: {path: held_out/val.csv}}}\nrun_dir: runs/a\n",
-    )
+    path = write(tmp_path / "conf" / "run.yaml", f"data:\n  spec: {spec}\n  path: ../data\n"
+                 "  spec_overrides: {sources: {valid: {path: held_out/val.csv}}}\nrun_dir: runs/a\n")
     cfg = load_config(path)
     assert cfg.run_dir == str(tmp_path / "conf" / "runs" / "a")
     assert cfg.data.path == str(tmp_path / "data")
@@ -154,9 +131,8 @@ def test_given_validation_files_with_a_time_based_test_share_of_train(tmp_path):
 def test_every_split_given_as_files_and_source_or_sources_train_but_not_both(tmp_path):
     for name, n in (("a.csv", 50), ("b.csv", 20), ("c.csv", 10)):
         write_rows(tmp_path / name, n, 1)
-    spec = write(
-        tmp_path / "s.yaml", SPEC + "sources: {train: {path: a.csv}, valid: {path: b.csv}, test: {path: c.csv}}\n"
-    )
+    spec = write(tmp_path / "s.yaml", SPEC + "sources: {train: {path: a.csv}, valid: {path: b.csv}, "
+                                             "test: {path: c.csv}}\n")
     ds = Dataset(load_spec(spec), split=SplitConfig(kind="time", valid=0.3, test=0.3))
     ds.fit()  # no cut points to fit: the main files are all training rows
     assert ds.split_counts == {"train": 50, "valid": 20, "test": 10}
@@ -207,29 +183,21 @@ def test_filtered_rows_change_no_other_rows_split_and_errors_name_file_rows(tmp_
 # --- time columns -------------------------------------------------------------------------------------------
 def time_spec(tmp_path, cells, extra=""):
     write(tmp_path / "t.csv", "u,y,join_time\n" + "".join(f"{i % 3},{i % 2},{c}\n" for i, c in enumerate(cells)))
-    return load_spec(
-        write(
-            tmp_path / "t.yaml",
-            "name: t\nsource: {path: t.csv}\nsparse: [{name: u}]\ntasks: [{name: y}]\ntime: join_time\n" + extra,
-        )
-    )
+    return load_spec(write(tmp_path / "t.yaml", "name: t\nsource: {path: t.csv}\nsparse: [{name: u}]\n"
+                           "tasks: [{name: y}]\ntime: join_time\n" + extra))
 
 
 def test_dates_datetimes_and_formats_as_time_columns_with_date_cut_points(tmp_path):
     days = [f"2007-07-{d:02d}" for d in range(1, 31)]  # Douban's join_time
-    ds = Dataset(
-        time_spec(tmp_path, days),
-        split=SplitConfig(kind="time", valid=0.0, test=0.0, valid_from="2007-07-21", test_from="2007-07-26"),
-    )
+    ds = Dataset(time_spec(tmp_path, days), split=SplitConfig(kind="time", valid=0.0, test=0.0,
+                                                              valid_from="2007-07-21", test_from="2007-07-26"))
     ds.fit()
     assert ds.split_counts == {"train": 20, "valid": 5, "test": 5}
     cfg = load_config(write(tmp_path / "c.yaml", "data: {split: {kind: time, test_from: 2007-07-26}}\n"))
     assert cfg.data.split.test_from == "2007-07-26"  # YAML's date, unquoted, is kept as the date text
     formatted = [f"{d:02d}/07/2007 18:30" for d in range(1, 31)]
-    ds = Dataset(
-        time_spec(tmp_path, formatted, 'time_format: "%d/%m/%Y %H:%M"\n'),
-        split=SplitConfig(kind="time", valid=0.0, test=0.0, test_from="2007-07-26T00:00"),
-    )
+    ds = Dataset(time_spec(tmp_path, formatted, 'time_format: "%d/%m/%Y %H:%M"\n'),
+                 split=SplitConfig(kind="time", valid=0.0, test=0.0, test_from="2007-07-26T00:00"))
     ds.fit()
     assert ds.split_counts == {"train": 25, "valid": 0, "test": 5}
     t = ds.read()["train"].time
@@ -243,11 +211,8 @@ def test_dates_datetimes_and_formats_as_time_columns_with_date_cut_points(tmp_pa
 def test_a_time_not_matching_its_format_names_file_column_and_row(tmp_path):
     cells = ["01/07/2007 18:30", "02/07/2007 18:30", "2007-07-03"]
     ds = Dataset(time_spec(tmp_path, cells, 'time_format: "%d/%m/%Y %H:%M"\n'), split=SplitConfig())
-    with pytest.raises(
-        DataError,
-        match=r"t.csv, column 'join_time', row 3: time '2007-07-03' does not match "
-        r"time_format '%d/%m/%Y %H:%M'",
-    ):
+    with pytest.raises(DataError, match=r"t.csv, column 'join_time', row 3: time '2007-07-03' does not match "
+                                        r"time_format '%d/%m/%Y %H:%M'"):
         ds.fit()
 
 
@@ -262,15 +227,13 @@ def test_a_longer_delimiter_is_found_across_block_boundaries(tmp_path, block):
 
 # --- embedding widths ---------------------------------------------------------------------------------------
 def test_a_width_fbgemm_cannot_take_is_padded_and_the_model_sees_its_own_width():
-    schema = Schema(
-        sparse=(SparseFeature("u", 10, embedding_dim=5, group="user"), SparseFeature("i", 6)), tasks=(Task("y"),)
-    )
+    schema = Schema(sparse=(SparseFeature("u", 10, embedding_dim=5, group="user"), SparseFeature("i", 6)),
+                    tasks=(Task("y"),))
     arch = SparseArch(schema, init_scale=0.1, device=torch.device("cpu"))
     weights = {n: t.weight for n, t in arch.ebc.embedding_bags.items()}
     assert {n: tuple(w.shape) for n, w in weights.items()} == {"u": (10, 8), "i": (6, 16)}
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=["u", "i"], values=torch.tensor([3, 7, 1, 2]), lengths=torch.tensor([1, 1, 1, 1])
-    )
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["u", "i"], values=torch.tensor([3, 7, 1, 2]),
+                                              lengths=torch.tensor([1, 1, 1, 1]))
     emb = arch(kjt)
     assert tuple(emb.features["u"].shape) == (2, 5) and tuple(emb.features["i"].shape) == (2, 16)
     assert torch.equal(emb.features["u"], weights["u"][[3, 7], :5])
@@ -282,17 +245,7 @@ def test_a_width_fbgemm_cannot_take_is_padded_and_the_model_sees_its_own_width()
 
 def test_a_config_with_embedding_dim_5_trains(tmp_path, capsys):
     fx.write_tenrec(str(tmp_path / "data"))
-    rc = main(
-        [
-            "train",
-            "-c",
-            os.path.join(REPO, "configs", "tenrec.yaml"),
-            "--data",
-            str(tmp_path / "data"),
-            "--run-dir",
-            str(tmp_path / "run"),
-        ]
-        + sets("model.embedding_dim=5", *FAST)
-    )
+    rc = main(["train", "-c", os.path.join(REPO, "configs", "tenrec.yaml"), "--data", str(tmp_path / "data"),
+               "--run-dir", str(tmp_path / "run")] + sets("model.embedding_dim=5", *FAST))
     assert rc == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 2

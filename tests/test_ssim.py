@@ -34,9 +34,8 @@ def test_ste_forward_is_a_hard_mask_and_its_gradient_flows():
 
 
 def test_selection_net_anneals_temperature_and_uses_the_own_scenario_head():
-    sel = SelectionNet(
-        4, num_scenarios=3, hidden=[8], eps=0.5, temperature_start=1.0, temperature_end=16.0, anneal_steps=4
-    )
+    sel = SelectionNet(4, num_scenarios=3, hidden=[8], eps=0.5, temperature_start=1.0, temperature_end=16.0,
+                       anneal_steps=4)
     x, scenario = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     assert float(sel.temperature()) == pytest.approx(1.0)
     sel.train()
@@ -84,10 +83,8 @@ def tower_grads(model, batch):
 
 @pytest.mark.parametrize("flag,expected", [(0.0, [False, True, False]), (1.0, [True, True, True])])
 def test_shared_instance_trains_every_tower_and_others_only_their_own(flag, expected):
-    model = make(
-        "ssim",
-        {"backbone": "dnn_mts", "backbone_params": {"hidden": [16], "tower_hidden": [8]}, "shared_column": "shared"},
-    )
+    model = make("ssim", {"backbone": "dnn_mts", "backbone_params": {"hidden": [16], "tower_hidden": [8]},
+                          "shared_column": "shared"})
     batch = scenario_batch(n=1, seed=2, scenario=[1], extras={"shared": [flag]})
     batch.labels["ctr"].fill_(1.0)
     reached, grads = tower_grads(model, batch)
@@ -96,32 +93,23 @@ def test_shared_instance_trains_every_tower_and_others_only_their_own(flag, expe
 
 
 def test_retrain_loss_equals_hand_computation():
-    model = make(
-        "ssim",
-        {"backbone": "dnn_mts", "backbone_params": {"hidden": [16], "tower_hidden": [8]}, "shared_column": "shared"},
-    )
+    model = make("ssim", {"backbone": "dnn_mts", "backbone_params": {"hidden": [16], "tower_hidden": [8]},
+                          "shared_column": "shared"})
     batch = scenario_batch(n=6, seed=4, extras={"shared": [1, 0, 0, 1, 0, 1]})
     out = model(batch)
     losses = MultiTaskLoss(SCHEMA)(batch, out, views=model.loss_views(batch, out))
     views = out["ctr/views"].detach().numpy()
     y, sc, f = batch.labels["ctr"].numpy(), batch.scenario.numpy(), batch.extras["shared"].numpy()
-    per_row = [
-        np.mean([bce(views[i, s], y[i]) for s in range(S)]) if f[i] else bce(views[i, sc[i]], y[i]) for i in range(6)
-    ]
+    per_row = [np.mean([bce(views[i, s], y[i]) for s in range(S)]) if f[i] else bce(views[i, sc[i]], y[i])
+               for i in range(6)]
     assert losses["ctr"].item() == pytest.approx(np.mean(per_row), rel=1e-5)
     # the own-scenario output is what the model predicts
     np.testing.assert_allclose(out["ctr"].detach().numpy(), views[np.arange(6), sc], rtol=1e-6)
 
 
 def test_search_loss_mask_and_kl_reach_the_selection_network_only():
-    params = {
-        "backbone": "dnn_mts",
-        "backbone_params": {"hidden": [16], "tower_hidden": [8]},
-        "selection_hidden": [8],
-        "kl_weight": 0.5,
-        "eps": 0.5,
-        "init_bias": 2.0,
-    }
+    params = {"backbone": "dnn_mts", "backbone_params": {"hidden": [16], "tower_hidden": [8]},
+              "selection_hidden": [8], "kl_weight": 0.5, "eps": 0.5, "init_bias": 2.0}
     model = make("ssim_search", params)
     batch = scenario_batch(n=8, seed=5)
     out = model(batch)
@@ -129,11 +117,8 @@ def test_search_loss_mask_and_kl_reach_the_selection_network_only():
     assert set(g.tolist()) <= {0.0, 1.0}
     losses = MultiTaskLoss(SCHEMA)(batch, out, views=model.loss_views(batch, out))
     views, y, sc = out["ctr/views"].detach().numpy(), batch.labels["ctr"].numpy(), batch.scenario.numpy()
-    per_row = [
-        (1 - g[i].item()) * bce(views[i, sc[i]], y[i])
-        + g[i].item() * np.mean([bce(views[i, s], y[i]) for s in range(S)])
-        for i in range(8)
-    ]
+    per_row = [(1 - g[i].item()) * bce(views[i, sc[i]], y[i]) + g[i].item() * np.mean(
+        [bce(views[i, s], y[i]) for s in range(S)]) for i in range(8)]
     assert losses["ctr"].item() == pytest.approx(np.mean(per_row), rel=1e-5)
     kl = model.extra_losses(batch, out)["ssim_kl"]
     assert kl.item() == pytest.approx(0.5 * float(-torch.log(p.detach()).mean()), rel=1e-5)
@@ -153,12 +138,8 @@ def test_search_loss_mask_and_kl_reach_the_selection_network_only():
 def test_selection_network_has_its_own_optimizer(tiny_config):
     from recsys.train.trainer import Trainer
 
-    trainer = Trainer(
-        tiny_config(
-            model="ssim_search",
-            extra=["model.params={mask_lr: 0.123, mask_optimizer: sgd}", "train.dense_optimizer.lr=0.002"],
-        )
-    )
+    trainer = Trainer(tiny_config(model="ssim_search", extra=[
+        "model.params={mask_lr: 0.123, mask_optimizer: sgd}", "train.dense_optimizer.lr=0.002"]))
     names = [name for name, _ in trainer.optimizer.optimizers]
     assert names == ["embedding", "dense", "selection"]
     selection = dict(trainer.optimizer.optimizers)["selection"]
@@ -180,14 +161,9 @@ def test_ssim_needs_a_multi_scenario_backbone():
 def test_ratio_export_takes_the_top_scores_of_each_scenario(tmp_path):
     from recsys.workflows.ssim import export_shared, read_export_info
 
-    scores = pa.table(
-        {
-            "row_id": np.arange(10, dtype=np.int64),
-            "scenario": np.array([0] * 6 + [1] * 4),
-            "score": np.array([0.9, 0.1, 0.5, 0.7, 0.5, 0.2, 0.3, 0.8, 0.6, 0.1], np.float32),
-            "mask": np.array([1, 0, 1, 1, 0, 0, 0, 1, 1, 0], bool),
-        }
-    )
+    scores = pa.table({"row_id": np.arange(10, dtype=np.int64), "scenario": np.array([0] * 6 + [1] * 4),
+                       "score": np.array([.9, .1, .5, .7, .5, .2, .3, .8, .6, .1], np.float32),
+                       "mask": np.array([1, 0, 1, 1, 0, 0, 0, 1, 1, 0], bool)})
     pq.write_table(scores, tmp_path / "scores.parquet")
     info = export_shared(str(tmp_path / "scores.parquet"), str(tmp_path / "shared.parquet"), 0.5)
     shared = pq.read_table(tmp_path / "shared.parquet").to_pandas()
@@ -200,36 +176,17 @@ def test_ratio_export_takes_the_top_scores_of_each_scenario(tmp_path):
 
 
 # --- phases end to end -----------------------------------------------------------------------------------------
-COMMON = [
-    "-c",
-    "configs/wide_deep_synthetic.yaml",
-    "--set",
-    "data.batch_size=256",
-    "--set",
-    "train.progress=false",
-    "--set",
-    "tensorboard=false",
-    "--set",
-    "model.embedding_dim=8",
-    "--set",
-    "train.max_steps=6",
-    "--set",
-    "model.params={}",
-]
+COMMON = ["-c", "configs/wide_deep_synthetic.yaml", "--set", "data.batch_size=256", "--set", "train.progress=false",
+          "--set", "tensorboard=false", "--set", "model.embedding_dim=8", "--set", "train.max_steps=6",
+          "--set", "model.params={}"]
 
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, tiny_world):
     """One `recsys ssim search` run (DNN MT-S backbone) on the tiny world, shared by the tests below."""
     search = tmp_path_factory.mktemp("ssim") / "search"
-    assert (
-        main(
-            ["ssim", "search"]
-            + COMMON
-            + ["--data", tiny_world, "--set", "model.name=dnn_mts", "--run-dir", str(search)]
-        )
-        == 0
-    )
+    assert main(["ssim", "search"] + COMMON + ["--data", tiny_world, "--set", "model.name=dnn_mts",
+                                               "--run-dir", str(search)]) == 0
     return search
 
 
@@ -241,12 +198,8 @@ def test_search_export_retrain_reproduces_the_saved_mask_exactly(tmp_path, tiny_
     assert (np.diff(scores.sort_values("logit").score.to_numpy()) >= 0).all()  # p = sigmoid(T * logit)
     assert (scores["mask"] == (scores.score > 0.5)).all()  # the hard mask: p > eps
     shared = tmp_path / "shared.parquet"
-    assert (
-        main(
-            ["ssim", "export", "--scores", str(search / "ssim_scores.parquet"), "--out", str(shared), "--ratio", "0.3"]
-        )
-        == 0
-    )
+    assert main(["ssim", "export", "--scores", str(search / "ssim_scores.parquet"), "--out", str(shared),
+                 "--ratio", "0.3"]) == 0
     saved = pq.read_table(shared).to_pandas().set_index("row_id")
     assert 0.29 < saved.shared.mean() < 0.31
 
@@ -254,21 +207,10 @@ def test_search_export_retrain_reproduces_the_saved_mask_exactly(tmp_path, tiny_
     from recsys.train.trainer import Trainer
     from recsys.workflows.ssim import retrain_config
 
-    cfg = load_config(
-        "configs/wide_deep_synthetic.yaml",
-        [
-            f"data.path={tiny_world}",
-            f"run_dir={tmp_path / 'retrain'}",
-            "model.name=star",
-            "model.params={}",
-            "data.batch_size=256",
-            "train.progress=false",
-            "tensorboard=false",
-            "model.embedding_dim=8",
-            "train.max_steps=3",
-            "train.pipeline=sparse_dist",
-        ],
-    )  # the flags also pass the pipeline's FX trace
+    cfg = load_config("configs/wide_deep_synthetic.yaml", [
+        f"data.path={tiny_world}", f"run_dir={tmp_path / 'retrain'}", "model.name=star", "model.params={}",
+        "data.batch_size=256", "train.progress=false", "tensorboard=false", "model.embedding_dim=8",
+        "train.max_steps=3", "train.pipeline=sparse_dist"])  # the flags also pass the pipeline's FX trace
     trainer = Trainer(retrain_config(cfg, str(shared)))
     assert trainer.cfg.model.params["backbone"] == "star"  # a different model than the searched one
     seen = {}
@@ -281,9 +223,8 @@ def test_search_export_retrain_reproduces_the_saved_mask_exactly(tmp_path, tiny_
         flags = batch.extras["shared"].unsqueeze(1)
         torch.testing.assert_close(w, (1 - flags) * own + flags / 4)
     ids = np.array(sorted(seen))
-    np.testing.assert_array_equal(
-        np.array([seen[r] for r in ids], np.float32), saved.shared.loc[ids].to_numpy().astype(np.float32)
-    )
+    np.testing.assert_array_equal(np.array([seen[r] for r in ids], np.float32),
+                                  saved.shared.loc[ids].to_numpy().astype(np.float32))
     parts = trainer.dataset.read()
     train = parts["train"]  # every training row, also those the loader's dropped last batch leaves out
     assert set(train.row_id.tolist()) == set(saved.index)
@@ -297,9 +238,8 @@ def test_ratio_chosen_by_validation_auc(tmp_path, tiny_config, searched):
     from recsys.workflows.ssim import choose_ratio
 
     retrain = tiny_config(model="dnn_mts", extra=["train.max_steps=3"], run="ratios")
-    summary = choose_ratio(
-        str(searched / "ssim_scores.parquet"), str(tmp_path / "shared.parquet"), retrain, ["0.2", "learned"]
-    )
+    summary = choose_ratio(str(searched / "ssim_scores.parquet"), str(tmp_path / "shared.parquet"), retrain,
+                           ["0.2", "learned"])
     values = {str(c["ratio"]): c["valid ctr/auc"] for c in summary["candidates"]}
     assert set(values) == {"0.2", "learned"}
     assert str(summary["chosen_ratio"]) == max(values, key=values.get)
@@ -309,26 +249,8 @@ def test_ratio_chosen_by_validation_auc(tmp_path, tiny_config, searched):
 
 
 # --- Ali-CCP format ----------------------------------------------------------------------------------------------
-ALICCP_SPARSE = [
-    "101",
-    "121",
-    "122",
-    "124",
-    "125",
-    "126",
-    "127",
-    "128",
-    "129",
-    "205",
-    "206",
-    "207",
-    "210",
-    "216",
-    "508",
-    "509",
-    "702",
-    "853",
-]
+ALICCP_SPARSE = ["101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
+                 "508", "509", "702", "853"]
 
 
 def write_aliccp(path, n=3000, seed=0):
@@ -355,31 +277,20 @@ def test_ssim_on_the_aliccp_format_with_301_as_scenario(tmp_path):
     from recsys.workflows.ssim import export_shared, run_retrain, run_search
 
     write_aliccp(tmp_path / "aliccp.csv")
-    spec = {
-        "name": "aliccp-tiny",
-        "source": {"path": "aliccp.csv", "format": "csv"},
-        "sparse": [{"name": f"f{f}", "column": f} for f in ALICCP_SPARSE]
-        + [{"name": "scenario_id", "column": "301", "group": "scenario"}],
-        "dense": [{"name": "D508"}, {"name": "D509"}],
-        "tasks": [{"name": "ctr", "column": "click"}, {"name": "cvr", "column": "purchase", "depends_on": "ctr"}],
-        "scenario": {"column": "301", "values": [1, 2, 3]},
-    }
+    spec = {"name": "aliccp-tiny", "source": {"path": "aliccp.csv", "format": "csv"},
+            "sparse": [{"name": f"f{f}", "column": f} for f in ALICCP_SPARSE]
+            + [{"name": "scenario_id", "column": "301", "group": "scenario"}],
+            "dense": [{"name": "D508"}, {"name": "D509"}],
+            "tasks": [{"name": "ctr", "column": "click"}, {"name": "cvr", "column": "purchase", "depends_on": "ctr"}],
+            "scenario": {"column": "301", "values": [1, 2, 3]}}
     (tmp_path / "aliccp.yaml").write_text(yaml.safe_dump(spec))
-    base = [
-        f"data.spec={tmp_path / 'aliccp.yaml'}",
-        f"data.path={tmp_path}",
-        "data.batch_size=256",
-        "train.progress=false",
-        "tensorboard=false",
-        "model.embedding_dim=8",
-        "train.max_steps=4",
-    ]
+    base = [f"data.spec={tmp_path / 'aliccp.yaml'}", f"data.path={tmp_path}", "data.batch_size=256",
+            "train.progress=false", "tensorboard=false", "model.embedding_dim=8", "train.max_steps=4"]
     search = run_search(load_config(None, base + ["model.name=dcn_mts", f"run_dir={tmp_path / 's'}"]))
     assert search["trainer"].schema.num_scenarios == 3
     export_shared(search["scores"], str(tmp_path / "shared.parquet"), "learned")
-    result = run_retrain(
-        load_config(None, base + ["model.name=hmoe", f"run_dir={tmp_path / 'r'}"]), str(tmp_path / "shared.parquet")
-    )
+    result = run_retrain(load_config(None, base + ["model.name=hmoe", f"run_dir={tmp_path / 'r'}"]),
+                         str(tmp_path / "shared.parquet"))
     for s in ("1", "2", "3"):
         assert f"ctr/auc/scenario={s}" in result["valid"]
 

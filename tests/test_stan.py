@@ -20,19 +20,12 @@ from recsys.train.losses import MultiTaskLoss, TrainModule
 
 TASKS = ("ctr", "stay", "cvr")
 SCHEMA = Schema(
-    sparse=(
-        SparseFeature("user", 20, 8, group="user"),
-        SparseFeature("age", 5, 8, group="user"),
-        SparseFeature("interests", 6, 8, group="user", multi_hot=True, pooling="mean"),
-        SparseFeature("host", 10, 8, group="host"),
-        SparseFeature("hour", 24, 8, group="context"),
-    ),
+    sparse=(SparseFeature("user", 20, 8, group="user"), SparseFeature("age", 5, 8, group="user"),
+            SparseFeature("interests", 6, 8, group="user", multi_hot=True, pooling="mean"),
+            SparseFeature("host", 10, 8, group="host"), SparseFeature("hour", 24, 8, group="context")),
     dense=(DenseFeature("x"),),
-    tasks=(
-        Task("ctr"),
-        Task("stay", kind="regression", depends_on="ctr", loss="log_mse", eval_threshold=60.0),
-        Task("cvr", depends_on="ctr"),
-    ),
+    tasks=(Task("ctr"), Task("stay", kind="regression", depends_on="ctr", loss="log_mse", eval_threshold=60.0),
+           Task("cvr", depends_on="ctr")),
     user_feature="user",
     eval_groups=(("stage", ("new", "wandering", "sticky", "loyal")),),
     history_tasks=TASKS,
@@ -51,38 +44,20 @@ def tiny_batch(n=8, seed=0, users=None):
             history[k] = rng.integers(0, 4, n).astype(np.float32)
     cols = Columns(
         dense=rng.normal(size=(n, 1)).astype(np.float32),
-        sparse={
-            "user": user,
-            "age": rng.integers(0, 5, n),
-            "interests": Ragged(rng.integers(0, 6, offsets[-1]), offsets),
-            "host": rng.integers(0, 10, n),
-            "hour": rng.integers(0, 24, n),
-        },
-        labels={
-            "ctr": click,
-            "stay": click * rng.exponential(60, n).astype(np.float32),
-            "cvr": click * (rng.random(n) < 0.5).astype(np.float32),
-        },
-        scenario=np.zeros(n, np.int64),
-        user=user,
-        weights=np.ones(n, np.float32),
-        row_id=np.arange(n),
-        groups={"stage": rng.integers(0, 4, n)},
-        history=history,
+        sparse={"user": user, "age": rng.integers(0, 5, n),
+                "interests": Ragged(rng.integers(0, 6, offsets[-1]), offsets),
+                "host": rng.integers(0, 10, n), "hour": rng.integers(0, 24, n)},
+        labels={"ctr": click, "stay": click * rng.exponential(60, n).astype(np.float32),
+                "cvr": click * (rng.random(n) < 0.5).astype(np.float32)},
+        scenario=np.zeros(n, np.int64), user=user, weights=np.ones(n, np.float32), row_id=np.arange(n),
+        groups={"stage": rng.integers(0, 4, n)}, history=history,
     )
     return cols.to_batch(SCHEMA.feature_names)
 
 
 def stan(schema=SCHEMA, **params):
-    return materialise(
-        build_model(
-            ModelConfig(
-                name="stan", params={"expert_hidden": [16, 8], "tower_hidden": [8], "preference_hidden": [8], **params}
-            ),
-            schema,
-        ),
-        0.1,
-    )
+    return materialise(build_model(ModelConfig(name="stan", params={
+        "expert_hidden": [16, 8], "tower_hidden": [8], "preference_hidden": [8], **params}), schema), 0.1)
 
 
 @pytest.mark.parametrize("backbone", ["ple", "mmoe"])
@@ -98,7 +73,6 @@ def test_outputs_and_gradients_reach_the_right_tables_and_modules(backbone):
     grads = {n: p.grad for n, p in model.named_parameters()}
     for table in ("user", "age", "interests"):
         assert grads[f"sparse_arch.ebc.embedding_bags.{table}.weight"].abs().sum() > 0, table
-
     def zero(g):
         return g is None or not g.any()
 
@@ -163,14 +137,12 @@ def test_beta_update_matches_hand_computation_for_a_user_with_three_samples():
     tracker = BetaTracker(num_users=4, tasks=["ctr", "cvr"])
     # user 2's samples at time positions 1, 2, 3 arrive shuffled over two batches, with other users and padding
     p = {1: [0.2, 0.9], 2: [0.5, 0.4], 3: [0.8, 0.1]}
-    first = tracker(
-        torch.tensor([2, 0, -1]), torch.tensor([3.0, 1.0, 1.0]), torch.tensor([p[3], [0.3, 0.3], [0.7, 0.7]])
-    )
+    first = tracker(torch.tensor([2, 0, -1]), torch.tensor([3.0, 1.0, 1.0]),
+                    torch.tensor([p[3], [0.3, 0.3], [0.7, 0.7]]))
     tracker(torch.tensor([2, 2]), torch.tensor([1.0, 2.0]), torch.tensor([p[1], p[2]]))
     for k in range(2):
-        alpha, beta = algorithm_1(
-            [p[1][k], p[2][k], p[3][k]]
-        )  # ctr: alpha 1 + 0.2 + 1.0 + 2.4, beta 1 + 0.8 + 1.0 + 0.6
+        # ctr: alpha 1 + 0.2 + 1.0 + 2.4, beta 1 + 0.8 + 1.0 + 0.6
+        alpha, beta = algorithm_1([p[1][k], p[2][k], p[3][k]])
         torch.testing.assert_close(tracker.state[2, k], torch.tensor([alpha, beta, 3.0]))
     torch.testing.assert_close(tracker.state[2, 0, :2], torch.tensor([4.6, 3.4]))
     torch.testing.assert_close(tracker.state[0, :, 0], torch.tensor([1.3, 1.3]))
@@ -199,7 +171,7 @@ def test_gamma_carries_no_gradient():
         out = model(batch)
         gamma = model.loss_weights(batch, out)
         assert set(gamma) == set(TASKS) and not any(g.requires_grad for g in gamma.values())
-        assert torch.stack(list(gamma.values())).std() > 0  # varies per sample
+        assert (torch.stack(list(gamma.values())).std() > 0)  # varies per sample
         if weighting == "prediction":
             torch.testing.assert_close(gamma["cvr"], torch.sigmoid(out[PREFERENCE + "cvr"]).detach())
         loss, _ = TrainModule(model, MultiTaskLoss(SCHEMA))(batch)
@@ -233,14 +205,8 @@ def test_ablations_and_refusals():
     with pytest.raises(ConfigError, match="label history, missing for"):
         stan(no_history)
     with pytest.raises(ConfigError, match="equal embedding widths"):
-        stan(
-            Schema(
-                sparse=(SparseFeature("user", 20, 8, group="user"), SparseFeature("age", 5, 4, group="user")),
-                tasks=SCHEMA.tasks,
-                user_feature="user",
-                history_tasks=TASKS,
-            )
-        )
+        stan(Schema(sparse=(SparseFeature("user", 20, 8, group="user"), SparseFeature("age", 5, 4, group="user")),
+                    tasks=SCHEMA.tasks, user_feature="user", history_tasks=TASKS))
     with pytest.raises(ConfigError, match="needs the state branch"):
         stan(state_branch=False, loss_weighting="prediction")
 
@@ -292,10 +258,8 @@ def test_tracker_state_survives_a_checkpoint_round_trip_and_tensorboard_logs_it(
     from recsys.train.board import event_dir
     from recsys.train.trainer import Trainer
 
-    cfg = tiny_config(
-        model="stan",
-        extra=["train.max_steps=6", "tensorboard=true", "train.log_every_steps=2", "model.params={projector_rows: 50}"],
-    )
+    cfg = tiny_config(model="stan", extra=["train.max_steps=6", "tensorboard=true", "train.log_every_steps=2",
+                                           "model.params={projector_rows: 50}"])
     first = Trainer(cfg)
     first.fit()
     trained = tracker_state(first)

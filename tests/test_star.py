@@ -9,8 +9,8 @@ from recsys.modules.scenario import PartitionedNorm, StarLinear
 
 def pn_batches(seed=0):
     g = torch.Generator().manual_seed(seed)
-    x0 = torch.randn(64, 3, generator=g) * 2.0 + 5.0  # scenario 0: mean 5, sd 2
-    x1 = torch.randn(32, 3, generator=g) * 0.5 - 3.0  # scenario 1: mean -3, sd 0.5
+    x0 = torch.randn(64, 3, generator=g) * 2.0 + 5.0     # scenario 0: mean 5, sd 2
+    x1 = torch.randn(32, 3, generator=g) * 0.5 - 3.0     # scenario 1: mean -3, sd 0.5
     x = torch.cat([x0, x1])
     scenario = torch.tensor([0] * 64 + [1] * 32)
     return x, scenario, x0, x1

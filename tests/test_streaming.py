@@ -67,11 +67,9 @@ def test_stream_gives_the_in_memory_batches_for_a_seed(fitted, drop_last):
 
 def test_prefetching_changes_no_batch_and_resumes_alike(fitted):
     names = fitted.schema(8).feature_names
-
     def make(prefetch):
-        return BatchLoader(
-            lambda: fitted.stream("train"), names, 200, shuffle=True, seed=3, shuffle_buffer_chunks=3, prefetch=prefetch
-        )
+        return BatchLoader(lambda: fitted.stream("train"), names, 200, shuffle=True, seed=3,
+                           shuffle_buffer_chunks=3, prefetch=prefetch)
 
     plain, ahead = make(0), make(4)
     assert_same_batches(list(plain), list(ahead))
@@ -84,7 +82,8 @@ def test_prefetching_changes_no_batch_and_resumes_alike(fitted):
 def test_a_consumer_stopping_early_leaves_no_loader_thread(fitted):
     names = fitted.schema(8).feature_names
     before = threading.active_count()
-    loader = BatchLoader(lambda: fitted.stream("train"), names, 100, shuffle=True, shuffle_buffer_chunks=2, prefetch=2)
+    loader = BatchLoader(lambda: fitted.stream("train"), names, 100, shuffle=True, shuffle_buffer_chunks=2,
+                         prefetch=2)
     it = iter(loader)
     next(it)
     it.close()  # what a `break` out of the loop does
@@ -114,7 +113,8 @@ def test_label_history_only_for_a_model_that_reads_it(tiny_config):
     stan = Trainer(tiny_config(model="stan", extra=["train.max_steps=1"], run="stan"))
     assert stan.dataset.with_history and stan.schema.history_tasks == ("ctr", "stay", "cvr")
     batch = next(iter(stan.train_loader()))
-    assert set(batch.history) == {"count", "ctr/count", "ctr/mean", "stay/count", "stay/mean", "cvr/count", "cvr/mean"}
+    assert set(batch.history) == {"count", "ctr/count", "ctr/mean", "stay/count", "stay/mean", "cvr/count",
+                                  "cvr/mean"}
     assert torch.all(batch.history["count"] >= batch.history["ctr/count"])
 
 
@@ -167,10 +167,8 @@ def test_multi_hot_and_history_columns_survive_the_cache(tiny_world, tmp_path):
 
 def SplitCacheReader(ds: Dataset, folder: str):
     """The cache's chunks, failing if it would encode again."""
-
     def refuse():
         raise AssertionError("the cache should have been ready")
-
     return SplitCache(folder, ds.cache_key("test")).chunks(refuse, rows=333)
 
 

@@ -25,14 +25,8 @@ def test_personal_slopes_change_only_the_click_probability_by_the_formula():
     assert base[features].equals(slopes[features])
     user = World(WorldConfig(**SMALL)).users(base["user_id"].to_numpy())
     logit = np.log(base["p_click"] / (1 - base["p_click"]))
-    expected = _sigmoid(
-        logit
-        + 0.7
-        * (
-            user["position_slope"] * (np.log1p(base["position"]) - 1.0)
-            + user["level_slope"] * (base["host_level"] - 1.0)
-        )
-    )
+    expected = _sigmoid(logit + 0.7 * (user["position_slope"] * (np.log1p(base["position"]) - 1.0)
+                                       + user["level_slope"] * (base["host_level"] - 1.0)))
     np.testing.assert_allclose(slopes["p_click"], expected, rtol=1e-6)
     # the slopes are per user: two users at the same position and host level get different shifts
     assert np.std(user["position_slope"]) > 0.5

@@ -22,27 +22,13 @@ def torchx_env() -> Dict[str, str]:
 
 
 def torchx_cmd(component: str, args: List[str], log_dir: str) -> List[str]:
-    return [
-        os.path.join(BIN, "torchx"),
-        "run",
-        "-s",
-        "local_cwd",
-        "-cfg",
-        f"log_dir={log_dir}",
-        f"torchx_specs/recsys_components.py:{component}",
-        *args,
-    ]
+    return [os.path.join(BIN, "torchx"), "run", "-s", "local_cwd", "-cfg", f"log_dir={log_dir}",
+            f"torchx_specs/recsys_components.py:{component}", *args]
 
 
 def run_torchx(component: str, args: List[str], log_dir: str, timeout: int = 600) -> str:
-    proc = subprocess.run(
-        torchx_cmd(component, args, log_dir),
-        cwd=REPO,
-        env=torchx_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = subprocess.run(torchx_cmd(component, args, log_dir), cwd=REPO, env=torchx_env(), capture_output=True,
+                          text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "SUCCEEDED" in out, f"torchx {component} failed:\n{out[-8000:]}"
     return out
@@ -66,33 +52,20 @@ def _load_components():
 
 def test_components_wrap_ddp_with_overrides_resources_and_retries():
     comps = _load_components()
-    app = comps.train(
-        "train.epochs=2",
-        "model.params={hidden: [64, 32]}",
-        config="configs/x.yaml",
-        run_dir="/mnt/runs/x",
-        j="2x8",
-        gpu=8,
-        cpu=32,
-        memMB=100000,
-        max_retries=3,
-    )
+    app = comps.train("train.epochs=2", "model.params={hidden: [64, 32]}", config="configs/x.yaml",
+                      run_dir="/mnt/runs/x", j="2x8", gpu=8, cpu=32, memMB=100000, max_retries=3)
     role = app.roles[0]
     cmd = role.args[-1]
     assert cmd.startswith("torchrun ") and "--nnodes 2 --nproc_per_node 8" in cmd
-    assert (
-        "-m recsys train -c configs/x.yaml --set train.epochs=2 --set 'model.params={hidden: [64, 32]}' "
-        "--run-dir /mnt/runs/x --resume auto"
-    ) in cmd
+    assert ("-m recsys train -c configs/x.yaml --set train.epochs=2 --set 'model.params={hidden: [64, 32]}' "
+            "--run-dir /mnt/runs/x --resume auto") in cmd
     assert role.num_replicas == 2 and role.max_retries == 3 and role.env["PET_MAX_RESTARTS"] == "3"
     assert role.resource.gpu == 8 and role.resource.cpu == 32 and role.resource.memMB == 100000
     plain = comps.train(config="c.yaml").roles[0]
     assert "--resume" not in plain.args[-1] and plain.env["PET_MAX_RESTARTS"] == "0"
     ev = comps.evaluate("data.batch_size=512", config="c.yaml", run_dir="r", checkpoint="latest", out="e.json")
-    assert (
-        "-m recsys eval -c c.yaml --set data.batch_size=512 --run-dir r --checkpoint latest --split test "
-        "--out e.json" in ev.roles[0].args[-1]
-    )
+    assert "-m recsys eval -c c.yaml --set data.batch_size=512 --run-dir r --checkpoint latest --split test " \
+           "--out e.json" in ev.roles[0].args[-1]
     bench = comps.benchmark("--model", "wide_deep", j="1x2")
     assert "-m benchmarks.throughput --model wide_deep" in bench.roles[0].args[-1]
     with pytest.raises(ValueError, match="'epochs' is not of the form key=value"):
@@ -111,15 +84,8 @@ def test_local_cwd_train_on_2_ranks_then_evaluate_on_1_rank(tmp_path, tiny_world
     common = ["--config", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--run_dir", run]
     # streamed (not in memory) in small chunks: the ranks' shares differ, and every rank still runs the same
     # number of steps (training) and batches (evaluation, padded)
-    overrides = [
-        "train.epochs=1",
-        "data.batch_size=256",
-        "train.progress=false",
-        "model.embedding_dim=8",
-        "data.in_memory=false",
-        "data.chunk_rows=700",
-        "model.params={hidden: [32]}",
-    ]
+    overrides = ["train.epochs=1", "data.batch_size=256", "train.progress=false", "model.embedding_dim=8",
+                 "data.in_memory=false", "data.chunk_rows=700", "model.params={hidden: [32]}"]
     run_torchx("train", ["-j", "1x2"] + common + overrides, logs)
     metrics = json.load(open(os.path.join(run, "metrics.json")))
     assert metrics["steps"] > 0 and metrics["test"]["ctr/auc"] > 0.5
@@ -172,54 +138,29 @@ def _latest_step(run: str) -> Optional[int]:
     folder = os.path.join(run, "checkpoints")
     if not os.path.isdir(folder):
         return None
-    steps = [
-        int(d.split("-")[1])
-        for d in os.listdir(folder)
-        if d.startswith("step-") and not d.endswith(".tmp") and os.path.exists(os.path.join(folder, d, "COMPLETE"))
-    ]
+    steps = [int(d.split("-")[1]) for d in os.listdir(folder)
+             if d.startswith("step-") and not d.endswith(".tmp")
+             and os.path.exists(os.path.join(folder, d, "COMPLETE"))]
     return max(steps) if steps else None
 
 
 @pytest.mark.slow
 def test_sigkilled_worker_restarts_and_resumes_to_the_uninterrupted_result(tmp_path, tiny_world):
     logs = str(tmp_path / "logs")
-    overrides = [
-        "train.epochs=3",
-        "data.batch_size=64",
-        "train.progress=false",
-        "model.embedding_dim=8",
-        "train.checkpoint_every_steps=10",
-        "train.keep_checkpoints=3",
-        "model.params={hidden: [32]}",
-        "train.early_stopping.patience=100",
-    ]
+    overrides = ["train.epochs=3", "data.batch_size=64", "train.progress=false", "model.embedding_dim=8",
+                 "train.checkpoint_every_steps=10", "train.keep_checkpoints=3", "model.params={hidden: [32]}",
+                 "train.early_stopping.patience=100"]
 
     def args(run: str) -> List[str]:
-        return [
-            "-j",
-            "1x2",
-            "--max_retries",
-            "1",
-            "--config",
-            "configs/wide_deep_synthetic.yaml",
-            "--data",
-            tiny_world,
-            "--run_dir",
-            run,
-        ] + overrides
+        return ["-j", "1x2", "--max_retries", "1", "--config", "configs/wide_deep_synthetic.yaml",
+                "--data", tiny_world, "--run_dir", run] + overrides
 
     straight = str(tmp_path / "straight")
     run_torchx("train", args(straight), logs)
 
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(
-        torchx_cmd("train", args(killed), logs),
-        cwd=REPO,
-        env=torchx_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = subprocess.Popen(torchx_cmd("train", args(killed), logs), cwd=REPO, env=torchx_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = None
     try:
         deadline = time.time() + 300
@@ -268,16 +209,10 @@ def _readme_command(first_words: str) -> List[str]:
 def test_readme_kubernetes_command_dry_runs_as_documented():
     """The README's Kubernetes launch, with --dryrun after `run` as the README says: no docker daemon, no cluster."""
     pytest.importorskip("kubernetes", reason="the Kubernetes client is opt-in: make install-k8s")
-    argv = _readme_command('torchx run --workspace "" -s kubernetes')
+    argv = _readme_command("torchx run --workspace \"\" -s kubernetes")
     assert argv[:4] == ["torchx", "run", "--workspace", ""]
-    proc = subprocess.run(
-        [os.path.join(BIN, "torchx"), "run", "--dryrun"] + argv[2:],
-        cwd=REPO,
-        env=torchx_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = subprocess.run([os.path.join(BIN, "torchx"), "run", "--dryrun"] + argv[2:], cwd=REPO, env=torchx_env(),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     request = proc.stdout.split("=== SCHEDULER REQUEST ===", 1)[1]
     assert "kind: Job" in request and "schedulerName: volcano" in request
@@ -290,21 +225,14 @@ def test_readme_kubernetes_command_dry_runs_as_documented():
 def test_benchmark_component_shows_one_ranks_output():
     bench = _load_components().benchmark("--quick", j="1x2")
     assert bench.roles[0].env["PET_LOCAL_RANKS_FILTER"] == "0"
-    assert (
-        _load_components().benchmark(env={"PET_LOCAL_RANKS_FILTER": "1"}).roles[0].env["PET_LOCAL_RANKS_FILTER"] == "1"
-    )
+    assert _load_components().benchmark(env={"PET_LOCAL_RANKS_FILTER": "1"}).roles[0].env[
+        "PET_LOCAL_RANKS_FILTER"] == "1"
 
 
 def test_benchmark_help_under_torchx_prints_once(tmp_path):
     """README: `torchx run -s local_cwd ...:benchmark -j 1x2 -- --help` shows the usage once, not once per rank."""
-    proc = subprocess.run(
-        torchx_cmd("benchmark", ["-j", "1x2", "--", "--help"], str(tmp_path / "logs")),
-        cwd=REPO,
-        env=torchx_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = subprocess.run(torchx_cmd("benchmark", ["-j", "1x2", "--", "--help"], str(tmp_path / "logs")), cwd=REPO,
+                          env=torchx_env(), capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
     assert out.count("usage: python -m benchmarks.throughput") == 1, out[-4000:]

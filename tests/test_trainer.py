@@ -52,15 +52,11 @@ def test_checkpoint_round_trip_gives_identical_predictions(tiny_config):
         np.testing.assert_array_equal(got[task], expected[task])
 
 
-@pytest.mark.parametrize(
-    "sharding",
-    [
-        [],
-        # data-parallel tables: their row-wise Adagrad state lives in a regular optimizer, not in FBGEMM
-        ["sharding.tables={hour: {sharding_types: [data_parallel]}, gender: {sharding_types: [data_parallel]}}"],
-    ],
-    ids=["fused", "data_parallel_tables"],
-)
+@pytest.mark.parametrize("sharding", [
+    [],
+    # data-parallel tables: their row-wise Adagrad state lives in a regular optimizer, not in FBGEMM
+    ["sharding.tables={hour: {sharding_types: [data_parallel]}, gender: {sharding_types: [data_parallel]}}"],
+], ids=["fused", "data_parallel_tables"])
 def test_resume_mid_epoch_matches_uninterrupted_run_bitwise(tiny_config, sharding):
     extra = ["train.epochs=2", "train.early_stopping.patience=100", "model.params={dropout: 0.2}"] + sharding
     straight = Trainer(tiny_config(extra=extra, run="a"))
@@ -104,9 +100,8 @@ def test_every_registered_model_trains_under_dmp_with_the_pipeline(tiny_config, 
 def test_non_finite_loss_stops_with_step_and_checkpoint(tiny_config):
     from recsys.train.trainer import NonFiniteLoss
 
-    trainer = Trainer(
-        tiny_config(extra=["train.dense_optimizer.lr=1e30", "train.dense_optimizer.name=sgd", "train.epochs=3"])
-    )
+    trainer = Trainer(tiny_config(extra=["train.dense_optimizer.lr=1e30", "train.dense_optimizer.name=sgd",
+                                         "train.epochs=3"]))
     with pytest.raises(NonFiniteLoss, match=r"loss became (nan|inf) at step \d+ .*last good checkpoint"):
         trainer.fit()
 
@@ -115,20 +110,8 @@ def test_cli_train_eval_predict_and_tensorboard(tmp_path, tiny_world, capsys):
     from recsys.train.metrics import format_table  # noqa: F401 - table printed by the CLI
 
     run = tmp_path / "cli"
-    common = [
-        "-c",
-        "configs/wide_deep_synthetic.yaml",
-        "--data",
-        tiny_world,
-        "--run-dir",
-        str(run),
-        "--set",
-        "train.epochs=2",
-        "--set",
-        "data.batch_size=256",
-        "--set",
-        "train.progress=false",
-    ]
+    common = ["-c", "configs/wide_deep_synthetic.yaml", "--data", tiny_world, "--run-dir", str(run),
+              "--set", "train.epochs=2", "--set", "data.batch_size=256", "--set", "train.progress=false"]
     assert main(["train"] + common) == 0
     out = capsys.readouterr().out
     assert "| ctr | all |" in out and "scenario=feed" in out
@@ -155,24 +138,11 @@ def test_predict_scores_every_row_of_new_files(tmp_path, tiny_world, capsys):
     from recsys.data.synthetic import WorldConfig, generate
 
     new_world = str(tmp_path / "new")
-    generate(
-        WorldConfig(rows=1500, users=300, hosts=40, items=120, seed=9, rows_per_file=1000), new_world, progress=False
-    )
+    generate(WorldConfig(rows=1500, users=300, hosts=40, items=120, seed=9, rows_per_file=1000), new_world,
+             progress=False)
     run = tmp_path / "run"
-    common = [
-        "-c",
-        "configs/wide_deep_synthetic.yaml",
-        "--run-dir",
-        str(run),
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "data.batch_size=256",
-        "--set",
-        "train.progress=false",
-        "--set",
-        "tensorboard=false",
-    ]
+    common = ["-c", "configs/wide_deep_synthetic.yaml", "--run-dir", str(run), "--set", "train.epochs=1",
+              "--set", "data.batch_size=256", "--set", "train.progress=false", "--set", "tensorboard=false"]
     assert main(["train", "--data", tiny_world] + common) == 0
     out = tmp_path / "new_scores.parquet"
     assert main(["predict", "--data", new_world, "--split", "all", "--out", str(out)] + common) == 0
