@@ -354,8 +354,10 @@ def test_ctrl_c_says_interrupted_and_resume_is_bitwise(tmp_path, tiny_world):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
     subprocess.run(_train_cmd(straight, tiny_world), check=True, env=env, capture_output=True)
+    # as started from a terminal: a suite run in a background job (`make test &`) would hand on SIGINT ignored
     proc = subprocess.Popen(_train_cmd(stopped, tiny_world), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and not ckpt.list_checkpoints(os.path.join(stopped, "checkpoints")):
         time.sleep(0.05)
