@@ -13,7 +13,9 @@ one epoch with the default splits (80/10/10) in a fresh process, which reports:
     eval       every evaluation pass (validation during and after training, test) plus checkpoints
     end_to_end trained samples / wall time of the whole run (setup, fit, read, train, eval), and its ratio to the
                loop's samples/s
-    peak_rss   the process's peak resident set (VmHWM), everything included
+    peak_rss   the process's peak resident set (VmHWM), everything included; and the peak before the first
+               evaluation (the data path and the training loop: what must stay flat as rows grow; exact
+               evaluation then holds every scored row of the split, ~160 B per row at its peak)
 
 Sizes above a ``--max-steps-above`` threshold train a step-limited run (fit and evaluation stay full passes).
 ``--encoder-ids`` times one 262k-id chunk of the vocabulary lookup at that vocabulary size: the old per-chunk
@@ -103,6 +105,15 @@ def run_cell(data: str, mode: str, run_dir: str, batch_size: int, max_steps: Opt
         return loaders[-1]
 
     trainer.train_loader = train_loader
+    forward_all = trainer._forward_all
+    before_eval: List[int] = []
+
+    def first_evaluation(split):  # the peak of everything before predictions are held: data path + training
+        if not before_eval:
+            before_eval.append(_status_bytes("VmHWM"))
+        return forward_all(split)
+
+    trainer._forward_all = first_evaluation
     t = time.perf_counter()
     trainer.fit()
     run = time.perf_counter() - t
@@ -127,6 +138,7 @@ def run_cell(data: str, mode: str, run_dir: str, batch_size: int, max_steps: Opt
         "end_to_end_ratio": (samples / total) / (samples / loop),
         "loader_wait_share": wait / loop,
         "peak_rss_bytes": _status_bytes("VmHWM"),
+        "peak_rss_before_eval_bytes": before_eval[0] if before_eval else None,
     }
 
 
@@ -164,6 +176,47 @@ def encoder_chunk(vocab_ids: int, chunk: int = 262144, seed: int = 0) -> Dict[st
     }
 
 
+def history_state(rows: int, users: int, buckets: int, exact_up_to: int, chunk: int = 262144) -> Dict[str, Any]:
+    """STAN's label-history state over ``rows`` training events of ``users`` users (skewed activity, timestamps
+    spread over 30 days), fed chunk by chunk as ``Dataset`` does: the bounded state (``buckets`` time buckets per
+    user) against the exact per-event index (up to ``exact_up_to`` events)."""
+    from recsys.data.history import HistoryBuilder, LabelHistory, TimeBuckets
+
+    rng = np.random.default_rng(rows % 1000)
+    activity = rng.lognormal(0.0, 1.0, users)
+    p = activity / activity.sum()
+    day = 86400.0
+    sizes = [min(chunk, rows - i) for i in range(0, rows, chunk)]
+
+    def chunks():
+        for i, n in enumerate(sizes):
+            r = np.random.default_rng([rows, i])
+            yield (r.choice(users, n, p=p).astype(np.uint64) + 1, np.floor(r.random(n) * 30 * day), r.random(n) < 0.1)
+
+    t = time.perf_counter()
+    time_buckets = TimeBuckets.fit((times for _, times, _ in chunks()), buckets)
+    builder = HistoryBuilder(time_buckets, ["ctr"])
+    for keys, times, clicks in chunks():
+        builder.add(keys, times, {"ctr": (np.ones(len(keys), bool), clicks)})
+    bounded = builder.finish()
+    out: Dict[str, Any] = {
+        "rows": rows,
+        "users": users,
+        "buckets": buckets,
+        "bounded": {"entries": len(bounded), "bytes": bounded.nbytes, "seconds": time.perf_counter() - t},
+    }
+    if rows <= exact_up_to:
+        t = time.perf_counter()
+        parts = list(chunks())
+        exact = LabelHistory.build(
+            np.concatenate([k for k, _, _ in parts]),
+            np.concatenate([x for _, x, _ in parts]),
+            {"ctr": (np.ones(rows, bool), np.concatenate([c for _, _, c in parts]))},
+        )
+        out["exact"] = {"entries": len(exact), "bytes": exact.nbytes, "seconds": time.perf_counter() - t}
+    return out
+
+
 def markdown(result: Dict[str, Any]) -> str:
     lines = [
         "## Scale: `recsys train` end to end",
@@ -175,8 +228,8 @@ def markdown(result: Dict[str, Any]) -> str:
         "loop and end to end (setup + fit + read + train + eval); peak RSS of the whole process.",
         "",
         "| rows | mode | generate s | fit s | read s | train s | eval s | loop samples/s | end-to-end samples/s "
-        "| e2e / loop | loader wait | peak RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| e2e / loop | loader wait | peak RSS before eval | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size in result["sizes"]:
         for c in size["cells"]:
@@ -187,7 +240,8 @@ def markdown(result: Dict[str, Any]) -> str:
                 f"| {size['rows']:,}{steps} | {c['mode']} | {generated} | {s['fit']:.1f} | "
                 f"{s['read']:.1f} | {s['train']:.1f} | {s['eval']:.1f} | {c['loop_samples_per_sec']:,.0f} | "
                 f"{c['end_to_end_samples_per_sec']:,.0f} | {c['end_to_end_ratio']:.2f}x | "
-                f"{100 * c['loader_wait_share']:.1f}% | {c['peak_rss_bytes'] / 2**30:.2f} GiB |"
+                f"{100 * c['loader_wait_share']:.1f}% | {_gib(c.get('peak_rss_before_eval_bytes'))} | "
+                f"{_gib(c['peak_rss_bytes'])} |"
             )
     enc = result.get("encoder")
     if enc:
@@ -198,6 +252,23 @@ def markdown(result: Dict[str, Any]) -> str:
             f"{enc['prebuilt_seconds']:.4f} s with the prebuilt index (after; {enc['speedup']:.0f}x, "
             f"built once in {enc['build_seconds']:.2f} s).",
         ]
+    history = result.get("history")
+    if history:
+        lines += [
+            "",
+            "Label-history state (STAN; `recsys.data.history`) over training events of "
+            f"{history[0]['users']:,} users, {history[0]['buckets']} time buckets per user, fed in 262k-event "
+            "chunks, against the exact per-event index:",
+            "",
+            "| events | bounded entries | bounded MB | build s | exact entries | exact MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for h in history:
+            b, e = h["bounded"], h.get("exact")
+            exact = f"{e['entries']:,} | {e['bytes'] / 1e6:,.0f}" if e else "- | -"
+            lines.append(
+                f"| {h['rows']:,} | {b['entries']:,} | {b['bytes'] / 1e6:,.0f} | {b['seconds']:.1f} | {exact} |"
+            )
     runs = result.get("runs")
     if runs:
         lines += [
@@ -208,6 +279,10 @@ def markdown(result: Dict[str, Any]) -> str:
     if goals:
         lines += ["", "Goals:", ""] + [f"- {g}" for g in goals]
     return "\n".join(lines) + "\n"
+
+
+def _gib(n: Optional[int]) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB"
 
 
 def goals(result: Dict[str, Any]) -> List[str]:
@@ -231,6 +306,17 @@ def goals(result: Dict[str, Any]) -> List[str]:
             f"streaming peak RSS {m1 / 2**30:.2f} GiB at {r1:,} rows vs {m0 / 2**30:.2f} GiB at {r0:,}: "
             f"{m1 / m0:.2f}x (goal <= 1.2x from 10^6 to 3x10^7)"
         )
+    before = sorted(
+        (r, c["peak_rss_before_eval_bytes"])
+        for (r, m), (_, c) in cells.items()
+        if m == "stream" and c.get("peak_rss_before_eval_bytes")
+    )
+    if len(before) >= 2:
+        (r0, m0), (r1, m1) = before[0], before[-1]
+        out.append(
+            f"streaming peak RSS before evaluation (data path + training) {m1 / 2**30:.2f} GiB at {r1:,} rows vs "
+            f"{m0 / 2**30:.2f} GiB at {r0:,}: {m1 / m0:.2f}x"
+        )
     return out
 
 
@@ -243,6 +329,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--ids", type=float, default=1e5, help="users and items of every world (hosts: a tenth)")
     p.add_argument("--encoder-ids", type=float, default=1e7, help="vocabulary size of the lookup timing (0: skip)")
+    p.add_argument("--history-rows", default="", help="comma-separated event counts of the label-history timing")
+    p.add_argument("--history-buckets", type=int, default=64)
     p.add_argument("--out", default=RESULTS)
     p.add_argument(
         "--append",
@@ -276,9 +364,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         result["runs"] = earlier.get("runs", [earlier["environment"]]) + [result["environment"]]
         result["sizes"] = earlier["sizes"]
         result.setdefault("encoder", earlier.get("encoder"))
+        if earlier.get("history") and not args.history_rows:
+            result["history"] = earlier["history"]
     if args.encoder_ids and not args.append:
         result["encoder"] = encoder_chunk(int(args.encoder_ids))
         print(json.dumps(result["encoder"]), flush=True)
+    if args.history_rows:
+        result["history"] = [
+            history_state(int(float(n)), int(args.ids), args.history_buckets, exact_up_to=int(1e7))
+            for n in args.history_rows.split(",")
+        ]
+        print(json.dumps(result["history"]), flush=True)
     for size in (int(float(s)) for s in args.sizes.split(",")):
         tmp = tempfile.mkdtemp(prefix="recsys-scale-")
         try:

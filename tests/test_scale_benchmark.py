@@ -16,6 +16,15 @@ def test_cell_phases_and_rates_are_consistent(tiny_world, tmp_path):
     assert cell["end_to_end_samples_per_sec"] == pytest.approx(cell["samples"] / s["total"])
     assert 0.0 <= cell["loader_wait_share"] <= 1.0 and 0 < cell["end_to_end_ratio"] < 1
     assert cell["peak_rss_bytes"] > 100 * 2**20
+    assert 100 * 2**20 < cell["peak_rss_before_eval_bytes"] <= cell["peak_rss_bytes"]
+
+
+def test_history_state_is_bounded_by_users_and_buckets():
+    small = scale.history_state(3_000, users=40, buckets=8, exact_up_to=10**6, chunk=500)
+    large = scale.history_state(30_000, users=40, buckets=8, exact_up_to=10**6, chunk=500)
+    assert small["exact"]["entries"] == 3_000 and large["exact"]["entries"] == 30_000
+    assert small["bounded"]["entries"] <= 40 * 8 and large["bounded"]["entries"] <= 40 * 8
+    assert large["bounded"]["bytes"] < large["exact"]["bytes"] / 10
 
 
 def test_encoder_timing_and_report():

@@ -45,7 +45,10 @@ from recsys.data.encoding import (
 )
 from recsys.data.fingerprint import Fingerprint, check_unchanged, fingerprint
 from recsys.data.history import (
+    HistoryBuilder,
     LabelHistory,
+    TimeBuckets,
+    history_buckets,
     history_events,
     history_keys,
     history_possible,
@@ -322,10 +325,10 @@ class Dataset:
         return self._history
 
     def _build_history(self) -> LabelHistory:
-        """Every training row of the source (all ranks' shares): user key, time, per task (defined, positive)."""
-        users: List[np.ndarray] = []
-        times: List[np.ndarray] = []
-        events: Dict[str, Tuple[List[np.ndarray], List[np.ndarray]]] = {t: ([], []) for t in self.history_tasks}
+        """The bounded per-user state of every training row of the source (all ranks' shares; see
+        :mod:`recsys.data.history`): one pass for the time buckets, one for the events."""
+        buckets = TimeBuckets.fit(self._source_times(), history_buckets(self.spec))
+        builder = HistoryBuilder(buckets, self.history_tasks)
         reader = self._reader(self.spec.main_source)  # a separate valid or test file set holds no training rows
         with self._bar("label history", self.rows.get(None)) as bar:
             for chunk in reader.chunks(0, self.max_rows):
@@ -335,17 +338,14 @@ class Dataset:
                 bar.update(table.num_rows)
                 if not train.any():
                     continue
-                users.append(self._user_keys(table, where)[train])
-                times.append(time[train])
-                labels = self._labels(table, where)
-                for name, (applies, positive) in history_events(self.spec.tasks, self.history_tasks, labels,
-                                                                table.num_rows).items():
-                    events[name][0].append(applies[train])
-                    events[name][1].append(positive[train])
-        return LabelHistory.build(
-            np.concatenate(users), np.concatenate(times),
-            {name: (np.concatenate(a), np.concatenate(p)) for name, (a, p) in events.items()},
-        )
+                events = history_events(self.spec.tasks, self.history_tasks, self._labels(table, where),
+                                        table.num_rows)
+                builder.add(self._user_keys(table, where)[train], time[train],
+                            {name: (applies[train], positive[train]) for name, (applies, positive) in events.items()})
+        history = builder.finish()
+        log.info("label history: %d entries (%s) of %d users, %.1f MB", len(history),
+                 "exact" if history.exact else f"{buckets.size} time buckets", len(history.users), history.nbytes / 1e6)
+        return history
 
     def _history_of(self, table: pa.Table, where: Where, user_keys: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
         if not self.with_history or user_keys is None:  # the history needs a user (history_possible)
@@ -365,12 +365,18 @@ class Dataset:
             return
         if not self.spec.time:
             raise ConfigError(f"spec '{self.spec.name}': a time split needs 'time' (a timestamp column)")
-        if self.spec.filter or self.spec.derived or self.spec.joins:  # the cuts count only the rows kept
-            times = [self._times(*self._prepare(c)) for c in self._reader(self.spec.main_source).chunks(0, self.max_rows)]
+        self.splitter.fit_cuts(np.concatenate(list(self._source_times())))
+
+    def _source_times(self) -> Iterator[np.ndarray]:
+        """The timestamps of the main file set's rows the spec's filter keeps, chunk by chunk (only the time
+        column is read when no filter, join or derived column is involved)."""
+        if self.spec.filter or self.spec.derived or self.spec.joins:
+            for chunk in self._reader(self.spec.main_source).chunks(0, self.max_rows):
+                yield self._times(*self._prepare(chunk))
         else:
             reader = self._reader(self.spec.main_source, {self.spec.time})
-            times = [self._times(c.table, Where(c.file, c.file_row)) for c in reader.chunks(0, self.max_rows)]
-        self.splitter.fit_cuts(np.concatenate(times))
+            for chunk in reader.chunks(0, self.max_rows):
+                yield self._times(chunk.table, Where(chunk.file, chunk.file_row))
 
     def fit(self) -> None:
         """One pass: validate every row and fit encoders on the training split."""
@@ -508,7 +514,7 @@ class Dataset:
             "files": fingerprint(self.files()), "side_files": fingerprint([sc.path for sc in self.side_columns]),
             "spec": dataclasses.asdict(self.spec), "split_config": dataclasses.asdict(self.split),
             "cuts": [self.valid_from, self.test_from], "scenarios": self.scenarios, "side": side,
-            "history": self.history_tasks,
+            "history": {"tasks": self.history_tasks, "buckets": history_buckets(self.spec)},
             "encoders": {"sparse": {e.name: e.state() for e in self.sparse},
                          "dense": {e.spec.name: e.state() for e in self.dense}},
             "vocabularies": array_digest([e.vocab for e in self.sparse]),

@@ -7,11 +7,23 @@ from the data instead, leak-free by construction:
 
 * the events are the **training-split** rows (the only labels training may see; with a random split, labels of
   validation and test rows never reach a training target);
-* a row's history covers the events of the same user with a timestamp **strictly smaller** than the row's
+* a row's history covers events of the same user with a timestamp **strictly smaller** than the row's
   (the row itself, ties and later rows never count);
 * per task, an event counts where the task's label is defined (its parent's label is positive for a task with
   ``depends_on``), and it is positive when the label is (binary) or the label exceeds the task's
   ``eval_threshold`` (regression: the same positives AUC uses).
+
+**Bounded state.** The events are not kept row by row: the time axis is cut into at most ``buckets`` time buckets
+(:class:`TimeBuckets`) and each user keeps, per bucket it has events in, one entry: the counts of the bucket's
+events and the latest of their timestamps. A row at time ``t`` sees the entries whose latest timestamp is
+``< t``, i.e. the user's events of earlier buckets, and of its own bucket when all of them are earlier. So:
+
+* **exact** when the events have at most ``buckets`` distinct timestamps (then every bucket is one timestamp);
+* otherwise a row misses the earlier events of its own bucket whenever that bucket also holds one of the user's
+  events at or after ``t`` (never a later or tied label: still leak-free);
+* memory is one entry per (user, bucket) with events: at most ``min(training rows, users x buckets)`` entries of
+  ``~(32 + 16 * tasks)`` bytes, independent of the number of rows. The build reads the source in chunks and merges
+  their entries as it goes (:class:`HistoryBuilder`), so it stays within a small multiple of that too.
 
 For each row :meth:`LabelHistory.query` returns float32 columns::
 
@@ -19,17 +31,19 @@ For each row :meth:`LabelHistory.query` returns float32 columns::
     <task>/count     of those, the rows where the task's label is defined
     <task>/mean      their positive rate (0 when <task>/count is 0)
 
-Build cost: one sort of the training events (user key, time); query cost: three binary searches per row.
-Memory: ~ (16 + 8 * tasks) bytes per training row on every rank. At industrial scale the same columns are the
-output of an offline window job (per-user running sums by timestamp) joined to the rows.
+Query cost: three binary searches per row. At industrial scale the same columns can also be the output of an
+offline window job (per-user running sums by timestamp) joined to the rows.
 
 Example::
 
-    hist = LabelHistory.build(keys, times, {"ctr": (applies, positive)})
+    buckets = TimeBuckets.fit(chunks_of_times, 64)
+    builder = HistoryBuilder(buckets, ["ctr"])
+    builder.add(keys, times, {"ctr": (applies, positive)})       # per chunk of training rows
+    hist = builder.finish()
     cols = hist.query(keys_of_rows, times_of_rows)    # {"count": [n], "ctr/count": [n], "ctr/mean": [n]}
 """
 
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -86,31 +100,187 @@ def history_events(tasks: Sequence[TaskSpec], names: Sequence[str], labels: Mapp
     return out
 
 
-class LabelHistory:
-    """Training events sorted by (user, time), queried for the strictly earlier events of (user, time) pairs.
+DEFAULT_BUCKETS = 64
+
+
+def history_buckets(spec: DatasetSpec) -> int:
+    """The number of time buckets a label history of ``spec`` keeps per user (its ``history.buckets``)."""
+    return spec.history.buckets if spec.history is not None else DEFAULT_BUCKETS
+
+
+class TimeBuckets:
+    """The time buckets of a label history: one per distinct event timestamp when there are at most ``size``
+    of them (exact), else ``size`` equal spans between the earliest and latest timestamp.
 
     Args:
-        users: sorted distinct user keys of the events.
-        times: sorted distinct event timestamps.
-        keys: sorted combined keys ``user_code * (len(times) + 1) + time_rank`` of the events.
-        cum: per task ``(applies, positive)`` running counts in key order, each ``[n + 1]`` (entry ``i`` counts
-            the events before position ``i``).
+        size: the most buckets.
+        distinct: the sorted distinct timestamps (exact buckets), or None.
+        low, high: the earliest and latest timestamp (equal spans; used when ``distinct`` is None).
     """
 
-    def __init__(self, users: np.ndarray, times: np.ndarray, keys: np.ndarray,
-                 cum: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> None:
+    def __init__(self, size: int, distinct: Optional[np.ndarray], low: float, high: float) -> None:
+        self.size, self.distinct, self.low, self.high = size, distinct, low, high
+
+    @classmethod
+    def fit(cls, chunks: Iterable[np.ndarray], size: int) -> "TimeBuckets":
+        """From the timestamps of the events, chunk by chunk (memory: ``size`` + 1 distinct values at most)."""
+        distinct: Optional[np.ndarray] = np.zeros(0, dtype=np.float64)
+        low, high = np.inf, -np.inf
+        for times in chunks:
+            if not len(times):
+                continue
+            times = np.asarray(times, dtype=np.float64)
+            low, high = min(low, float(times.min())), max(high, float(times.max()))
+            if distinct is not None:
+                distinct = np.union1d(distinct, np.unique(times))
+                if len(distinct) > size:
+                    distinct = None  # too many for one bucket each: equal spans
+        return cls(size, distinct, low, high)
+
+    @property
+    def exact(self) -> bool:
+        """Every bucket holds one timestamp (the history is the exact one)."""
+        return self.distinct is not None
+
+    def of(self, times: np.ndarray) -> np.ndarray:
+        """The bucket of each timestamp (int64 in ``[0, size)``)."""
+        times = np.asarray(times, dtype=np.float64)
+        if self.distinct is not None:
+            return np.searchsorted(self.distinct, times).astype(np.int64)
+        span = self.high - self.low
+        scaled = (times - self.low) * (self.size / span) if span > 0 else np.zeros(len(times))
+        return np.clip(np.floor(scaled), 0, self.size - 1).astype(np.int64)
+
+
+class _Entries:
+    """Aggregated events: per (user, bucket) the latest timestamp, the event count and per task the counts
+    of rows where the label is defined and positive, sorted by (user, bucket), one entry per pair."""
+
+    def __init__(self, users: np.ndarray, buckets: np.ndarray, times: np.ndarray, counts: np.ndarray,
+                 tasks: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> None:
+        self.users, self.buckets, self.times, self.counts, self.tasks = users, buckets, times, counts, tasks
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @classmethod
+    def merged(cls, parts: Sequence["_Entries"], names: Sequence[str]) -> "_Entries":
+        """One entry per (user, bucket) of all of ``parts``' entries (counts added, latest time kept)."""
+        users = np.concatenate([p.users for p in parts])
+        buckets = np.concatenate([p.buckets for p in parts])
+        order = np.lexsort((buckets, users))
+        users, buckets = users[order], buckets[order]
+        first = np.flatnonzero(np.concatenate([[True], (users[1:] != users[:-1]) | (buckets[1:] != buckets[:-1])]))
+
+        def total(values: np.ndarray) -> np.ndarray:
+            return np.add.reduceat(values[order], first) if len(first) else values[:0]
+
+        times = np.concatenate([p.times for p in parts])[order]
+        return cls(
+            users[first], buckets[first],
+            np.maximum.reduceat(times, first) if len(first) else times,
+            total(np.concatenate([p.counts for p in parts])),
+            {t: (total(np.concatenate([p.tasks[t][0] for p in parts])),
+                 total(np.concatenate([p.tasks[t][1] for p in parts]))) for t in names},
+        )
+
+
+class HistoryBuilder:
+    """Accumulates training events chunk by chunk into per-(user, bucket) entries (see the module docstring);
+    memory stays within ~2x the final entries plus ``merge_every`` pending ones.
+
+    Args:
+        buckets: the time buckets (:meth:`TimeBuckets.fit` over the same events' timestamps).
+        tasks: the history tasks, in order.
+        merge_every: pending entries that trigger a merge (at least; and at least as many as the merged ones,
+            so merging costs O(1) per entry amortised).
+    """
+
+    def __init__(self, buckets: TimeBuckets, tasks: Sequence[str], merge_every: int = 1 << 20) -> None:
+        self.time_buckets = buckets
+        self.task_names = list(tasks)
+        self.merge_every = merge_every
+        self._merged: Optional[_Entries] = None
+        self._pending: List[_Entries] = []
+        self._pending_rows = 0
+
+    def add(self, users: np.ndarray, times: np.ndarray, tasks: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> None:
+        """Events: user keys [n] (uint64), timestamps [n], per task (label defined [n] bool, positive [n] bool)."""
+        if not len(users):
+            return
+        ones = np.ones(len(users), dtype=np.int64)
+        counts = {}
+        for name in self.task_names:
+            applies, positive = tasks[name]
+            applies = np.asarray(applies, dtype=bool)
+            counts[name] = (applies.astype(np.int64), (np.asarray(positive, dtype=bool) & applies).astype(np.int64))
+        times = np.asarray(times, dtype=np.float64)
+        events = _Entries(np.asarray(users, dtype=np.uint64), self.time_buckets.of(times), times, ones, counts)
+        part = _Entries.merged([events], self.task_names)
+        self._pending.append(part)
+        self._pending_rows += len(part)
+        if self._pending_rows >= max(self.merge_every, len(self._merged or ())):
+            self._merge()
+
+    def _merge(self) -> None:
+        parts = ([self._merged] if self._merged is not None else []) + self._pending
+        if parts:
+            self._merged = _Entries.merged(parts, self.task_names)
+        self._pending, self._pending_rows = [], 0
+
+    def finish(self) -> "LabelHistory":
+        """The history of every event added."""
+        self._merge()
+        entries = self._merged
+        if entries is None:
+            empty = np.zeros(0, dtype=np.int64)
+            entries = _Entries(empty.astype(np.uint64), empty, empty.astype(np.float64), empty,
+                               {t: (empty, empty) for t in self.task_names})
+        return LabelHistory.from_entries(entries.users, entries.times, entries.counts, entries.tasks,
+                                         exact=self.time_buckets.exact)
+
+
+class LabelHistory:
+    """Entries (per user, one per time bucket with events) sorted by (user, latest time), queried for the
+    entries of a user whose latest time is strictly earlier than a row's.
+
+    Args:
+        users: sorted distinct user keys of the entries.
+        times: sorted distinct latest times of the entries.
+        keys: sorted combined keys ``user_code * (len(times) + 1) + time_rank`` of the entries.
+        total: running event counts in key order ``[entries + 1]`` (entry ``i`` counts the events before
+            position ``i``).
+        cum: per task ``(applies, positive)`` running counts in key order, each ``[entries + 1]``.
+        exact: whether every entry is one timestamp (see the module docstring).
+    """
+
+    def __init__(self, users: np.ndarray, times: np.ndarray, keys: np.ndarray, total: np.ndarray,
+                 cum: Dict[str, Tuple[np.ndarray, np.ndarray]], exact: bool = True) -> None:
         self.users = users
         self.times = times
         self.keys = keys
+        self.total = total
         self.cum = cum
+        self.exact = exact
         self.tasks = list(cum)
 
     @classmethod
     def build(cls, users: np.ndarray, times: np.ndarray,
               tasks: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> "LabelHistory":
-        """From events: user keys [n], timestamps [n], per task (applies [n] bool, positive [n] bool)."""
-        users = np.asarray(users, dtype=np.uint64)
-        times = np.asarray(times, dtype=np.float64)
+        """The exact history of events: user keys [n], timestamps [n], per task (applies [n] bool, positive [n]
+        bool); one entry per event (memory per event: for a few events, and as the reference of the bounded
+        :class:`HistoryBuilder`)."""
+        applies = {name: np.asarray(a, dtype=bool) for name, (a, _) in tasks.items()}
+        return cls.from_entries(
+            np.asarray(users, dtype=np.uint64), np.asarray(times, dtype=np.float64), np.ones(len(users), np.int64),
+            {name: (applies[name].astype(np.int64), (np.asarray(p, dtype=bool) & applies[name]).astype(np.int64))
+             for name, (_, p) in tasks.items()},
+        )
+
+    @classmethod
+    def from_entries(cls, users: np.ndarray, times: np.ndarray, counts: np.ndarray,
+                     tasks: Mapping[str, Tuple[np.ndarray, np.ndarray]], exact: bool = True) -> "LabelHistory":
+        """From entries: user keys, latest times, event counts, per task (defined, positive) counts, all [m]."""
         distinct_users = np.unique(users)
         distinct_times = np.unique(times)
         if len(distinct_users) * (len(distinct_times) + 1) >= 2**62:
@@ -119,18 +289,21 @@ class LabelHistory:
         rank = np.searchsorted(distinct_times, times).astype(np.int64)
         keys = code * (len(distinct_times) + 1) + rank
         order = np.argsort(keys, kind="stable")
-        cum = {}
-        for name, (applies, positive) in tasks.items():
-            a = np.asarray(applies, dtype=bool)[order]
-            p = (np.asarray(positive, dtype=bool) & np.asarray(applies, dtype=bool))[order]
-            cum[name] = (_running(a), _running(p))
-        return cls(distinct_users, distinct_times, keys[order], cum)
+        cum = {name: (_running(a[order]), _running(p[order])) for name, (a, p) in tasks.items()}
+        return cls(distinct_users, distinct_times, keys[order], _running(counts[order]), cum, exact)
 
     def __len__(self) -> int:
+        """Number of entries (events, for an exact history built from events)."""
         return len(self.keys)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory of the index."""
+        arrays = [self.users, self.times, self.keys, self.total] + [x for pair in self.cum.values() for x in pair]
+        return sum(a.nbytes for a in arrays)
+
     def query(self, users: np.ndarray, times: np.ndarray) -> Dict[str, np.ndarray]:
-        """Statistics of each (user, time)'s strictly earlier events (see the module docstring)."""
+        """Statistics of each (user, time)'s strictly earlier entries (see the module docstring)."""
         users = np.asarray(users, dtype=np.uint64)
         times = np.asarray(times, dtype=np.float64)
         width = len(self.times) + 1
@@ -138,11 +311,11 @@ class LabelHistory:
         known = code < len(self.users)
         known[known] = self.users[code[known]] == users[known]
         code = np.where(known, code, 0).astype(np.int64)
-        rank = np.searchsorted(self.times, times, side="left").astype(np.int64)  # event times < t
+        rank = np.searchsorted(self.times, times, side="left").astype(np.int64)  # entry times < t
         start = np.searchsorted(self.keys, code * width, side="left")
         stop = np.searchsorted(self.keys, code * width + rank, side="left")
         stop = np.where(known, stop, start)
-        out = {"count": (stop - start).astype(np.float32)}
+        out = {"count": (self.total[stop] - self.total[start]).astype(np.float32)}
         for name, (applies, positive) in self.cum.items():
             n = applies[stop] - applies[start]
             pos = positive[stop] - positive[start]

@@ -282,9 +282,14 @@ class HistorySpec:
 
     Args:
         tasks: tasks to summarise (default: all); a regression task needs ``eval_threshold`` (its positives).
+        buckets: time buckets each user's state keeps at most (memory: one entry per user and bucket with
+            events, whatever the number of rows); exact when the training rows have at most this many distinct
+            timestamps, otherwise a row misses the earlier events of its own bucket when the user also has a
+            later event there (never leaks; see :mod:`recsys.data.history`).
     """
 
     tasks: Optional[List[str]] = None
+    buckets: int = 64
 
 
 @dataclass
@@ -433,6 +438,8 @@ class DatasetSpec:
         if self.history is not None:
             if self.user is None or self.time is None:
                 raise ConfigError(f"{source}: 'history' needs 'user' and 'time'")
+            if self.history.buckets < 1:
+                raise ConfigError(f"{source}: 'history.buckets' must be positive, got {self.history.buckets}")
             for name in self.history.tasks if self.history.tasks is not None else task_names:
                 if name not in task_names:
                     raise ConfigError(f"{source}: history task '{name}' is not a task")
