@@ -149,3 +149,41 @@ def test_predict_scores_every_row_of_new_files(tmp_path, tiny_world, capsys):
     table = pq.read_table(out)
     assert sorted(table.column("row_id").to_pylist()) == list(range(1500))
     assert np.isfinite(table.column("score_ctr").to_numpy()).all()
+
+
+@pytest.mark.parametrize("steps,metric", [
+    ((3, 6), "ctr/auc"),  # validated at 3 and 6: the newest model, if the best, is in memory
+    ((6,), "ctr/auc"),
+    ((3, 6), "ctr/count"),  # the same value twice: step 3 stays the best, so it is reloaded
+], ids=["two_validations", "one_validation", "earlier_best"])
+def test_final_report_reuses_the_validation_of_the_model_in_memory_only_when_it_is_the_best(tiny_config, steps,
+                                                                                             metric):
+    trainer = Trainer(tiny_config(extra=[f"train.eval_every_steps={steps[0]}", f"train.max_steps={steps[-1]}",
+                                         f"train.early_stopping.metric={metric}"]))
+    evaluated = []
+    evaluate = trainer.evaluate
+    loads = []
+    load = trainer.load
+
+    def counting(split="test"):
+        evaluated.append(split)
+        return evaluate(split)
+
+    def counting_load(path, **kwargs):
+        loads.append(os.path.basename(path))
+        return load(path, **kwargs)
+
+    trainer.evaluate, trainer.load = counting, counting_load
+    result = trainer.fit()
+    validations = len(steps)
+    assert [h["step"] for h in result["history"]] == list(steps)  # each validated step once
+    if metric == "ctr/count":
+        assert result["best_step"] == 3
+    if result["best_step"] == steps[-1]:  # the model in memory: no reload, no second pass over valid
+        assert evaluated.count("valid") == validations and loads == []
+    else:  # an earlier step was the best: reloaded and evaluated again
+        assert evaluated.count("valid") == validations + 1 and loads == [f"step-{result['best_step']:08d}"]
+    # the report is the one a fresh pass over the best model gives
+    again = Trainer(trainer.cfg, fit_data=False)
+    again.load(trainer.folder.checkpoint(f"step-{result['best_step']:08d}"), restore_loop=False, model_only=True)
+    np.testing.assert_equal(again.evaluate("valid"), result["valid"])  # NaN == NaN here

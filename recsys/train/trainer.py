@@ -239,6 +239,9 @@ class Trainer:
         self.state = TrainState()
         self._eval_seconds = 0.0
         self._warned_undefined = False
+        # (step, report) of the newest validation in this process: the final report reuses it when the model
+        # in memory is that step's, the best (no second pass over the same rows with the same weights)
+        self._last_valid: Optional[Tuple[int, Dict[str, float]]] = None
         self._identity: Optional[Dict[str, Any]] = None
         if self.training:
             on_main(lambda: self._write_run_files(fresh))
@@ -478,7 +481,8 @@ class Trainer:
                     if last:  # the epoch's line comes before its validation's
                         bar.close()
                         self._log_epoch(epoch)
-                    if self.state.step % eval_every == 0 or epoch_end:
+                    validated = self.state.step % eval_every == 0 or epoch_end
+                    if validated:
                         if epoch_end:
                             self.state.epoch += 1
                             self.state.batch_in_epoch = 0
@@ -491,7 +495,7 @@ class Trainer:
                         self._detach_pipeline()
                         self.save()
                     if cfg.max_steps is not None and self.state.step >= cfg.max_steps:
-                        if not epoch_end:
+                        if not validated:  # the last step is validated once
                             self._detach_pipeline()
                             stop = self._validate(metric, mode)
                         stop = True
@@ -566,6 +570,7 @@ class Trainer:
             self._eval_seconds += time.perf_counter() - t0
             return False
         report = self.evaluate("valid")
+        self._last_valid = (self.state.step, dict(report))
         value = report.get(metric)
         if value is None:
             raise ConfigError(
@@ -739,12 +744,19 @@ class Trainer:
                 self.board.embedding(f"embeddings/{table}", values, labels, step)
 
     def _finish(self) -> Dict[str, Any]:
-        if self.state.best_checkpoint is not None:
+        last_valid = self._last_valid
+        # the model in memory is the one reported (the best, or the last where no validation was ever defined)
+        in_memory_is_best = (
+            last_valid is not None
+            and last_valid[0] == self.state.step
+            and (self.state.best_checkpoint is None or self.state.best_step == self.state.step)
+        )
+        if self.state.best_checkpoint is not None and not in_memory_is_best:
             best = self.folder.checkpoint(self.state.best_checkpoint)
             if not os.path.isdir(best):
                 raise RecsysError(f"{best}: the best checkpoint of this run is missing (deleted during training?)")
             self.load(best, restore_loop=False)
-        elif self.is_main:
+        elif self.state.best_checkpoint is None and self.is_main:
             log.warning("the validation metric was never defined: the final model is the last one trained")
         result: Dict[str, Any] = {
             "model": self.cfg.model.name,
@@ -754,7 +766,11 @@ class Trainer:
             "stopped_early": self.state.stopped_early,
             "train_seconds": round(self.state.train_seconds, 2),
             "train_samples_per_sec": round(self.state.samples / max(self.state.train_seconds, 1e-9), 1),
-            "valid": self.evaluate("valid") if self._split_rows("valid") else {},
+            "valid": (
+                (last_valid[1] if in_memory_is_best and last_valid else self.evaluate("valid"))
+                if self._split_rows("valid")
+                else {}
+            ),
             "test": self.evaluate("test") if self._split_rows("test") else {},
             "untrained_tasks": untrained_tasks(self.loss.weights),
             "history": self.state.history,
