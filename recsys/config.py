@@ -126,6 +126,8 @@ class DataConfig:
         scenarios: keep only the rows of these scenario indices (e.g. one model per scenario, the ST baseline);
             encoders are fitted on the kept training rows only.
         side_columns: per-row side columns joined by row id (``batch.extras``).
+        decode_workers: threads that decode chunks of the files (the in-memory read, streams, evaluation
+            passes); default: the cores this process may use, at most 4. Rows are the same for any number.
     """
 
     spec: str = ""
@@ -140,6 +142,7 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     scenarios: Optional[List[NonNegativeInt]] = None
     side_columns: List[SideColumnsConfig] = field(default_factory=list)
+    decode_workers: Optional[PositiveInt] = None
 
 
 @dataclass

@@ -53,11 +53,12 @@ from recsys.data.history import (
     history_keys,
     history_possible,
     history_tasks,
-    value_keys,
+    ValueKeys,
 )
 from recsys.data.joins import Joins, SideColumns
 from recsys.data.lineage import check_no_label_leak, feature_columns, source_columns
 from recsys.data.outline import declared_sizes, outline_of, schema_of
+from recsys.data.parallel import ordered_map
 from recsys.data.reader import DATA_EXTENSIONS, RawChunk, SourceReader, list_files
 from recsys.data.record import RecordLayout
 from recsys.data.spec import DatasetSpec, FileSpec, FilterSpec, spec_of
@@ -89,6 +90,7 @@ class Dataset:
             :class:`~recsys.config.SideColumnsConfig`); rows the side table does not list get its ``fill``.
         history: rows carry their label history (``Columns.history``): True when a model reads it, False
             never, None as the spec says (its ``history`` section); see :meth:`use_history`.
+        workers: threads that decode chunks (reads and streams; default: the cores, at most 4).
 
     Example::
 
@@ -109,8 +111,10 @@ class Dataset:
         scenarios: Optional[Sequence[int]] = None,
         side_columns: Sequence[SideColumnsConfig] = (),
         history: Optional[bool] = None,
+        workers: Optional[int] = None,
     ) -> None:
         self.spec = spec
+        self.workers = workers
         self.root = spec.data_root(root)
         self.split = split or SplitConfig()
         self.splitter = Splitter(self.split, separate=[s for s, _ in spec.split_sources() if s is not None])
@@ -129,6 +133,7 @@ class Dataset:
         self.joins = Joins(spec.joins, self.root, chunk_rows)
         self._history: Optional[LabelHistory] = None
         self._history_lock = threading.Lock()  # streams encode in loader threads
+        self._value_keys = ValueKeys()
         check_no_label_leak(spec)
         self.scenarios = None if scenarios is None else sorted(set(int(s) for s in scenarios))
         if self.scenarios is not None:
@@ -166,7 +171,7 @@ class Dataset:
         side = [SideColumnsConfig(cfg.resolve(sc.path), list(sc.columns), sc.key, sc.fill)
                 for sc in cfg.data.side_columns]
         return cls(spec, root, cfg.data.split, cfg.data.chunk_rows, cfg.data.max_rows, progress,
-                   scenarios=cfg.data.scenarios, side_columns=side, history=history)
+                   scenarios=cfg.data.scenarios, side_columns=side, history=history, workers=cfg.data.decode_workers)
 
     @property
     def valid_from(self) -> Optional[float]:
@@ -314,7 +319,7 @@ class Dataset:
 
     def _user_keys(self, table: pa.Table, where: Where) -> np.ndarray:
         enc = next(e for e in self.sparse if e.name == self.spec.user)
-        return value_keys(enc.normalised(table.column(enc.column), where))
+        return self._value_keys(enc.normalised(table.column(enc.column), where))
 
     def label_history(self) -> LabelHistory:
         """The training events of every rank's rows (one pass over the source, built once and cached)."""
@@ -459,28 +464,35 @@ class Dataset:
 
     def _encoded_chunks(self, rank: int, world_size: int, desc: str,
                         only: Optional[int] = None) -> Iterator[Tuple[Columns, np.ndarray]]:
-        """Encoded chunks of this rank with each row's split; with ``only``, rows of other splits are dropped
-        before encoding (the fit pass has already validated them)."""
+        """Encoded chunks of this rank with each row's split, in file order, decoded on ``workers`` threads
+        (:func:`~recsys.data.parallel.ordered_map`); with ``only``, rows of other splits are dropped before
+        encoding (the fit pass has already validated them)."""
         total = 0
         for fs, fixed in self._sources():
             start, stop = rank_range(self._rows_of(fs, fixed), rank, world_size)
             total += stop - start
+
+        def encode(item: Tuple[RawChunk, Optional[int]]) -> Tuple[int, Optional[Tuple[Columns, np.ndarray]]]:
+            chunk, fixed = item
+            table, where = self._prepare(chunk)
+            row_ids = self._row_ids(chunk, table, where, fixed)
+            split = self._split_of(row_ids, self._time(table, where), fixed)
+            keep = self._scenario_keep(table, where)
+            if only is not None:
+                keep = (split == only) if keep is None else keep & (split == only)
+            if keep is not None:
+                if not keep.any():
+                    return chunk.table.num_rows, None
+                if not keep.all():
+                    table, row_ids, split = table.filter(pa.array(keep)), row_ids[keep], split[keep]
+                    where = _kept_where(where, keep)  # errors name file rows
+            return chunk.table.num_rows, (self._encode(table, where, row_ids).pack(), split)
+
         with self._bar(desc, total) as bar:
-            for chunk, fixed in self._rank_chunks(rank, world_size):
-                table, where = self._prepare(chunk)
-                row_ids = self._row_ids(chunk, table, where, fixed)
-                split = self._split_of(row_ids, self._time(table, where), fixed)
-                bar.update(chunk.table.num_rows)
-                keep = self._scenario_keep(table, where)
-                if only is not None:
-                    keep = (split == only) if keep is None else keep & (split == only)
-                if keep is not None:
-                    if not keep.any():
-                        continue
-                    if not keep.all():
-                        table, row_ids, split = table.filter(pa.array(keep)), row_ids[keep], split[keep]
-                        where = _kept_where(where, keep)  # errors name file rows
-                yield self._encode(table, where, row_ids).pack(), split
+            for rows, encoded in ordered_map(encode, self._rank_chunks(rank, world_size), self.workers):
+                bar.update(rows)
+                if encoded is not None:
+                    yield encoded
 
     def read(self, rank: int = 0, world_size: int = 1, splits: Sequence[str] = SPLITS) -> Dict[str, Columns]:
         """All of this rank's rows, encoded, per split (one pass over the files)."""
