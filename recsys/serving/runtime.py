@@ -649,6 +649,33 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def check_files(
+    path: str,
+    files: Mapping[str, Mapping[str, Any]],
+    present: Sequence[str],
+    error: Callable[[str], Exception],
+    what: str,
+) -> None:
+    """Folder ``path``'s files (``present``, relative) against a manifest's table ``files`` (name -> size,
+    sha256): a file it does not list, a missing, truncated or changed file raises ``error`` with one line naming
+    it (``what``: "artifact", "checkpoint"). recsys checks its checkpoints with this too."""
+    unlisted = sorted(set(present) - set(files))
+    if unlisted:
+        raise error(
+            f"{path}: file '{unlisted[0]}' is not in the {what}'s manifest; refusing a {what} with files it was "
+            "not written with"
+        )
+    for name, entry in files.items():
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            raise error(f"{full}: missing (listed in the {what}'s manifest)")
+        size = os.path.getsize(full)
+        if size != entry["size"]:
+            raise error(f"{full}: {size} bytes, the manifest says {entry['size']} (truncated or replaced)")
+        if file_digest(full) != entry["sha256"]:
+            raise error(f"{full}: content differs from the {what}'s manifest (corrupt or replaced)")
+
+
 def artifact_files(path: str) -> List[str]:
     """Every file under ``path`` (relative, ``/``-separated) except the manifest and Python's caches."""
     out = []
@@ -688,21 +715,7 @@ def verify(path: str) -> Dict[str, Any]:
             or not isinstance(entry.get("sha256"), str)
         ):
             raise ArtifactError(f"{file}: corrupt manifest (bad entry {name!r})")
-    unlisted = sorted(set(artifact_files(path)) - set(files))
-    if unlisted:
-        raise ArtifactError(
-            f"{os.path.join(path, unlisted[0])}: not in the artifact's manifest; refusing an "
-            "artifact with files it was not exported with"
-        )
-    for name, entry in files.items():
-        full = os.path.join(path, name)
-        if not os.path.isfile(full):
-            raise ArtifactError(f"{full}: missing (listed in the artifact's manifest)")
-        size = os.path.getsize(full)
-        if size != entry["size"]:
-            raise ArtifactError(f"{full}: {size} bytes, the manifest says {entry['size']} (truncated or replaced)")
-        if file_digest(full) != entry["sha256"]:
-            raise ArtifactError(f"{full}: content differs from the artifact's manifest (corrupt or replaced)")
+    check_files(path, files, artifact_files(path), ArtifactError, "artifact")
     program = manifest.get("program")
     if (
         not isinstance(program, dict)

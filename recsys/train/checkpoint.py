@@ -28,7 +28,6 @@ Resharding is DCP's: a checkpoint saved by N ranks loads on M ranks.
 
 import base64
 import errno
-import hashlib
 import io
 import json
 import os
@@ -47,6 +46,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from recsys.console import quiet_library
 from recsys.errors import RecsysError
 from recsys.io import disk_error
+from recsys.serving.runtime import check_files, file_digest
 from recsys.train.dist import barrier
 
 COMPLETE = "COMPLETE"
@@ -54,7 +54,6 @@ MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = "recsys-checkpoint-v1"
 TRAINER_STATE = "trainer.json"
 _STEP_RE = re.compile(r"^step-(\d+)$")
-_HASH_BLOCK = 1 << 22
 
 
 class CheckpointError(RecsysError):
@@ -168,16 +167,6 @@ class SafeFileSystemReader(dcp.FileSystemReader):
 
 
 # --- manifest ------------------------------------------------------------------------------------------------
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_HASH_BLOCK)
-            if not block:
-                return h.hexdigest()
-            h.update(block)
-
-
 def write_manifest(path: str) -> None:
     """Record size and SHA-256 of every file of checkpoint folder ``path`` (rank 0, after all ranks wrote)."""
     files = {}
@@ -217,23 +206,8 @@ def verify_manifest(path: str) -> Dict[str, Dict[str, Any]]:
         ) from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as e:
         raise CheckpointError(f"{file}: not a valid checkpoint manifest ({_first_line(e)})") from None
-    present = {n for n in os.listdir(path) if n not in (MANIFEST, COMPLETE)}
-    unlisted = sorted(present - set(files))
-    if unlisted:
-        raise CheckpointError(
-            f"{path}: file '{unlisted[0]}' is not in the checkpoint's manifest; refusing to load "
-            "a checkpoint with planted files"
-        )
-    for name, entry in files.items():
-        full = os.path.join(path, name)
-        if not os.path.isfile(full):
-            raise CheckpointError(f"{full}: missing (listed in the checkpoint's manifest)")
-        if os.path.getsize(full) != entry["size"]:
-            raise CheckpointError(
-                f"{full}: {os.path.getsize(full)} bytes, the manifest says {entry['size']} (truncated or replaced)"
-            )
-        if file_digest(full) != entry["sha256"]:
-            raise CheckpointError(f"{full}: content differs from the checkpoint's manifest (corrupt or replaced)")
+    present = [n for n in os.listdir(path) if n not in (MANIFEST, COMPLETE)]
+    check_files(path, files, present, CheckpointError, "checkpoint")
     return files
 
 
