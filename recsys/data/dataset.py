@@ -32,7 +32,7 @@ import pyarrow as pa
 from recsys.config import SideColumnsConfig, SplitConfig
 from recsys.console import Progress
 from recsys.data import validation
-from recsys.data.columns import Columns, Ragged
+from recsys.data.columns import ColumnsFiller, Columns, Ragged
 from recsys.data.derived import add_derived, filter_mask
 from recsys.data.encoding import (
     CategoryEncoder,
@@ -496,13 +496,23 @@ class Dataset:
 
     def read(self, rank: int = 0, world_size: int = 1, splits: Sequence[str] = SPLITS) -> Dict[str, Columns]:
         """All of this rank's rows, encoded, per split (one pass over the files)."""
-        parts: Dict[str, List[Columns]] = {s: [] for s in splits}
+        fillers = {s: ColumnsFiller(self._expected_rows(s, rank, world_size)) for s in splits}
         for cols, split in self._encoded_chunks(rank, world_size, "read"):
             for name in splits:
                 keep = split == SPLITS.index(name)
-                if keep.any():
-                    parts[name].append(cols if keep.all() else cols.mask(keep))
-        return {s: Columns.concat(p) if p else self.empty() for s, p in parts.items()}
+                if keep.all():
+                    fillers[name].add(cols)
+                elif keep.any():
+                    fillers[name].add(cols, np.flatnonzero(keep))
+        return {s: filler.finish() or self.empty() for s, filler in fillers.items()}
+
+    def _expected_rows(self, split: str, rank: int, world_size: int) -> int:
+        """Rows of ``split`` a rank's read should hold: the fit pass's count of the split (all ranks), times the
+        rank's share of the rows plus some slack on several ranks (only the arrays' first size depends on it)."""
+        count = self.split_counts.get(split, 0)
+        if world_size == 1:
+            return count
+        return int(count / world_size * 1.02) + self.chunk_rows
 
     def stream(self, split: str, rank: int = 0, world_size: int = 1) -> Iterator[Columns]:
         """This rank's rows of one split, chunk by chunk (for data larger than memory)."""
