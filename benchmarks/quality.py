@@ -466,6 +466,14 @@ def run_grid(
     return results
 
 
+def only_names(values: Sequence[str], names: Sequence[str]) -> List[str]:
+    """The experiments ``--only`` names: each value is one experiment's name, or a comma-separated list."""
+    out: List[str] = []
+    for value in values:
+        out += [value] if value in names else [v.strip() for v in value.split(",")]
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0])
     p.add_argument("--grid", default="all", help="comma-separated grid names (default: all)")
@@ -477,7 +485,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--epochs", type=int, default=None, help="cap every run at this many epochs (default: the dataset profile's)"
     )
     p.add_argument(
-        "--only", default=None, help="comma-separated experiment names to (re)run; the grid's other cells are kept"
+        "--only",
+        action="append",
+        default=None,
+        help="experiment names to (re)run, comma-separated or one per --only (a name with a comma in it: one "
+        "--only each); the grid's other cells are kept",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
@@ -503,7 +515,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.quick,
             args.out,
             args.epochs,
-            args.only.split(",") if args.only else None,
+            only_names(args.only, [exp.name for exp in available[name].EXPERIMENTS]) if args.only else None,
         )
     return 0
 

@@ -411,3 +411,12 @@ def test_overhead_stages_add_up_and_are_written(tmp_path):
     assert all(med[k] > 0 for k in ("model", "input_dist", "lookup", "kernel"))
     assert "| 32 |" in (tmp_path / "overhead_cpu.md").read_text()
     assert (tmp_path / "overhead_cpu.png").stat().st_size > 1000
+
+
+def test_quality_only_takes_names_with_commas_one_per_flag():
+    from benchmarks.quality import only_names
+
+    names = ["STAN branch, no re-weighting", "STAN", "STAN without Beta", "PLE"]
+    assert only_names(["STAN branch, no re-weighting", "STAN,PLE"], names) == [
+        "STAN branch, no re-weighting", "STAN", "PLE"]
+    assert only_names(["STAN, PLE"], names) == ["STAN", "PLE"]
