@@ -320,3 +320,20 @@ def test_evaluation_benchmark_tiny_with_a_baseline(tmp_path):
 
 if __name__ == "__main__":  # one rank of test_two_ranks_report_what_one_rank_reports, under torchrun
     two_rank_worker(sys.argv[1])
+
+
+def test_collected_rows_are_joined_once_and_handed_over():
+    import copy
+
+    cols, logits = rank_test_rows()
+    collector = collect(cols, logits, 100)
+    expected = Predictions.concat(copy.deepcopy(collector._parts))
+    got = collector.local()
+    for name in ("row_id", "scenario", "user", "user_key"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+    for name in ("labels", "scores", "groups", "oracle"):
+        assert list(getattr(got, name)) == list(getattr(expected, name))
+        for key, value in getattr(expected, name).items():
+            np.testing.assert_array_equal(getattr(got, name)[key], value, err_msg=f"{name}/{key}")
+    with pytest.raises(ValueError, match="no evaluation rows"):
+        collector.local()  # the parts were handed over, not kept beside the joined rows

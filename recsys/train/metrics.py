@@ -138,9 +138,29 @@ class PredictionCollector:
         self._parts.append(Predictions.of_batch(batch, keep, self.schema.task_names, scores))
 
     def local(self) -> Predictions:
+        """This rank's rows. The collected parts are handed over (a second call has none): each field's parts
+        are dropped as soon as it is joined, so the peak is the rows once plus one field, not twice the rows."""
         if not self._parts:
             raise ValueError("no evaluation rows")
-        return Predictions.concat(self._parts)
+        parts, self._parts = self._parts, []
+        if len(parts) == 1:
+            return parts[0]
+        values: Dict[str, Any] = {}
+        for name, f in row_fields(Predictions):
+            if f.layout == "keyed":
+                joined = {}
+                for key in list(getattr(parts[0], name)):
+                    joined[key] = np.concatenate([getattr(p, name).pop(key) for p in parts])
+                values[name] = joined
+            else:
+                items = [getattr(p, name) for p in parts]
+                if any(v is None for v in items) and not all(v is None for v in items):
+                    raise ValueError(f"some parts carry '{name}' and some do not")
+                values[name] = None if items[0] is None else np.concatenate(items)
+                del items
+                for p in parts:
+                    setattr(p, name, None)
+        return Predictions(**values)
 
     def gather(self) -> Predictions:
         """This rank's rows joined with every other rank's, in rank order, on every rank.
