@@ -12,9 +12,14 @@ if TYPE_CHECKING:
 
 # imported on first use: a spec or config is read without torch
 _MODULE_OF: Dict[str, str] = {
-    "Batch": "recsys.data.batch", "Columns": "recsys.data.columns", "Ragged": "recsys.data.columns",
-    "SPLITS": "recsys.data.dataset", "Dataset": "recsys.data.dataset", "BatchLoader": "recsys.data.loader",
-    "DatasetSpec": "recsys.data.spec", "load_spec": "recsys.data.spec",
+    "Batch": "recsys.data.batch",
+    "Columns": "recsys.data.columns",
+    "Ragged": "recsys.data.columns",
+    "SPLITS": "recsys.data.dataset",
+    "Dataset": "recsys.data.dataset",
+    "BatchLoader": "recsys.data.loader",
+    "DatasetSpec": "recsys.data.spec",
+    "load_spec": "recsys.data.spec",
 }
 
 __all__ = ["Batch", "BatchLoader", "Columns", "Dataset", "DatasetSpec", "Ragged", "SPLITS", "load_spec"]

@@ -37,8 +37,9 @@ class Batch(RowFields[torch.Tensor, KeyedJaggedTensor], Pipelineable):
     def size(self) -> int:
         return int(self.row_id.numel())
 
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor],
-               kjt_fn: Callable[[KeyedJaggedTensor], KeyedJaggedTensor]) -> "Batch":
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], kjt_fn: Callable[[KeyedJaggedTensor], KeyedJaggedTensor]
+    ) -> "Batch":
         return tree_map(self, lambda t, f: fn(t), sparse=kjt_fn)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":

@@ -88,8 +88,13 @@ class Columns(RowFields[np.ndarray, Dict[str, SparseColumn]]):
         else:
             matrix = None
             sparse = {k: (v.take(idx) if isinstance(v, Ragged) else v[idx]) for k, v in self.sparse.items()}
-        return tree_map(self, lambda a, f: a[idx], sparse=lambda _: sparse, packed=matrix,
-                        packed_names=self.packed_names if matrix is not None else ())
+        return tree_map(
+            self,
+            lambda a, f: a[idx],
+            sparse=lambda _: sparse,
+            packed=matrix,
+            packed_names=self.packed_names if matrix is not None else (),
+        )
 
     def mask(self, keep: np.ndarray) -> "Columns":
         return self.take(np.flatnonzero(keep))
@@ -103,13 +108,20 @@ class Columns(RowFields[np.ndarray, Dict[str, SparseColumn]]):
         first = parts[0]
         if all(p.packed is not None and p.packed_names == first.packed_names for p in parts):
             matrix = np.concatenate([p.packed for p in parts if p.packed is not None])
-            ragged = {k: (_cat([p.sparse[k] for p in parts]) if isinstance(v, Ragged) else None)
-                      for k, v in first.sparse.items()}
+            ragged = {
+                k: (_cat([p.sparse[k] for p in parts]) if isinstance(v, Ragged) else None)
+                for k, v in first.sparse.items()
+            }
             sparse = _with_views(ragged, matrix, first.packed_names)
         else:
             matrix, sparse = None, {k: _cat([p.sparse[k] for p in parts]) for k in first.sparse}
-        return concat_fields(parts, lambda arrays, f: _cat(arrays), sparse=lambda _: sparse, packed=matrix,
-                             packed_names=first.packed_names if matrix is not None else ())
+        return concat_fields(
+            parts,
+            lambda arrays, f: _cat(arrays),
+            sparse=lambda _: sparse,
+            packed=matrix,
+            packed_names=first.packed_names if matrix is not None else (),
+        )
 
     def layout(self) -> RecordLayout:
         """The keys, widths, optional fields and sparse features of these columns (what padding copies)."""
@@ -126,8 +138,14 @@ class Columns(RowFields[np.ndarray, Dict[str, SparseColumn]]):
         """
 
         def sparse(n: int) -> Dict[str, SparseColumn]:
-            return {k: (Ragged(np.zeros(n, np.int64), np.arange(n + 1, dtype=np.int64)) if multi_hot
-                        else np.zeros(n, np.int64)) for k, multi_hot in layout.sparse}
+            return {
+                k: (
+                    Ragged(np.zeros(n, np.int64), np.arange(n + 1, dtype=np.int64))
+                    if multi_hot
+                    else np.zeros(n, np.int64)
+                )
+                for k, multi_hot in layout.sparse
+            }
 
         return blank(Columns, layout, rows, sparse)
 
@@ -158,8 +176,11 @@ class Columns(RowFields[np.ndarray, Dict[str, SparseColumn]]):
             stride=n,
         )
         return tree_map(
-            self, lambda a, f: torch.from_numpy(np.ascontiguousarray(a) if f.layout == "matrix" else a),
-            sparse=lambda _: kjt, into=Batch, absent=lambda f: torch.from_numpy(np.zeros(0, f.dtype)),
+            self,
+            lambda a, f: torch.from_numpy(np.ascontiguousarray(a) if f.layout == "matrix" else a),
+            sparse=lambda _: kjt,
+            into=Batch,
+            absent=lambda f: torch.from_numpy(np.zeros(0, f.dtype)),
         )
 
 
@@ -168,8 +189,9 @@ def _cat(arrays: List[Any]) -> Any:
     return Ragged.concat(arrays) if isinstance(arrays[0], Ragged) else np.concatenate(arrays)
 
 
-def _with_views(sparse: Mapping[str, Optional[SparseColumn]], matrix: Optional[np.ndarray],
-                names: Sequence[str]) -> Dict[str, SparseColumn]:
+def _with_views(
+    sparse: Mapping[str, Optional[SparseColumn]], matrix: Optional[np.ndarray], names: Sequence[str]
+) -> Dict[str, SparseColumn]:
     """``sparse`` with the packed features (``names``, None in ``sparse``) replaced by column views of ``matrix``
     (order kept)."""
     position = {k: j for j, k in enumerate(names)}
@@ -218,16 +240,16 @@ class ColumnsFiller:
             self._out = self._grown(self._out, max(2 * len(self._out), self.rows + n))
         out, end = self._out, self.rows + n
         for dst, src in zip(arrays(out), arrays(cols)):
-            _put(dst[self.rows:end], src, idx)
+            _put(dst[self.rows : end], src, idx)
         if (out.packed is None) != (cols.packed is None) or out.packed_names != cols.packed_names:
             raise ValueError("ColumnsFiller: chunks of one split must be packed alike")
         if out.packed is not None and cols.packed is not None:
-            _put(out.packed[self.rows:end], cols.packed, idx)
+            _put(out.packed[self.rows : end], cols.packed, idx)
         else:
             for k, v in cols.sparse.items():
                 column = out.sparse[k]
                 if not isinstance(v, Ragged) and not isinstance(column, Ragged):
-                    _put(column[self.rows:end], v, idx)
+                    _put(column[self.rows : end], v, idx)
         for k, v in cols.sparse.items():
             if isinstance(v, Ragged):
                 self._ragged[k].append(v if idx is None else v.take(idx))
@@ -244,8 +266,9 @@ class ColumnsFiller:
             sparse = _with_views({k: ragged.get(k) for k in out.sparse}, matrix, out.packed_names)
         else:
             sparse = {k: ragged[k] if k in ragged else v[:rows] for k, v in out.sparse.items()}  # type: ignore[index]
-        return tree_map(out, lambda a, f: a[:rows], sparse=lambda _: sparse, packed=matrix,
-                        packed_names=out.packed_names)
+        return tree_map(
+            out, lambda a, f: a[:rows], sparse=lambda _: sparse, packed=matrix, packed_names=out.packed_names
+        )
 
     def _allocate(self, like: Columns, rows: int) -> Columns:
         def empty(a: np.ndarray, f: Any = None) -> np.ndarray:
@@ -253,8 +276,9 @@ class ColumnsFiller:
 
         matrix = empty(like.packed) if like.packed is not None else None
         if matrix is not None:
-            sparse = _with_views({k: (v if isinstance(v, Ragged) else None) for k, v in like.sparse.items()}, matrix,
-                                 like.packed_names)
+            sparse = _with_views(
+                {k: (v if isinstance(v, Ragged) else None) for k, v in like.sparse.items()}, matrix, like.packed_names
+            )
         else:
             sparse = {k: (v if isinstance(v, Ragged) else empty(v)) for k, v in like.sparse.items()}
         return tree_map(like, empty, sparse=lambda _: sparse, packed=matrix, packed_names=like.packed_names)
@@ -262,13 +286,13 @@ class ColumnsFiller:
     def _grown(self, out: Columns, rows: int) -> Columns:
         bigger = self._allocate(out, rows)
         for dst, src in zip(arrays(bigger), arrays(out)):
-            dst[:self.rows] = src[:self.rows]
+            dst[: self.rows] = src[: self.rows]
         if out.packed is not None:
-            bigger.packed[:self.rows] = out.packed[:self.rows]  # type: ignore[index]
+            bigger.packed[: self.rows] = out.packed[: self.rows]  # type: ignore[index]
         else:
             for k, v in out.sparse.items():
                 if not isinstance(v, Ragged):
-                    bigger.sparse[k][:self.rows] = v[:self.rows]  # type: ignore[index]
+                    bigger.sparse[k][: self.rows] = v[: self.rows]  # type: ignore[index]
         return bigger
 
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 from recsys.config import SideColumnsConfig, SplitConfig
 from recsys.console import Progress
 from recsys.data import validation
-from recsys.data.columns import ColumnsFiller, Columns, Ragged
+from recsys.data.columns import Columns, ColumnsFiller, Ragged
 from recsys.data.derived import add_derived, filter_mask
 from recsys.data.encoding import (
     CategoryEncoder,
@@ -48,12 +48,12 @@ from recsys.data.history import (
     HistoryBuilder,
     LabelHistory,
     TimeBuckets,
+    ValueKeys,
     history_buckets,
     history_events,
     history_keys,
     history_possible,
     history_tasks,
-    ValueKeys,
 )
 from recsys.data.joins import Joins, SideColumns
 from recsys.data.lineage import check_no_label_leak, feature_columns, source_columns
@@ -141,8 +141,10 @@ class Dataset:
                 raise ConfigError(f"data.scenarios: dataset '{spec.name}' has no scenario column")
             bad = [s for s in self.scenarios if not 0 <= s < self.scenario.size]
             if bad or not self.scenarios:
-                raise ConfigError(f"data.scenarios: {bad or 'an empty list'} is not a list of scenario indices in "
-                                  f"[0, {self.scenario.size})")
+                raise ConfigError(
+                    f"data.scenarios: {bad or 'an empty list'} is not a list of scenario indices in "
+                    f"[0, {self.scenario.size})"
+                )
         self.side_columns = list(side_columns)
         self.side = SideColumns(self.side_columns, chunk_rows)
         self._fit_files: Optional[Fingerprint] = None  # the files the fit pass read
@@ -158,8 +160,9 @@ class Dataset:
         self.with_history = bool(wanted) and history_possible(self.spec)
 
     @classmethod
-    def from_config(cls, cfg: "Config", progress: bool = False, spec: Optional[DatasetSpec] = None,
-                    history: Optional[bool] = None) -> "Dataset":
+    def from_config(
+        cls, cfg: "Config", progress: bool = False, spec: Optional[DatasetSpec] = None, history: Optional[bool] = None
+    ) -> "Dataset":
         """The dataset of a run config's ``data`` section; ``spec`` (a spec built in code, checked here) instead
         of the YAML file ``data.spec`` names (with ``data.spec_overrides`` applied); ``history``: see
         :meth:`use_history`."""
@@ -168,10 +171,21 @@ class Dataset:
         else:
             spec = spec_of(cfg)
         root = cfg.resolve(cfg.data.path) if cfg.data.path else None
-        side = [SideColumnsConfig(cfg.resolve(sc.path), list(sc.columns), sc.key, sc.fill)
-                for sc in cfg.data.side_columns]
-        return cls(spec, root, cfg.data.split, cfg.data.chunk_rows, cfg.data.max_rows, progress,
-                   scenarios=cfg.data.scenarios, side_columns=side, history=history, workers=cfg.data.decode_workers)
+        side = [
+            SideColumnsConfig(cfg.resolve(sc.path), list(sc.columns), sc.key, sc.fill) for sc in cfg.data.side_columns
+        ]
+        return cls(
+            spec,
+            root,
+            cfg.data.split,
+            cfg.data.chunk_rows,
+            cfg.data.max_rows,
+            progress,
+            scenarios=cfg.data.scenarios,
+            side_columns=side,
+            history=history,
+            workers=cfg.data.decode_workers,
+        )
 
     @property
     def valid_from(self) -> Optional[float]:
@@ -263,7 +277,8 @@ class Dataset:
         sparse = {e.name: e.transform(table.column(e.column), where) for e in self.sparse}
         dense = (
             np.stack([e.transform(table.column(e.column), where) for e in self.dense], axis=1)
-            if self.dense else np.zeros((n, 0), dtype=np.float32)
+            if self.dense
+            else np.zeros((n, 0), dtype=np.float32)
         )
         if self.spec.user:
             user_col = sparse[self.spec.user]
@@ -275,15 +290,24 @@ class Dataset:
             dense=dense,
             sparse=sparse,
             labels=self._labels(table, where) if labelled else blank.labels,
-            scenario=(self.scenario.transform(table.column(self.scenario.spec.column), where)
-                      if self.scenario else np.zeros(n, dtype=np.int64)),
+            scenario=(
+                self.scenario.transform(table.column(self.scenario.spec.column), where)
+                if self.scenario
+                else np.zeros(n, dtype=np.int64)
+            ),
             user=np.asarray(user, dtype=np.int64),
             weights=validation.weights(self.spec.weight if has(self.spec.weight) else None, table, where),
             row_id=row_ids,
-            groups={k: e.transform(table.column(e.spec.column), where) if has(e.spec.column) else blank.groups[k]
-                    for k, e in self.groups.items()},
-            oracle={**(blank.oracle if scoring else {}), **validation.oracle(
-                {t: c for t, c in self.spec.oracle.items() if has(c)}, self.spec.tasks, table, where)},
+            groups={
+                k: e.transform(table.column(e.spec.column), where) if has(e.spec.column) else blank.groups[k]
+                for k, e in self.groups.items()
+            },
+            oracle={
+                **(blank.oracle if scoring else {}),
+                **validation.oracle(
+                    {t: c for t, c in self.spec.oracle.items() if has(c)}, self.spec.tasks, table, where
+                ),
+            },
             time=self._time(table, where) if has(self.spec.time) else blank.time,
             history=blank.history if scoring else self._history_of(table, where, user_key),
             extras=self.side.of(row_ids),
@@ -298,8 +322,13 @@ class Dataset:
         """The keys, optional fields, widths and sparse features of this dataset's encoded rows."""
         s = self.spec
         return RecordLayout(
-            keys={"labels": [t.name for t in s.tasks], "groups": list(self.groups), "oracle": list(s.oracle),
-                  "history": history_keys(self.history_tasks) if self.with_history else [], "extras": self.side.names},
+            keys={
+                "labels": [t.name for t in s.tasks],
+                "groups": list(self.groups),
+                "oracle": list(s.oracle),
+                "history": history_keys(self.history_tasks) if self.with_history else [],
+                "extras": self.side.names,
+            },
             present=frozenset(name for name, wanted in (("time", s.time), ("user_key", s.user)) if wanted),
             widths={"dense": len(self.dense)},
             sparse=[(e.name, e.spec.multi_hot) for e in self.sparse],
@@ -343,13 +372,20 @@ class Dataset:
                 bar.update(table.num_rows)
                 if not train.any():
                     continue
-                events = history_events(self.spec.tasks, self.history_tasks, self._labels(table, where),
-                                        table.num_rows)
-                builder.add(self._user_keys(table, where)[train], time[train],
-                            {name: (applies[train], positive[train]) for name, (applies, positive) in events.items()})
+                events = history_events(self.spec.tasks, self.history_tasks, self._labels(table, where), table.num_rows)
+                builder.add(
+                    self._user_keys(table, where)[train],
+                    time[train],
+                    {name: (applies[train], positive[train]) for name, (applies, positive) in events.items()},
+                )
         history = builder.finish()
-        log.info("label history: %d entries (%s) of %d users, %.1f MB", len(history),
-                 "exact" if history.exact else f"{buckets.size} time buckets", len(history.users), history.nbytes / 1e6)
+        log.info(
+            "label history: %d entries (%s) of %d users, %.1f MB",
+            len(history),
+            "exact" if history.exact else f"{buckets.size} time buckets",
+            len(history.users),
+            history.nbytes / 1e6,
+        )
         return history
 
     def _history_of(self, table: pa.Table, where: Where, user_keys: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
@@ -397,8 +433,9 @@ class Dataset:
             reader = self._reader(fs)
             stop = self.max_rows if fixed is None else None
             seen = kept = 0
-            with self._bar("fit" + ("" if fixed is None else f" {SPLITS[fixed]} files"),
-                           *reader.quick_rows(stop)) as bar:
+            with self._bar(
+                "fit" + ("" if fixed is None else f" {SPLITS[fixed]} files"), *reader.quick_rows(stop)
+            ) as bar:
                 for chunk in reader.chunks(0, stop):
                     table, where = self._prepare(chunk)
                     self._check_rows(table, where)
@@ -419,8 +456,12 @@ class Dataset:
                     bar.update(chunk.table.num_rows)
             rows[fixed], dropped[fixed] = seen, seen - kept
             if self.spec.filter:
-                log.info("filter: dropped %d of %d rows of %s", seen - kept, seen,
-                         fs.path if os.path.isabs(fs.path) else os.path.join(self.root, fs.path))
+                log.info(
+                    "filter: dropped %d of %d rows of %s",
+                    seen - kept,
+                    seen,
+                    fs.path if os.path.isabs(fs.path) else os.path.join(self.root, fs.path),
+                )
         if counts["train"] == 0:
             raise DataError(f"dataset '{self.spec.name}': the training split is empty")
         for enc in self.sparse:
@@ -462,8 +503,9 @@ class Dataset:
             for chunk in self._reader(fs).chunks(start, stop):
                 yield chunk, fixed
 
-    def _encoded_chunks(self, rank: int, world_size: int, desc: str,
-                        only: Optional[int] = None) -> Iterator[Tuple[Columns, np.ndarray]]:
+    def _encoded_chunks(
+        self, rank: int, world_size: int, desc: str, only: Optional[int] = None
+    ) -> Iterator[Tuple[Columns, np.ndarray]]:
         """Encoded chunks of this rank with each row's split, in file order, decoded on ``workers`` threads
         (:func:`~recsys.data.parallel.ordered_map`); with ``only``, rows of other splits are dropped before
         encoding (the fit pass has already validated them)."""
@@ -532,22 +574,31 @@ class Dataset:
         self._require_fitted()
         side = [dataclasses.asdict(sc) for sc in self.side_columns]
         return {
-            "split": split, "rank": rank, "world_size": world_size, "max_rows": self.max_rows,
-            "files": fingerprint(self.files()), "side_files": fingerprint([sc.path for sc in self.side_columns]),
-            "spec": dataclasses.asdict(self.spec), "split_config": dataclasses.asdict(self.split),
-            "cuts": [self.valid_from, self.test_from], "scenarios": self.scenarios, "side": side,
+            "split": split,
+            "rank": rank,
+            "world_size": world_size,
+            "max_rows": self.max_rows,
+            "files": fingerprint(self.files()),
+            "side_files": fingerprint([sc.path for sc in self.side_columns]),
+            "spec": dataclasses.asdict(self.spec),
+            "split_config": dataclasses.asdict(self.split),
+            "cuts": [self.valid_from, self.test_from],
+            "scenarios": self.scenarios,
+            "side": side,
             "history": {"tasks": self.history_tasks, "buckets": history_buckets(self.spec)},
-            "encoders": {"sparse": {e.name: e.state() for e in self.sparse},
-                         "dense": {e.spec.name: e.state() for e in self.dense}},
+            "encoders": {
+                "sparse": {e.name: e.state() for e in self.sparse},
+                "dense": {e.spec.name: e.state() for e in self.dense},
+            },
             "vocabularies": array_digest([e.vocab for e in self.sparse]),
         }
 
     # --- rows to score -----------------------------------------------------------------------------------
     def scoring_reader(self, path: str, keep: Sequence[str] = ()) -> SourceReader:
         """A reader of one file of new rows to score (``recsys predict --input``), read like the spec's source
-        (delimiter, header; the format from the file's extension). The file must have the columns the features come from (before joins and
-        derived columns) and ``keep``; the spec's other columns (labels, weights, times, groups, row ids) are
-        read when the file has them."""
+        (delimiter, header; the format from the file's extension). The file must have the columns the features
+        come from (before joins and derived columns) and ``keep``; the spec's other columns (labels, weights,
+        times, groups, row ids) are read when the file has them."""
         self._require_fitted()
         source = self.spec.main_source
         fmt = "auto" if path.endswith(DATA_EXTENSIONS) else source.format  # CSV rows for a Parquet source
@@ -594,10 +645,15 @@ class Dataset:
 
     def _extra_state(self) -> Dict[str, Any]:
         return {
-            "dataset": self.spec.name, "valid_from": self.valid_from, "test_from": self.test_from,
-            "source_rows": self.source_rows, "test_rows": self.test_rows, "valid_rows": self.rows.get(1),
+            "dataset": self.spec.name,
+            "valid_from": self.valid_from,
+            "test_from": self.test_from,
+            "source_rows": self.source_rows,
+            "test_rows": self.test_rows,
+            "valid_rows": self.rows.get(1),
             "split_counts": self.split_counts,
-            "files": fingerprint(self.files()), "max_rows": self.max_rows,
+            "files": fingerprint(self.files()),
+            "max_rows": self.max_rows,
         }
 
     def load(self, path: str) -> None:

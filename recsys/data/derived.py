@@ -22,6 +22,7 @@ def add_derived(derived: Sequence[DerivedSpec], table: pa.Table, where: Where) -
 
 def derive(d: DerivedSpec, table: pa.Table, where: Where) -> np.ndarray:
     """The values of derived column ``d`` for every row of ``table``: [n] int64 (see :class:`DerivedSpec`)."""
+
     def col(name: str) -> pa.Array:
         if name not in table.column_names:
             raise where.error(f"derived column '{d.name}' needs a missing column", name)
@@ -62,10 +63,22 @@ def _is_in(arr: pa.Array, values: List[Any], where: Where, column: str) -> np.nd
     return _to_numpy(pc.fill_null(pc.is_in(text, value_set=pa.array([str(v) for v in values])), False)).astype(bool)
 
 
-_COMPARE = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
-            "ge": np.greater_equal}
-_COMPARE_TEXT = {"eq": pc.equal, "ne": pc.not_equal, "lt": pc.less, "le": pc.less_equal, "gt": pc.greater,
-                 "ge": pc.greater_equal}
+_COMPARE = {
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "lt": np.less,
+    "le": np.less_equal,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+}
+_COMPARE_TEXT = {
+    "eq": pc.equal,
+    "ne": pc.not_equal,
+    "lt": pc.less,
+    "le": pc.less_equal,
+    "gt": pc.greater,
+    "ge": pc.greater_equal,
+}
 
 
 def filter_mask(f: FilterSpec, table: pa.Table, where: Where) -> np.ndarray:

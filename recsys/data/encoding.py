@@ -102,8 +102,11 @@ def refuse_nested(arr: pa.Array, where: Where, column: str, what: str = "value")
         valid = _mask(arr.is_valid())
         i = _first(valid) if valid.any() else 0
         shown = repr(arr[i].as_py()) if len(arr) else ""
-        raise where.error(f"nested value {shown[:60]} (type {arr.type}) where one {what} per row is expected",
-                          column, i if len(arr) else None)
+        raise where.error(
+            f"nested value {shown[:60]} (type {arr.type}) where one {what} per row is expected",
+            column,
+            i if len(arr) else None,
+        )
 
 
 def to_float(arr: pa.Array, where: Where, column: str) -> np.ndarray:
@@ -112,8 +115,12 @@ def to_float(arr: pa.Array, where: Where, column: str) -> np.ndarray:
     refuse_nested(arr, where, column, "number")
     if pa.types.is_null(arr.type):
         return np.full(len(arr), np.nan)
-    if (pa.types.is_boolean(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)
-            or pa.types.is_decimal(arr.type)):
+    if (
+        pa.types.is_boolean(arr.type)
+        or pa.types.is_integer(arr.type)
+        or pa.types.is_floating(arr.type)
+        or pa.types.is_decimal(arr.type)
+    ):
         return _to_numpy(pc.cast(arr, pa.float64())).astype(np.float64, copy=False)
     if _is_text(arr):
         try:
@@ -178,8 +185,13 @@ def _float_checks(x: np.ndarray, raw: Callable[[int], Any]) -> List[Tuple[np.nda
     return [
         (missing, lambda i: "missing id"),
         (fractional, lambda i: f"expected an integer id, got {raw(i)!r}"),
-        (inexact, lambda i: f"id {raw(i)!r} is written as a floating-point number beyond 2^53, where integers "
-                            "are not exact (write ids as integers or text)"),
+        (
+            inexact,
+            lambda i: (
+                f"id {raw(i)!r} is written as a floating-point number beyond 2^53, where integers "
+                "are not exact (write ids as integers or text)"
+            ),
+        ),
     ]
 
 
@@ -201,15 +213,20 @@ def _text_ids(arr: pa.Array, where: Where, column: str) -> Tuple[np.ndarray, np.
     other = ~blank & ~integral
     floats = np.zeros(len(arr))
     if other.any():  # usually no cell: only these go through pandas' parser
-        floats[other] = pd.to_numeric(pd.Series(_to_numpy(text.filter(pa.array(other))), dtype=object),
-                                      errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        floats[other] = pd.to_numeric(
+            pd.Series(_to_numpy(text.filter(pa.array(other))), dtype=object), errors="coerce"
+        ).to_numpy(dtype=np.float64, na_value=np.nan)
     unparsable = other & np.isnan(floats)
     raw = lambda i: arr[i].as_py()  # noqa: E731
-    _raise_first(where, column, [
-        (blank, lambda i: "missing id"),
-        (unparsable, lambda i: f"expected an integer id, got {raw(i)!r}"),
-        *_float_checks(np.where(unparsable, 0.0, floats), raw),
-    ])
+    _raise_first(
+        where,
+        column,
+        [
+            (blank, lambda i: "missing id"),
+            (unparsable, lambda i: f"expected an integer id, got {raw(i)!r}"),
+            *_float_checks(np.where(unparsable, 0.0, floats), raw),
+        ],
+    )
     values[other] = floats[other].astype(np.int64)
     return values, wide, canon
 
@@ -354,8 +371,11 @@ class VocabIndex:
         # text (and integers with nulls): probe each distinct value of the chunk once
         codes = pc.dictionary_encode(values if integer else pc.cast(values, pa.string()))
         uniques = codes.dictionary
-        found = (self._engine(False).get_indexer(_to_numpy(uniques)) if integer
-                 else self._engine(True).get_indexer(pd.array(uniques, dtype="string[pyarrow]")))
+        found = (
+            self._engine(False).get_indexer(_to_numpy(uniques))
+            if integer
+            else self._engine(True).get_indexer(pd.array(uniques, dtype="string[pyarrow]"))
+        )
         idx = _to_numpy(pc.fill_null(codes.indices, -1)).astype(np.int64)
         return np.where(idx >= 0, found.astype(np.int64)[np.maximum(idx, 0)], -1)
 
@@ -426,7 +446,9 @@ class SparseEncoder:
                 # report the row that holds the bad token, not the token's position
                 bad_token = int(e.row) if e.row is not None else 0
                 row = int(np.searchsorted(offsets, bad_token, side="right")) - 1
-                raise where.error(f"multi-hot cell does not parse: {str(e).split(': ', 1)[-1]}", self.column, row)
+                raise where.error(
+                    f"multi-hot cell does not parse: {str(e).split(': ', 1)[-1]}", self.column, row
+                ) from None
         arr = plain(arr)
         if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
             raise where.error("a list column needs 'multi_hot: true' in the spec", self.column)
@@ -448,9 +470,7 @@ class SparseEncoder:
             token_mask = mask if offsets is None else np.repeat(mask, np.diff(offsets))
             flat = flat.filter(pa.array(token_mask))
         counts = pc.value_counts(pc.drop_null(flat))
-        series = pd.Series(
-            _to_numpy(counts.field("counts")), index=_to_numpy(counts.field("values")), dtype=np.int64
-        )
+        series = pd.Series(_to_numpy(counts.field("counts")), index=_to_numpy(counts.field("values")), dtype=np.int64)
         self._counts = series if self._counts is None else self._counts.add(series, fill_value=0)
 
     def _check_kind(self, flat: pa.Array, where: Where) -> None:
@@ -462,7 +482,8 @@ class SparseEncoder:
         elif self._kind[0] != kind:
             raise where.error(
                 f"ids are {kind} here but {self._kind[0]} in {self._kind[1]}; set 'dtype: int' or 'dtype: string' "
-                f"on sparse feature '{self.name}' so every file reads alike", self.column,
+                f"on sparse feature '{self.name}' so every file reads alike",
+                self.column,
             )
 
     def finalize(self) -> None:
@@ -509,7 +530,8 @@ class SparseEncoder:
                 i = _first(bad)
                 raise where.error(
                     f"id {ids[i]} is outside [0, {self.num_embeddings}) under the 'identity' policy",
-                    self.column, self._row_of(i, offsets),
+                    self.column,
+                    self._row_of(i, offsets),
                 )
             return ids
         if policy == "hash":
@@ -523,7 +545,8 @@ class SparseEncoder:
                 i = _first(missing)
                 raise where.error(
                     f"value {flat[i].as_py()!r} is not in the fitted vocabulary (oov: error)",
-                    self.column, self._row_of(i, offsets),
+                    self.column,
+                    self._row_of(i, offsets),
                 )
         return found + 1  # row 0 is the OOV bucket
 
@@ -596,8 +619,9 @@ class DenseEncoder:
     def _float32(self, x: np.ndarray, where: Where) -> np.ndarray:
         return to_float32(x, where, self.column, "dense value", hint="; rescale the column or use a 'log1p' transform")
 
-    def fit(self, arr: pa.Array, where: Where, mask: Optional[np.ndarray] = None,
-            encoded: Optional[np.ndarray] = None) -> None:
+    def fit(
+        self, arr: pa.Array, where: Where, mask: Optional[np.ndarray] = None, encoded: Optional[np.ndarray] = None
+    ) -> None:
         """Validate every row; accumulate statistics of rows where ``mask`` holds (all when None) and remember
         the extremes of rows where ``encoded`` holds (rows some split will encode; all when None)."""
         x = self._pre(arr, where)
@@ -628,8 +652,13 @@ class DenseEncoder:
         self._extremes = []
 
     def _standardized(self, x: np.ndarray, where: Where) -> np.ndarray:
-        return to_float32((x - self.mean) / self.std, where, self.column, "standardized value",
-                          hint=f" (training mean {self.mean:g}, std {self.std:g}); use a 'log1p' transform")
+        return to_float32(
+            (x - self.mean) / self.std,
+            where,
+            self.column,
+            "standardized value",
+            hint=f" (training mean {self.mean:g}, std {self.std:g}); use a 'log1p' transform",
+        )
 
     def transform(self, arr: pa.Array, where: Where) -> np.ndarray:
         x = self._pre(arr, where)
@@ -676,7 +705,8 @@ class CategoryEncoder:
             i = _first(idx < 0)
             raise where.error(
                 f"{self.what} value {arr[i].as_py()!r} is not declared in the spec (declared: {self.spec.values})",
-                col, i,
+                col,
+                i,
             )
         return idx
 
@@ -716,14 +746,18 @@ def load_encoders(path: str, sparse: List[SparseEncoder], dense: List[DenseEncod
     try:
         with open(file, encoding="utf-8") as f:
             state = json.load(f)
-        if not isinstance(state, dict) or not isinstance(state.get("sparse"), dict) or not isinstance(
-                state.get("dense"), dict):
+        if (
+            not isinstance(state, dict)
+            or not isinstance(state.get("sparse"), dict)
+            or not isinstance(state.get("dense"), dict)
+        ):
             raise ValueError("no 'sparse'/'dense' sections")
     except FileNotFoundError:
         raise DataError("no fitted encoders here (train first, or pass the run folder)", file=file) from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"corrupt fitted encoders ({str(e).splitlines()[0][:120]}); train the run again",
-                        file=file) from None
+        raise DataError(
+            f"corrupt fitted encoders ({str(e).splitlines()[0][:120]}); train the run again", file=file
+        ) from None
     for enc in sparse:
         if enc.name not in state["sparse"]:
             raise DataError(f"sparse feature '{enc.name}' was not fitted in this run", file=file)
@@ -733,8 +767,10 @@ def load_encoders(path: str, sparse: List[SparseEncoder], dense: List[DenseEncod
             try:
                 vocab = pq.read_table(vfile).column("value").combine_chunks()
             except FileNotFoundError:
-                raise DataError(f"the vocabulary of sparse feature '{enc.name}' is missing (deleted?); train the "
-                                "run again", file=vfile) from None
+                raise DataError(
+                    f"the vocabulary of sparse feature '{enc.name}' is missing (deleted?); train the run again",
+                    file=vfile,
+                ) from None
             except (pa.ArrowInvalid, KeyError, OSError) as e:
                 raise DataError(f"corrupt vocabulary ({str(e).splitlines()[0][:120]})", file=vfile) from None
         try:
@@ -742,8 +778,10 @@ def load_encoders(path: str, sparse: List[SparseEncoder], dense: List[DenseEncod
         except (KeyError, TypeError, ValueError):
             raise DataError(f"corrupt state of sparse feature '{enc.name}'", file=file) from None
         if vocab is not None and len(vocab) >= enc.num_embeddings:
-            raise DataError(f"the vocabulary of '{enc.name}' has {len(vocab)} values for a table of "
-                            f"{enc.num_embeddings} rows", file=vfile)
+            raise DataError(
+                f"the vocabulary of '{enc.name}' has {len(vocab)} values for a table of {enc.num_embeddings} rows",
+                file=vfile,
+            )
     for denc in dense:
         try:
             denc.load_state(state["dense"][denc.spec.name])

@@ -30,7 +30,9 @@ def check_unchanged(fitted: Fingerprint, now: Fingerprint) -> None:
         if entry[0] not in current:
             raise DataError("no such file (it vanished after the fit pass read it)", file=entry[0])
         if current[entry[0]] != list(entry):
-            raise DataError("changed after the fit pass read it (size or modification time); run again on "
-                            "data that stays put", file=entry[0])
+            raise DataError(
+                "changed after the fit pass read it (size or modification time); run again on data that stays put",
+                file=entry[0],
+            )
     for path in sorted(set(current) - known):
         raise DataError("appeared after the fit pass; run again on data that stays put", file=path)

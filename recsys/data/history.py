@@ -124,8 +124,9 @@ def history_possible(spec: DatasetSpec) -> bool:
     return spec.user is not None and spec.time is not None
 
 
-def history_events(tasks: Sequence[TaskSpec], names: Sequence[str], labels: Mapping[str, np.ndarray],
-                   rows: int) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+def history_events(
+    tasks: Sequence[TaskSpec], names: Sequence[str], labels: Mapping[str, np.ndarray], rows: int
+) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """Per history task ``names``: (label defined, positive) of each of ``rows`` rows with ``labels`` (see the
     module docstring)."""
     by_name = {t.name: t for t in tasks}
@@ -194,8 +195,14 @@ class _Entries:
     """Aggregated events: per (user, bucket) the latest timestamp, the event count and per task the counts
     of rows where the label is defined and positive, sorted by (user, bucket), one entry per pair."""
 
-    def __init__(self, users: np.ndarray, buckets: np.ndarray, times: np.ndarray, counts: np.ndarray,
-                 tasks: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> None:
+    def __init__(
+        self,
+        users: np.ndarray,
+        buckets: np.ndarray,
+        times: np.ndarray,
+        counts: np.ndarray,
+        tasks: Dict[str, Tuple[np.ndarray, np.ndarray]],
+    ) -> None:
         self.users, self.buckets, self.times, self.counts, self.tasks = users, buckets, times, counts, tasks
 
     def __len__(self) -> int:
@@ -215,11 +222,17 @@ class _Entries:
 
         times = np.concatenate([p.times for p in parts])[order]
         return cls(
-            users[first], buckets[first],
+            users[first],
+            buckets[first],
             np.maximum.reduceat(times, first) if len(first) else times,
             total(np.concatenate([p.counts for p in parts])),
-            {t: (total(np.concatenate([p.tasks[t][0] for p in parts])),
-                 total(np.concatenate([p.tasks[t][1] for p in parts]))) for t in names},
+            {
+                t: (
+                    total(np.concatenate([p.tasks[t][0] for p in parts])),
+                    total(np.concatenate([p.tasks[t][1] for p in parts])),
+                )
+                for t in names
+            },
         )
 
 
@@ -272,10 +285,16 @@ class HistoryBuilder:
         entries = self._merged
         if entries is None:
             empty = np.zeros(0, dtype=np.int64)
-            entries = _Entries(empty.astype(np.uint64), empty, empty.astype(np.float64), empty,
-                               {t: (empty, empty) for t in self.task_names})
-        return LabelHistory.from_entries(entries.users, entries.times, entries.counts, entries.tasks,
-                                         exact=self.time_buckets.exact)
+            entries = _Entries(
+                empty.astype(np.uint64),
+                empty,
+                empty.astype(np.float64),
+                empty,
+                {t: (empty, empty) for t in self.task_names},
+            )
+        return LabelHistory.from_entries(
+            entries.users, entries.times, entries.counts, entries.tasks, exact=self.time_buckets.exact
+        )
 
 
 class LabelHistory:
@@ -292,8 +311,15 @@ class LabelHistory:
         exact: whether every entry is one timestamp (see the module docstring).
     """
 
-    def __init__(self, users: np.ndarray, times: np.ndarray, keys: np.ndarray, total: np.ndarray,
-                 cum: Dict[str, Tuple[np.ndarray, np.ndarray]], exact: bool = True) -> None:
+    def __init__(
+        self,
+        users: np.ndarray,
+        times: np.ndarray,
+        keys: np.ndarray,
+        total: np.ndarray,
+        cum: Dict[str, Tuple[np.ndarray, np.ndarray]],
+        exact: bool = True,
+    ) -> None:
         self.users = users
         self.times = times
         self.keys = keys
@@ -303,21 +329,32 @@ class LabelHistory:
         self.tasks = list(cum)
 
     @classmethod
-    def build(cls, users: np.ndarray, times: np.ndarray,
-              tasks: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> "LabelHistory":
+    def build(
+        cls, users: np.ndarray, times: np.ndarray, tasks: Mapping[str, Tuple[np.ndarray, np.ndarray]]
+    ) -> "LabelHistory":
         """The exact history of events: user keys [n], timestamps [n], per task (applies [n] bool, positive [n]
         bool); one entry per event (memory per event: for a few events, and as the reference of the bounded
         :class:`HistoryBuilder`)."""
         applies = {name: np.asarray(a, dtype=bool) for name, (a, _) in tasks.items()}
         return cls.from_entries(
-            np.asarray(users, dtype=np.uint64), np.asarray(times, dtype=np.float64), np.ones(len(users), np.int64),
-            {name: (applies[name].astype(np.int64), (np.asarray(p, dtype=bool) & applies[name]).astype(np.int64))
-             for name, (_, p) in tasks.items()},
+            np.asarray(users, dtype=np.uint64),
+            np.asarray(times, dtype=np.float64),
+            np.ones(len(users), np.int64),
+            {
+                name: (applies[name].astype(np.int64), (np.asarray(p, dtype=bool) & applies[name]).astype(np.int64))
+                for name, (_, p) in tasks.items()
+            },
         )
 
     @classmethod
-    def from_entries(cls, users: np.ndarray, times: np.ndarray, counts: np.ndarray,
-                     tasks: Mapping[str, Tuple[np.ndarray, np.ndarray]], exact: bool = True) -> "LabelHistory":
+    def from_entries(
+        cls,
+        users: np.ndarray,
+        times: np.ndarray,
+        counts: np.ndarray,
+        tasks: Mapping[str, Tuple[np.ndarray, np.ndarray]],
+        exact: bool = True,
+    ) -> "LabelHistory":
         """From entries: user keys, latest times, event counts, per task (defined, positive) counts, all [m]."""
         distinct_users = np.unique(users)
         distinct_times = np.unique(times)

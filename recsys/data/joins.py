@@ -20,8 +20,9 @@ from recsys.data.spec import FileSpec, JoinSpec
 from recsys.errors import ConfigError, DataError
 
 
-def read_keyed_table(reader: SourceReader, key: str, what: str,
-                     read_key: Callable[[pa.Array, Where, str], Any]) -> Tuple[pa.Table, pd.Index, List[RawChunk]]:
+def read_keyed_table(
+    reader: SourceReader, key: str, what: str, read_key: Callable[[pa.Array, Where, str], Any]
+) -> Tuple[pa.Table, pd.Index, List[RawChunk]]:
     """A whole side table without its key column, its unique keys (``read_key`` of each chunk's key column, so
     an int64 key in one Parquet file and text in the next agree) and its chunks; ``what`` names the key in
     errors."""
@@ -45,8 +46,10 @@ def read_keyed_table(reader: SourceReader, key: str, what: str,
         value = index[again]
         shown = repr(value) if isinstance(value, str) else str(value)
         raise Where(chunk.file, chunk.file_row).error(
-            f"{what} {shown} repeats (first at {first_chunk.file}, row "
-            f"{first_chunk.file_row + first_row + 1})", key, row)
+            f"{what} {shown} repeats (first at {first_chunk.file}, row {first_chunk.file_row + first_row + 1})",
+            key,
+            row,
+        )
     return concat_chunks([replace(c, table=c.table.drop_columns([key])) for c in chunks]), index, chunks
 
 
@@ -77,8 +80,13 @@ class Joins:
             self._tables = []
             for j in self.joins:
                 # the key is read as text from CSV: exact for any width, and what the source's CSV cells are
-                reader = SourceReader(j.file_spec(), self.root, columns=None, chunk_rows=self.chunk_rows,
-                                      string_columns=list(j.columns or ()) + [j.on])
+                reader = SourceReader(
+                    j.file_spec(),
+                    self.root,
+                    columns=None,
+                    chunk_rows=self.chunk_rows,
+                    string_columns=list(j.columns or ()) + [j.on],
+                )
                 table, keys, _ = read_keyed_table(reader, j.on, "join key", key_text)
                 self._tables.append((keys, table))
         return self._tables
@@ -125,8 +133,13 @@ class SideColumns:
         if self._tables is None:
             self._tables = []
             for sc in self.configs:
-                reader = SourceReader(FileSpec(sc.path), "", columns={sc.key, *sc.columns}, chunk_rows=self.chunk_rows,
-                                      string_columns=[sc.key])
+                reader = SourceReader(
+                    FileSpec(sc.path),
+                    "",
+                    columns={sc.key, *sc.columns},
+                    chunk_rows=self.chunk_rows,
+                    string_columns=[sc.key],
+                )
                 _, keys, chunks = read_keyed_table(reader, sc.key, "row id", to_int)
                 values: Dict[str, List[np.ndarray]] = {c: [] for c in sc.columns}
                 for chunk in chunks:

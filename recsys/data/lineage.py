@@ -22,8 +22,10 @@ def check_no_label_leak(spec: DatasetSpec) -> None:
     for kind, features in (("sparse", spec.sparse), ("dense", spec.dense)):
         for f in features:
             if f.source_column in tainted:
-                raise ConfigError(f"spec '{spec.name}': {kind} feature '{f.name}' reads label column "
-                                  f"'{f.source_column}' (a label must not leak into features)")
+                raise ConfigError(
+                    f"spec '{spec.name}': {kind} feature '{f.name}' reads label column "
+                    f"'{f.source_column}' (a label must not leak into features)"
+                )
 
 
 def feature_columns(spec: DatasetSpec) -> Set[str]:
@@ -44,8 +46,9 @@ def used_columns(spec: DatasetSpec) -> Set[str]:
     return cols
 
 
-def source_columns(spec: DatasetSpec, join_columns: Callable[[JoinSpec], List[str]],
-                   need: Optional[Set[str]] = None) -> Set[str]:
+def source_columns(
+    spec: DatasetSpec, join_columns: Callable[[JoinSpec], List[str]], need: Optional[Set[str]] = None
+) -> Set[str]:
     """Columns the source files must provide for ``need`` (default: :func:`used_columns` and the filters'
     columns): derived ones are replaced by their inputs, joined ones (``join_columns(join)`` are a side table's
     columns) by the join key."""

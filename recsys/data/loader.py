@@ -124,8 +124,8 @@ class BatchLoader:
         self.epoch = 0
         self.start_batch = 0
         self.wait_seconds = 0.0  # time consumers waited for batches (all passes): the loader-bound share of a loop
-        self._padding_like = padding_like if padding_like is not None else (
-            source if isinstance(source, Columns) else None
+        self._padding_like = (
+            padding_like if padding_like is not None else (source if isinstance(source, Columns) else None)
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -157,7 +157,7 @@ class BatchLoader:
             order = self._rng().permutation(n) if self.shuffle else np.arange(n)
             stop = n - n % self.batch_size if self.drop_last else n
             for i in range(self.start_batch * self.batch_size, stop, self.batch_size):
-                yield cols.take(order[i:i + self.batch_size])
+                yield cols.take(order[i : i + self.batch_size])
             return
         yield from self._stream_batches()
 
@@ -182,7 +182,7 @@ class BatchLoader:
                 if skip:
                     skip -= 1
                     continue
-                yield cols.take(order[i:i + self.batch_size])
+                yield cols.take(order[i : i + self.batch_size])
             if full < len(cols):
                 rest = cols.take(order[full:])
                 if not final:
@@ -245,5 +245,3 @@ class BatchLoader:
         finally:
             if isinstance(it, _Prefetch):
                 it.close()
-
-

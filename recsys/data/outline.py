@@ -20,8 +20,13 @@ def num_scenarios(spec: DatasetSpec) -> int:
 
 def outline_of(spec: DatasetSpec) -> DataOutline:
     """What the spec promises (tasks, scenarios, user, time) without reading any data."""
-    return DataOutline(name=spec.name, tasks=tasks_of(spec), num_scenarios=num_scenarios(spec),
-                       user_feature=spec.user, has_time=spec.time is not None)
+    return DataOutline(
+        name=spec.name,
+        tasks=tasks_of(spec),
+        num_scenarios=num_scenarios(spec),
+        user_feature=spec.user,
+        has_time=spec.time is not None,
+    )
 
 
 def declared_sizes(spec: DatasetSpec) -> List[int]:
@@ -44,8 +49,13 @@ def schema_of(spec: DatasetSpec, sizes: Sequence[int], default_dim: int, history
     return Schema(
         sparse=tuple(
             SparseFeature(
-                name=s.name, num_embeddings=size, embedding_dim=s.embedding_dim or default_dim,
-                group=s.group, multi_hot=s.multi_hot, pooling=s.pooling, table=s.table,
+                name=s.name,
+                num_embeddings=size,
+                embedding_dim=s.embedding_dim or default_dim,
+                group=s.group,
+                multi_hot=s.multi_hot,
+                pooling=s.pooling,
+                table=s.table,
             )
             for s, size in zip(spec.sparse, sizes)
         ),

@@ -47,12 +47,21 @@ class Download:
 
 DOWNLOADS: Dict[str, Download] = {
     "movielens-100k": Download(
-        "MovieLens-100K", "https://files.grouplens.org/datasets/movielens/ml-100k.zip", "ml-100k",
-        (("u.data", "\t", 4), ("u.user", "|", 5), ("u.item", "|", 24)), "u.data", "wide_deep_movielens.yaml"),
+        "MovieLens-100K",
+        "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+        "ml-100k",
+        (("u.data", "\t", 4), ("u.user", "|", 5), ("u.item", "|", 24)),
+        "u.data",
+        "wide_deep_movielens.yaml",
+    ),
     "movielens-1m": Download(
-        "MovieLens-1M", "https://files.grouplens.org/datasets/movielens/ml-1m.zip", "ml-1m",
-        (("ratings.dat", "::", 4), ("users.dat", "::", 5), ("movies.dat", "::", 3)), "ratings.dat",
-        "movielens-1m.yaml"),
+        "MovieLens-1M",
+        "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+        "ml-1m",
+        (("ratings.dat", "::", 4), ("users.dat", "::", 5), ("movies.dat", "::", 3)),
+        "ratings.dat",
+        "movielens-1m.yaml",
+    ),
 }
 
 
@@ -85,19 +94,24 @@ def check_folder(name: str, path: str) -> Tuple[str, int]:
     if os.path.isfile(path) and path.lower().endswith(".zip"):
         path = _extract(path, d.folder)
     if not os.path.isdir(path):
-        raise DataError(f"no such folder (download {d.url} and give the archive or the folder it extracts to)",
-                        file=path)
+        raise DataError(
+            f"no such folder (download {d.url} and give the archive or the folder it extracts to)", file=path
+        )
     if not os.path.exists(os.path.join(path, d.files[0][0])) and os.path.isdir(os.path.join(path, d.folder)):
         path = os.path.join(path, d.folder)
     missing = [f for f, _, _ in d.files if not os.path.isfile(os.path.join(path, f))]
     if missing:
-        raise DataError(f"not a {d.title} folder: missing {', '.join(missing)} (download {d.url} and extract it)",
-                        file=path)
+        raise DataError(
+            f"not a {d.title} folder: missing {', '.join(missing)} (download {d.url} and extract it)", file=path
+        )
     for file, delimiter, fields in d.files:
         line = _first_line(os.path.join(path, file))
         if len(line.split(delimiter)) != fields:
-            raise DataError(f"expected {fields} fields separated by {delimiter!r} as in {d.folder}.zip, got "
-                            f"{line[:60]!r}", file=os.path.join(path, file), row=1)
+            raise DataError(
+                f"expected {fields} fields separated by {delimiter!r} as in {d.folder}.zip, got {line[:60]!r}",
+                file=os.path.join(path, file),
+                row=1,
+            )
     return os.path.abspath(path), count_lines(os.path.join(path, d.ratings)) or 0
 
 
@@ -113,8 +127,10 @@ def write_config(name: str, folder: str, out: str, overwrite: bool = False) -> N
     data = absolutize_paths(read_yaml(shipped), CONFIGS)
     data.setdefault("data", {})["path"] = folder
     data["run_dir"] = os.path.join("runs", name)
-    header = (f"# Written by `recsys prepare {name} {folder}`: {d.config} with the data at {folder}.\n"
-              f"# Paths here are relative to this file (see docs/datasets.md).\n")
+    header = (
+        f"# Written by `recsys prepare {name} {folder}`: {d.config} with the data at {folder}.\n"
+        f"# Paths here are relative to this file (see docs/datasets.md).\n"
+    )
     write_text_atomic(out, header + yaml.safe_dump(data, sort_keys=False))
 
 

@@ -47,13 +47,16 @@ def list_files(spec: FileSpec, root: str) -> List[str]:
         files = sorted(f for f in glob.glob(path) if os.path.isfile(f))
     elif os.path.isdir(path):
         files = sorted(
-            os.path.join(path, f) for f in os.listdir(path)
+            os.path.join(path, f)
+            for f in os.listdir(path)
             if f.endswith(DATA_EXTENSIONS) and not f.startswith((".", "_"))
         )
         for f in files:
             if os.path.isdir(f):  # e.g. a Spark output folder named like a file: its parts would be skipped
-                raise DataError("is a folder, not a data file (give a glob such as 'data/*/*.parquet' to read the "
-                                "files inside it)", file=f)
+                raise DataError(
+                    "is a folder, not a data file (give a glob such as 'data/*/*.parquet' to read the files inside it)",
+                    file=f,
+                )
     elif os.path.isfile(path):
         files = [path]
     else:
@@ -84,18 +87,24 @@ def concat_chunks(chunks: Sequence["RawChunk"]) -> pa.Table:
     for c in chunks[1:]:  # the same columns (no silent null-filling of a column a file lacks)
         for name in sorted(set(types) ^ set(c.table.schema.names)):
             where = "here" if name in c.table.schema.names else f"in {first.file}"
-            raise DataError(f"column only {where} (the files of one table must have the same columns)",
-                            file=c.file, column=name)
+            raise DataError(
+                f"column only {where} (the files of one table must have the same columns)", file=c.file, column=name
+            )
     try:  # int32 in one file and int64 in the next are fine
-        return pa.concat_tables([c.table.select(first.table.schema.names) for c in chunks],
-                                promote_options="permissive")
+        return pa.concat_tables(
+            [c.table.select(first.table.schema.names) for c in chunks], promote_options="permissive"
+        )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         pass
     for c in chunks[1:]:
         for name, t in zip(c.table.schema.names, c.table.schema.types):
             if t != types[name]:
-                raise DataError(f"type {t} here but {types[name]} in {first.file} (the files of one table must "
-                                "agree on column types)", file=c.file, column=name)
+                raise DataError(
+                    f"type {t} here but {types[name]} in {first.file} (the files of one table must "
+                    "agree on column types)",
+                    file=c.file,
+                    column=name,
+                )
     raise DataError("cannot concatenate the files of this table", file=first.file)
 
 
@@ -143,11 +152,17 @@ class DelimiterStream(io.RawIOBase):
                     return 0
                 break
             text = (self._held + data).replace(self._delimiter, FIELD_BREAK.encode())
-            hold = next((k for k in range(min(len(self._delimiter) - 1, len(text)), 0, -1)
-                         if self._delimiter.startswith(text[-k:])), 0)
-            self._ready, self._held, self._at = text[:len(text) - hold], text[len(text) - hold:], 0
+            hold = next(
+                (
+                    k
+                    for k in range(min(len(self._delimiter) - 1, len(text)), 0, -1)
+                    if self._delimiter.startswith(text[-k:])
+                ),
+                0,
+            )
+            self._ready, self._held, self._at = text[: len(text) - hold], text[len(text) - hold :], 0
         n = min(len(buffer), len(self._ready) - self._at)
-        buffer[:n] = self._ready[self._at:self._at + n]
+        buffer[:n] = self._ready[self._at : self._at + n]
         self._at += n
         return n
 
@@ -223,7 +238,8 @@ class SourceReader:
         if not m:
             raise DataError(
                 f"file name does not match file_label pattern {self._label_re.pattern!r}",
-                file=path, column=self.spec.file_label.column,
+                file=path,
+                column=self.spec.file_label.column,
             )
         return m.group(1) if m.groups() else m.group(0)
 
@@ -240,8 +256,9 @@ class SourceReader:
         seen: Set[str] = set()
         for name in names:
             if name in seen and (wanted is None or name in wanted):
-                raise DataError("column name repeats in the file's header (which one is meant?)", file=path,
-                                column=name)
+                raise DataError(
+                    "column name repeats in the file's header (which one is meant?)", file=path, column=name
+                )
             seen.add(name)
         if wanted is None:
             return
@@ -261,8 +278,11 @@ class SourceReader:
         if self.spec.extra_columns == "error":
             extra = [c for c in names if c not in wanted]
             if extra:
-                raise DataError("column not used by the spec (extra_columns: error; set it to allow to ignore)",
-                                file=path, column=extra[0])
+                raise DataError(
+                    "column not used by the spec (extra_columns: error; set it to allow to ignore)",
+                    file=path,
+                    column=extra[0],
+                )
 
     def _csv_options(self, path: str, use_threads: bool = True):
         """Read and parse options of a CSV file; ``bad_row`` receives the first malformed row the parser
@@ -277,16 +297,22 @@ class SourceReader:
         block_size = max(1 << 20, min(self.chunk_rows * 64, 1 << 26))
         if spec.columns:
             read_opts = pa_csv.ReadOptions(
-                column_names=spec.columns, skip_rows=1 if spec.header else 0,
-                encoding=spec.encoding, block_size=block_size, use_threads=use_threads,
+                column_names=spec.columns,
+                skip_rows=1 if spec.header else 0,
+                encoding=spec.encoding,
+                block_size=block_size,
+                use_threads=use_threads,
             )
         elif spec.header:
             read_opts = pa_csv.ReadOptions(encoding=spec.encoding, block_size=block_size, use_threads=use_threads)
         else:
             raise DataError("'header: false' needs the column names in 'columns' in the spec", file=path)
-        parse_opts = pa_csv.ParseOptions(delimiter=spec.delimiter if len(spec.delimiter) == 1 else FIELD_BREAK,
-                                         quote_char='"' if spec.quoting else False,
-                                         invalid_row_handler=on_invalid, newlines_in_values=spec.quoting)
+        parse_opts = pa_csv.ParseOptions(
+            delimiter=spec.delimiter if len(spec.delimiter) == 1 else FIELD_BREAK,
+            quote_char='"' if spec.quoting else False,
+            invalid_row_handler=on_invalid,
+            newlines_in_values=spec.quoting,
+        )
         return read_opts, parse_opts, bad_row
 
     def _input(self, path: str):
@@ -322,8 +348,9 @@ class SourceReader:
             strings_can_be_null=True,
         )
         try:
-            reader = pa_csv.open_csv(self._input(path), read_options=read_opts, parse_options=parse_opts,
-                                     convert_options=convert)
+            reader = pa_csv.open_csv(
+                self._input(path), read_options=read_opts, parse_options=parse_opts, convert_options=convert
+            )
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
             raise self._csv_error(path, e, bad_row) from None
         except OSError as e:
@@ -346,8 +373,9 @@ class SourceReader:
         try:
             names = pa_csv.open_csv(self._input(path), read_options=read_opts, parse_options=parse_opts).schema.names
             text = pa_csv.ConvertOptions(column_types={n: pa.string() for n in names})  # no type-inference stops
-            for _ in pa_csv.open_csv(self._input(path), read_options=read_opts, parse_options=parse_opts,
-                                     convert_options=text):
+            for _ in pa_csv.open_csv(
+                self._input(path), read_options=read_opts, parse_options=parse_opts, convert_options=text
+            ):
                 pass
         except (pa.ArrowInvalid, UnicodeDecodeError, OSError, StopIteration):
             pass
@@ -365,7 +393,8 @@ class SourceReader:
             return DataError(
                 f"malformed CSV line: expected {getattr(row, 'expected_columns', '?')} fields with delimiter "
                 f"{self.spec.delimiter!r}, got {getattr(row, 'actual_columns', '?')}: {text[:80]!r}",
-                file=path, row=data_row,
+                file=path,
+                row=data_row,
             )
         if isinstance(e, UnicodeDecodeError) or "UTF8" in msg or "utf8" in msg.lower():
             return DataError(f"text is not valid {self.spec.encoding} (set 'encoding' in the spec)", file=path)

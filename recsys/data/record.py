@@ -28,8 +28,22 @@ Example::
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Generic, Iterator, List, Literal, Mapping, Optional, Sequence, \
-    Tuple, Type, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Generic,
+    Iterator,
+    List,
+    Literal,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 import numpy as np
 
@@ -152,8 +166,14 @@ class RecordLayout:
         self.sparse = tuple((name, bool(multi_hot)) for name, multi_hot in self.sparse)
 
 
-def tree_map(record: Any, fn: Callable[[Any, RowField], Any], sparse: Optional[Callable[[Any], Any]] = None,
-             into: Optional[Type[R]] = None, absent: Callable[[RowField], Any] = lambda f: None, **given: Any) -> R:
+def tree_map(
+    record: Any,
+    fn: Callable[[Any, RowField], Any],
+    sparse: Optional[Callable[[Any], Any]] = None,
+    into: Optional[Type[R]] = None,
+    absent: Callable[[RowField], Any] = lambda f: None,
+    **given: Any,
+) -> R:
     """A record of class ``into`` (default: ``record``'s) with ``fn(array, field)`` of each of ``record``'s arrays
     (every value of a keyed field); ``sparse`` maps the sparse features, ``absent(field)`` stands for an absent
     optional field, and ``given`` fields are taken as they are.
@@ -177,8 +197,12 @@ def tree_map(record: Any, fn: Callable[[Any, RowField], Any], sparse: Optional[C
     return cls(**values)
 
 
-def concat_fields(parts: Sequence[R], cat: Callable[[List[Any], RowField], Any],
-                  sparse: Optional[Callable[[List[Any]], Any]] = None, **given: Any) -> R:
+def concat_fields(
+    parts: Sequence[R],
+    cat: Callable[[List[Any], RowField], Any],
+    sparse: Optional[Callable[[List[Any]], Any]] = None,
+    **given: Any,
+) -> R:
     """The records ``parts`` (one class, at least one) joined row-wise: ``cat(arrays, field)`` of each field's
     arrays (each key of a keyed field, the keys of the first part), ``sparse`` of the sparse features; an optional
     field must be present in every part or in none."""

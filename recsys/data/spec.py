@@ -118,8 +118,9 @@ class JoinSpec:
     quoting: bool = True
 
     def file_spec(self) -> FileSpec:
-        return FileSpec(self.path, self.format, self.delimiter, self.header, self.columns, self.encoding,
-                        quoting=self.quoting)
+        return FileSpec(
+            self.path, self.format, self.delimiter, self.header, self.columns, self.encoding, quoting=self.quoting
+        )
 
 
 @dataclass
@@ -365,17 +366,23 @@ class DatasetSpec:
         return out + ([(2, test)] if test is not None else [])
 
     def validate(self, source: str) -> None:
-        given = [k for k, v in (("source", self.source),
-                                ("sources.train", self.sources.train if self.sources else None)) if v is not None]
+        given = [
+            k
+            for k, v in (("source", self.source), ("sources.train", self.sources.train if self.sources else None))
+            if v is not None
+        ]
         if len(given) != 1:
-            raise ConfigError(f"{source}: give the rows in exactly one of 'source' or 'sources.train'"
-                              + (" (both are given)" if given else ""))
+            raise ConfigError(
+                f"{source}: give the rows in exactly one of 'source' or 'sources.train'"
+                + (" (both are given)" if given else "")
+            )
         if self.test_source is not None and self.sources is not None and self.sources.test is not None:
             raise ConfigError(f"{source}: give the test rows in one of 'test_source' or 'sources.test', not both")
         for i, f in enumerate(self.filter):
             if not f.conditions():
-                raise ConfigError(f"{source}: 'filter[{i}]' on '{f.column}' needs a condition (one of "
-                                  f"{', '.join(FILTER_CONDITIONS)})")
+                raise ConfigError(
+                    f"{source}: 'filter[{i}]' on '{f.column}' needs a condition (one of {', '.join(FILTER_CONDITIONS)})"
+                )
             for key in ("in", "not_in"):
                 values = getattr(f, "is_in" if key == "in" else key)
                 if values is not None and not values:
@@ -394,24 +401,34 @@ class DatasetSpec:
             if s.encoding in ("hash", "identity") and s.num_embeddings is None:
                 raise ConfigError(f"{source}: sparse '{s.name}': encoding '{s.encoding}' needs num_embeddings")
             if s.num_embeddings is not None and s.num_embeddings < 1:
-                raise ConfigError(f"{source}: 'sparse[{i}].num_embeddings' of '{s.name}' must be positive, got "
-                                  f"{s.num_embeddings}")
+                raise ConfigError(
+                    f"{source}: 'sparse[{i}].num_embeddings' of '{s.name}' must be positive, got {s.num_embeddings}"
+                )
             if not s.separator:
-                raise ConfigError(f"{source}: 'sparse[{i}].separator' of '{s.name}' must not be empty (a multi-hot "
-                                  "cell is split at it)")
+                raise ConfigError(
+                    f"{source}: 'sparse[{i}].separator' of '{s.name}' must not be empty (a multi-hot "
+                    "cell is split at it)"
+                )
             if s.multi_hot and s.encoding == "identity" and s.dtype == "string":
                 raise ConfigError(f"{source}: sparse '{s.name}': identity ids must be integers")
         for i, dense in enumerate(self.dense):
             if dense.fill is None:
                 continue
             if not math.isfinite(dense.fill) or abs(dense.fill) > FLOAT32_MAX:
-                raise ConfigError(f"{source}: 'dense[{i}].fill' of '{dense.name}' must be a finite float32 number, got "
-                                  f"{dense.fill} (it replaces missing and non-finite values)")
+                raise ConfigError(
+                    f"{source}: 'dense[{i}].fill' of '{dense.name}' must be a finite float32 number, got "
+                    f"{dense.fill} (it replaces missing and non-finite values)"
+                )
             if dense.transform.startswith("log1p") and dense.fill <= -1:
-                raise ConfigError(f"{source}: 'dense[{i}].fill' of '{dense.name}' is {dense.fill:g}, but the "
-                                  f"'{dense.transform}' transform needs values > -1")
-        names = {None: "source" if self.source else "sources.train", 1: "sources.valid",
-                 2: "test_source" if self.test_source else "sources.test"}
+                raise ConfigError(
+                    f"{source}: 'dense[{i}].fill' of '{dense.name}' is {dense.fill:g}, but the "
+                    f"'{dense.transform}' transform needs values > -1"
+                )
+        names = {
+            None: "source" if self.source else "sources.train",
+            1: "sources.valid",
+            2: "test_source" if self.test_source else "sources.test",
+        }
         files = [(names[split], fs) for split, fs in self.split_sources()]
         for key, fs in files + [(f"joins[{i}]", j) for i, j in enumerate(self.joins)]:
             _check_file_options(source, key, fs)
@@ -445,8 +462,10 @@ class DatasetSpec:
                     raise ConfigError(f"{source}: history task '{name}' is not a task")
                 task = next(t for t in self.tasks if t.name == name)
                 if task.kind == "regression" and task.eval_threshold is None:
-                    raise ConfigError(f"{source}: history task '{name}' is a regression task without "
-                                      "'eval_threshold' (which defines its positives)")
+                    raise ConfigError(
+                        f"{source}: history task '{name}' is a regression task without "
+                        "'eval_threshold' (which defines its positives)"
+                    )
         for i, d in enumerate(self.derived):
             if d.op in ("greater", "bucketize") and not d.column:
                 raise ConfigError(f"{source}: derived '{d.name}': op '{d.op}' needs 'column'")
@@ -457,8 +476,9 @@ class DatasetSpec:
             if d.op == "bucketize" and not d.boundaries:
                 raise ConfigError(f"{source}: derived '{d.name}': op 'bucketize' needs 'boundaries'")
             if d.op == "bucketize" and any(b >= a for a, b in zip(d.boundaries[1:], d.boundaries)):
-                raise ConfigError(f"{source}: 'derived[{i}].boundaries' of '{d.name}' must "
-                                  f"increase, got {d.boundaries}")
+                raise ConfigError(
+                    f"{source}: 'derived[{i}].boundaries' of '{d.name}' must increase, got {d.boundaries}"
+                )
             if d.op in ("first_nonzero", "cross") and len(d.columns) < (1 if d.op == "first_nonzero" else 2):
                 raise ConfigError(f"{source}: derived '{d.name}': op '{d.op}' needs 'columns'")
 
@@ -467,8 +487,9 @@ def _check_file_options(source: str, key: str, fs: Any) -> None:
     """Options of a :class:`FileSpec` or :class:`JoinSpec` that pyarrow would otherwise refuse with a traceback
     (or, for repeated names, read ambiguously)."""
     if not fs.delimiter or "\n" in fs.delimiter or "\r" in fs.delimiter:
-        raise ConfigError(f"{source}: '{key}.delimiter' must be one or more characters other than line breaks, got "
-                          f"{fs.delimiter!r}")
+        raise ConfigError(
+            f"{source}: '{key}.delimiter' must be one or more characters other than line breaks, got {fs.delimiter!r}"
+        )
     try:
         codecs.lookup(fs.encoding)
     except LookupError:

@@ -159,9 +159,17 @@ class SplitCache:
             shutil.rmtree(tmp, ignore_errors=True)
             return
         manifest = {
-            "version": VERSION, "key": self.key, "rows": total, "arrays": described, "packed_names": list(names),
-            "layout": {"keys": {k: list(v) for k, v in layout.keys.items()}, "present": sorted(layout.present),
-                       "widths": layout.widths, "sparse": [list(s) for s in layout.sparse]},
+            "version": VERSION,
+            "key": self.key,
+            "rows": total,
+            "arrays": described,
+            "packed_names": list(names),
+            "layout": {
+                "keys": {k: list(v) for k, v in layout.keys.items()},
+                "present": sorted(layout.present),
+                "widths": layout.widths,
+                "sparse": [list(s) for s in layout.sparse],
+            },
         }
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f)
@@ -172,8 +180,7 @@ class SplitCache:
     def _read(self, manifest: Dict[str, Any], rows: int) -> Iterator[Columns]:
         arrays = manifest["arrays"]
         lay = manifest["layout"]
-        layout = RecordLayout(lay["keys"], frozenset(lay["present"]), lay["widths"],
-                              [tuple(s) for s in lay["sparse"]])
+        layout = RecordLayout(lay["keys"], frozenset(lay["present"]), lay["widths"], [tuple(s) for s in lay["sparse"]])
         position = {name: 0 for name, multi_hot in layout.sparse if multi_hot}  # next value of each feature
         for start in range(0, manifest["rows"], rows):
             stop = min(start + rows, manifest["rows"])
@@ -202,8 +209,12 @@ class SplitCache:
                 else:
                     fields[name] = read(name)
             names = tuple(manifest["packed_names"])
-            yield Columns(sparse=_with_views(sparse, packed, names), packed=packed if names else None,
-                          packed_names=names, **fields)
+            yield Columns(
+                sparse=_with_views(sparse, packed, names),
+                packed=packed if names else None,
+                packed_names=names,
+                **fields,
+            )
 
     def _slice(self, name: str, arrays: Dict[str, Any], start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` of array ``name``, read from its file (no mapping kept)."""

@@ -183,8 +183,11 @@ class World:
         device = np.floor(u(ids, 7, seed) * 4).astype(np.int64)
         # taste = what the user's demographic groups share + an individual part
         vec = (
-            self.g_age[age_group] + self.g_gender[gender] + self.g_city[city % len(self.g_city)]
-            + self.g_device[device] + _vectors(ids, 1, k, seed, 0.3)
+            self.g_age[age_group]
+            + self.g_gender[gender]
+            + self.g_city[city % len(self.g_city)]
+            + self.g_device[device]
+            + _vectors(ids, 1, k, seed, 0.3)
         )
         interest = np.argmax(vec @ self.category_vecs.T, axis=1)
         return {
@@ -260,13 +263,20 @@ class World:
         match = (H["category"] == U["interest"]) | (U["has_interest2"] & (H["category"] == U["interest2"]))
 
         ctr_logit = (
-            self.b_scene[scene] + self.B_STAGE[stage] + U["bias"] + H["bias"]
-            + self.A_STAGE[stage] * uh + 0.8 * uAh
-            + self.pos_slope[scene] * np.log1p(position) + self.hour_effect[hour] + 0.3 * match
+            self.b_scene[scene]
+            + self.B_STAGE[stage]
+            + U["bias"]
+            + H["bias"]
+            + self.A_STAGE[stage] * uh
+            + 0.8 * uAh
+            + self.pos_slope[scene] * np.log1p(position)
+            + self.hour_effect[hour]
+            + 0.3 * match
         )
         if cfg.personal_slopes:
             ctr_logit = ctr_logit + cfg.personal_slopes * (
-                U["position_slope"] * (np.log1p(position) - 1.0) + U["level_slope"] * (H["level"] - 1.0))
+                U["position_slope"] * (np.log1p(position) - 1.0) + U["level_slope"] * (H["level"] - 1.0)
+            )
         p_click = _sigmoid(ctr_logit)
         click = (rng.random(n) < p_click).astype(np.int64)
 
@@ -276,9 +286,7 @@ class World:
         stay = np.where(click == 1, np.round(stay, 1), 0.0)
         e_stay = np.exp(log_stay_mean + stay_sigma**2 / 2)
 
-        order_logit = (
-            self.O_STAGE[stage] + 1.0 * uv + 0.5 * uh - 0.3 * (np.log(V["price"]) - 3.0) + self.o_scene[scene]
-        )
+        order_logit = self.O_STAGE[stage] + 1.0 * uv + 0.5 * uh - 0.3 * (np.log(V["price"]) - 3.0) + self.o_scene[scene]
         p_order = _sigmoid(order_logit)
         order = click * (rng.random(n) < p_order).astype(np.int64)
 
@@ -291,36 +299,38 @@ class World:
         flat[offsets[:-1][second] + 1] = U["interest2"][second]
         user_interests = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
 
-        return pa.table({
-            "row_id": row,
-            "ts": ts,
-            "user_id": user_id,
-            "age_group": U["age_group"],
-            "gender": U["gender"],
-            "city": U["city"],
-            "device": U["device"],
-            "tenure_days": np.round(tenure, 2),
-            "tenure_bucket": np.searchsorted(np.asarray(TENURE_BOUNDARIES), tenure, side="right"),
-            "user_interests": user_interests,
-            "host_id": host_id,
-            "host_category": H["category"],
-            "host_level": H["level"],
-            "host_followers": np.round(H["followers"]),
-            "item_id": item_id,
-            "item_category": V["category"],
-            "item_price": V["price"],
-            "scene": scene,
-            "hour": hour,
-            "position": position,
-            "network": network,
-            "stage": stage,
-            "click": click,
-            "stay_time": stay,
-            "order": order,
-            "p_click": p_click.astype(np.float32),
-            "p_order": p_order.astype(np.float32),
-            "e_stay": e_stay.astype(np.float32),
-        })
+        return pa.table(
+            {
+                "row_id": row,
+                "ts": ts,
+                "user_id": user_id,
+                "age_group": U["age_group"],
+                "gender": U["gender"],
+                "city": U["city"],
+                "device": U["device"],
+                "tenure_days": np.round(tenure, 2),
+                "tenure_bucket": np.searchsorted(np.asarray(TENURE_BOUNDARIES), tenure, side="right"),
+                "user_interests": user_interests,
+                "host_id": host_id,
+                "host_category": H["category"],
+                "host_level": H["level"],
+                "host_followers": np.round(H["followers"]),
+                "item_id": item_id,
+                "item_category": V["category"],
+                "item_price": V["price"],
+                "scene": scene,
+                "hour": hour,
+                "position": position,
+                "network": network,
+                "stage": stage,
+                "click": click,
+                "stay_time": stay,
+                "order": order,
+                "p_click": p_click.astype(np.float32),
+                "p_order": p_order.astype(np.float32),
+                "e_stay": e_stay.astype(np.float32),
+            }
+        )
 
 
 def generate(cfg: WorldConfig, out_dir: str, progress: bool = True, overwrite: bool = False) -> Dict[str, object]:

@@ -29,18 +29,22 @@ def labels(tasks: Sequence[TaskSpec], table: pa.Table, where: Where) -> Dict[str
         bad = ~np.isfinite(y)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise where.error(f"label of task '{t.name}' is {'missing' if np.isnan(y[i]) else y[i]}",
-                              t.source_column, i)
+            raise where.error(
+                f"label of task '{t.name}' is {'missing' if np.isnan(y[i]) else y[i]}", t.source_column, i
+            )
         loss = loss_of(t)
         outside = loss.labels.first_outside_values(y)
         if outside is not None:
             raise where.error(loss.outside_values_message(t.name, y[outside]), t.source_column, outside)
-        for limit, bad, what in ((t.min_value, y < (t.min_value or 0.0), "below the minimum"),
-                                 (t.max_value, y > (t.max_value or 0.0), "above the maximum")):
+        for limit, bad, what in (
+            (t.min_value, y < (t.min_value or 0.0), "below the minimum"),
+            (t.max_value, y > (t.max_value or 0.0), "above the maximum"),
+        ):
             if limit is not None and bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                raise where.error(f"label of task '{t.name}' is {y[i]:g}, {what} {limit:g} declared in the spec",
-                                  t.source_column, i)
+                raise where.error(
+                    f"label of task '{t.name}' is {y[i]:g}, {what} {limit:g} declared in the spec", t.source_column, i
+                )
         below = loss.labels.first_below_minimum(y)
         if below is not None:
             raise where.error(loss.below_minimum_message(t.name, y[below]), t.source_column, below)
@@ -50,8 +54,9 @@ def labels(tasks: Sequence[TaskSpec], table: pa.Table, where: Where) -> Dict[str
             orphan = (out[t.name] > 0) & (out[t.depends_on] <= 0)
             if orphan.any():
                 i = int(np.flatnonzero(orphan)[0])
-                raise where.error(f"task '{t.name}' is positive where its parent '{t.depends_on}' is not",
-                                  t.source_column, i)
+                raise where.error(
+                    f"task '{t.name}' is positive where its parent '{t.depends_on}' is not", t.source_column, i
+                )
     return out
 
 
@@ -67,8 +72,9 @@ def weights(column: Optional[str], table: pa.Table, where: Where) -> np.ndarray:
     return to_float32(w, where, column, "sample weight")
 
 
-def oracle(columns: Mapping[str, str], tasks: Sequence[TaskSpec], table: pa.Table,
-           where: Where) -> Dict[str, np.ndarray]:
+def oracle(
+    columns: Mapping[str, str], tasks: Sequence[TaskSpec], table: pa.Table, where: Where
+) -> Dict[str, np.ndarray]:
     """True probabilities {task: [n] float32} from ``columns`` (task -> column): in [0, 1] for binary tasks,
     finite otherwise."""
     kinds = {t.name: t.kind for t in tasks}
@@ -83,8 +89,9 @@ def oracle(columns: Mapping[str, str], tasks: Sequence[TaskSpec], table: pa.Tabl
     return out
 
 
-def timestamps(column: Optional[str], table: pa.Table, where: Where,
-               time_format: Optional[str] = None) -> Optional[np.ndarray]:
+def timestamps(
+    column: Optional[str], table: pa.Table, where: Where, time_format: Optional[str] = None
+) -> Optional[np.ndarray]:
     """Seconds from ``column`` ([n] float64, every one finite), or None without a time column; text is parsed
     with ``time_format`` (``strptime`` codes) when given (see :class:`recsys.data.spec.DatasetSpec`)."""
     if not column:
@@ -107,8 +114,9 @@ def parse_times(arr: pa.Array, time_format: str, where: Where, column: str) -> p
     try:
         parsed = pc.strptime(text, format=time_format, unit="s", error_is_null=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise where.error(f"cannot parse times with time_format {time_format!r} ({str(e).splitlines()[0]})",
-                          column) from None
+        raise where.error(
+            f"cannot parse times with time_format {time_format!r} ({str(e).splitlines()[0]})", column
+        ) from None
     bad = np.asarray(pc.and_(pc.is_valid(text), pc.is_null(parsed)).to_numpy(zero_copy_only=False), dtype=bool)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
