@@ -5,7 +5,7 @@ Keeping the data columnar makes a batch a handful of fancy-indexing calls: build
 """
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -238,18 +238,11 @@ class ColumnsFiller:
             self._out = self._allocate(cols, max(self.capacity, n))
         elif self.rows + n > len(self._out):
             self._out = self._grown(self._out, max(2 * len(self._out), self.rows + n))
-        out, end = self._out, self.rows + n
-        for dst, src in zip(arrays(out), arrays(cols)):
-            _put(dst[self.rows : end], src, idx)
-        if (out.packed is None) != (cols.packed is None) or out.packed_names != cols.packed_names:
+        if (self._out.packed is None) != (cols.packed is None) or self._out.packed_names != cols.packed_names:
             raise ValueError("ColumnsFiller: chunks of one split must be packed alike")
-        if out.packed is not None and cols.packed is not None:
-            _put(out.packed[self.rows : end], cols.packed, idx)
-        else:
-            for k, v in cols.sparse.items():
-                column = out.sparse[k]
-                if not isinstance(v, Ragged) and not isinstance(column, Ragged):
-                    _put(column[self.rows : end], v, idx)
+        end = self.rows + n
+        for dst, src in zip(_row_arrays(self._out), _row_arrays(cols)):
+            _put(dst[self.rows : end], src, idx)
         for k, v in cols.sparse.items():
             if isinstance(v, Ragged):
                 self._ragged[k].append(v if idx is None else v.take(idx))
@@ -257,43 +250,45 @@ class ColumnsFiller:
 
     def finish(self) -> Optional[Columns]:
         """The rows added (None when there were none)."""
-        out, rows = self._out, self.rows
-        if out is None:
+        if self._out is None:
             return None
-        ragged = {k: Ragged.concat(parts) for k, parts in self._ragged.items()}
-        matrix = out.packed[:rows] if out.packed is not None else None
-        if matrix is not None:
-            sparse = _with_views({k: ragged.get(k) for k in out.sparse}, matrix, out.packed_names)
-        else:
-            sparse = {k: ragged[k] if k in ragged else v[:rows] for k, v in out.sparse.items()}  # type: ignore[index]
-        return tree_map(
-            out, lambda a, f: a[:rows], sparse=lambda _: sparse, packed=matrix, packed_names=out.packed_names
+        rows = self.rows
+        return _mapped(self._out, lambda a: a[:rows], {k: Ragged.concat(p) for k, p in self._ragged.items()})
+
+    @staticmethod
+    def _allocate(like: Columns, rows: int) -> Columns:
+        """Arrays for ``rows`` rows shaped like ``like``'s (its multi-hot features kept as placeholders)."""
+        return _mapped(
+            like,
+            lambda a: np.empty((rows,) + a.shape[1:], dtype=a.dtype),
+            {k: v for k, v in like.sparse.items() if isinstance(v, Ragged)},
         )
-
-    def _allocate(self, like: Columns, rows: int) -> Columns:
-        def empty(a: np.ndarray, f: Any = None) -> np.ndarray:
-            return np.empty((rows,) + a.shape[1:], dtype=a.dtype)
-
-        matrix = empty(like.packed) if like.packed is not None else None
-        if matrix is not None:
-            sparse = _with_views(
-                {k: (v if isinstance(v, Ragged) else None) for k, v in like.sparse.items()}, matrix, like.packed_names
-            )
-        else:
-            sparse = {k: (v if isinstance(v, Ragged) else empty(v)) for k, v in like.sparse.items()}
-        return tree_map(like, empty, sparse=lambda _: sparse, packed=matrix, packed_names=like.packed_names)
 
     def _grown(self, out: Columns, rows: int) -> Columns:
         bigger = self._allocate(out, rows)
-        for dst, src in zip(arrays(bigger), arrays(out)):
+        for dst, src in zip(_row_arrays(bigger), _row_arrays(out)):
             dst[: self.rows] = src[: self.rows]
-        if out.packed is not None:
-            bigger.packed[: self.rows] = out.packed[: self.rows]  # type: ignore[index]
-        else:
-            for k, v in out.sparse.items():
-                if not isinstance(v, Ragged):
-                    bigger.sparse[k][: self.rows] = v[: self.rows]  # type: ignore[index]
         return bigger
+
+
+def _row_arrays(cols: Columns) -> List[np.ndarray]:
+    """Every per-row array of ``cols`` but the multi-hot features: the record's arrays, then the packed single-hot
+    ids (or each single-hot column), in an order fixed by the layout."""
+    single = (
+        [cols.packed] if cols.packed is not None else [v for v in cols.sparse.values() if not isinstance(v, Ragged)]
+    )
+    return list(arrays(cols)) + single
+
+
+def _mapped(cols: Columns, fn: Callable[[np.ndarray], np.ndarray], ragged: Mapping[str, Ragged]) -> Columns:
+    """``cols`` with ``fn`` of each of its :func:`_row_arrays` (sparse views rebuilt on the packed ids) and the
+    multi-hot features from ``ragged``."""
+    matrix = fn(cols.packed) if cols.packed is not None else None
+    if matrix is not None:
+        sparse = _with_views({k: ragged.get(k) for k in cols.sparse}, matrix, cols.packed_names)
+    else:
+        sparse = {k: ragged[k] if isinstance(v, Ragged) else fn(v) for k, v in cols.sparse.items()}
+    return tree_map(cols, lambda a, f: fn(a), sparse=lambda _: sparse, packed=matrix, packed_names=cols.packed_names)
 
 
 def _put(dst: np.ndarray, src: np.ndarray, idx: Optional[np.ndarray]) -> None:
