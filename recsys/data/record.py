@@ -201,11 +201,13 @@ def concat_fields(
     parts: Sequence[R],
     cat: Callable[[List[Any], RowField], Any],
     sparse: Optional[Callable[[List[Any]], Any]] = None,
+    consume: bool = False,
     **given: Any,
 ) -> R:
     """The records ``parts`` (one class, at least one) joined row-wise: ``cat(arrays, field)`` of each field's
     arrays (each key of a keyed field, the keys of the first part), ``sparse`` of the sparse features; an optional
-    field must be present in every part or in none."""
+    field must be present in every part or in none. With ``consume`` each field is cleared from the parts once
+    joined, so the peak holds the rows once plus one field (the parts are spent)."""
     first = parts[0]
     values: Dict[str, Any] = dict(given)
     for name, f in row_fields(type(first)):
@@ -221,6 +223,10 @@ def concat_fields(
             if any(missing) and not all(missing):
                 raise ValueError(f"some parts carry '{name}' and some do not")
             values[name] = None if missing[0] else cat(items, f)
+        if consume:
+            del items
+            for p in parts:
+                setattr(p, name, None)
     return type(first)(**values)
 
 

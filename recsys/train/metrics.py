@@ -92,9 +92,13 @@ class Predictions(EvalFields[np.ndarray]):
         return self.user if self.user_key is None else self.user_key
 
     @staticmethod
-    def concat(parts: Sequence["Predictions"]) -> "Predictions":
+    def concat(parts: Sequence["Predictions"], consume: bool = False) -> "Predictions":
+        """``parts`` joined row-wise; ``consume``: each field is cleared from the parts once joined (see
+        :func:`~recsys.data.record.concat_fields`)."""
         parts = [p for p in parts if len(p)] or list(parts[:1])
-        return concat_fields(parts, lambda arrays, f: np.concatenate(arrays))
+        if len(parts) == 1:
+            return parts[0]
+        return concat_fields(parts, lambda arrays, f: np.concatenate(arrays), consume=consume)
 
     @staticmethod
     def of_batch(
@@ -143,24 +147,7 @@ class PredictionCollector:
         if not self._parts:
             raise ValueError("no evaluation rows")
         parts, self._parts = self._parts, []
-        if len(parts) == 1:
-            return parts[0]
-        values: Dict[str, Any] = {}
-        for name, f in row_fields(Predictions):
-            if f.layout == "keyed":
-                joined = {}
-                for key in list(getattr(parts[0], name)):
-                    joined[key] = np.concatenate([getattr(p, name).pop(key) for p in parts])
-                values[name] = joined
-            else:
-                items = [getattr(p, name) for p in parts]
-                if any(v is None for v in items) and not all(v is None for v in items):
-                    raise ValueError(f"some parts carry '{name}' and some do not")
-                values[name] = None if items[0] is None else np.concatenate(items)
-                del items
-                for p in parts:
-                    setattr(p, name, None)
-        return Predictions(**values)
+        return Predictions.concat(parts, consume=True)
 
     def gather(self) -> Predictions:
         """This rank's rows joined with every other rank's, in rank order, on every rank.
