@@ -556,12 +556,13 @@ def loader_figure(result: Dict[str, Any]) -> "Figure":
     for r, m, s in zip(rows, med, stats):
         ax.text(s["max"] if s else m, r, f" {compact(m)}/s", va="center", ha="left", fontsize=VALUE_SIZE, bbox=ON_WHITE)
     target = 10 * train["from_memory"]
-    ax.axvline(target, color=REFERENCE, linestyle="--", linewidth=1.3)
-    ax.set_xscale("log")
-    ax.set_xlim(min(med) / 2, max(s["max"] if s else m for m, s in zip(med, stats)) * 4)
-    ax.set_yticks(rows, names)
-    ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlabel("rows/s (log scale)")
+    _log_bars_axis(
+        ax,
+        names,
+        target,
+        (min(med) / 2, max(s["max"] if s else m for m, s in zip(med, stats)) * 4),
+        "rows/s (log scale)",
+    )
     _title(
         fig,
         "Data path throughput against the training step rate",
@@ -604,12 +605,13 @@ def evaluation_figure(result: Dict[str, Any]) -> "Figure":
     for y, m, st in zip(ys, med, stats):
         ax.text(st["max"], y, f" {compact(m)} rows/CPU-s", va="center", ha="left", fontsize=VALUE_SIZE, bbox=ON_WHITE)
     goal = 1e6
-    ax.axvline(goal, color=REFERENCE, linestyle="--", linewidth=1.3)
-    ax.set_xscale("log")
-    ax.set_xlim(min(med) / 2, max(max(st["max"] for st in stats), goal) * 6)
-    ax.set_yticks(ys, names)
-    ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlabel("rows evaluated per CPU-second (log scale)")
+    _log_bars_axis(
+        ax,
+        names,
+        goal,
+        (min(med) / 2, max(max(st["max"] for st in stats), goal) * 6),
+        "rows evaluated per CPU-second (log scale)",
+    )
     work = result["workload"]
     _title(
         fig,
@@ -719,6 +721,17 @@ def layout_problems(fig: "Figure") -> List[str]:
     return problems
 
 
+def _log_bars_axis(ax: Any, names: Sequence[str], reference: float, xlim: Tuple[float, float], xlabel: str) -> None:
+    """The value axis of a horizontal bar chart on a log scale: one bar per name, the first on top, and a dashed
+    reference line (a goal, a tolerance)."""
+    ax.axvline(reference, color=REFERENCE, linestyle="--", linewidth=1.3)
+    ax.set_xscale("log")
+    ax.set_xlim(*xlim)
+    ax.set_yticks(np.arange(len(names)), names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlabel(xlabel)
+
+
 def save(fig: "Figure", path: str) -> List[str]:
     """Write ``fig`` as PNG (the layout that was checked is the layout saved); returns its layout problems,
     each also logged as a warning."""
@@ -782,12 +795,13 @@ def reproduce_figure(result: Dict[str, Any]) -> "Figure":
     for y, n, d in zip(ys, names, diffs):
         where = cells[n]["largest"][0][0] if cells[n]["largest"] else ""
         ax.text(d, y, f" {d:.2g} ({where})", va="center", ha="left", fontsize=VALUE_SIZE, bbox=ON_WHITE)
-    ax.axvline(1e-4, color=REFERENCE, linestyle="--", linewidth=1.3)
-    ax.set_xscale("log")
-    ax.set_xlim(1e-9, max(diffs) * 1e4)
-    ax.set_yticks(ys, names)
-    ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlabel("largest |now - committed| over every test metric of the cell (log scale)")
+    _log_bars_axis(
+        ax,
+        names,
+        1e-4,
+        (1e-9, max(diffs) * 1e4),
+        "largest |now - committed| over every test metric of the cell (log scale)",
+    )
     _title(
         fig,
         "Committed quality cells rerun at the same seed",
